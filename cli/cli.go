@@ -1,0 +1,311 @@
+// Package cli implements the sheep and sheepfs command lines: kong parses
+// the flags into these structs, whose Run methods do the work.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/alecthomas/kong"
+	"github.com/rs/zerolog"
+
+	"github.com/sheepfs/sheepfs/client"
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/fs"
+	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/proto"
+	"github.com/sheepfs/sheepfs/server"
+)
+
+// Globals are the flags every admin command takes.
+type Globals struct {
+	Addr    string        `help:"Address of a sheep daemon (host:port)." default:"127.0.0.1:7000" env:"SHEEP_ADDR"`
+	Timeout time.Duration `help:"How long to wait for the cluster." default:"60s"`
+	JSON    bool          `help:"Print JSON instead of tables." name:"json"`
+	out     io.Writer
+}
+
+func (g *Globals) client() *client.Client {
+	return client.New([]string{g.Addr}, client.Options{RetryFor: g.Timeout})
+}
+
+func (g *Globals) admin(req proto.AdminRequest, out any) error {
+	c := g.client()
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), g.Timeout)
+	defer cancel()
+	return c.Admin(ctx, req, out)
+}
+
+func (g *Globals) printJSON(v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(g.out, "%s\n", b)
+	return err
+}
+
+// Sheep is the sheep command line.
+type Sheep struct {
+	Globals
+	Daemon  DaemonCmd  `cmd:"" help:"Run a sheep daemon (one per node)."`
+	Cluster ClusterCmd `cmd:"" help:"Format the cluster or show its state."`
+	Node    NodeCmd    `cmd:"" help:"Show nodes."`
+	VDI     VDICmd     `cmd:"" name:"vdi" help:"Create, list, resize and delete VDIs."`
+}
+
+// DaemonCmd runs a node.
+type DaemonCmd struct {
+	Dir       string        `help:"Data directory (objects, cluster log, node ID)." default:"/var/lib/sheep" type:"path"`
+	Host      string        `help:"IP address to listen on and advertise." default:"127.0.0.1"`
+	Port      int           `help:"Data port; gossip uses port+1 and raft port+2." default:"7000"`
+	Join      []string      `help:"Data address (host:port) of a running node to join; repeatable." placeholder:"ADDR"`
+	ID        string        `help:"Node ID on first start (default: random); kept in the data directory."`
+	DeadGrace time.Duration `help:"How long a node may be gone before the cluster moves on without it." default:"5s"`
+	LogLevel  string        `help:"Log level: debug, info, warn, error." default:"info" enum:"debug,info,warn,error"`
+}
+
+// Run starts the daemon and serves until SIGINT or SIGTERM.
+func (d *DaemonCmd) Run(g *Globals) error {
+	lvl, _ := zerolog.ParseLevel(d.LogLevel)
+	log := zerolog.New(os.Stderr).Level(lvl).With().Timestamp().Logger()
+	n, err := server.Start(server.Config{Dir: d.Dir, Host: d.Host, Port: d.Port, Join: d.Join,
+		ID: ids.NodeID(d.ID), DeadGrace: d.DeadGrace, Log: log})
+	if err != nil {
+		return err
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	s := <-sig
+	log.Info().Str("signal", s.String()).Msg("stopping")
+	return n.Close()
+}
+
+// ClusterCmd groups cluster commands.
+type ClusterCmd struct {
+	Format ClusterFormatCmd `cmd:"" help:"Format a new cluster (once)."`
+	Info   ClusterInfoCmd   `cmd:"" help:"Show the cluster's state."`
+}
+
+// ClusterFormatCmd formats the cluster.
+type ClusterFormatCmd struct {
+	Copies int `help:"Replicas of every object (default for new VDIs)." default:"3"`
+}
+
+// Run formats the cluster.
+func (c *ClusterFormatCmd) Run(g *Globals) error {
+	var ci proto.ClusterInfo
+	if err := g.admin(proto.AdminRequest{Cmd: proto.AdminClusterFormat, Copies: c.Copies}, &ci); err != nil {
+		return err
+	}
+	if g.JSON {
+		return g.printJSON(ci)
+	}
+	fmt.Fprintf(g.out, "formatted with %d copies\n", ci.Copies)
+	return nil
+}
+
+// ClusterInfoCmd shows the cluster state.
+type ClusterInfoCmd struct {
+	Wait bool `help:"Wait until the cluster is formatted and every member is up."`
+}
+
+// Run prints the cluster state.
+func (c *ClusterInfoCmd) Run(g *Globals) error {
+	var ci proto.ClusterInfo
+	deadline := time.Now().Add(g.Timeout)
+	for {
+		err := g.admin(proto.AdminRequest{Cmd: proto.AdminClusterInfo}, &ci)
+		if err == nil && (!c.Wait || ci.Status == "ok") {
+			break
+		}
+		if !c.Wait || time.Now().After(deadline) {
+			if err != nil {
+				return err
+			}
+			return errs.E(errs.NotReady, "cluster status is %q after %v", ci.Status, g.Timeout)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if g.JSON {
+		return g.printJSON(ci)
+	}
+	_, err := g.out.Write(fs.FormatClusterInfo(ci))
+	return err
+}
+
+// NodeCmd groups node commands.
+type NodeCmd struct {
+	List NodeListCmd `cmd:"" help:"List the nodes of the current epoch."`
+}
+
+// NodeListCmd lists nodes.
+type NodeListCmd struct{}
+
+// Run prints the node table.
+func (NodeListCmd) Run(g *Globals) error {
+	var nodes []proto.NodeInfo
+	if err := g.admin(proto.AdminRequest{Cmd: proto.AdminNodeList}, &nodes); err != nil {
+		return err
+	}
+	if g.JSON {
+		return g.printJSON(nodes)
+	}
+	_, err := g.out.Write(fs.FormatNodes(nodes))
+	return err
+}
+
+// VDICmd groups VDI commands.
+type VDICmd struct {
+	Create VDICreateCmd `cmd:"" help:"Create a thin VDI."`
+	List   VDIListCmd   `cmd:"" help:"List VDIs."`
+	Delete VDIDeleteCmd `cmd:"" help:"Delete a VDI and free its objects."`
+	Resize VDIResizeCmd `cmd:"" help:"Grow (or shrink) a VDI."`
+}
+
+// VDICreateCmd creates a VDI.
+type VDICreateCmd struct {
+	Name   string `arg:"" help:"VDI name."`
+	Size   string `arg:"" help:"Size, e.g. 10G."`
+	Copies int    `help:"Replicas (default: the cluster's)."`
+}
+
+// Run creates the VDI.
+func (c *VDICreateCmd) Run(g *Globals) error {
+	size, err := ParseSize(c.Size)
+	if err != nil {
+		return err
+	}
+	var v proto.VDIInfo
+	if err := g.admin(proto.AdminRequest{Cmd: proto.AdminVDICreate, Name: c.Name, Size: size, Copies: c.Copies}, &v); err != nil {
+		return err
+	}
+	if g.JSON {
+		return g.printJSON(v)
+	}
+	fmt.Fprintf(g.out, "created %s (%s, %d copies)\n", v.Name, fs.HumanBytes(int64(v.Size)), v.Copies)
+	return nil
+}
+
+// VDIListCmd lists VDIs.
+type VDIListCmd struct{}
+
+// Run prints the VDI table.
+func (VDIListCmd) Run(g *Globals) error {
+	var list []proto.VDIInfo
+	if err := g.admin(proto.AdminRequest{Cmd: proto.AdminVDIList}, &list); err != nil {
+		return err
+	}
+	if g.JSON {
+		return g.printJSON(list)
+	}
+	tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tID\tSIZE\tCOPIES\tCREATED\tWRITER")
+	for _, v := range list {
+		w := "-"
+		if v.Locked {
+			w = fmt.Sprintf("%s@%s", v.Mount, v.Node)
+		}
+		fmt.Fprintf(tw, "%s\t%v\t%s\t%d\t%s\t%s\n", v.Name, v.ID, fs.HumanBytes(int64(v.Size)), v.Copies,
+			time.Unix(v.Created, 0).UTC().Format("2006-01-02 15:04"), w)
+	}
+	return tw.Flush()
+}
+
+// VDIDeleteCmd deletes a VDI.
+type VDIDeleteCmd struct {
+	Name string `arg:"" help:"VDI name."`
+}
+
+// Run deletes the VDI.
+func (c *VDIDeleteCmd) Run(g *Globals) error {
+	return g.admin(proto.AdminRequest{Cmd: proto.AdminVDIDelete, Name: c.Name}, nil)
+}
+
+// VDIResizeCmd resizes a VDI.
+type VDIResizeCmd struct {
+	Name string `arg:"" help:"VDI name."`
+	Size string `arg:"" help:"New size, e.g. 20G."`
+}
+
+// Run resizes the VDI.
+func (c *VDIResizeCmd) Run(g *Globals) error {
+	size, err := ParseSize(c.Size)
+	if err != nil {
+		return err
+	}
+	var v proto.VDIInfo
+	if err := g.admin(proto.AdminRequest{Cmd: proto.AdminVDIResize, Name: c.Name, Size: size}, &v); err != nil {
+		return err
+	}
+	if g.JSON {
+		return g.printJSON(v)
+	}
+	fmt.Fprintf(g.out, "%s is now %s\n", v.Name, fs.HumanBytes(int64(v.Size)))
+	return nil
+}
+
+// Sheepfs is the sheepfs command line.
+type Sheepfs struct {
+	Mountpoint string   `arg:"" help:"Where to mount." type:"existingdir"`
+	Addr       []string `help:"Sheep daemon address(es) to use, tried in order." default:"127.0.0.1:7000" env:"SHEEP_ADDR"`
+	AllowOther bool     `help:"Let other users use the mount."`
+	Debug      bool     `help:"Log every FUSE request."`
+}
+
+// Run mounts and serves until unmounted or signalled.
+func (s *Sheepfs) Run() error {
+	c := client.New(s.Addr, client.Options{})
+	f, err := fs.Mount(s.Mountpoint, c, fs.Options{Debug: s.Debug, AllowOther: s.AllowOther})
+	if err != nil {
+		return errs.E(errs.IO, "mount %s: %w", s.Mountpoint, err)
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-sig
+		f.Unmount()
+	}()
+	f.Wait()
+	c.Close()
+	return nil
+}
+
+// Main parses args for one of the command lines and runs it, printing errors
+// as "name: message" and returning the exit status.
+func Main(name string, cmd any, args []string, stdout io.Writer) int {
+	parser, err := kong.New(cmd, kong.Name(name), kong.UsageOnError(),
+		kong.ConfigureHelp(kong.HelpOptions{Compact: true}))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		return 2
+	}
+	ctx, err := parser.Parse(args)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		return 2
+	}
+	if s, ok := cmd.(*Sheep); ok {
+		s.Globals.out = stdout
+		err = ctx.Run(&s.Globals)
+	} else {
+		err = ctx.Run()
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %s\n", name, strings.TrimSpace(err.Error()))
+		if errs.Is(err, errs.Invalid) {
+			return 2
+		}
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,253 @@
+// Package client talks to a sheep gateway on behalf of sheepfs and the admin
+// CLI. It survives the gateway restarting: requests that fail because the
+// connection broke are retried, on the next address if several are given,
+// and the VDI write locks the client holds are taken again first.
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/proto"
+)
+
+// Options configure a Client.
+type Options struct {
+	// RetryFor bounds how long a request is retried while no gateway
+	// answers (default 60 s). After that it fails with errs.IO.
+	RetryFor time.Duration
+	// Mount names this client's write locks (default: random).
+	Mount ids.MountID
+}
+
+// Client is a connection to the cluster through one gateway at a time.
+// Safe for concurrent use.
+type Client struct {
+	addrs []string
+	opts  Options
+
+	mu     sync.Mutex
+	cur    int
+	pc     *proto.Client
+	gen    uint64          // bumped at every reconnect
+	locked uint64          // gen at which locks were last (re)taken
+	locks  map[string]bool // VDI names held for writing
+	relock sync.Mutex
+}
+
+// New returns a client for the given gateway addresses (host:port), tried
+// in order. It does not connect yet.
+func New(addrs []string, opts Options) *Client {
+	if opts.RetryFor == 0 {
+		opts.RetryFor = 60 * time.Second
+	}
+	if opts.Mount == "" {
+		var b [6]byte
+		rand.Read(b[:])
+		opts.Mount = ids.MountID("m" + hex.EncodeToString(b[:]))
+	}
+	return &Client{addrs: addrs, opts: opts, pc: proto.NewClient(addrs[0]), locks: map[string]bool{}}
+}
+
+// Mount returns the client's mount ID.
+func (c *Client) Mount() ids.MountID { return c.opts.Mount }
+
+// Close drops the connection (locks held are released by the gateway).
+func (c *Client) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.pc.Close()
+}
+
+// connLost reports whether err means the gateway connection broke (rather
+// than the gateway answering with an error).
+func connLost(err error) bool {
+	var e *errs.Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	return e.Kind == errs.IO && e.Err != nil || e.Kind == errs.Closed
+}
+
+func (c *Client) current() (*proto.Client, uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pc, c.gen
+}
+
+// failover moves to the next address after a connection of generation gen
+// broke (once per generation).
+func (c *Client) failover(gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen != gen {
+		return
+	}
+	c.pc.Close()
+	c.cur = (c.cur + 1) % len(c.addrs)
+	c.pc = proto.NewClient(c.addrs[c.cur])
+	c.gen++
+}
+
+// Call sends req to the gateway, retrying across reconnects.
+func (c *Client) Call(ctx context.Context, req *proto.Msg) (*proto.Msg, error) {
+	deadline := time.Now().Add(c.opts.RetryFor)
+	backoff := 50 * time.Millisecond
+	for {
+		pc, gen := c.current()
+		err := c.ensureLocks(ctx, pc, gen)
+		var resp *proto.Msg
+		if err == nil {
+			r := *req
+			resp, err = pc.Call(ctx, &r)
+		}
+		if err == nil || !connLost(err) {
+			return resp, err
+		}
+		c.failover(gen)
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, errs.E(errs.IO, "%v: %w", req.Op, ctx.Err())
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, time.Second)
+	}
+}
+
+// ensureLocks takes the client's write locks again on a new connection.
+func (c *Client) ensureLocks(ctx context.Context, pc *proto.Client, gen uint64) error {
+	c.mu.Lock()
+	if c.locked == gen || len(c.locks) == 0 {
+		c.locked = gen
+		c.mu.Unlock()
+		return nil
+	}
+	c.mu.Unlock()
+	c.relock.Lock()
+	defer c.relock.Unlock()
+	c.mu.Lock()
+	if c.locked == gen {
+		c.mu.Unlock()
+		return nil
+	}
+	names := make([]string, 0, len(c.locks))
+	for n := range c.locks {
+		names = append(names, n)
+	}
+	c.mu.Unlock()
+	for _, name := range names {
+		b, _ := json.Marshal(proto.AdminRequest{Cmd: proto.AdminVDILock, Name: name, Mount: c.opts.Mount})
+		if _, err := pc.Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpAdmin}, Data: b}); err != nil {
+			if connLost(err) {
+				return err
+			}
+			// Someone else holds it now: our writes will fail Busy.
+			c.mu.Lock()
+			delete(c.locks, name)
+			c.mu.Unlock()
+		}
+	}
+	c.mu.Lock()
+	c.locked = gen
+	c.mu.Unlock()
+	return nil
+}
+
+// Admin runs an admin command and decodes its answer into out (may be nil).
+func (c *Client) Admin(ctx context.Context, req proto.AdminRequest, out any) error {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return errs.E(errs.Invalid, "encode %s: %w", req.Cmd, err)
+	}
+	resp, err := c.Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpAdmin}, Data: b})
+	if err != nil {
+		return err
+	}
+	if out != nil {
+		if err := json.Unmarshal(resp.Data, out); err != nil {
+			return errs.E(errs.IO, "decode %s answer: %w", req.Cmd, err)
+		}
+	}
+	return nil
+}
+
+// Lock opens VDI name for writing on behalf of this client (errs.Busy if
+// another client has it).
+func (c *Client) Lock(ctx context.Context, name string) error {
+	if err := c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDILock, Name: name, Mount: c.opts.Mount}, nil); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.locks[name] = true
+	c.mu.Unlock()
+	return nil
+}
+
+// Unlock releases the write lock on VDI name.
+func (c *Client) Unlock(ctx context.Context, name string) error {
+	c.mu.Lock()
+	delete(c.locks, name)
+	c.mu.Unlock()
+	return c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDIUnlock, Name: name, Mount: c.opts.Mount}, nil)
+}
+
+// ReadAt reads len(buf) bytes of VDI vid at off.
+func (c *Client) ReadAt(ctx context.Context, vid ids.VDIID, buf []byte, off int64) error {
+	resp, err := c.Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpVDIRead, ID: uint64(vid),
+		Offset: uint64(off), Length: uint32(len(buf))}})
+	if err != nil {
+		return err
+	}
+	if len(resp.Data) != len(buf) {
+		return errs.E(errs.IO, "short read from gateway: %d of %d bytes", len(resp.Data), len(buf))
+	}
+	copy(buf, resp.Data)
+	return nil
+}
+
+// WriteAt writes data to VDI vid at off; sync makes it durable first.
+func (c *Client) WriteAt(ctx context.Context, vid ids.VDIID, data []byte, off int64, sync bool) error {
+	m := &proto.Msg{Header: proto.Header{Op: proto.OpVDIWrite, ID: uint64(vid), Offset: uint64(off)}, Data: data}
+	if sync {
+		m.Flags |= proto.FlagSync
+	}
+	_, err := c.Call(ctx, m)
+	return err
+}
+
+// Flush makes every acknowledged write to vid durable on all replicas.
+func (c *Client) Flush(ctx context.Context, vid ids.VDIID) error {
+	_, err := c.Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpVDIFlush, ID: uint64(vid)}})
+	return err
+}
+
+// Discard makes [off, off+length) of vid read as zeros; keep keeps the space
+// allocated (zero range) instead of freeing it (punch hole).
+func (c *Client) Discard(ctx context.Context, vid ids.VDIID, off, length int64, keep bool) error {
+	m := &proto.Msg{Header: proto.Header{Op: proto.OpVDIDiscard, ID: uint64(vid), Offset: uint64(off)}, Aux: uint64(length)}
+	if keep {
+		m.Flags |= proto.FlagZeroKeep
+	}
+	_, err := c.Call(ctx, m)
+	return err
+}
+
+// AllocMap returns vid's allocation bitmap (bit i set: object i allocated)
+// and its object count.
+func (c *Client) AllocMap(ctx context.Context, vid ids.VDIID) ([]byte, uint32, error) {
+	resp, err := c.Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpVDIAllocMap, ID: uint64(vid)}})
+	if err != nil {
+		return nil, 0, err
+	}
+	return resp.Data, uint32(resp.Aux), nil
+}

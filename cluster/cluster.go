@@ -1,0 +1,587 @@
+// Package cluster keeps the agreed cluster metadata: who is a member (the
+// numbered epochs), whether and how the cluster is formatted, the VDI
+// namespace and write locks. memberlist decides who is alive; a raft log,
+// replicated to every node, records the decisions in one order. Voters (3 or
+// 5) are chosen automatically among the members; every other node follows
+// the log as a non-voter.
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/rs/zerolog"
+
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/proto"
+)
+
+// Port offsets from a node's data port.
+const (
+	// GossipPortOffset: memberlist listens on data port + 1 (TCP and UDP).
+	GossipPortOffset = 1
+	// RaftPortOffset: the raft transport listens on data port + 2.
+	RaftPortOffset = 2
+)
+
+// Config configures a node's membership.
+type Config struct {
+	// ID is the node's persistent name (required).
+	ID ids.NodeID
+	// Dir holds the raft log and snapshots (required).
+	Dir string
+	// Host is the IP address to bind and advertise (required).
+	Host string
+	// Port is the data port; gossip and raft use the next two ports.
+	Port int
+	// Join lists data addresses (host:port) of running nodes to join. A
+	// node with no Join and no raft state of its own starts a new cluster.
+	Join []string
+	// DeadGrace is how long a member must be gone before a new epoch
+	// without it is agreed. Default 5 s.
+	DeadGrace time.Duration
+	// Lease is how long a node keeps acknowledging writes after its last
+	// contact with the raft leader (see HasQuorum). Default 3 s.
+	Lease time.Duration
+	// Log receives the node's logs.
+	Log zerolog.Logger
+}
+
+// Cluster is one node's view of, and voice in, the cluster.
+type Cluster struct {
+	cfg  Config
+	log  zerolog.Logger
+	fsm  *fsm
+	raft *raft.Raft
+	ml   *memberlist.Memberlist
+	logs *raftboltdb.BoltStore
+	tr   *raft.NetworkTransport
+	pool proto.Pool
+
+	events chan struct{}
+	stop   chan struct{}
+	wg     sync.WaitGroup
+	closed sync.Once
+}
+
+// nodeMeta is gossiped in memberlist (well under its 512-byte limit).
+type nodeMeta struct {
+	Data string `json:"d"`
+	Raft string `json:"r"`
+}
+
+type delegate struct{ meta []byte }
+
+func (d *delegate) NodeMeta(limit int) []byte                  { return d.meta }
+func (d *delegate) NotifyMsg([]byte)                           {}
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *delegate) LocalState(join bool) []byte                { return nil }
+func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+type events struct{ ch chan struct{} }
+
+func (e *events) poke() {
+	select {
+	case e.ch <- struct{}{}:
+	default:
+	}
+}
+func (e *events) NotifyJoin(*memberlist.Node)   { e.poke() }
+func (e *events) NotifyLeave(*memberlist.Node)  { e.poke() }
+func (e *events) NotifyUpdate(*memberlist.Node) { e.poke() }
+
+// Start joins or starts a cluster and returns once the node's own services
+// listen. The node becomes useful when State shows it as a member.
+func Start(cfg Config) (*Cluster, error) {
+	if cfg.DeadGrace == 0 {
+		cfg.DeadGrace = 5 * time.Second
+	}
+	if cfg.Lease == 0 {
+		cfg.Lease = 3 * time.Second
+	}
+	c := &Cluster{cfg: cfg, log: cfg.Log.With().Str("node", string(cfg.ID)).Logger(),
+		fsm: newFSM(), events: make(chan struct{}, 1), stop: make(chan struct{})}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, errs.E(errs.IO, "cluster dir: %w", err)
+	}
+	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: logWriter{c.log}})
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.ID)
+	rc.Logger = hlog
+	rc.HeartbeatTimeout = 500 * time.Millisecond
+	rc.ElectionTimeout = 500 * time.Millisecond
+	rc.LeaderLeaseTimeout = 250 * time.Millisecond
+	rc.SnapshotThreshold = 1024
+	rc.TrailingLogs = 1024
+
+	var err error
+	c.logs, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")})
+	if err != nil {
+		return nil, errs.E(errs.IO, "open raft log: %w", err)
+	}
+	snaps, err := raft.NewFileSnapshotStore(cfg.Dir, 2, logWriter{c.log})
+	if err != nil {
+		c.logs.Close()
+		return nil, errs.E(errs.IO, "open raft snapshots: %w", err)
+	}
+	raftAddr := net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port+RaftPortOffset))
+	adv, err := net.ResolveTCPAddr("tcp", raftAddr)
+	if err != nil {
+		c.logs.Close()
+		return nil, errs.E(errs.Invalid, "raft address %s: %w", raftAddr, err)
+	}
+	c.tr, err = raft.NewTCPTransportWithLogger(raftAddr, adv, 4, 10*time.Second, hlog)
+	if err != nil {
+		c.logs.Close()
+		return nil, errs.E(errs.IO, "raft transport on %s: %w", raftAddr, err)
+	}
+	existing, err := raft.HasExistingState(c.logs, c.logs, snaps)
+	if err != nil {
+		c.shutdownPartial()
+		return nil, errs.E(errs.IO, "read raft state: %w", err)
+	}
+	if !existing && len(cfg.Join) == 0 {
+		c.log.Info().Msg("starting a new cluster")
+		boot := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: raft.ServerAddress(raftAddr)}}}
+		if err := raft.BootstrapCluster(rc, c.logs, c.logs, snaps, c.tr, boot); err != nil {
+			c.shutdownPartial()
+			return nil, errs.E(errs.IO, "bootstrap: %w", err)
+		}
+	}
+	c.raft, err = raft.NewRaft(rc, c.fsm, c.logs, c.logs, snaps, c.tr)
+	if err != nil {
+		c.shutdownPartial()
+		return nil, errs.E(errs.IO, "start raft: %w", err)
+	}
+
+	meta, _ := json.Marshal(nodeMeta{Data: net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)), Raft: raftAddr})
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = string(cfg.ID)
+	mc.BindAddr = cfg.Host
+	mc.BindPort = cfg.Port + GossipPortOffset
+	mc.AdvertiseAddr = cfg.Host
+	mc.AdvertisePort = mc.BindPort
+	mc.Delegate = &delegate{meta: meta}
+	mc.Events = &events{ch: c.events}
+	mc.LogOutput = io.Discard
+	mc.ProbeInterval = 500 * time.Millisecond
+	mc.ProbeTimeout = 300 * time.Millisecond
+	mc.GossipInterval = 100 * time.Millisecond
+	mc.SuspicionMult = 3
+	c.ml, err = memberlist.Create(mc)
+	if err != nil {
+		c.raft.Shutdown()
+		c.shutdownPartial()
+		return nil, errs.E(errs.IO, "start gossip on port %d: %w", mc.BindPort, err)
+	}
+	c.wg.Add(2)
+	go c.joinLoop()
+	go c.leaderLoop()
+	return c, nil
+}
+
+func (c *Cluster) shutdownPartial() {
+	if c.tr != nil {
+		c.tr.Close()
+	}
+	if c.logs != nil {
+		c.logs.Close()
+	}
+}
+
+// Close leaves the cluster (without waiting for a new epoch) and stops.
+func (c *Cluster) Close() error {
+	c.closed.Do(func() {
+		close(c.stop)
+		c.wg.Wait()
+		c.ml.Leave(time.Second)
+		c.ml.Shutdown()
+		c.raft.Shutdown().Error()
+		c.tr.Close()
+		c.logs.Close()
+		c.pool.Close()
+	})
+	return nil
+}
+
+// ID returns the node's ID.
+func (c *Cluster) ID() ids.NodeID { return c.cfg.ID }
+
+// State returns the latest agreed state this node knows. Never nil.
+func (c *Cluster) State() *State { return c.fsm.state.Load() }
+
+// Changed returns a channel that is closed at the next state change.
+func (c *Cluster) Changed() <-chan struct{} { return c.fsm.watch() }
+
+// WaitFor waits until ok(State()) holds or ctx ends.
+func (c *Cluster) WaitFor(ctx context.Context, ok func(*State) bool) (*State, error) {
+	for {
+		ch := c.Changed()
+		s := c.State()
+		if ok(s) {
+			return s, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return s, errs.E(errs.NotReady, "waiting for cluster state: %w", ctx.Err())
+		case <-c.stop:
+			return s, errs.E(errs.Closed, "node is shutting down")
+		}
+	}
+}
+
+// HasQuorum reports whether this node has heard from a raft leader within
+// the lease (or is the leader). A node without quorum must not acknowledge
+// writes: it may be on the minority side of a partition.
+func (c *Cluster) HasQuorum() bool {
+	switch c.raft.State() {
+	case raft.Leader:
+		return true
+	case raft.Follower:
+		addr, _ := c.raft.LeaderWithID()
+		return addr != "" && time.Since(c.raft.LastContact()) < c.cfg.Lease
+	}
+	return false
+}
+
+// Leader returns the raft leader's node ID, or "" if none is known.
+func (c *Cluster) Leader() ids.NodeID {
+	_, id := c.raft.LeaderWithID()
+	return ids.NodeID(id)
+}
+
+// Alive returns the members memberlist currently believes alive, with their
+// data addresses.
+func (c *Cluster) Alive() []Member {
+	var out []Member
+	for _, n := range c.ml.Members() {
+		if n.State != memberlist.StateAlive {
+			continue
+		}
+		var m nodeMeta
+		if json.Unmarshal(n.Meta, &m) != nil || m.Data == "" {
+			continue
+		}
+		out = append(out, Member{ID: ids.NodeID(n.Name), Addr: m.Data})
+	}
+	slices.SortFunc(out, func(a, b Member) int { return cmpID(a.ID, b.ID) })
+	return out
+}
+
+func cmpID(a, b ids.NodeID) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Apply appends cmd to the cluster log and returns its result, forwarding
+// to the leader when this node is not it. It fails with errs.NotReady when
+// there is no leader (no quorum).
+func (c *Cluster) Apply(ctx context.Context, cmd Command) (Result, error) {
+	if cmd.Time == 0 {
+		cmd.Time = now()
+	}
+	data, err := json.Marshal(cmd)
+	if err != nil {
+		return Result{}, errs.E(errs.Invalid, "encode command: %w", err)
+	}
+	var lastErr error
+	for {
+		if c.raft.State() == raft.Leader {
+			r, _, err := c.ApplyLocal(data)
+			if !errs.Is(err, errs.NotReady) {
+				return r, err
+			}
+			lastErr = err
+		} else if leader := c.Leader(); leader != "" {
+			addr := c.addrOf(leader)
+			if addr != "" {
+				resp, err := c.pool.Get(addr).Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpApply}, Data: data})
+				if err == nil {
+					var r Result
+					if err := json.Unmarshal(resp.Data, &r); err != nil {
+						return Result{}, errs.E(errs.IO, "decode leader answer: %w", err)
+					}
+					c.waitApplied(ctx, resp.Aux)
+					return r, nil
+				}
+				if k := errs.KindOf(err); k != errs.NotReady && k != errs.IO {
+					return Result{}, err
+				}
+				lastErr = err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if lastErr == nil {
+				lastErr = errs.E(errs.NotReady, "no cluster leader (no quorum?)")
+			}
+			return Result{}, errs.E(errs.NotReady, "cluster %s: %w", cmd.Op, lastErr)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// waitApplied waits (briefly) until this node has applied the log up to
+// index, so that a client sees its own change through any node.
+func (c *Cluster) waitApplied(ctx context.Context, index uint64) {
+	deadline := time.Now().Add(5 * time.Second)
+	for c.raft.AppliedIndex() < index && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// ApplyLocal applies an encoded command on this node, which must be the
+// leader (errs.NotReady otherwise). It waits until the entry is committed
+// and applied here, and returns the result and the entry's log index. The
+// result's error, if any, is returned as the error.
+func (c *Cluster) ApplyLocal(data []byte) (Result, uint64, error) {
+	var cmd Command
+	if err := json.Unmarshal(data, &cmd); err != nil {
+		return Result{}, 0, errs.E(errs.Invalid, "undecodable cluster command: %w", err)
+	}
+	if c.raft.State() != raft.Leader {
+		return Result{}, 0, errs.E(errs.NotReady, "node %s is not the cluster leader", c.cfg.ID)
+	}
+	f := c.raft.Apply(data, 10*time.Second)
+	if err := f.Error(); err != nil {
+		return Result{}, 0, errs.E(errs.NotReady, "cluster log: %w", err)
+	}
+	r, _ := f.Response().(Result)
+	return r, f.Index(), r.Err
+}
+
+// addrOf returns a node's data address from gossip or the agreed members.
+func (c *Cluster) addrOf(id ids.NodeID) string {
+	if m, ok := c.State().Member(id); ok {
+		return m.Addr
+	}
+	for _, m := range c.Alive() {
+		if m.ID == id {
+			return m.Addr
+		}
+	}
+	return ""
+}
+
+// gossipAddr turns a data address into the gossip address next to it.
+func gossipAddr(data string) (string, error) {
+	host, port, err := net.SplitHostPort(data)
+	if err != nil {
+		return "", err
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort(host, strconv.Itoa(p+GossipPortOffset)), nil
+}
+
+// joinLoop joins the seeds at start, and keeps rejoining the members of
+// the agreed state that gossip does not see (memberlist does not heal
+// partitions by itself).
+func (c *Cluster) joinLoop() {
+	defer c.wg.Done()
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		alive := map[ids.NodeID]bool{}
+		for _, m := range c.Alive() {
+			alive[m.ID] = true
+		}
+		var targets []string
+		for _, a := range c.cfg.Join {
+			if g, err := gossipAddr(a); err == nil {
+				targets = append(targets, g)
+			}
+		}
+		for _, m := range c.State().Members {
+			if !alive[m.ID] {
+				if g, err := gossipAddr(m.Addr); err == nil {
+					targets = append(targets, g)
+				}
+			}
+		}
+		if len(targets) > 0 && (len(alive) <= 1 || len(alive) < len(c.State().Members)) {
+			if _, err := c.ml.Join(targets); err != nil {
+				c.log.Debug().Err(err).Strs("targets", targets).Msg("join")
+			}
+		}
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// leaderLoop, on the leader, turns what gossip sees into agreed decisions:
+// raft voters and non-voters, and epochs.
+func (c *Cluster) leaderLoop() {
+	defer c.wg.Done()
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	goneSince := map[ids.NodeID]time.Time{}
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		case <-c.events:
+		}
+		if c.raft.State() != raft.Leader {
+			clear(goneSince)
+			continue
+		}
+		if err := c.reconcile(goneSince); err != nil {
+			c.log.Warn().Err(err).Msg("reconcile membership")
+		}
+	}
+}
+
+func (c *Cluster) reconcile(goneSince map[ids.NodeID]time.Time) error {
+	nowT := time.Now()
+	alive := map[ids.NodeID]nodeMeta{}
+	for _, n := range c.ml.Members() {
+		if n.State != memberlist.StateAlive {
+			continue
+		}
+		var m nodeMeta
+		if json.Unmarshal(n.Meta, &m) == nil && m.Data != "" && m.Raft != "" {
+			alive[ids.NodeID(n.Name)] = m
+		}
+	}
+	alive[c.cfg.ID] = nodeMeta{Data: net.JoinHostPort(c.cfg.Host, strconv.Itoa(c.cfg.Port)),
+		Raft: net.JoinHostPort(c.cfg.Host, strconv.Itoa(c.cfg.Port+RaftPortOffset))}
+	for id := range goneSince {
+		if _, ok := alive[id]; ok {
+			delete(goneSince, id)
+		}
+	}
+	gone := func(id ids.NodeID) bool {
+		if _, ok := alive[id]; ok {
+			return false
+		}
+		if _, ok := goneSince[id]; !ok {
+			goneSince[id] = nowT
+		}
+		return nowT.Sub(goneSince[id]) >= c.cfg.DeadGrace
+	}
+
+	// Raft configuration.
+	cf := c.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return err
+	}
+	servers := cf.Configuration().Servers
+	inConf := map[ids.NodeID]raft.Server{}
+	voters := 0
+	for _, s := range servers {
+		id := ids.NodeID(s.ID)
+		if s.Suffrage == raft.Voter && gone(id) {
+			c.log.Info().Str("peer", string(id)).Msg("removing dead voter")
+			if err := c.raft.RemoveServer(s.ID, 0, 5*time.Second).Error(); err != nil {
+				return err
+			}
+			continue
+		}
+		if s.Suffrage != raft.Voter && gone(id) {
+			if err := c.raft.RemoveServer(s.ID, 0, 5*time.Second).Error(); err != nil {
+				return err
+			}
+			continue
+		}
+		inConf[id] = s
+		if s.Suffrage == raft.Voter {
+			voters++
+		}
+	}
+	target := 3
+	if len(alive) >= 5 {
+		target = 5
+	}
+	ordered := make([]ids.NodeID, 0, len(alive))
+	for id := range alive {
+		ordered = append(ordered, id)
+	}
+	slices.Sort(ordered)
+	for _, id := range ordered {
+		m := alive[id]
+		s, ok := inConf[id]
+		switch {
+		case ok && s.Suffrage == raft.Voter:
+			if string(s.Address) != m.Raft {
+				if err := c.raft.AddVoter(s.ID, raft.ServerAddress(m.Raft), 0, 5*time.Second).Error(); err != nil {
+					return err
+				}
+			}
+		case voters < target:
+			c.log.Info().Str("peer", string(id)).Msg("adding voter")
+			if err := c.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(m.Raft), 0, 5*time.Second).Error(); err != nil {
+				return err
+			}
+			voters++
+		case !ok || string(s.Address) != m.Raft:
+			c.log.Info().Str("peer", string(id)).Msg("adding non-voter")
+			if err := c.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(m.Raft), 0, 5*time.Second).Error(); err != nil {
+				return err
+			}
+		}
+	}
+
+	// Epoch: alive nodes plus members not yet gone for the grace period.
+	st := c.State()
+	want := make([]Member, 0, len(alive))
+	for id, m := range alive {
+		want = append(want, Member{ID: id, Addr: m.Data})
+	}
+	for _, m := range st.Members {
+		if _, ok := alive[m.ID]; !ok && !gone(m.ID) {
+			want = append(want, m)
+		}
+	}
+	slices.SortFunc(want, func(a, b Member) int { return cmpID(a.ID, b.ID) })
+	if !slices.Equal(want, st.Members) {
+		c.log.Info().Int("members", len(want)).Uint64("epoch", uint64(st.Epoch)+1).Msg("new epoch")
+		data, _ := json.Marshal(Command{Op: CmdMembers, Members: want, Time: now()})
+		if _, _, err := c.ApplyLocal(data); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// logWriter sends library log lines to zerolog.
+type logWriter struct{ log zerolog.Logger }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	msg := string(p)
+	for len(msg) > 0 && msg[len(msg)-1] == '\n' {
+		msg = msg[:len(msg)-1]
+	}
+	w.log.Warn().Str("lib", "raft").Msg(msg)
+	return len(p), nil
+}
+
+// String describes the node for logs.
+func (c *Cluster) String() string { return fmt.Sprintf("node %s", c.cfg.ID) }

@@ -1,0 +1,400 @@
+package cluster
+
+import (
+	"encoding/json"
+	"io"
+	"maps"
+	"regexp"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/hashring"
+	"github.com/sheepfs/sheepfs/ids"
+)
+
+// Limits on cluster metadata, checked when a command is applied.
+const (
+	// MaxNameLen is the longest VDI name, in bytes.
+	MaxNameLen = 255
+	// MaxCopies is the largest replica count a cluster or VDI may ask for.
+	MaxCopies = 31
+	// MaxVDISize is the largest VDI, in bytes (64 TiB).
+	MaxVDISize = 64 << 40
+	// maxEpochHistory bounds the past member lists kept in the state.
+	maxEpochHistory = 256
+)
+
+// Member is one node of an epoch's member list.
+type Member struct {
+	ID ids.NodeID `json:"id"`
+	// Addr is the node's data address, host:port.
+	Addr string `json:"addr"`
+}
+
+// EpochRecord is a past member list.
+type EpochRecord struct {
+	Epoch   ids.Epoch `json:"epoch"`
+	Members []Member  `json:"members"`
+	Time    int64     `json:"time"` // unix seconds
+}
+
+// Lock is a VDI's write lock: who holds it and through which node.
+type Lock struct {
+	Mount ids.MountID `json:"mount"`
+	Node  ids.NodeID  `json:"node"`
+	Since int64       `json:"since"` // unix seconds
+}
+
+// VDI is the cluster metadata of one virtual disk image.
+type VDI struct {
+	Name    string    `json:"name"`
+	ID      ids.VDIID `json:"id"`
+	Size    uint64    `json:"size"`   // bytes
+	Copies  int       `json:"copies"` // replicas per object
+	Created int64     `json:"created"`
+	Lock    *Lock     `json:"lock,omitempty"`
+}
+
+// State is the agreed cluster metadata at one point of the log. A State is
+// immutable once published: readers may keep it as long as they like.
+type State struct {
+	Epoch   ids.Epoch       `json:"epoch"`
+	Members []Member        `json:"members"` // sorted by ID
+	History []EpochRecord   `json:"history"`
+	Copies  int             `json:"copies"` // 0 until formatted
+	Format  int64           `json:"format_time"`
+	VDIs    map[string]*VDI `json:"vdis"`
+	NextVDI ids.VDIID       `json:"next_vdi"`
+
+	ring *hashring.Ring
+	byID map[ids.VDIID]*VDI
+}
+
+// Formatted reports whether the cluster has been formatted.
+func (s *State) Formatted() bool { return s.Copies > 0 }
+
+// Ring returns the consistent-hash ring of the epoch's members.
+func (s *State) Ring() *hashring.Ring { return s.ring }
+
+// Member returns the member with the given ID.
+func (s *State) Member(id ids.NodeID) (Member, bool) {
+	i, ok := slices.BinarySearchFunc(s.Members, id, func(m Member, id ids.NodeID) int {
+		switch {
+		case m.ID < id:
+			return -1
+		case m.ID > id:
+			return 1
+		}
+		return 0
+	})
+	if !ok {
+		return Member{}, false
+	}
+	return s.Members[i], true
+}
+
+// VDIByID returns the VDI with the given ID.
+func (s *State) VDIByID(id ids.VDIID) (*VDI, bool) {
+	v, ok := s.byID[id]
+	return v, ok
+}
+
+// derive fills the fields computed from the serialised ones.
+func (s *State) derive() {
+	nodes := make([]ids.NodeID, len(s.Members))
+	for i, m := range s.Members {
+		nodes[i] = m.ID
+	}
+	s.ring = hashring.New(nodes, 0)
+	s.byID = make(map[ids.VDIID]*VDI, len(s.VDIs))
+	for _, v := range s.VDIs {
+		s.byID[v.ID] = v
+	}
+}
+
+// clone returns a copy that may be changed without touching s. VDIs are
+// copied on write by the commands that change them.
+func (s *State) clone() *State {
+	n := *s
+	n.Members = slices.Clone(s.Members)
+	n.History = slices.Clone(s.History)
+	n.VDIs = maps.Clone(s.VDIs)
+	if n.VDIs == nil {
+		n.VDIs = map[string]*VDI{}
+	}
+	return &n
+}
+
+// Command is one entry of the cluster log.
+type Command struct {
+	Op      string      `json:"op"`
+	Members []Member    `json:"members,omitempty"`
+	Copies  int         `json:"copies,omitempty"`
+	Name    string      `json:"name,omitempty"`
+	Size    uint64      `json:"size,omitempty"`
+	Mount   ids.MountID `json:"mount,omitempty"`
+	Node    ids.NodeID  `json:"node,omitempty"`
+	Time    int64       `json:"time,omitempty"`
+}
+
+// The commands.
+const (
+	CmdMembers   = "members"    // Members: a new epoch
+	CmdFormat    = "format"     // Copies
+	CmdVDICreate = "vdi.create" // Name, Size, Copies (0: the cluster's)
+	CmdVDIDelete = "vdi.delete" // Name; Busy while locked
+	CmdVDIResize = "vdi.resize" // Name, Size, Mount (to shrink a locked VDI)
+	CmdVDILock   = "vdi.lock"   // Name, Mount, Node
+	CmdVDIUnlock = "vdi.unlock" // Name, Mount (any holder if Mount is empty)
+)
+
+// Result is what applying a command returns.
+type Result struct {
+	VDI *VDI  `json:"vdi,omitempty"`
+	Err error `json:"-"`
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._+-]*$`)
+
+// CheckName returns an errs.Invalid error if name is not a usable VDI name:
+// 1 to MaxNameLen bytes of letters, digits, '.', '_', '+', '-', not starting
+// with '.' or '-'.
+func CheckName(name string) error {
+	switch {
+	case name == "":
+		return errs.E(errs.Invalid, "empty VDI name")
+	case len(name) > MaxNameLen:
+		return errs.E(errs.Invalid, "VDI name of %d bytes is longer than %d", len(name), MaxNameLen)
+	case !nameRE.MatchString(name):
+		return errs.E(errs.Invalid, "VDI name %q: use letters, digits, '.', '_', '+', '-', not starting with '.' or '-'", name)
+	}
+	return nil
+}
+
+// CheckSize returns an errs.Invalid error if size is not a usable VDI size
+// (0 to MaxVDISize bytes; an empty VDI is grown by a resize or a write).
+func CheckSize(size uint64) error {
+	if size > MaxVDISize {
+		return errs.E(errs.Invalid, "VDI size %d exceeds the maximum of %d bytes (64 TiB)", size, uint64(MaxVDISize))
+	}
+	return nil
+}
+
+// apply computes the state after c. It never panics on a bad command: it
+// returns an error result and leaves the state unchanged.
+func apply(s *State, c *Command) (*State, Result) {
+	n := s.clone()
+	switch c.Op {
+	case CmdMembers:
+		ms := slices.Clone(c.Members)
+		slices.SortFunc(ms, func(a, b Member) int {
+			switch {
+			case a.ID < b.ID:
+				return -1
+			case a.ID > b.ID:
+				return 1
+			}
+			return 0
+		})
+		if slices.Equal(ms, s.Members) {
+			return s, Result{}
+		}
+		n.Epoch++
+		n.Members = ms
+		n.History = append(n.History, EpochRecord{Epoch: n.Epoch, Members: ms, Time: c.Time})
+		if len(n.History) > maxEpochHistory {
+			n.History = n.History[len(n.History)-maxEpochHistory:]
+		}
+		// Locks die with their holder's node.
+		for name, v := range n.VDIs {
+			if v.Lock != nil {
+				if _, ok := n.Member(v.Lock.Node); !ok {
+					nv := *v
+					nv.Lock = nil
+					n.VDIs[name] = &nv
+				}
+			}
+		}
+	case CmdFormat:
+		if s.Formatted() {
+			return s, Result{Err: errs.E(errs.Exists, "cluster is already formatted with %d copies", s.Copies)}
+		}
+		if c.Copies < 1 || c.Copies > MaxCopies {
+			return s, Result{Err: errs.E(errs.Invalid, "copies must be 1 to %d, not %d", MaxCopies, c.Copies)}
+		}
+		n.Copies = c.Copies
+		n.Format = c.Time
+		if n.NextVDI == 0 {
+			n.NextVDI = 1
+		}
+	case CmdVDICreate:
+		if !s.Formatted() {
+			return s, Result{Err: errs.E(errs.NotReady, "cluster is not formatted")}
+		}
+		if err := CheckName(c.Name); err != nil {
+			return s, Result{Err: err}
+		}
+		if err := CheckSize(c.Size); err != nil {
+			return s, Result{Err: err}
+		}
+		if _, ok := s.VDIs[c.Name]; ok {
+			return s, Result{Err: errs.E(errs.Exists, "VDI %q", c.Name)}
+		}
+		copies := c.Copies
+		if copies == 0 {
+			copies = s.Copies
+		}
+		if copies < 1 || copies > MaxCopies {
+			return s, Result{Err: errs.E(errs.Invalid, "copies must be 1 to %d, not %d", MaxCopies, copies)}
+		}
+		// IDs are handed out in increasing order and reused only after
+		// wrapping, so that a deleted VDI's objects are long gone first.
+		id := s.NextVDI
+		for tries := 0; ; tries++ {
+			if tries > int(ids.MaxVDIID) {
+				return s, Result{Err: errs.E(errs.NoSpace, "no free VDI IDs")}
+			}
+			if id == 0 || id > ids.MaxVDIID {
+				id = 1
+			}
+			if _, used := s.byID[id]; !used {
+				break
+			}
+			id++
+		}
+		v := &VDI{Name: c.Name, ID: id, Size: c.Size, Copies: copies, Created: c.Time}
+		n.VDIs[c.Name] = v
+		n.NextVDI = id + 1
+		n.derive()
+		return n, Result{VDI: v}
+	case CmdVDIDelete, CmdVDIResize, CmdVDILock, CmdVDIUnlock:
+		v, ok := s.VDIs[c.Name]
+		if !ok {
+			return s, Result{Err: errs.E(errs.NotFound, "VDI %q", c.Name)}
+		}
+		nv := *v
+		switch c.Op {
+		case CmdVDIDelete:
+			if v.Lock != nil {
+				return s, Result{Err: errs.E(errs.Busy, "VDI %q is open for writing by mount %s on node %s", c.Name, v.Lock.Mount, v.Lock.Node)}
+			}
+			delete(n.VDIs, c.Name)
+			n.derive()
+			return n, Result{VDI: v}
+		case CmdVDIResize:
+			if err := CheckSize(c.Size); err != nil {
+				return s, Result{Err: err}
+			}
+			if c.Size < v.Size && v.Lock != nil && v.Lock.Mount != c.Mount {
+				return s, Result{Err: errs.E(errs.Busy, "VDI %q is open for writing by mount %s: cannot shrink it", c.Name, v.Lock.Mount)}
+			}
+			nv.Size = c.Size
+		case CmdVDILock:
+			if v.Lock != nil && v.Lock.Mount != c.Mount {
+				return s, Result{Err: errs.E(errs.Busy, "VDI %q is open for writing by mount %s on node %s", c.Name, v.Lock.Mount, v.Lock.Node)}
+			}
+			if _, ok := s.Member(c.Node); !ok {
+				return s, Result{Err: errs.E(errs.NotReady, "node %s is not a member of epoch %v", c.Node, s.Epoch)}
+			}
+			nv.Lock = &Lock{Mount: c.Mount, Node: c.Node, Since: c.Time}
+		case CmdVDIUnlock:
+			if v.Lock == nil || (c.Mount != "" && v.Lock.Mount != c.Mount) {
+				return s, Result{VDI: v}
+			}
+			nv.Lock = nil
+		}
+		n.VDIs[c.Name] = &nv
+		n.derive()
+		return n, Result{VDI: &nv}
+	default:
+		return s, Result{Err: errs.E(errs.Invalid, "unknown cluster command %q", c.Op)}
+	}
+	n.derive()
+	return n, Result{}
+}
+
+// fsm is the raft state machine: it applies commands to the State and
+// publishes each new State.
+type fsm struct {
+	state   atomic.Pointer[State]
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced on every change
+}
+
+func newFSM() *fsm {
+	f := &fsm{changed: make(chan struct{})}
+	s := &State{VDIs: map[string]*VDI{}}
+	s.derive()
+	f.state.Store(s)
+	return f
+}
+
+func (f *fsm) publish(s *State) {
+	f.mu.Lock()
+	f.state.Store(s)
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+}
+
+func (f *fsm) watch() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.changed
+}
+
+// Apply implements raft.FSM.
+func (f *fsm) Apply(l *raft.Log) any {
+	var c Command
+	if err := json.Unmarshal(l.Data, &c); err != nil {
+		return Result{Err: errs.E(errs.Invalid, "undecodable cluster command: %w", err)}
+	}
+	old := f.state.Load()
+	n, r := apply(old, &c)
+	if n != old {
+		f.publish(n)
+	}
+	return r
+}
+
+// Snapshot implements raft.FSM.
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	return &fsmSnapshot{s: f.state.Load()}, nil
+}
+
+// Restore implements raft.FSM.
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	var s State
+	if err := json.NewDecoder(rc).Decode(&s); err != nil {
+		return errs.E(errs.IO, "restore cluster state: %w", err)
+	}
+	if s.VDIs == nil {
+		s.VDIs = map[string]*VDI{}
+	}
+	s.derive()
+	f.publish(&s)
+	return nil
+}
+
+type fsmSnapshot struct{ s *State }
+
+func (f *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	if err := json.NewEncoder(sink).Encode(f.s); err != nil {
+		sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+
+func (f *fsmSnapshot) Release() {}
+
+var _ raft.FSM = (*fsm)(nil)
+
+// now is the clock for command timestamps.
+var now = func() int64 { return time.Now().Unix() }

@@ -1,0 +1,40 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"syscall"
+
+	"github.com/sheepfs/sheepfs/errs"
+)
+
+// errnoOf is the one table from error kinds to errno.
+var errnoOf = map[errs.Kind]syscall.Errno{
+	errs.Other:       syscall.EIO,
+	errs.Invalid:     syscall.EINVAL,
+	errs.NotFound:    syscall.ENOENT,
+	errs.Exists:      syscall.EEXIST,
+	errs.Busy:        syscall.EBUSY,
+	errs.StaleEpoch:  syscall.EAGAIN,
+	errs.ReadOnly:    syscall.EROFS,
+	errs.NoSpace:     syscall.ENOSPC,
+	errs.IO:          syscall.EIO,
+	errs.NotReady:    syscall.EAGAIN,
+	errs.Unsupported: syscall.EOPNOTSUPP,
+	errs.TooLarge:    syscall.EFBIG,
+	errs.Closed:      syscall.EIO,
+}
+
+// toErrno maps err to the errno the kernel should see.
+func toErrno(err error) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	if errors.Is(err, context.Canceled) {
+		return syscall.EINTR
+	}
+	if e, ok := errnoOf[errs.KindOf(err)]; ok {
+		return e
+	}
+	return syscall.EIO
+}

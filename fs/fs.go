@@ -1,0 +1,148 @@
+// Package fs is sheepfs: the cluster as a FUSE filesystem.
+//
+//	/vdi/NAME          each VDI as a raw image file, read/write
+//	/snapshot/         snapshots (one directory per VDI)
+//	/cluster/info      cluster status for people; info.json for programs
+//	/node/list         one line per node; node/ID/info per node
+//
+// VDI data goes through the kernel page cache. Write locks are taken when a
+// VDI is opened for writing and released when the last writer closes it.
+package fs
+
+import (
+	"context"
+	"sync"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/sheepfs/sheepfs/client"
+	"github.com/sheepfs/sheepfs/proto"
+)
+
+// Inode numbers of the fixed entries; VDI files use vdiInoBase + VDI ID.
+const (
+	inoRoot = 1 + iota
+	inoVDIDir
+	inoSnapDir
+	inoClusterDir
+	inoNodeDir
+	inoClusterInfo
+	inoClusterJSON
+	inoNodeList
+	vdiInoBase  = 1 << 32
+	nodeInoBase = 2 << 32
+)
+
+// attrTTL is how long the kernel may cache names and attributes.
+const attrTTL = time.Second
+
+// Options configure a mount.
+type Options struct {
+	// Debug logs every FUSE request.
+	Debug bool
+	// AllowOther lets users other than the mounter use the mount.
+	AllowOther bool
+}
+
+// FS is a mounted sheepfs.
+type FS struct {
+	c   *client.Client
+	srv *fuse.Server
+
+	mu      sync.Mutex
+	writers map[string]int // open-for-write handles per VDI name
+}
+
+// Mount mounts sheepfs at dir, served through c. Call Wait or Unmount.
+func Mount(dir string, c *client.Client, opts Options) (*FS, error) {
+	f := &FS{c: c, writers: map[string]int{}}
+	ttl := attrTTL
+	neg := time.Duration(0)
+	o := &gofs.Options{
+		EntryTimeout:    &ttl,
+		AttrTimeout:     &ttl,
+		NegativeTimeout: &neg,
+		MountOptions: fuse.MountOptions{
+			FsName:        "sheepfs",
+			Name:          "sheepfs",
+			MaxWrite:      1 << 20,
+			MaxReadAhead:  1 << 20,
+			MaxBackground: 64,
+			AllowOther:    opts.AllowOther,
+			Debug:         opts.Debug,
+			DirectMount:   true,
+		},
+	}
+	root := &rootNode{fs: f}
+	srv, err := gofs.Mount(dir, root, o)
+	if err != nil {
+		return nil, err
+	}
+	f.srv = srv
+	return f, nil
+}
+
+// Wait blocks until the filesystem is unmounted.
+func (f *FS) Wait() { f.srv.Wait() }
+
+// Unmount unmounts the filesystem.
+func (f *FS) Unmount() error { return f.srv.Unmount() }
+
+func (f *FS) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, 5*time.Minute)
+}
+
+// lookupVDI asks the cluster for a VDI by name.
+func (f *FS) lookupVDI(ctx context.Context, name string) (proto.VDIInfo, error) {
+	var info proto.VDIInfo
+	err := f.c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDILookup, Name: name}, &info)
+	return info, err
+}
+
+// rootNode is the mount's root directory.
+type rootNode struct {
+	gofs.Inode
+	fs *FS
+}
+
+var _ gofs.NodeOnAdder = (*rootNode)(nil)
+var _ gofs.NodeStatfser = (*rootNode)(nil)
+
+// OnAdd builds the fixed tree.
+func (r *rootNode) OnAdd(ctx context.Context) {
+	dir := func(parent *gofs.Inode, name string, ino uint64, node gofs.InodeEmbedder) *gofs.Inode {
+		ch := parent.NewPersistentInode(ctx, node, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino})
+		parent.AddChild(name, ch, true)
+		return ch
+	}
+	dir(&r.Inode, "vdi", inoVDIDir, &vdiDir{fs: r.fs})
+	dir(&r.Inode, "snapshot", inoSnapDir, &gofs.Inode{})
+	cl := dir(&r.Inode, "cluster", inoClusterDir, &gofs.Inode{})
+	file := func(parent *gofs.Inode, name string, ino uint64, gen func(ctx context.Context) ([]byte, error)) {
+		ch := parent.NewPersistentInode(ctx, &statusFile{gen: gen}, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: ino})
+		parent.AddChild(name, ch, true)
+	}
+	file(cl, "info", inoClusterInfo, r.fs.clusterInfoText)
+	file(cl, "info.json", inoClusterJSON, r.fs.clusterInfoJSON)
+	dir(&r.Inode, "node", inoNodeDir, &nodeDir{fs: r.fs})
+}
+
+// Statfs reports the cluster's space.
+func (r *rootNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	var ci proto.ClusterInfo
+	if err := r.fs.c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminClusterInfo}, &ci); err != nil {
+		return toErrno(err)
+	}
+	const bs = 4096
+	copies := uint64(max(ci.Copies, 1))
+	out.Bsize = bs
+	out.Frsize = bs
+	out.Blocks = uint64(ci.Used+ci.Free) / bs / copies
+	out.Bfree = uint64(ci.Free) / bs / copies
+	out.Bavail = out.Bfree
+	out.NameLen = 255
+	return 0
+}

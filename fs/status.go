@@ -1,0 +1,195 @@
+package fs
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/proto"
+)
+
+// statusFile is a read-only file whose content is generated at open.
+type statusFile struct {
+	gofs.Inode
+	gen func(ctx context.Context) ([]byte, error)
+}
+
+var (
+	_ gofs.NodeOpener    = (*statusFile)(nil)
+	_ gofs.NodeGetattrer = (*statusFile)(nil)
+	_ gofs.NodeReader    = (*statusFile)(nil)
+)
+
+type statusHandle struct{ data []byte }
+
+func (s *statusFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+		return nil, 0, syscall.EACCES
+	}
+	b, err := s.gen(ctx)
+	if err != nil {
+		return nil, 0, toErrno(err)
+	}
+	return &statusHandle{data: b}, fuse.FOPEN_DIRECT_IO, 0
+}
+
+func (s *statusFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFREG | 0o444
+	out.Nlink = 1
+	if h, ok := fh.(*statusHandle); ok {
+		out.Size = uint64(len(h.data))
+	} else if b, err := s.gen(ctx); err == nil {
+		out.Size = uint64(len(b))
+	}
+	out.SetTimeout(0)
+	return 0
+}
+
+func (s *statusFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	h, ok := fh.(*statusHandle)
+	if !ok {
+		return nil, syscall.EBADF
+	}
+	if off >= int64(len(h.data)) {
+		return fuse.ReadResultData(nil), 0
+	}
+	return fuse.ReadResultData(h.data[off:min(int64(len(h.data)), off+int64(len(dest)))]), 0
+}
+
+func (f *FS) clusterInfo(ctx context.Context) (proto.ClusterInfo, error) {
+	var ci proto.ClusterInfo
+	err := f.c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminClusterInfo}, &ci)
+	return ci, err
+}
+
+func (f *FS) clusterInfoJSON(ctx context.Context) ([]byte, error) {
+	ci, err := f.clusterInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	b, err := json.MarshalIndent(ci, "", "  ")
+	return append(b, '\n'), err
+}
+
+func (f *FS) clusterInfoText(ctx context.Context) ([]byte, error) {
+	ci, err := f.clusterInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return FormatClusterInfo(ci), nil
+}
+
+// FormatClusterInfo renders cluster status for people.
+func FormatClusterInfo(ci proto.ClusterInfo) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "status:  %s\n", ci.Status)
+	fmt.Fprintf(&b, "epoch:   %v\n", ci.Epoch)
+	if ci.Copies > 0 {
+		fmt.Fprintf(&b, "copies:  %d\n", ci.Copies)
+		fmt.Fprintf(&b, "formatted: %s\n", time.Unix(ci.FormatTime, 0).UTC().Format(time.RFC3339))
+	}
+	fmt.Fprintf(&b, "leader:  %s\n", ci.Leader)
+	fmt.Fprintf(&b, "vdis:    %d\n", ci.VDIs)
+	fmt.Fprintf(&b, "space:   %s used, %s free\n", HumanBytes(ci.Used), HumanBytes(ci.Free))
+	fmt.Fprintf(&b, "nodes:   %d\n\n", len(ci.Nodes))
+	b.Write(FormatNodes(ci.Nodes))
+	return b.Bytes()
+}
+
+// FormatNodes renders a node table.
+func FormatNodes(nodes []proto.NodeInfo) []byte {
+	var b bytes.Buffer
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tADDRESS\tSTATE\tROLE\tOBJECTS\tUSED\tFREE")
+	for _, n := range nodes {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", n.ID, n.Addr, n.State, n.Role, n.Objects, HumanBytes(n.Used), HumanBytes(n.Free))
+	}
+	tw.Flush()
+	return b.Bytes()
+}
+
+// HumanBytes formats a byte count with a binary unit.
+func HumanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// nodeDir is /node: list, and one directory per node with its info.
+type nodeDir struct {
+	gofs.Inode
+	fs *FS
+}
+
+var (
+	_ gofs.NodeLookuper  = (*nodeDir)(nil)
+	_ gofs.NodeReaddirer = (*nodeDir)(nil)
+)
+
+func (d *nodeDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	ci, err := d.fs.clusterInfo(ctx)
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	ents := []fuse.DirEntry{{Name: "list", Mode: syscall.S_IFREG, Ino: inoNodeList}}
+	for i, n := range ci.Nodes {
+		ents = append(ents, fuse.DirEntry{Name: string(n.ID), Mode: syscall.S_IFDIR, Ino: nodeInoBase + uint64(i)})
+	}
+	return gofs.NewListDirStream(ents), 0
+}
+
+func (d *nodeDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if name == "list" {
+		ch := d.NewInode(ctx, &statusFile{gen: func(ctx context.Context) ([]byte, error) {
+			ci, err := d.fs.clusterInfo(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return FormatNodes(ci.Nodes), nil
+		}}, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: inoNodeList})
+		return ch, 0
+	}
+	ci, err := d.fs.clusterInfo(ctx)
+	if err != nil {
+		return nil, toErrno(err)
+	}
+	for _, n := range ci.Nodes {
+		if string(n.ID) != name {
+			continue
+		}
+		id := n.ID
+		dir := d.NewInode(ctx, &gofs.Inode{}, gofs.StableAttr{Mode: syscall.S_IFDIR})
+		info := dir.NewInode(ctx, &statusFile{gen: func(ctx context.Context) ([]byte, error) {
+			ci, err := d.fs.clusterInfo(ctx)
+			if err != nil {
+				return nil, err
+			}
+			for _, n := range ci.Nodes {
+				if n.ID == id {
+					b, err := json.MarshalIndent(n, "", "  ")
+					return append(b, '\n'), err
+				}
+			}
+			return nil, errs.E(errs.NotFound, "node %s", id)
+		}}, gofs.StableAttr{Mode: syscall.S_IFREG})
+		dir.AddChild("info", info, true)
+		out.Mode = syscall.S_IFDIR | 0o555
+		return dir, 0
+	}
+	return nil, syscall.ENOENT
+}

@@ -1,0 +1,396 @@
+package fs
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/proto"
+	"github.com/sheepfs/sheepfs/vdi"
+)
+
+// Linux fallocate modes.
+const (
+	fallocKeepSize  = 0x01
+	fallocPunchHole = 0x02
+	fallocZeroRange = 0x10
+)
+
+// vdiDir is /vdi: one file per VDI.
+type vdiDir struct {
+	gofs.Inode
+	fs *FS
+}
+
+var (
+	_ gofs.NodeLookuper  = (*vdiDir)(nil)
+	_ gofs.NodeReaddirer = (*vdiDir)(nil)
+	_ gofs.NodeCreater   = (*vdiDir)(nil)
+	_ gofs.NodeUnlinker  = (*vdiDir)(nil)
+)
+
+func (d *vdiDir) child(ctx context.Context, info proto.VDIInfo, out *fuse.EntryOut) *gofs.Inode {
+	n := &vdiNode{fs: d.fs, name: info.Name, id: info.ID}
+	n.size.Store(info.Size)
+	ch := d.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: vdiInoBase + uint64(info.ID)})
+	// NewInode returns the existing inode for a known ID: refresh it.
+	if vn, ok := ch.Operations().(*vdiNode); ok {
+		vn.size.Store(info.Size)
+		vn.fill(&out.Attr)
+	}
+	return ch
+}
+
+// Lookup finds a VDI by name.
+func (d *vdiDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	info, err := d.fs.lookupVDI(ctx, name)
+	if err != nil {
+		if errs.Is(err, errs.Invalid) {
+			return nil, syscall.ENOENT
+		}
+		return nil, toErrno(err)
+	}
+	return d.child(ctx, info, out), 0
+}
+
+// Readdir lists the VDIs.
+func (d *vdiDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	var list []proto.VDIInfo
+	if err := d.fs.c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDIList}, &list); err != nil {
+		return nil, toErrno(err)
+	}
+	ents := make([]fuse.DirEntry, len(list))
+	for i, v := range list {
+		ents[i] = fuse.DirEntry{Name: v.Name, Mode: syscall.S_IFREG, Ino: vdiInoBase + uint64(v.ID)}
+	}
+	return gofs.NewListDirStream(ents), 0
+}
+
+// Create makes a new, empty VDI (truncate or write to give it a size).
+func (d *vdiDir) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	var info proto.VDIInfo
+	err := d.fs.c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDICreate, Name: name}, &info)
+	if errs.Is(err, errs.Exists) && flags&syscall.O_EXCL == 0 {
+		info, err = d.fs.lookupVDI(ctx, name)
+	}
+	if err != nil {
+		return nil, nil, 0, toErrno(err)
+	}
+	ch := d.child(ctx, info, out)
+	n := ch.Operations().(*vdiNode)
+	fh, fuseFlags, errno := n.Open(ctx, flags)
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	return ch, fh, fuseFlags, 0
+}
+
+// Unlink deletes a VDI: EBUSY while anyone has it open for writing.
+func (d *vdiDir) Unlink(ctx context.Context, name string) syscall.Errno {
+	err := d.fs.c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDIDelete, Name: name}, nil)
+	return toErrno(err)
+}
+
+// vdiNode is one VDI's file.
+type vdiNode struct {
+	gofs.Inode
+	fs   *FS
+	name string
+	id   ids.VDIID
+	size atomic.Uint64
+
+	mu        sync.Mutex
+	allocAt   time.Time
+	allocBits []byte
+	allocN    uint32
+}
+
+var (
+	_ gofs.NodeOpener    = (*vdiNode)(nil)
+	_ gofs.NodeReader    = (*vdiNode)(nil)
+	_ gofs.NodeWriter    = (*vdiNode)(nil)
+	_ gofs.NodeFsyncer   = (*vdiNode)(nil)
+	_ gofs.NodeReleaser  = (*vdiNode)(nil)
+	_ gofs.NodeGetattrer = (*vdiNode)(nil)
+	_ gofs.NodeSetattrer = (*vdiNode)(nil)
+	_ gofs.NodeLseeker   = (*vdiNode)(nil)
+	_ gofs.NodeAllocater = (*vdiNode)(nil)
+)
+
+// handle is one open of a VDI file.
+type handle struct {
+	write bool
+	sync  bool // O_SYNC / O_DSYNC
+}
+
+func (n *vdiNode) fill(a *fuse.Attr) {
+	size := n.size.Load()
+	a.Mode = syscall.S_IFREG | 0o644
+	a.Size = size
+	a.Nlink = 1
+	a.Blksize = 4096
+	n.mu.Lock()
+	a.Blocks = uint64(popcount(n.allocBits)) * vdi.ObjectSize / 512
+	n.mu.Unlock()
+}
+
+func popcount(b []byte) int {
+	c := 0
+	for _, x := range b {
+		for ; x != 0; x &= x - 1 {
+			c++
+		}
+	}
+	return c
+}
+
+// allocMap returns the VDI's allocation bitmap, fetched at most once per
+// attrTTL unless fresh is set.
+func (n *vdiNode) allocMap(ctx context.Context, fresh bool) ([]byte, uint32, error) {
+	n.mu.Lock()
+	if !fresh && time.Since(n.allocAt) < attrTTL && n.allocBits != nil {
+		bm, cnt := n.allocBits, n.allocN
+		n.mu.Unlock()
+		return bm, cnt, nil
+	}
+	n.mu.Unlock()
+	bm, cnt, err := n.fs.c.AllocMap(ctx, n.id)
+	if err != nil {
+		return nil, 0, err
+	}
+	n.mu.Lock()
+	n.allocBits, n.allocN, n.allocAt = bm, cnt, time.Now()
+	n.mu.Unlock()
+	return bm, cnt, nil
+}
+
+// refresh reloads the VDI's size from the cluster.
+func (n *vdiNode) refresh(ctx context.Context) error {
+	info, err := n.fs.lookupVDI(ctx, n.name)
+	if err != nil {
+		return err
+	}
+	if info.ID != n.id {
+		return errs.E(errs.NotFound, "VDI %q was deleted", n.name)
+	}
+	n.size.Store(info.Size)
+	return nil
+}
+
+// Getattr reports size and allocation.
+func (n *vdiNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if err := n.refresh(ctx); err != nil {
+		return toErrno(err)
+	}
+	if _, _, err := n.allocMap(ctx, false); err != nil {
+		return toErrno(err)
+	}
+	n.fill(&out.Attr)
+	out.SetTimeout(attrTTL)
+	return 0
+}
+
+// Open takes the VDI's write lock for a writable open.
+func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	h := &handle{write: flags&syscall.O_ACCMODE != syscall.O_RDONLY,
+		sync: flags&(syscall.O_SYNC|syscall.O_DSYNC) != 0}
+	if h.write {
+		n.fs.mu.Lock()
+		first := n.fs.writers[n.name] == 0
+		n.fs.writers[n.name]++
+		n.fs.mu.Unlock()
+		if first {
+			if err := n.fs.c.Lock(ctx, n.name); err != nil {
+				n.fs.mu.Lock()
+				n.fs.writers[n.name]--
+				n.fs.mu.Unlock()
+				return nil, 0, toErrno(err)
+			}
+		}
+		if flags&syscall.O_TRUNC != 0 {
+			if errno := n.resize(ctx, 0); errno != 0 {
+				n.release(ctx, h)
+				return nil, 0, errno
+			}
+		}
+	}
+	return h, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+func (n *vdiNode) release(ctx context.Context, h *handle) {
+	if !h.write {
+		return
+	}
+	n.fs.mu.Lock()
+	n.fs.writers[n.name]--
+	last := n.fs.writers[n.name] == 0
+	if last {
+		delete(n.fs.writers, n.name)
+	}
+	n.fs.mu.Unlock()
+	if last {
+		// Unlock with a fresh context: the request's may be gone.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_ = n.fs.c.Unlock(ctx, n.name)
+	}
+}
+
+// Release drops the write lock after the last writer closes.
+func (n *vdiNode) Release(ctx context.Context, fh gofs.FileHandle) syscall.Errno {
+	if h, ok := fh.(*handle); ok {
+		n.release(ctx, h)
+	}
+	return 0
+}
+
+// Read reads from the VDI; reads past the end return what exists.
+func (n *vdiNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	size := int64(n.size.Load())
+	if off >= size || off < 0 {
+		return fuse.ReadResultData(nil), 0
+	}
+	l := min(int64(len(dest)), size-off)
+	ctx, cancel := n.fs.ctx(ctx)
+	defer cancel()
+	if err := n.fs.c.ReadAt(ctx, n.id, dest[:l], off); err != nil {
+		return nil, toErrno(err)
+	}
+	return fuse.ReadResultData(dest[:l]), 0
+}
+
+// Write writes to the VDI, growing it when the write ends past the end
+// (as a regular file does).
+func (n *vdiNode) Write(ctx context.Context, fh gofs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	h, _ := fh.(*handle)
+	if h == nil || !h.write {
+		return 0, syscall.EBADF
+	}
+	if off < 0 {
+		return 0, syscall.EINVAL
+	}
+	end := uint64(off) + uint64(len(data))
+	if end > n.size.Load() {
+		if errno := n.resize(ctx, end); errno != 0 {
+			return 0, errno
+		}
+	}
+	ctx, cancel := n.fs.ctx(ctx)
+	defer cancel()
+	if err := n.fs.c.WriteAt(ctx, n.id, data, off, h.sync); err != nil {
+		return 0, toErrno(err)
+	}
+	n.mu.Lock()
+	n.allocAt = time.Time{}
+	n.mu.Unlock()
+	return uint32(len(data)), 0
+}
+
+// resize sets the VDI's size.
+func (n *vdiNode) resize(ctx context.Context, size uint64) syscall.Errno {
+	if size == n.size.Load() {
+		return 0
+	}
+	var info proto.VDIInfo
+	err := n.fs.c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDIResize, Name: n.name, Size: size, Mount: n.fs.c.Mount()}, &info)
+	if err != nil {
+		return toErrno(err)
+	}
+	n.size.Store(info.Size)
+	n.mu.Lock()
+	n.allocAt = time.Time{}
+	n.mu.Unlock()
+	return 0
+}
+
+// Fsync makes every write so far durable on all replicas.
+func (n *vdiNode) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) syscall.Errno {
+	ctx, cancel := n.fs.ctx(ctx)
+	defer cancel()
+	return toErrno(n.fs.c.Flush(ctx, n.id))
+}
+
+// Setattr changes the size (grow, or shrink discarding the tail); other
+// attributes are fixed and silently kept.
+func (n *vdiNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if size, ok := in.GetSize(); ok {
+		if errno := n.resize(ctx, size); errno != 0 {
+			return errno
+		}
+	}
+	n.fill(&out.Attr)
+	return 0
+}
+
+// Lseek answers SEEK_DATA and SEEK_HOLE from the VDI's allocated objects.
+func (n *vdiNode) Lseek(ctx context.Context, fh gofs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
+	const seekData, seekHole = 3, 4
+	if whence != seekData && whence != seekHole {
+		return 0, syscall.EINVAL
+	}
+	size := n.size.Load()
+	if off >= size {
+		return 0, syscall.ENXIO
+	}
+	bm, cnt, err := n.allocMap(ctx, true)
+	if err != nil {
+		return 0, toErrno(err)
+	}
+	allocated := func(i uint64) bool { return i < uint64(cnt) && bm[i/8]&(1<<(i%8)) != 0 }
+	for i := off / vdi.ObjectSize; i*vdi.ObjectSize < size; i++ {
+		if allocated(i) == (whence == seekData) {
+			return max(off, i*vdi.ObjectSize), 0
+		}
+	}
+	if whence == seekData {
+		return 0, syscall.ENXIO
+	}
+	return size, 0
+}
+
+// Allocate supports punch hole and zero range; other modes (plain
+// preallocation) are refused with EOPNOTSUPP, since a thin VDI cannot
+// promise space.
+func (n *vdiNode) Allocate(ctx context.Context, fh gofs.FileHandle, off uint64, length uint64, mode uint32) syscall.Errno {
+	h, _ := fh.(*handle)
+	if h == nil || !h.write {
+		return syscall.EBADF
+	}
+	var keep bool
+	switch mode &^ fallocKeepSize {
+	case fallocPunchHole:
+		if mode&fallocKeepSize == 0 {
+			return syscall.EOPNOTSUPP
+		}
+	case fallocZeroRange:
+		keep = true
+		if end := off + length; mode&fallocKeepSize == 0 && end > n.size.Load() {
+			if errno := n.resize(ctx, end); errno != 0 {
+				return errno
+			}
+		}
+	default:
+		return syscall.EOPNOTSUPP
+	}
+	size := n.size.Load()
+	if off >= size {
+		return 0
+	}
+	length = min(length, size-off)
+	ctx, cancel := n.fs.ctx(ctx)
+	defer cancel()
+	if err := n.fs.c.Discard(ctx, n.id, int64(off), int64(length), keep); err != nil {
+		return toErrno(err)
+	}
+	n.mu.Lock()
+	n.allocAt = time.Time{}
+	n.mu.Unlock()
+	return 0
+}

@@ -1,0 +1,158 @@
+package objstore
+
+import (
+	"os"
+	"sync"
+)
+
+// FaultFS wraps an FS and makes chosen operations fail, in the manner of
+// pebble's vfs/errorfs: tests (of this package and of others, and the
+// daemon's fault drills) open a Store with a FaultFS and arm write or sync
+// faults. Every other operation passes through to the wrapped FS. The
+// zero value is not usable; make one with NewFaultFS. A FaultFS is safe
+// for concurrent use.
+type FaultFS struct {
+	fs FS
+
+	mu       sync.Mutex
+	write    fault
+	sync     fault
+	injected int
+}
+
+// fault is one armed failure rule.
+type fault struct {
+	err   error // nil when disarmed
+	skip  int   // successful calls still to let through
+	every bool  // keep failing after the first failure
+}
+
+// hit reports the error the next call must fail with, or nil.
+func (r *fault) hit() error {
+	if r.err == nil {
+		return nil
+	}
+	if r.skip > 0 {
+		r.skip--
+		return nil
+	}
+	err := r.err
+	if !r.every {
+		r.err = nil
+	}
+	return err
+}
+
+var (
+	_ FS   = (*FaultFS)(nil)
+	_ File = (*faultFile)(nil)
+)
+
+// NewFaultFS returns a FaultFS that passes everything to fs until a fault
+// is armed. A nil fs means OSFS().
+func NewFaultFS(fs FS) *FaultFS {
+	if fs == nil {
+		fs = OSFS()
+	}
+	return &FaultFS{fs: fs}
+}
+
+// FailWrite arms a write fault: after n more successful writes (File.WriteAt
+// or File.Punch on files opened through f), the next one fails with err
+// (for example syscall.ENOSPC or syscall.EIO, wrapped in an *os.PathError
+// as the OS would) without touching the file. If every is true, all later
+// writes fail too until Heal. A nil err disarms the write fault.
+func (f *FaultFS) FailWrite(n int, err error, every bool) {
+	f.mu.Lock()
+	f.write = fault{err: err, skip: n, every: every}
+	f.mu.Unlock()
+}
+
+// FailSync arms a sync fault, with the same rules as FailWrite, on
+// File.Sync of files and directories opened through f. The failed sync
+// does not reach the wrapped file.
+func (f *FaultFS) FailSync(n int, err error, every bool) {
+	f.mu.Lock()
+	f.sync = fault{err: err, skip: n, every: every}
+	f.mu.Unlock()
+}
+
+// Heal disarms all faults.
+func (f *FaultFS) Heal() {
+	f.mu.Lock()
+	f.write, f.sync = fault{}, fault{}
+	f.mu.Unlock()
+}
+
+// Injected returns how many operations have failed by injection so far, so
+// a test can check that its fault really fired.
+func (f *FaultFS) Injected() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.injected
+}
+
+func (f *FaultFS) check(r *fault, op, name string) error {
+	f.mu.Lock()
+	err := r.hit()
+	if err != nil {
+		f.injected++
+	}
+	f.mu.Unlock()
+	if err != nil {
+		return &os.PathError{Op: op, Path: name, Err: err}
+	}
+	return nil
+}
+
+// OpenFile opens name through the wrapped FS; the File it returns obeys
+// the armed faults.
+func (f *FaultFS) OpenFile(name string, flag int, perm os.FileMode) (File, error) {
+	file, err := f.fs.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return &faultFile{File: file, fs: f, name: name}, nil
+}
+
+// Rename passes through.
+func (f *FaultFS) Rename(oldpath, newpath string) error { return f.fs.Rename(oldpath, newpath) }
+
+// Remove passes through.
+func (f *FaultFS) Remove(name string) error { return f.fs.Remove(name) }
+
+// MkdirAll passes through.
+func (f *FaultFS) MkdirAll(path string, perm os.FileMode) error { return f.fs.MkdirAll(path, perm) }
+
+// ReadDir passes through.
+func (f *FaultFS) ReadDir(name string) ([]os.DirEntry, error) { return f.fs.ReadDir(name) }
+
+// Statfs passes through.
+func (f *FaultFS) Statfs(path string) (total, free int64, err error) { return f.fs.Statfs(path) }
+
+type faultFile struct {
+	File
+	fs   *FaultFS
+	name string
+}
+
+func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
+	if err := f.fs.check(&f.fs.write, "write", f.name); err != nil {
+		return 0, err
+	}
+	return f.File.WriteAt(p, off)
+}
+
+func (f *faultFile) Punch(off, length int64) error {
+	if err := f.fs.check(&f.fs.write, "fallocate", f.name); err != nil {
+		return err
+	}
+	return f.File.Punch(off, length)
+}
+
+func (f *faultFile) Sync() error {
+	if err := f.fs.check(&f.fs.sync, "sync", f.name); err != nil {
+		return err
+	}
+	return f.File.Sync()
+}

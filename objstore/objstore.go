@@ -1,0 +1,669 @@
+// Package objstore is a node's local object store: the replicas of the
+// fixed-size objects placed on this node, one sparse file per object, with
+// a small bbolt index of each object's version and epoch.
+//
+// Layout under the store's directory:
+//
+//	index.db            bbolt: ObjectID -> Meta (see index.go); no data
+//	obj/XX/<oid>        one sparse file of ObjectSize bytes per object;
+//	                    <oid> is ObjectID.String() (16 hex digits) and XX
+//	                    its last two hex digits (the ID's low byte)
+//	obj/XX/<oid>.tmp    an object being created; removed by Open
+//
+// Durability is that of a disk with a volatile write cache: Write, Punch
+// and Remove take effect at once for users of the Store and become
+// durable at the next successful Sync. Sync makes object data durable
+// before it commits the index, so after a crash the index never claims a
+// version whose data was lost; it may claim an older one (a crash between
+// the two), which only makes this replica look staler than it is. Objects
+// created since the last Sync come back from a crash with version 0.
+//
+// A Store is safe for concurrent use. Operations on different objects,
+// and reads and writes of one object, run in parallel; no I/O is done
+// under the store-wide mutex.
+package objstore
+
+import (
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
+
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/ids"
+)
+
+// DefaultObjectSize is the object size, in bytes, used when
+// Options.ObjectSize is zero: 4 MiB.
+const DefaultObjectSize = 4 << 20
+
+// defaultMaxOpenFiles is used when Options.MaxOpenFiles is zero.
+const defaultMaxOpenFiles = 256
+
+// Options configure a Store. The zero value is a good default.
+type Options struct {
+	// ObjectSize is the size of every object, in bytes. 0 means
+	// DefaultObjectSize. It is recorded in the index when the store is
+	// created; Open fails with errs.Invalid if it is negative or differs
+	// from the recorded size.
+	ObjectSize int64
+
+	// MaxOpenFiles bounds the LRU cache of open object file descriptors.
+	// 0 means 256; negative is errs.Invalid. Operations in flight keep
+	// the descriptors they use open beyond the bound until they finish. A
+	// cache miss costs an open(2).
+	MaxOpenFiles int
+
+	// FS is the filesystem holding the object files, the seam for fault
+	// injection (see FaultFS). nil means OSFS(). The index, dir/index.db,
+	// is always opened by bbolt on the real filesystem.
+	FS FS
+}
+
+// Meta is what the index keeps for each object.
+type Meta struct {
+	// Version is the highest version written to this replica. Objects
+	// found on disk without an index entry (created, then a crash before
+	// Sync) have version 0.
+	Version ids.Version
+	// Epoch is the epoch of the last Write or Punch.
+	Epoch ids.Epoch
+}
+
+// Store is the object store in one directory. Make one with Open; its
+// methods are safe for concurrent use. Only one Store, in any process,
+// may have a directory open at a time.
+type Store struct {
+	dir     string
+	objDir  string
+	fs      FS
+	objSize int64
+	db      *bolt.DB
+	stripes [nStripes]stripe // per-object locks, see lock
+
+	// closeMu is held shared by every operation and exclusively by Close,
+	// which thus waits for operations in flight.
+	closeMu sync.RWMutex
+	closed  bool
+
+	mu        sync.Mutex // guards the fields below; never held during I/O
+	objects   map[ids.ObjectID]objInfo
+	fds       fdCache
+	dirty     map[ids.ObjectID]dirtyEntry // changes since the last Sync
+	spare     map[ids.ObjectID]dirtyEntry // an emptied batch map, for reuse
+	dirtyDirs [256]bool                   // obj/XX gained or lost entries since the last Sync
+	stale     map[ids.ObjectID]struct{}   // written since Usage last measured them
+	used      int64                       // sum of objects[*].alloc
+	batch     uint64                      // number of the batch dirty collects
+
+	syncMu  sync.Mutex // serialises syncBatch; guards durable and syncErr
+	durable uint64     // every batch numbered below this is durable
+	syncErr error      // sticky: a failed fdatasync or fsync
+}
+
+// objInfo is what the Store keeps in memory for each object.
+type objInfo struct {
+	Meta
+	alloc int64 // bytes allocated on disk when last measured
+}
+
+// dirtyEntry is a change to the index awaiting Sync.
+type dirtyEntry struct {
+	meta    Meta
+	data    bool // the object file needs fdatasync
+	removed bool // delete the index entry
+}
+
+// nStripes is the number of per-object lock stripes (a power of two).
+const nStripes = 1024
+
+// stripe is a lock padded to a cache line.
+type stripe struct {
+	sync.RWMutex
+	_ [64 - 24]byte
+}
+
+// lock returns the lock of oid's stripe. Reads, writes, punches, syncs and
+// measures hold it shared; creation and removal exclusively, so these
+// never race with I/O on the same object.
+func (s *Store) lock(oid ids.ObjectID) *sync.RWMutex {
+	return &s.stripes[(uint64(oid)*0x9e3779b97f4a7c15)>>54].RWMutex
+}
+
+// errAbsent is acquire's "no such object"; callers turn it into an
+// errs.NotFound with context.
+var errAbsent = errors.New("absent")
+
+// fanout returns the fan-out directory number of oid: its low byte, so
+// obj/XX is the last two hex digits of the object's name.
+func fanout(oid ids.ObjectID) int { return int(oid & 0xff) }
+
+const hexDigits = "0123456789abcdef"
+
+func fanoutName(i int) string { return string([]byte{hexDigits[i>>4], hexDigits[i&15]}) }
+
+// objPath returns the path of oid's file.
+func (s *Store) objPath(oid ids.ObjectID) string {
+	return filepath.Join(s.objDir, fanoutName(fanout(oid)), oid.String())
+}
+
+// allocOf returns the bytes a file occupies on disk.
+func allocOf(fi os.FileInfo) int64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Blocks * 512
+	}
+	return fi.Size()
+}
+
+// diskErr classifies a disk error: ENOSPC and EDQUOT are errs.NoSpace,
+// everything else errs.IO. format and args say what failed.
+func diskErr(err error, format string, args ...any) error {
+	k := errs.IO
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		k = errs.NoSpace
+	}
+	return errs.E(k, format+": %w", append(args, err)...)
+}
+
+func objErr(op string, oid ids.ObjectID, err error) error {
+	return diskErr(err, "objstore: %s %v", op, oid)
+}
+
+func notFound(op string, oid ids.ObjectID) error {
+	return errs.E(errs.NotFound, "objstore: %s: object %v", op, oid)
+}
+
+// begin admits an operation unless the store is closed; end finishes it.
+func (s *Store) begin(op string) error {
+	s.closeMu.RLock()
+	if s.closed {
+		s.closeMu.RUnlock()
+		return errs.E(errs.Closed, "objstore: %s %s", op, s.dir)
+	}
+	return nil
+}
+
+func (s *Store) end() { s.closeMu.RUnlock() }
+
+// checkRange validates [off, off+n) against the object size.
+func (s *Store) checkRange(op string, oid ids.ObjectID, off, n int64) error {
+	if off < 0 || n < 0 || off > s.objSize || n > s.objSize-off {
+		return errs.E(errs.Invalid, "objstore: %s %v: range %d+%d outside the object's %d bytes",
+			op, oid, off, n, s.objSize)
+	}
+	return nil
+}
+
+// acquire returns an open handle of oid, with a reference taken, and its
+// Meta; errAbsent if the object does not exist. The caller holds oid's
+// stripe lock and must release the handle.
+func (s *Store) acquire(oid ids.ObjectID) (*handle, Meta, error) {
+	s.mu.Lock()
+	info, ok := s.objects[oid]
+	if !ok {
+		s.mu.Unlock()
+		return nil, Meta{}, errAbsent
+	}
+	if h := s.fds.get(oid); h != nil {
+		s.mu.Unlock()
+		return h, info.Meta, nil
+	}
+	s.mu.Unlock()
+	f, err := s.fs.OpenFile(s.objPath(oid), os.O_RDWR, 0)
+	if err != nil {
+		return nil, Meta{}, err
+	}
+	s.mu.Lock()
+	h, dup, victim := s.fds.add(oid, f)
+	s.mu.Unlock()
+	closeFiles(dup, victim)
+	return h, info.Meta, nil
+}
+
+// release drops the reference acquire took.
+func (s *Store) release(h *handle) {
+	s.mu.Lock()
+	last := s.fds.release(h)
+	s.mu.Unlock()
+	if last {
+		closeFiles(h.f, nil)
+	}
+}
+
+// closeFiles closes descriptors that left the cache. Their close errors
+// carry nothing we need: a writeback error stays recorded on the inode and
+// is reported by the next fdatasync, which Sync makes on a fresh
+// descriptor if need be.
+func closeFiles(f File, h *handle) {
+	if f != nil {
+		_ = f.Close()
+	}
+	if h != nil {
+		_ = h.f.Close()
+	}
+}
+
+// noteLocked records a completed write or punch of oid. s.mu is held.
+func (s *Store) noteLocked(oid ids.ObjectID, ver ids.Version, epoch ids.Epoch) {
+	info := s.objects[oid]
+	info.Version = max(info.Version, ver)
+	info.Epoch = epoch
+	s.objects[oid] = info
+	s.dirty[oid] = dirtyEntry{meta: info.Meta, data: true}
+	s.stale[oid] = struct{}{}
+}
+
+// ObjectSize returns the size of every object, in bytes.
+func (s *Store) ObjectSize() int64 { return s.objSize }
+
+// Write writes data at off inside object oid, creating the object if it
+// does not exist: a sparse file of ObjectSize bytes that reads as zeros
+// except for data, made as a temp file in the same directory and renamed
+// into place, so a crash never leaves a half-made object under its name.
+// The object's version becomes max(old version, ver) and its epoch epoch,
+// visible at once to Read, Stat and ForEach, durable after Sync.
+//
+// Errors: errs.Invalid unless 0 <= off and off+len(data) <= ObjectSize;
+// errs.NoSpace if the disk is full; errs.IO for other disk failures;
+// errs.Closed after Close. A failed Write leaves the Meta unchanged and
+// does not create the object; bytes outside [off, off+len(data)) are
+// untouched, bytes inside may be partly written.
+//
+// Writes to different objects, and to disjoint ranges of one object, run
+// in parallel. A Write costs one pwrite(2) when the object's descriptor
+// is cached.
+func (s *Store) Write(oid ids.ObjectID, off int64, data []byte, ver ids.Version, epoch ids.Epoch) error {
+	if err := s.checkRange("write", oid, off, int64(len(data))); err != nil {
+		return err
+	}
+	if err := s.begin("write"); err != nil {
+		return err
+	}
+	defer s.end()
+	l := s.lock(oid)
+	l.RLock()
+	h, _, err := s.acquire(oid)
+	if err == errAbsent {
+		l.RUnlock()
+		l.Lock()
+		defer l.Unlock()
+		if h, _, err = s.acquire(oid); err == errAbsent {
+			return s.create(oid, off, data, ver, epoch)
+		}
+	} else {
+		defer l.RUnlock()
+	}
+	if err != nil {
+		return objErr("write", oid, err)
+	}
+	_, err = h.f.WriteAt(data, off)
+	s.mu.Lock()
+	last := s.fds.release(h)
+	if err == nil {
+		s.noteLocked(oid, ver, epoch)
+	}
+	s.mu.Unlock()
+	if last {
+		closeFiles(h.f, nil)
+	}
+	if err != nil {
+		return objErr("write", oid, err)
+	}
+	return nil
+}
+
+// create makes object oid holding data at off. The caller holds oid's
+// stripe lock exclusively and has seen that oid does not exist.
+func (s *Store) create(oid ids.ObjectID, off int64, data []byte, ver ids.Version, epoch ids.Epoch) error {
+	path := s.objPath(oid)
+	tmp := path + ".tmp"
+	f, err := s.fs.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return objErr("create", oid, err)
+	}
+	err = f.Truncate(s.objSize)
+	if err == nil && len(data) > 0 {
+		_, err = f.WriteAt(data, off)
+	}
+	if err == nil {
+		err = s.fs.Rename(tmp, path)
+	}
+	if err != nil {
+		// Best effort: the next Open removes a leftover temp file.
+		_ = f.Close()
+		_ = s.fs.Remove(tmp)
+		return objErr("create", oid, err)
+	}
+	s.mu.Lock()
+	s.objects[oid] = objInfo{}
+	s.noteLocked(oid, ver, epoch)
+	s.dirtyDirs[fanout(oid)] = true
+	h, dup, victim := s.fds.add(oid, f)
+	last := s.fds.release(h)
+	s.mu.Unlock()
+	closeFiles(dup, victim)
+	if last {
+		closeFiles(h.f, nil)
+	}
+	return nil
+}
+
+// Read reads len(buf) bytes at off of object oid into buf; ranges never
+// written read as zeros. It returns the object's Meta, taken before the
+// data is read: a concurrent Write may make the data newer than the Meta
+// says, never older.
+//
+// Errors: errs.Invalid unless 0 <= off and off+len(buf) <= ObjectSize;
+// errs.NotFound if the object does not exist; errs.IO if the disk fails;
+// errs.Closed after Close. The contents of buf are unspecified on error.
+func (s *Store) Read(oid ids.ObjectID, off int64, buf []byte) (Meta, error) {
+	if err := s.checkRange("read", oid, off, int64(len(buf))); err != nil {
+		return Meta{}, err
+	}
+	if err := s.begin("read"); err != nil {
+		return Meta{}, err
+	}
+	defer s.end()
+	l := s.lock(oid)
+	l.RLock()
+	defer l.RUnlock()
+	h, m, err := s.acquire(oid)
+	if err == errAbsent {
+		return Meta{}, notFound("read", oid)
+	}
+	if err != nil {
+		return Meta{}, objErr("read", oid, err)
+	}
+	n, err := h.f.ReadAt(buf, off)
+	s.release(h)
+	if err == io.EOF {
+		// The file is shorter than the object, which only happens if it
+		// was changed behind our back; the missing part reads as zeros.
+		clear(buf[n:])
+		err = nil
+	}
+	if err != nil {
+		return Meta{}, objErr("read", oid, err)
+	}
+	return m, nil
+}
+
+// Stat returns the Meta of object oid: errs.NotFound if it does not
+// exist, errs.Closed after Close. It does no I/O.
+func (s *Store) Stat(oid ids.ObjectID) (Meta, error) {
+	if err := s.begin("stat"); err != nil {
+		return Meta{}, err
+	}
+	defer s.end()
+	s.mu.Lock()
+	info, ok := s.objects[oid]
+	s.mu.Unlock()
+	if !ok {
+		return Meta{}, notFound("stat", oid)
+	}
+	return info.Meta, nil
+}
+
+// zeros backs Punch on filesystems that cannot punch holes.
+var zeros [64 << 10]byte
+
+// Punch makes [off, off+length) of object oid read as zeros and frees its
+// disk blocks (fallocate PUNCH_HOLE|KEEP_SIZE; on filesystems without hole
+// punching it writes zeros instead). Like Write, it sets the version to
+// max(old version, ver) and the epoch to epoch, durable after Sync; a
+// zero length changes only the Meta.
+//
+// Errors: errs.Invalid unless 0 <= off, 0 <= length and off+length <=
+// ObjectSize; errs.NotFound if the object does not exist; errs.NoSpace or
+// errs.IO if the disk fails (the Meta is then unchanged); errs.Closed
+// after Close.
+func (s *Store) Punch(oid ids.ObjectID, off, length int64, ver ids.Version, epoch ids.Epoch) error {
+	if err := s.checkRange("punch", oid, off, length); err != nil {
+		return err
+	}
+	if err := s.begin("punch"); err != nil {
+		return err
+	}
+	defer s.end()
+	l := s.lock(oid)
+	l.RLock()
+	defer l.RUnlock()
+	h, _, err := s.acquire(oid)
+	if err == errAbsent {
+		return notFound("punch", oid)
+	}
+	if err != nil {
+		return objErr("punch", oid, err)
+	}
+	alloc := int64(-1)
+	if length > 0 {
+		err = h.f.Punch(off, length)
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			err = writeZeros(h.f, off, length)
+		}
+		if err == nil {
+			var fi os.FileInfo
+			if fi, err = h.f.Stat(); err == nil {
+				alloc = allocOf(fi)
+			}
+		}
+	}
+	s.mu.Lock()
+	last := s.fds.release(h)
+	if err == nil {
+		s.noteLocked(oid, ver, epoch)
+		if alloc >= 0 {
+			s.setAllocLocked(oid, alloc)
+		}
+	}
+	s.mu.Unlock()
+	if last {
+		closeFiles(h.f, nil)
+	}
+	if err != nil {
+		return objErr("punch", oid, err)
+	}
+	return nil
+}
+
+// setAllocLocked records a fresh measure of oid's allocated bytes. s.mu is
+// held.
+func (s *Store) setAllocLocked(oid ids.ObjectID, alloc int64) {
+	info := s.objects[oid]
+	s.used += alloc - info.alloc
+	info.alloc = alloc
+	s.objects[oid] = info
+}
+
+func writeZeros(f File, off, length int64) error {
+	for length > 0 {
+		n := min(length, int64(len(zeros)))
+		if _, err := f.WriteAt(zeros[:n], off); err != nil {
+			return err
+		}
+		off += n
+		length -= n
+	}
+	return nil
+}
+
+// Remove deletes object oid: its file at once, its index entry at the
+// next Sync. Removing an absent object is not an error. Errors: errs.IO
+// if the file cannot be removed (the object then still exists);
+// errs.Closed after Close.
+func (s *Store) Remove(oid ids.ObjectID) error {
+	if err := s.begin("remove"); err != nil {
+		return err
+	}
+	defer s.end()
+	l := s.lock(oid)
+	l.Lock()
+	defer l.Unlock()
+	s.mu.Lock()
+	_, ok := s.objects[oid]
+	h := s.fds.remove(oid) // unused by others: we hold the stripe exclusively
+	s.mu.Unlock()
+	if h != nil {
+		closeFiles(h.f, nil)
+	}
+	if !ok {
+		return nil
+	}
+	if err := s.fs.Remove(s.objPath(oid)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return objErr("remove", oid, err)
+	}
+	s.mu.Lock()
+	s.used -= s.objects[oid].alloc // used is the sum of the recorded allocs
+	delete(s.objects, oid)
+	delete(s.stale, oid)
+	s.dirty[oid] = dirtyEntry{removed: true}
+	s.dirtyDirs[fanout(oid)] = true
+	s.mu.Unlock()
+	return nil
+}
+
+// ForEach calls fn for every object in the store with its Meta, in no
+// particular order, and stops at the first error fn returns, returning
+// it. It iterates over a snapshot taken when it starts (about 24 bytes
+// per object), so fn may call the Store; objects written or removed
+// meanwhile may or may not be reported. errs.Closed after Close.
+func (s *Store) ForEach(fn func(oid ids.ObjectID, m Meta) error) error {
+	if err := s.begin("foreach"); err != nil {
+		return err
+	}
+	type entry struct {
+		oid ids.ObjectID
+		m   Meta
+	}
+	s.mu.Lock()
+	snap := make([]entry, 0, len(s.objects))
+	for oid, info := range s.objects {
+		snap = append(snap, entry{oid, info.Meta})
+	}
+	s.mu.Unlock()
+	s.end() // fn may call the Store: do not hold closeMu across it
+	for _, e := range snap {
+		if err := fn(e.oid, e.m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Usage returns the bytes allocated on disk by object files (the sum of
+// their st_blocks*512; holes cost nothing) and the bytes free for
+// unprivileged users on the filesystem holding the store (statfs
+// f_bavail*f_bsize). used is a running figure: Usage re-measures only the
+// objects written since its last call (one fstat each), and Punch and
+// Remove update it at once. Errors: errs.IO if a file or the filesystem
+// cannot be measured; errs.Closed after Close.
+func (s *Store) Usage() (used, free int64, err error) {
+	if err := s.begin("usage"); err != nil {
+		return 0, 0, err
+	}
+	defer s.end()
+	s.mu.Lock()
+	stale := s.stale
+	s.stale = make(map[ids.ObjectID]struct{})
+	s.mu.Unlock()
+	for oid := range stale {
+		if err := s.measure(oid); err != nil {
+			s.mu.Lock()
+			for oid := range stale {
+				s.stale[oid] = struct{}{}
+			}
+			s.mu.Unlock()
+			return 0, 0, err
+		}
+		delete(stale, oid)
+	}
+	if _, free, err = s.fs.Statfs(s.dir); err != nil {
+		return 0, 0, diskErr(err, "objstore: usage %s", s.dir)
+	}
+	s.mu.Lock()
+	used = s.used
+	s.mu.Unlock()
+	return used, free, nil
+}
+
+// measure refreshes the allocated size of oid.
+func (s *Store) measure(oid ids.ObjectID) error {
+	l := s.lock(oid)
+	l.RLock()
+	defer l.RUnlock()
+	h, _, err := s.acquire(oid)
+	if err == errAbsent {
+		return nil
+	}
+	if err != nil {
+		return objErr("usage", oid, err)
+	}
+	fi, err := h.f.Stat()
+	s.mu.Lock()
+	last := s.fds.release(h)
+	if err == nil {
+		s.setAllocLocked(oid, allocOf(fi))
+	}
+	s.mu.Unlock()
+	if last {
+		closeFiles(h.f, nil)
+	}
+	if err != nil {
+		return objErr("usage", oid, err)
+	}
+	return nil
+}
+
+// Close makes everything durable as Sync does, then closes every file and
+// the index. It waits for operations in flight; later calls of any method,
+// Close included, return errs.Closed. Files and index are closed even if
+// the final sync fails, and that error is returned; reopening the store
+// then recovers a consistent state, as after a crash.
+func (s *Store) Close() error {
+	s.closeMu.Lock()
+	if s.closed {
+		s.closeMu.Unlock()
+		return errs.E(errs.Closed, "objstore: close %s", s.dir)
+	}
+	s.closed = true
+	s.closeMu.Unlock()
+	s.syncMu.Lock()
+	err := s.syncErr
+	if err == nil {
+		err = s.syncBatch()
+	}
+	s.syncMu.Unlock()
+	s.closeAll()
+	if cerr := s.db.Close(); cerr != nil && err == nil {
+		err = diskErr(cerr, "objstore: close index %s", s.dir)
+	}
+	return err
+}
+
+// closeAll closes every cached descriptor. No operation is in flight.
+func (s *Store) closeAll() {
+	s.mu.Lock()
+	idle := s.fds.removeAll()
+	s.mu.Unlock()
+	for _, h := range idle {
+		closeFiles(h.f, nil)
+	}
+}
+
+// crash closes the store the way a killed process leaves it: no
+// fdatasync, no index commit. Object data stays in the page cache, so a
+// reopened store sees every completed write, but index changes since the
+// last Sync are lost. For tests.
+func (s *Store) crash() {
+	s.closeMu.Lock()
+	s.closed = true
+	s.closeMu.Unlock()
+	s.closeAll()
+	_ = s.db.Close() // a crash reports nothing
+}

@@ -1,0 +1,195 @@
+package objstore
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/ids"
+)
+
+// Open opens the store in dir, creating dir and an empty store if needed.
+// It loads the whole index into memory (about 40 bytes per object) and
+// reconciles it with the object files: leftover temp files are removed,
+// files missing from the index are added with version 0, index entries
+// whose file is missing are dropped, and files shorter than the object
+// size (a crash during creation) are extended with zeros. Open reads the
+// metadata of every object file, so its time grows with the number of
+// objects.
+//
+// Errors: errs.Invalid for bad options, an object size different from the
+// one the store was created with, or an object file larger than the
+// object size; errs.Busy if another Store (in any process) has dir open;
+// errs.NoSpace or errs.IO for disk failures.
+func Open(dir string, opts Options) (*Store, error) {
+	if opts.ObjectSize == 0 {
+		opts.ObjectSize = DefaultObjectSize
+	}
+	if opts.ObjectSize < 0 {
+		return nil, errs.E(errs.Invalid, "objstore: open %s: negative object size %d", dir, opts.ObjectSize)
+	}
+	if opts.MaxOpenFiles == 0 {
+		opts.MaxOpenFiles = defaultMaxOpenFiles
+	}
+	if opts.MaxOpenFiles < 0 {
+		return nil, errs.E(errs.Invalid, "objstore: open %s: negative MaxOpenFiles %d", dir, opts.MaxOpenFiles)
+	}
+	if opts.FS == nil {
+		opts.FS = OSFS()
+	}
+	s := &Store{
+		dir:     dir,
+		objDir:  filepath.Join(dir, "obj"),
+		fs:      opts.FS,
+		objSize: opts.ObjectSize,
+		objects: make(map[ids.ObjectID]objInfo),
+		dirty:   make(map[ids.ObjectID]dirtyEntry),
+		stale:   make(map[ids.ObjectID]struct{}),
+	}
+	s.fds.init(opts.MaxOpenFiles)
+	if err := s.fs.MkdirAll(dir, 0o755); err != nil {
+		return nil, diskErr(err, "objstore: open %s", dir)
+	}
+	db, err := openIndex(filepath.Join(dir, "index.db"), s.objSize)
+	if err != nil {
+		return nil, err
+	}
+	s.db = db
+	if err := s.load(); err != nil {
+		_ = db.Close() // the load error is the one to report
+		return nil, err
+	}
+	return s, nil
+}
+
+// load fills s.objects from the index and the object files, and commits
+// the reconciliation in one transaction.
+func (s *Store) load() error {
+	indexed, badKeys, err := loadIndex(s.db)
+	if err != nil {
+		return err
+	}
+	if err := s.makeDirs(); err != nil {
+		return err
+	}
+	changes := make(map[ids.ObjectID]dirtyEntry)
+	for i := range 256 {
+		if err := s.reconcileDir(i, indexed, changes); err != nil {
+			return err
+		}
+	}
+	for oid := range indexed {
+		if _, ok := s.objects[oid]; !ok {
+			changes[oid] = dirtyEntry{removed: true}
+		}
+	}
+	return commitIndex(s.db, changes, badKeys)
+}
+
+// makeDirs creates obj/ and its 256 fan-out directories, durably, if any
+// is missing.
+func (s *Store) makeDirs() error {
+	ents, err := s.fs.ReadDir(s.objDir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return diskErr(err, "objstore: open %s", s.dir)
+	}
+	have := make(map[string]bool, len(ents))
+	for _, e := range ents {
+		have[e.Name()] = e.IsDir()
+	}
+	made := false
+	for i := range 256 {
+		name := fanoutName(i)
+		if have[name] {
+			continue
+		}
+		if err := s.fs.MkdirAll(filepath.Join(s.objDir, name), 0o755); err != nil {
+			return diskErr(err, "objstore: open %s", s.dir)
+		}
+		made = true
+	}
+	if !made {
+		return nil
+	}
+	// The fan-out directories are entries of obj/; obj/ and index.db
+	// entries of dir.
+	for _, d := range []string{s.objDir, s.dir} {
+		if _, err := s.syncDir(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reconcileDir walks obj/XX for fan-out i: it removes temp files, repairs
+// short files and records every object in s.objects, adding to changes
+// the objects the index lacks. Files not named like an object of this
+// directory are left alone.
+func (s *Store) reconcileDir(i int, indexed map[ids.ObjectID]Meta, changes map[ids.ObjectID]dirtyEntry) error {
+	dir := filepath.Join(s.objDir, fanoutName(i))
+	ents, err := s.fs.ReadDir(dir)
+	if err != nil {
+		return diskErr(err, "objstore: open %s: scan %s", s.dir, dir)
+	}
+	for _, e := range ents {
+		name := e.Name()
+		path := filepath.Join(dir, name)
+		if filepath.Ext(name) == ".tmp" {
+			if err := s.fs.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return diskErr(err, "objstore: open %s: remove temp file", s.dir)
+			}
+			continue
+		}
+		if len(name) != 16 || !e.Type().IsRegular() {
+			continue
+		}
+		oid, err := ids.ParseObjectID(name)
+		if err != nil || fanout(oid) != i {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil {
+			return diskErr(err, "objstore: open %s: stat object %v", s.dir, oid)
+		}
+		if fi.Size() > s.objSize {
+			return errs.E(errs.Invalid, "objstore: open %s: object %v has %d bytes, more than the object size %d",
+				s.dir, oid, fi.Size(), s.objSize)
+		}
+		if fi.Size() < s.objSize {
+			if fi, err = s.extend(path); err != nil {
+				return diskErr(err, "objstore: open %s: repair object %v", s.dir, oid)
+			}
+		}
+		m, ok := indexed[oid]
+		if !ok {
+			changes[oid] = dirtyEntry{}
+		}
+		alloc := allocOf(fi)
+		s.objects[oid] = objInfo{Meta: m, alloc: alloc}
+		s.used += alloc
+	}
+	return nil
+}
+
+// extend makes a short object file (a crash during creation, before its
+// size was durable) full-size, durably, and returns its new metadata.
+func (s *Store) extend(path string) (os.FileInfo, error) {
+	f, err := s.fs.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	err = f.Truncate(s.objSize)
+	if err == nil {
+		err = f.Sync()
+	}
+	var fi os.FileInfo
+	if err == nil {
+		fi, err = f.Stat()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return fi, err
+}

@@ -1,0 +1,206 @@
+package proto
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sheepfs/sheepfs/errs"
+)
+
+// DialTimeout bounds how long a Client waits for a TCP connection.
+const DialTimeout = 3 * time.Second
+
+// Client sends requests to one address over one TCP connection, many at a
+// time; answers are matched by request ID. It dials lazily and redials after
+// the connection breaks: requests in flight when it breaks fail with
+// errs.IO, and the next Call dials again. Callers decide whether to retry.
+// Safe for concurrent use.
+type Client struct {
+	addr string
+
+	mu   sync.Mutex
+	conn *clientConn
+}
+
+// NewClient returns a client for addr (host:port). It does not dial yet.
+func NewClient(addr string) *Client { return &Client{addr: addr} }
+
+// Addr returns the address the client talks to.
+func (c *Client) Addr() string { return c.addr }
+
+type clientConn struct {
+	nc      net.Conn
+	wmu     sync.Mutex
+	bw      *bufio.Writer
+	waiting atomic.Int32 // writers queued on wmu, for flush coalescing
+	hdr     []byte
+
+	pmu     sync.Mutex
+	pending map[uint64]chan *Msg
+	nextID  uint64
+	err     error // set once the connection is dead
+}
+
+func (c *Client) get(ctx context.Context) (*clientConn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil {
+		c.conn.pmu.Lock()
+		dead := c.conn.err != nil
+		c.conn.pmu.Unlock()
+		if !dead {
+			return c.conn, nil
+		}
+		c.conn = nil
+	}
+	d := net.Dialer{Timeout: DialTimeout}
+	nc, err := d.DialContext(ctx, "tcp", c.addr)
+	if err != nil {
+		return nil, errs.E(errs.IO, "dial %s: %w", c.addr, err)
+	}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	cc := &clientConn{nc: nc, bw: bufio.NewWriterSize(nc, 256<<10),
+		pending: make(map[uint64]chan *Msg), hdr: make([]byte, HeaderSize+auxSize)}
+	go cc.readLoop(c.addr)
+	c.conn = cc
+	return cc, nil
+}
+
+func (cc *clientConn) readLoop(addr string) {
+	br := bufio.NewReaderSize(cc.nc, 256<<10)
+	hdr := make([]byte, HeaderSize+auxSize)
+	for {
+		m := new(Msg)
+		if err := ReadMsg(br, m, hdr, nil); err != nil {
+			cc.fail(errs.E(errs.IO, "connection to %s lost: %w", addr, err))
+			return
+		}
+		cc.pmu.Lock()
+		ch := cc.pending[m.ReqID]
+		delete(cc.pending, m.ReqID)
+		cc.pmu.Unlock()
+		if ch != nil {
+			ch <- m
+		}
+	}
+}
+
+func (cc *clientConn) fail(err error) {
+	cc.pmu.Lock()
+	if cc.err == nil {
+		cc.err = err
+	}
+	for id, ch := range cc.pending {
+		delete(cc.pending, id)
+		close(ch)
+	}
+	cc.pmu.Unlock()
+	cc.nc.Close()
+}
+
+// Call sends req and waits for its answer or for ctx to end. It sets
+// req.ReqID. A response that carries an error is returned as that error
+// (with its kind); transport failures are errs.IO.
+func (c *Client) Call(ctx context.Context, req *Msg) (*Msg, error) {
+	cc, err := c.get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ch := make(chan *Msg, 1)
+	cc.pmu.Lock()
+	if cc.err != nil {
+		err := cc.err
+		cc.pmu.Unlock()
+		return nil, err
+	}
+	cc.nextID++
+	req.ReqID = cc.nextID
+	cc.pending[req.ReqID] = ch
+	cc.pmu.Unlock()
+
+	cc.waiting.Add(1)
+	cc.wmu.Lock()
+	cc.waiting.Add(-1)
+	req.DLen = uint32(len(req.Data))
+	PutHeader(cc.hdr, &req.Header)
+	putAux(cc.hdr, req.Aux)
+	_, err = cc.bw.Write(cc.hdr)
+	if err == nil && len(req.Data) > 0 {
+		_, err = cc.bw.Write(req.Data)
+	}
+	if err == nil && cc.waiting.Load() == 0 {
+		err = cc.bw.Flush()
+	}
+	cc.wmu.Unlock()
+	if err != nil {
+		cc.fail(errs.E(errs.IO, "send to %s: %w", c.addr, err))
+	}
+
+	select {
+	case m, ok := <-ch:
+		if !ok {
+			cc.pmu.Lock()
+			err := cc.err
+			cc.pmu.Unlock()
+			return nil, err
+		}
+		if err := m.Err(); err != nil {
+			return nil, err
+		}
+		return m, nil
+	case <-ctx.Done():
+		cc.pmu.Lock()
+		delete(cc.pending, req.ReqID)
+		cc.pmu.Unlock()
+		return nil, errs.E(errs.IO, "%v to %s: %w", req.Op, c.addr, ctx.Err())
+	}
+}
+
+// Close drops the connection; in-flight calls fail. The client may be used
+// again (it redials).
+func (c *Client) Close() {
+	c.mu.Lock()
+	cc := c.conn
+	c.conn = nil
+	c.mu.Unlock()
+	if cc != nil {
+		cc.fail(errs.E(errs.Closed, "client closed"))
+	}
+}
+
+// Pool keeps one Client per address. Safe for concurrent use.
+type Pool struct {
+	mu      sync.Mutex
+	clients map[string]*Client
+}
+
+// Get returns the client for addr, creating it on first use.
+func (p *Pool) Get(addr string) *Client {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.clients == nil {
+		p.clients = make(map[string]*Client)
+	}
+	c := p.clients[addr]
+	if c == nil {
+		c = NewClient(addr)
+		p.clients[addr] = c
+	}
+	return c
+}
+
+// Close closes every client.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.clients {
+		c.Close()
+	}
+	p.clients = nil
+}

@@ -1,0 +1,229 @@
+package proto
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sync/semaphore"
+
+	"github.com/sheepfs/sheepfs/errs"
+)
+
+// Per-connection limits on work in flight. When they are reached the server
+// stops reading from that connection until answers go out (backpressure), so
+// memory stays bounded whatever the client sends.
+const (
+	// MaxInflightBytes is the payload bytes of requests in flight on one
+	// connection.
+	MaxInflightBytes = 32 << 20
+	// MaxInflightRequests is the number of requests in flight on one
+	// connection.
+	MaxInflightRequests = 256
+)
+
+// Handler answers requests. It must not keep req.Data after returning, and
+// must return a response (use ErrorResponse for failures); Op, ReqID and ID
+// are filled in by the server if left zero.
+type Handler interface {
+	Handle(ctx context.Context, conn *Conn, req *Msg) *Msg
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(ctx context.Context, conn *Conn, req *Msg) *Msg
+
+// Handle calls f.
+func (f HandlerFunc) Handle(ctx context.Context, conn *Conn, req *Msg) *Msg { return f(ctx, conn, req) }
+
+// Conn is the server side of one client connection. Handlers use it to hang
+// per-connection state (such as the locks a client holds) and to learn when
+// the client goes away.
+type Conn struct {
+	ID     uint64
+	Remote string
+
+	nc      net.Conn
+	wmu     sync.Mutex
+	bw      *bufio.Writer
+	waiting atomic.Int32
+	hdr     []byte
+
+	mu      sync.Mutex
+	onClose []func()
+	closed  bool
+}
+
+// OnClose registers f to run (once, in its own goroutine) when the
+// connection ends. If it has ended already f runs at once.
+func (c *Conn) OnClose(f func()) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		go f()
+		return
+	}
+	c.onClose = append(c.onClose, f)
+	c.mu.Unlock()
+}
+
+func (c *Conn) close() {
+	c.mu.Lock()
+	fs := c.onClose
+	c.onClose = nil
+	c.closed = true
+	c.mu.Unlock()
+	c.nc.Close()
+	for _, f := range fs {
+		go f()
+	}
+}
+
+func (c *Conn) send(m *Msg) error {
+	c.waiting.Add(1)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.waiting.Add(-1)
+	m.DLen = uint32(len(m.Data))
+	PutHeader(c.hdr, &m.Header)
+	putAux(c.hdr, m.Aux)
+	if _, err := c.bw.Write(c.hdr); err != nil {
+		return err
+	}
+	if len(m.Data) > 0 {
+		if _, err := c.bw.Write(m.Data); err != nil {
+			return err
+		}
+	}
+	if c.waiting.Load() == 0 {
+		return c.bw.Flush()
+	}
+	return nil
+}
+
+func putAux(hdr []byte, aux uint64) { binary.BigEndian.PutUint64(hdr[HeaderSize:], aux) }
+
+// Server accepts connections and runs a Handler for each request, many at a
+// time per connection.
+type Server struct {
+	Handler Handler
+	// OnBadFrame, if set, is told about connections dropped for a malformed
+	// frame (for logging).
+	OnBadFrame func(remote string, err error)
+
+	nextID atomic.Uint64
+	mu     sync.Mutex
+	conns  map[*Conn]struct{}
+	lns    []net.Listener
+	done   bool
+}
+
+// Serve accepts connections on ln until it is closed or Close is called.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.done {
+		s.mu.Unlock()
+		ln.Close()
+		return errs.E(errs.Closed, "server closed")
+	}
+	s.lns = append(s.lns, ln)
+	if s.conns == nil {
+		s.conns = make(map[*Conn]struct{})
+	}
+	s.mu.Unlock()
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		if tc, ok := nc.(*net.TCPConn); ok {
+			_ = tc.SetNoDelay(true)
+		}
+		c := &Conn{ID: s.nextID.Add(1), Remote: nc.RemoteAddr().String(), nc: nc,
+			bw: bufio.NewWriterSize(nc, 256<<10), hdr: make([]byte, HeaderSize+auxSize)}
+		s.mu.Lock()
+		if s.done {
+			s.mu.Unlock()
+			nc.Close()
+			continue
+		}
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		go s.serveConn(c)
+	}
+}
+
+// Close stops accepting and drops every connection.
+func (s *Server) Close() {
+	s.mu.Lock()
+	s.done = true
+	lns := s.lns
+	conns := make([]*Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, ln := range lns {
+		ln.Close()
+	}
+	for _, c := range conns {
+		c.close()
+	}
+}
+
+func (s *Server) serveConn(c *Conn) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() {
+		cancel()
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		c.close()
+	}()
+	br := bufio.NewReaderSize(c.nc, 256<<10)
+	hdr := make([]byte, HeaderSize+auxSize)
+	bytesSem := semaphore.NewWeighted(MaxInflightBytes)
+	reqSem := semaphore.NewWeighted(MaxInflightRequests)
+	for {
+		m := new(Msg)
+		if err := ReadMsg(br, m, hdr, nil); err != nil {
+			if s.OnBadFrame != nil && errs.KindOf(err) != errs.Other {
+				s.OnBadFrame(c.Remote, err)
+			}
+			return
+		}
+		if m.Op&RespBit != 0 {
+			if s.OnBadFrame != nil {
+				s.OnBadFrame(c.Remote, errs.E(errs.Invalid, "response frame %v sent as a request", m.Op))
+			}
+			return
+		}
+		w := int64(len(m.Data)) + int64(m.Length)
+		if err := reqSem.Acquire(ctx, 1); err != nil {
+			return
+		}
+		if err := bytesSem.Acquire(ctx, w); err != nil {
+			return
+		}
+		go func() {
+			defer reqSem.Release(1)
+			defer bytesSem.Release(w)
+			resp := s.Handler.Handle(ctx, c, m)
+			if resp == nil {
+				resp = ErrorResponse(m, errs.E(errs.Other, "no answer"))
+			}
+			resp.Op = m.Op | RespBit
+			resp.ReqID = m.ReqID
+			if err := c.send(resp); err != nil {
+				c.close()
+			}
+		}()
+	}
+}

@@ -1,0 +1,412 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sheepfs/sheepfs/cluster"
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/objstore"
+	"github.com/sheepfs/sheepfs/proto"
+	"github.com/sheepfs/sheepfs/vdi"
+)
+
+// indexTTL is how long a gateway trusts its cached index of a VDI that it
+// does not hold the write lock of (another gateway may be writing it).
+const indexTTL = time.Second
+
+// volume is a VDI opened on this gateway.
+type volume struct {
+	*vdi.Volume
+	mu       sync.Mutex
+	loadedAt time.Time
+}
+
+func jsonMarshal(v any) ([]byte, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, errs.E(errs.Other, "encode answer: %w", err)
+	}
+	return b, nil
+}
+
+// volumeFor returns the open volume of VDI vid, current with the cluster
+// state.
+func (n *Node) volumeFor(vid ids.VDIID) (*volume, *cluster.VDI, error) {
+	st := n.cl.State()
+	meta, ok := st.VDIByID(vid)
+	if !ok {
+		return nil, nil, errs.E(errs.NotFound, "VDI %v", vid)
+	}
+	info := vdi.Info{ID: vid, Size: meta.Size, Copies: meta.Copies}
+	n.mu.Lock()
+	v := n.volumes[vid]
+	if v == nil {
+		v = &volume{Volume: vdi.Open(n.objs, info), loadedAt: time.Now()}
+		n.volumes[vid] = v
+	}
+	n.mu.Unlock()
+	if v.Info() != info {
+		v.SetInfo(info)
+	}
+	if meta.Lock == nil || meta.Lock.Node != n.id {
+		v.mu.Lock()
+		if time.Since(v.loadedAt) > indexTTL {
+			v.Forget()
+			v.loadedAt = time.Now()
+		}
+		v.mu.Unlock()
+	}
+	return v, meta, nil
+}
+
+func (n *Node) connState(c *proto.Conn) *connState {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	cs := n.conns[c]
+	if cs == nil {
+		cs = &connState{locks: map[string]ids.MountID{}}
+		n.conns[c] = cs
+		c.OnClose(func() { n.connClosed(c) })
+	}
+	return cs
+}
+
+// connClosed releases the write locks a client held through c.
+func (n *Node) connClosed(c *proto.Conn) {
+	n.mu.Lock()
+	cs := n.conns[c]
+	delete(n.conns, c)
+	n.mu.Unlock()
+	if cs == nil {
+		return
+	}
+	cs.mu.Lock()
+	locks := cs.locks
+	cs.locks = nil
+	cs.mu.Unlock()
+	for name, mount := range locks {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDIUnlock, Name: name, Mount: mount})
+		cancel()
+		if err != nil && !errs.Is(err, errs.NotFound) {
+			n.log.Warn().Err(err).Str("vdi", name).Msg("release lock of closed connection")
+		}
+	}
+}
+
+// checkWriter fails unless the client on c holds vdi's write lock.
+func (n *Node) checkWriter(c *proto.Conn, meta *cluster.VDI) error {
+	n.mu.Lock()
+	cs := n.conns[c]
+	n.mu.Unlock()
+	var mount ids.MountID
+	if cs != nil {
+		cs.mu.Lock()
+		mount = cs.locks[meta.Name]
+		cs.mu.Unlock()
+	}
+	if mount == "" || meta.Lock == nil || meta.Lock.Mount != mount {
+		return errs.E(errs.Busy, "VDI %q is not open for writing by this client", meta.Name)
+	}
+	return nil
+}
+
+func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*proto.Msg, error) {
+	if req.ID > uint64(ids.MaxVDIID) || req.ID == 0 {
+		return nil, errs.E(errs.Invalid, "bad VDI ID %d", req.ID)
+	}
+	v, meta, err := n.volumeFor(ids.VDIID(req.ID))
+	if err != nil {
+		return nil, err
+	}
+	if req.Offset > cluster.MaxVDISize {
+		return nil, errs.E(errs.TooLarge, "offset %d is past the end of VDI %q", req.Offset, meta.Name)
+	}
+	off := int64(req.Offset)
+	resp := &proto.Msg{}
+	switch req.Op {
+	case proto.OpVDIRead:
+		buf := make([]byte, req.Length)
+		if err := v.ReadAt(ctx, buf, off); err != nil {
+			return nil, err
+		}
+		resp.Data = buf
+	case proto.OpVDIWrite:
+		if err := n.checkWriter(c, meta); err != nil {
+			return nil, err
+		}
+		if err := v.WriteAt(ctx, req.Data, off); err != nil {
+			return nil, err
+		}
+		if req.Flags&proto.FlagSync != 0 {
+			if err := v.Flush(ctx); err != nil {
+				return nil, err
+			}
+		}
+	case proto.OpVDIDiscard:
+		if err := n.checkWriter(c, meta); err != nil {
+			return nil, err
+		}
+		if err := v.Discard(ctx, off, int64(req.Aux), req.Flags&proto.FlagZeroKeep != 0); err != nil {
+			return nil, err
+		}
+	case proto.OpVDIFlush:
+		if err := v.Flush(ctx); err != nil {
+			return nil, err
+		}
+	case proto.OpVDIAllocMap:
+		bm, cnt, err := v.AllocMap(ctx)
+		if err != nil {
+			return nil, err
+		}
+		resp.Data, resp.Aux = bm, uint64(cnt)
+	}
+	return resp, nil
+}
+
+func vdiInfo(v *cluster.VDI) proto.VDIInfo {
+	out := proto.VDIInfo{Name: v.Name, ID: v.ID, Size: v.Size, Copies: v.Copies, Created: v.Created}
+	if v.Lock != nil {
+		out.Locked, out.Mount, out.Node = true, v.Lock.Mount, v.Lock.Node
+	}
+	return out
+}
+
+func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (*proto.Msg, error) {
+	var a proto.AdminRequest
+	if err := json.Unmarshal(req.Data, &a); err != nil {
+		return nil, errs.E(errs.Invalid, "undecodable admin request: %w", err)
+	}
+	var out any
+	switch a.Cmd {
+	case proto.AdminClusterFormat:
+		if a.Copies < 1 || a.Copies > cluster.MaxCopies {
+			return nil, errs.E(errs.Invalid, "copies must be 1 to %d, not %d", cluster.MaxCopies, a.Copies)
+		}
+		if _, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdFormat, Copies: a.Copies}); err != nil {
+			return nil, err
+		}
+		out = n.clusterInfo(ctx)
+	case proto.AdminClusterInfo:
+		out = n.clusterInfo(ctx)
+	case proto.AdminNodeList:
+		out = n.clusterInfo(ctx).Nodes
+	case proto.AdminNodeStat:
+		out = n.nodeStat()
+	case proto.AdminVDICreate:
+		if err := cluster.CheckName(a.Name); err != nil {
+			return nil, err
+		}
+		if err := cluster.CheckSize(a.Size); err != nil {
+			return nil, err
+		}
+		r, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDICreate, Name: a.Name, Size: a.Size, Copies: a.Copies})
+		if err != nil {
+			return nil, err
+		}
+		out = vdiInfo(r.VDI)
+	case proto.AdminVDIDelete:
+		if err := n.deleteVDI(ctx, a.Name); err != nil {
+			return nil, err
+		}
+		out = struct{}{}
+	case proto.AdminVDIResize:
+		r, err := n.resizeVDI(ctx, a)
+		if err != nil {
+			return nil, err
+		}
+		out = vdiInfo(r)
+	case proto.AdminVDIList:
+		st := n.cl.State()
+		list := make([]proto.VDIInfo, 0, len(st.VDIs))
+		for _, v := range st.VDIs {
+			list = append(list, vdiInfo(v))
+		}
+		slices.SortFunc(list, func(a, b proto.VDIInfo) int { return strings.Compare(a.Name, b.Name) })
+		out = list
+	case proto.AdminVDILookup:
+		v, ok := n.cl.State().VDIs[a.Name]
+		if !ok {
+			return nil, errs.E(errs.NotFound, "VDI %q", a.Name)
+		}
+		out = vdiInfo(v)
+	case proto.AdminVDILock:
+		if a.Mount == "" {
+			return nil, errs.E(errs.Invalid, "lock needs a mount ID")
+		}
+		cs := n.connState(c)
+		r, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDILock, Name: a.Name, Mount: a.Mount, Node: n.id})
+		if err != nil {
+			return nil, err
+		}
+		cs.mu.Lock()
+		if cs.locks != nil {
+			cs.locks[a.Name] = a.Mount
+		}
+		cs.mu.Unlock()
+		out = vdiInfo(r.VDI)
+	case proto.AdminVDIUnlock:
+		cs := n.connState(c)
+		cs.mu.Lock()
+		delete(cs.locks, a.Name)
+		cs.mu.Unlock()
+		if _, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDIUnlock, Name: a.Name, Mount: a.Mount}); err != nil {
+			return nil, err
+		}
+		out = struct{}{}
+	case proto.AdminVDIObjects:
+		meta, ok := n.cl.State().VDIs[a.Name]
+		if !ok {
+			return nil, errs.E(errs.NotFound, "VDI %q", a.Name)
+		}
+		v, _, err := n.volumeFor(meta.ID)
+		if err != nil {
+			return nil, err
+		}
+		var list []string
+		err = v.OwnObjects(ctx, func(oid ids.ObjectID) error {
+			list = append(list, oid.String())
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		out = list
+	default:
+		return nil, errs.E(errs.Invalid, "unknown admin command %q", a.Cmd)
+	}
+	b, err := jsonMarshal(out)
+	if err != nil {
+		return nil, err
+	}
+	return &proto.Msg{Data: b}, nil
+}
+
+// resizeVDI changes a VDI's size. Shrinking first discards the tail, so
+// that growing again later reads zeros there; a VDI open for writing can
+// only be shrunk by its writer.
+func (n *Node) resizeVDI(ctx context.Context, a proto.AdminRequest) (*cluster.VDI, error) {
+	if err := cluster.CheckSize(a.Size); err != nil {
+		return nil, err
+	}
+	meta, ok := n.cl.State().VDIs[a.Name]
+	if !ok {
+		return nil, errs.E(errs.NotFound, "VDI %q", a.Name)
+	}
+	if a.Size < meta.Size {
+		if meta.Lock != nil && meta.Lock.Mount != a.Mount {
+			return nil, errs.E(errs.Busy, "VDI %q is open for writing by mount %s: cannot shrink it", a.Name, meta.Lock.Mount)
+		}
+		v, _, err := n.volumeFor(meta.ID)
+		if err != nil {
+			return nil, err
+		}
+		if err := v.Discard(ctx, int64(a.Size), int64(meta.Size-a.Size), false); err != nil {
+			return nil, err
+		}
+	}
+	r, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDIResize, Name: a.Name, Size: a.Size, Mount: a.Mount})
+	if err != nil {
+		return nil, err
+	}
+	if v, _, err := n.volumeFor(meta.ID); err == nil {
+		v.SetInfo(vdi.Info{ID: r.VDI.ID, Size: r.VDI.Size, Copies: r.VDI.Copies})
+	}
+	return r.VDI, nil
+}
+
+// deleteVDI removes a VDI from the namespace, then frees its objects.
+func (n *Node) deleteVDI(ctx context.Context, name string) error {
+	r, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDIDelete, Name: name})
+	if err != nil {
+		return err
+	}
+	meta := r.VDI
+	v := vdi.Open(n.objs, vdi.Info{ID: meta.ID, Size: meta.Size, Copies: meta.Copies})
+	n.mu.Lock()
+	delete(n.volumes, meta.ID)
+	n.mu.Unlock()
+	var oids []ids.ObjectID
+	if err := v.OwnObjects(ctx, func(oid ids.ObjectID) error {
+		oids = append(oids, oid)
+		return nil
+	}); err != nil {
+		return errs.E(errs.KindOf(err), "VDI %q deleted, but its objects could not be listed to free them: %w", name, err)
+	}
+	for _, oid := range oids {
+		if err := n.objs.Remove(ctx, oid, meta.Copies); err != nil {
+			return errs.E(errs.KindOf(err), "VDI %q deleted, but freeing object %v failed: %w", name, oid, err)
+		}
+	}
+	return nil
+}
+
+func (n *Node) nodeStat() proto.NodeInfo {
+	st := n.cl.State()
+	info := proto.NodeInfo{ID: n.id, State: "up", Epoch: st.Epoch, Role: "follower"}
+	if m, ok := st.Member(n.id); ok {
+		info.Addr = m.Addr
+	}
+	if n.cl.Leader() == n.id {
+		info.Role = "leader"
+	}
+	cnt := 0
+	n.store.ForEach(func(ids.ObjectID, objstore.Meta) error { cnt++; return nil })
+	info.Objects = cnt
+	info.Used, info.Free, _ = n.store.Usage()
+	return info
+}
+
+// clusterInfo gathers the state and every member's statistics.
+func (n *Node) clusterInfo(ctx context.Context) proto.ClusterInfo {
+	st := n.cl.State()
+	ci := proto.ClusterInfo{Epoch: st.Epoch, Copies: st.Copies, FormatTime: st.Format,
+		Leader: n.cl.Leader(), VDIs: len(st.VDIs)}
+	ci.Nodes = make([]proto.NodeInfo, len(st.Members))
+	var wg sync.WaitGroup
+	for i, m := range st.Members {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if m.ID == n.id {
+				ci.Nodes[i] = n.nodeStat()
+				return
+			}
+			ctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			info := proto.NodeInfo{ID: m.ID, Addr: m.Addr, State: "down"}
+			b, _ := json.Marshal(proto.AdminRequest{Cmd: proto.AdminNodeStat})
+			resp, err := n.peers.Get(m.Addr).Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpAdmin}, Data: b})
+			if err == nil && json.Unmarshal(resp.Data, &info) == nil {
+				info.Addr = m.Addr
+			}
+			ci.Nodes[i] = info
+		}()
+	}
+	wg.Wait()
+	down := 0
+	for _, ni := range ci.Nodes {
+		ci.Used += ni.Used
+		ci.Free += ni.Free
+		if ni.State != "up" {
+			down++
+		}
+	}
+	switch {
+	case !n.cl.HasQuorum():
+		ci.Status = "no quorum"
+	case !st.Formatted():
+		ci.Status = "unformatted"
+	case down > 0 || len(st.Members) < st.Copies:
+		ci.Status = "degraded"
+	default:
+		ci.Status = "ok"
+	}
+	return ci
+}

@@ -1,0 +1,287 @@
+package server
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/sheepfs/sheepfs/cluster"
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/proto"
+	"github.com/sheepfs/sheepfs/vdi"
+)
+
+// replicated is the cluster's object store seen from a gateway: each
+// request goes to the object's replicas of the current epoch. It implements
+// vdi.Objects.
+type replicated struct {
+	n *Node
+
+	mu    sync.Mutex
+	dirty map[ids.NodeID]bool // nodes written since the last flush
+}
+
+var _ vdi.Objects = (*replicated)(nil)
+
+// retryable reports whether a request that failed with err may succeed
+// after the cluster changes (a node dies or an epoch moves on).
+func retryable(err error) bool {
+	switch errs.KindOf(err) {
+	case errs.StaleEpoch, errs.IO, errs.NotReady, errs.Closed:
+		return true
+	}
+	return false
+}
+
+// retry runs op against successive cluster states until it succeeds, fails
+// for good, or RetryFor runs out. Between attempts it waits for the state
+// to change or a short back-off, whichever comes first.
+func (r *replicated) retry(ctx context.Context, what string, op func(st *cluster.State) error) error {
+	deadline := time.Now().Add(r.n.cfg.RetryFor)
+	backoff := 50 * time.Millisecond
+	for {
+		st := r.n.cl.State()
+		var err error
+		switch {
+		case !st.Formatted():
+			err = errs.E(errs.NotReady, "cluster is not formatted")
+		case len(st.Members) == 0:
+			err = errs.E(errs.NotReady, "no members in epoch %v", st.Epoch)
+		default:
+			err = op(st)
+		}
+		if err == nil || !retryable(err) {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return errs.E(errs.KindOf(err), "%s: gave up after %v: %w", what, r.n.cfg.RetryFor, err)
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return errs.E(errs.IO, "%s: %w", what, ctx.Err())
+		case <-r.n.cl.Changed():
+		case <-t.C:
+		}
+		t.Stop()
+		backoff = min(backoff*2, time.Second)
+	}
+}
+
+// targets returns the members that hold oid in st, in ring order.
+func targets(st *cluster.State, oid ids.ObjectID, copies int) []cluster.Member {
+	var buf [8]ids.NodeID
+	nodes := st.Ring().Replicas(oid, copies, buf[:0])
+	out := make([]cluster.Member, 0, len(nodes))
+	for _, id := range nodes {
+		if m, ok := st.Member(id); ok {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// fanout sends one request to every target in parallel (the local node is
+// served in place) and returns the first error.
+func (r *replicated) fanout(ctx context.Context, st *cluster.State, ts []cluster.Member, local func() error, req proto.Msg) error {
+	if len(ts) == 1 {
+		return r.one(ctx, ts[0], local, req)
+	}
+	errc := make(chan error, len(ts))
+	for _, m := range ts {
+		go func() { errc <- r.one(ctx, m, local, req) }()
+	}
+	var first error
+	for range ts {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func (r *replicated) one(ctx context.Context, m cluster.Member, local func() error, req proto.Msg) error {
+	if m.ID == r.n.id {
+		return local()
+	}
+	_, err := r.n.peers.Get(m.Addr).Call(ctx, &req)
+	if err != nil {
+		return errs.E(errs.KindOf(err), "%v on %s: %w", req.Op, m.ID, err)
+	}
+	return nil
+}
+
+func (r *replicated) markDirty(ts []cluster.Member) {
+	r.mu.Lock()
+	for _, m := range ts {
+		r.dirty[m.ID] = true
+	}
+	r.mu.Unlock()
+}
+
+// Write implements vdi.Objects.
+func (r *replicated) Write(ctx context.Context, oid ids.ObjectID, copies int, off int64, data []byte) error {
+	return r.retry(ctx, "write "+oid.String(), func(st *cluster.State) error {
+		if !r.n.cl.HasQuorum() {
+			return errs.E(errs.NotReady, "node %s has no contact with the cluster's majority", r.n.id)
+		}
+		ts := targets(st, oid, copies)
+		ver := r.n.nextVersion()
+		req := proto.Msg{Header: proto.Header{Op: proto.OpWriteObj, Epoch: st.Epoch, ID: uint64(oid),
+			Offset: uint64(off), Flags: proto.FlagCreate}, Aux: uint64(ver), Data: data}
+		err := r.fanout(ctx, st, ts, func() error {
+			if err := r.n.checkEpoch(ctx, st.Epoch); err != nil {
+				return err
+			}
+			return r.n.store.Write(oid, off, data, ver, st.Epoch)
+		}, req)
+		if err == nil {
+			r.markDirty(ts)
+		}
+		return err
+	})
+}
+
+// Punch implements vdi.Objects.
+func (r *replicated) Punch(ctx context.Context, oid ids.ObjectID, copies int, off, length int64) error {
+	return r.retry(ctx, "punch "+oid.String(), func(st *cluster.State) error {
+		if !r.n.cl.HasQuorum() {
+			return errs.E(errs.NotReady, "node %s has no contact with the cluster's majority", r.n.id)
+		}
+		ts := targets(st, oid, copies)
+		ver := r.n.nextVersion()
+		req := proto.Msg{Header: proto.Header{Op: proto.OpPunchObj, Epoch: st.Epoch, ID: uint64(oid),
+			Offset: uint64(off), Length: uint32(length)}, Aux: uint64(ver)}
+		err := r.fanout(ctx, st, ts, func() error {
+			if err := r.n.checkEpoch(ctx, st.Epoch); err != nil {
+				return err
+			}
+			err := r.n.store.Punch(oid, off, length, ver, st.Epoch)
+			if errs.Is(err, errs.NotFound) {
+				return nil
+			}
+			return err
+		}, req)
+		if err == nil {
+			r.markDirty(ts)
+		}
+		return err
+	})
+}
+
+// Remove implements vdi.Objects.
+func (r *replicated) Remove(ctx context.Context, oid ids.ObjectID, copies int) error {
+	return r.retry(ctx, "remove "+oid.String(), func(st *cluster.State) error {
+		if !r.n.cl.HasQuorum() {
+			return errs.E(errs.NotReady, "node %s has no contact with the cluster's majority", r.n.id)
+		}
+		ts := targets(st, oid, copies)
+		req := proto.Msg{Header: proto.Header{Op: proto.OpRemoveObj, Epoch: st.Epoch, ID: uint64(oid)}}
+		err := r.fanout(ctx, st, ts, func() error { return r.n.store.Remove(oid) }, req)
+		if err == nil {
+			r.markDirty(ts)
+		}
+		return err
+	})
+}
+
+// Read implements vdi.Objects: the local replica first, then the others in
+// ring order.
+func (r *replicated) Read(ctx context.Context, oid ids.ObjectID, copies int, off int64, buf []byte) error {
+	return r.retry(ctx, "read "+oid.String(), func(st *cluster.State) error {
+		ts := targets(st, oid, copies)
+		for i, m := range ts {
+			if m.ID == r.n.id && i > 0 {
+				ts[0], ts[i] = ts[i], ts[0]
+			}
+		}
+		notFound := 0
+		var lastErr error
+		for _, m := range ts {
+			var err error
+			if m.ID == r.n.id {
+				_, err = r.n.store.Read(oid, off, buf)
+			} else {
+				var resp *proto.Msg
+				resp, err = r.n.peers.Get(m.Addr).Call(ctx, &proto.Msg{Header: proto.Header{
+					Op: proto.OpReadObj, Epoch: st.Epoch, ID: uint64(oid), Offset: uint64(off), Length: uint32(len(buf))}})
+				if err == nil {
+					if len(resp.Data) != len(buf) {
+						err = errs.E(errs.IO, "short read of %v from %s: %d of %d bytes", oid, m.ID, len(resp.Data), len(buf))
+					} else {
+						copy(buf, resp.Data)
+					}
+				}
+			}
+			switch {
+			case err == nil:
+				return nil
+			case errs.Is(err, errs.NotFound):
+				notFound++
+			case errs.Is(err, errs.StaleEpoch):
+				return err
+			default:
+				lastErr = errs.E(errs.KindOf(err), "read %v on %s: %w", oid, m.ID, err)
+			}
+		}
+		if notFound == len(ts) || (notFound > 0 && lastErr == nil) {
+			return errs.E(errs.NotFound, "object %v", oid)
+		}
+		return lastErr
+	})
+}
+
+// Flush implements vdi.Objects: every node written since the last flush
+// syncs its store. A node that left the epoch meanwhile is skipped: its
+// replicas are no longer counted on.
+func (r *replicated) Flush(ctx context.Context) error {
+	r.mu.Lock()
+	dirty := r.dirty
+	r.dirty = map[ids.NodeID]bool{}
+	r.mu.Unlock()
+	if len(dirty) == 0 {
+		return nil
+	}
+	err := r.retry(ctx, "flush", func(st *cluster.State) error {
+		var ts []cluster.Member
+		for id := range dirty {
+			if m, ok := st.Member(id); ok {
+				ts = append(ts, m)
+			} else {
+				delete(dirty, id)
+			}
+		}
+		if len(ts) == 0 {
+			return nil
+		}
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		var first error
+		for _, m := range ts {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				err := r.one(ctx, m, r.n.store.Sync, proto.Msg{Header: proto.Header{Op: proto.OpSyncObjs, Epoch: st.Epoch}})
+				mu.Lock()
+				defer mu.Unlock()
+				if err == nil {
+					delete(dirty, m.ID)
+				} else if first == nil {
+					first = err
+				}
+			}()
+		}
+		wg.Wait()
+		return first
+	})
+	if err != nil {
+		r.mu.Lock()
+		for id := range dirty {
+			r.dirty[id] = true
+		}
+		r.mu.Unlock()
+	}
+	return err
+}

@@ -1,0 +1,121 @@
+package server
+
+import (
+	"context"
+	"encoding/binary"
+	"time"
+
+	"github.com/sheepfs/sheepfs/cluster"
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/objstore"
+	"github.com/sheepfs/sheepfs/proto"
+)
+
+// epochWait bounds how long a replica waits to learn of an epoch newer than
+// its own that a request carries.
+const epochWait = 3 * time.Second
+
+// checkEpoch rejects requests from an older epoch and waits for a newer one.
+func (n *Node) checkEpoch(ctx context.Context, e ids.Epoch) error {
+	st := n.cl.State()
+	if e == st.Epoch {
+		return nil
+	}
+	if e < st.Epoch {
+		return errs.E(errs.StaleEpoch, "request from epoch %v, node %s is at epoch %v", e, n.id, st.Epoch)
+	}
+	ctx, cancel := context.WithTimeout(ctx, epochWait)
+	defer cancel()
+	st, err := n.cl.WaitFor(ctx, func(s *cluster.State) bool { return s.Epoch >= e })
+	if err != nil {
+		return errs.E(errs.NotReady, "node %s is at epoch %v, request from %v: %w", n.id, st.Epoch, e, err)
+	}
+	if st.Epoch > e {
+		return errs.E(errs.StaleEpoch, "request from epoch %v, node %s is at epoch %v", e, n.id, st.Epoch)
+	}
+	return nil
+}
+
+func checkObjRange(off uint64, n uint64) error {
+	if off > objstoreMax || n > objstoreMax || off+n > objstoreMax {
+		return errs.E(errs.Invalid, "object range [%d, +%d) is outside the object", off, n)
+	}
+	return nil
+}
+
+const objstoreMax = 4 << 20
+
+func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, error) {
+	if req.Op != proto.OpListObjs {
+		if err := n.checkEpoch(ctx, req.Epoch); err != nil {
+			return nil, err
+		}
+	}
+	oid := ids.ObjectID(req.ID)
+	if !oid.Valid() {
+		return nil, errs.E(errs.Invalid, "bad object ID %v", oid)
+	}
+	resp := &proto.Msg{}
+	switch req.Op {
+	case proto.OpReadObj:
+		if err := checkObjRange(req.Offset, uint64(req.Length)); err != nil {
+			return nil, err
+		}
+		buf := make([]byte, req.Length)
+		m, err := n.store.Read(oid, int64(req.Offset), buf)
+		if err != nil {
+			return nil, err
+		}
+		resp.Data, resp.Aux = buf, uint64(m.Version)
+	case proto.OpWriteObj:
+		if err := checkObjRange(req.Offset, uint64(len(req.Data))); err != nil {
+			return nil, err
+		}
+		if err := n.store.Write(oid, int64(req.Offset), req.Data, ids.Version(req.Aux), req.Epoch); err != nil {
+			return nil, err
+		}
+		if req.Flags&proto.FlagSync != 0 {
+			if err := n.store.Sync(); err != nil {
+				return nil, err
+			}
+		}
+	case proto.OpPunchObj:
+		if err := checkObjRange(req.Offset, uint64(req.Length)); err != nil {
+			return nil, err
+		}
+		err := n.store.Punch(oid, int64(req.Offset), int64(req.Length), ids.Version(req.Aux), req.Epoch)
+		if err != nil && !errs.Is(err, errs.NotFound) {
+			return nil, err
+		}
+	case proto.OpStatObj:
+		m, err := n.store.Stat(oid)
+		if err != nil {
+			return nil, err
+		}
+		resp.Aux, resp.Offset = uint64(m.Version), uint64(m.Epoch)
+	case proto.OpRemoveObj:
+		if err := n.store.Remove(oid); err != nil {
+			return nil, err
+		}
+	case proto.OpSyncObjs:
+		if err := n.store.Sync(); err != nil {
+			return nil, err
+		}
+	case proto.OpListObjs:
+		var out []byte
+		err := n.store.ForEach(func(o ids.ObjectID, m objstore.Meta) error {
+			if len(out) >= proto.MaxPayload-16 {
+				return errs.E(errs.TooLarge, "object list exceeds one frame")
+			}
+			out = binary.BigEndian.AppendUint64(out, uint64(o))
+			out = binary.BigEndian.AppendUint64(out, uint64(m.Version))
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		resp.Data = out
+	}
+	return resp, nil
+}

@@ -1,0 +1,209 @@
+// Package server is the sheep daemon: it keeps this node's replicas in an
+// object store, answers other nodes' replica requests, and acts as the
+// gateway for clients (sheepfs, the admin CLI), turning VDI requests into
+// replicated object requests placed by the cluster's consistent-hash ring.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/sheepfs/sheepfs/cluster"
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/objstore"
+	"github.com/sheepfs/sheepfs/proto"
+	"github.com/sheepfs/sheepfs/vdi"
+)
+
+// Config configures a sheep daemon.
+type Config struct {
+	// Dir is the node's data directory: objects under Dir/obj, the cluster
+	// log under Dir/cluster, the node ID in Dir/node-id. Created if absent.
+	Dir string
+	// Host is the IP address to listen on and advertise (default 127.0.0.1).
+	Host string
+	// Port is the data port (default 7000); gossip uses Port+1, raft Port+2.
+	Port int
+	// Join lists data addresses of running nodes to join; empty starts a
+	// new cluster (or restarts this node's own).
+	Join []string
+	// ID overrides the node ID on first start (default: random). An
+	// existing Dir/node-id always wins.
+	ID ids.NodeID
+	// DeadGrace is how long a node must be gone before the cluster moves
+	// on without it (default 5 s).
+	DeadGrace time.Duration
+	// RetryFor bounds how long a gateway keeps retrying a request across
+	// node failures and epoch changes before failing it (default 30 s).
+	RetryFor time.Duration
+	// FS is the filesystem seam of the object store (nil: the real one).
+	FS objstore.FS
+	// Log receives the daemon's logs.
+	Log zerolog.Logger
+}
+
+// Node is a running sheep daemon.
+type Node struct {
+	cfg   Config
+	log   zerolog.Logger
+	id    ids.NodeID
+	cl    *cluster.Cluster
+	store *objstore.Store
+	peers proto.Pool
+	srv   proto.Server
+	ln    net.Listener
+	objs  *replicated
+	hlc   atomic.Uint64
+
+	mu      sync.Mutex
+	volumes map[ids.VDIID]*volume
+	conns   map[*proto.Conn]*connState
+}
+
+type connState struct {
+	mu    sync.Mutex
+	locks map[string]ids.MountID // VDI name -> mount holding it via this conn
+}
+
+// Start opens the data directory, listens, and joins the cluster.
+func Start(cfg Config) (*Node, error) {
+	if cfg.Host == "" {
+		cfg.Host = "127.0.0.1"
+	}
+	if cfg.Port == 0 {
+		cfg.Port = 7000
+	}
+	if cfg.RetryFor == 0 {
+		cfg.RetryFor = 30 * time.Second
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, errs.E(errs.IO, "data dir %s: %w", cfg.Dir, err)
+	}
+	id, err := nodeID(cfg.Dir, cfg.ID)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, id: id, log: cfg.Log.With().Str("node", string(id)).Logger(),
+		volumes: map[ids.VDIID]*volume{}, conns: map[*proto.Conn]*connState{}}
+	n.objs = &replicated{n: n, dirty: map[ids.NodeID]bool{}}
+	n.store, err = objstore.Open(filepath.Join(cfg.Dir, "obj"), objstore.Options{ObjectSize: vdi.ObjectSize, FS: cfg.FS})
+	if err != nil {
+		return nil, err
+	}
+	addr := net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port))
+	n.ln, err = net.Listen("tcp", addr)
+	if err != nil {
+		n.store.Close()
+		return nil, errs.E(errs.IO, "listen on %s: %w", addr, err)
+	}
+	n.cl, err = cluster.Start(cluster.Config{ID: id, Dir: filepath.Join(cfg.Dir, "cluster"),
+		Host: cfg.Host, Port: cfg.Port, Join: cfg.Join, DeadGrace: cfg.DeadGrace, Log: cfg.Log})
+	if err != nil {
+		n.ln.Close()
+		n.store.Close()
+		return nil, err
+	}
+	n.srv.Handler = proto.HandlerFunc(n.handle)
+	n.srv.OnBadFrame = func(remote string, err error) {
+		n.log.Warn().Str("remote", remote).Err(err).Msg("dropped connection after a malformed frame")
+	}
+	go n.srv.Serve(n.ln)
+	n.log.Info().Str("addr", addr).Msg("sheep started")
+	return n, nil
+}
+
+// nodeID reads the persistent node ID, creating it on first start.
+func nodeID(dir string, want ids.NodeID) (ids.NodeID, error) {
+	p := filepath.Join(dir, "node-id")
+	if b, err := os.ReadFile(p); err == nil {
+		if s := strings.TrimSpace(string(b)); s != "" {
+			return ids.NodeID(s), nil
+		}
+	}
+	id := want
+	if id == "" {
+		var b [4]byte
+		rand.Read(b[:])
+		id = ids.NodeID("n" + hex.EncodeToString(b[:]))
+	}
+	if strings.ContainsAny(string(id), "/ \t\n") || len(id) > 64 {
+		return "", errs.E(errs.Invalid, "node ID %q: no spaces or '/', at most 64 bytes", id)
+	}
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, []byte(string(id)+"\n"), 0o644); err != nil {
+		return "", errs.E(errs.IO, "write node ID: %w", err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		return "", errs.E(errs.IO, "write node ID: %w", err)
+	}
+	return id, nil
+}
+
+// ID returns the node's ID.
+func (n *Node) ID() ids.NodeID { return n.id }
+
+// Cluster returns the node's cluster membership.
+func (n *Node) Cluster() *cluster.Cluster { return n.cl }
+
+// Close stops serving, leaves the cluster and closes the store.
+func (n *Node) Close() error {
+	n.srv.Close()
+	n.cl.Close()
+	n.peers.Close()
+	return n.store.Close()
+}
+
+// nextVersion returns a new object version from a hybrid logical clock:
+// wall-clock nanoseconds, but always larger than the last one handed out.
+func (n *Node) nextVersion() ids.Version {
+	for {
+		last := n.hlc.Load()
+		v := uint64(time.Now().UnixNano())
+		if v <= last {
+			v = last + 1
+		}
+		if n.hlc.CompareAndSwap(last, v) {
+			return ids.Version(v)
+		}
+	}
+}
+
+func (n *Node) handle(ctx context.Context, conn *proto.Conn, req *proto.Msg) *proto.Msg {
+	var resp *proto.Msg
+	var err error
+	switch req.Op {
+	case proto.OpReadObj, proto.OpWriteObj, proto.OpPunchObj, proto.OpStatObj,
+		proto.OpRemoveObj, proto.OpSyncObjs, proto.OpListObjs:
+		resp, err = n.handleReplica(ctx, req)
+	case proto.OpVDIRead, proto.OpVDIWrite, proto.OpVDIFlush, proto.OpVDIDiscard, proto.OpVDIAllocMap:
+		resp, err = n.handleVDI(ctx, conn, req)
+	case proto.OpAdmin:
+		resp, err = n.handleAdmin(ctx, conn, req)
+	case proto.OpApply:
+		var r cluster.Result
+		var index uint64
+		r, index, err = n.cl.ApplyLocal(req.Data)
+		if err == nil {
+			resp = &proto.Msg{Aux: index}
+			resp.Data, err = jsonMarshal(r)
+		}
+	default:
+		err = errs.E(errs.Invalid, "unknown op %v", req.Op)
+	}
+	if err != nil {
+		return proto.ErrorResponse(req, err)
+	}
+	return resp
+}

@@ -1,0 +1,377 @@
+// Package vdi turns a virtual disk image into objects: it maps byte ranges of
+// a VDI onto its data objects, keeps the VDI's index (which VDI owns each
+// object; zero for an unallocated one), and allocates objects on first write.
+// The index itself is stored as index objects, replicated like data, and
+// read into memory lazily, one page at a time.
+package vdi
+
+import (
+	"context"
+	"encoding/binary"
+	"sync"
+
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/ids"
+)
+
+// ObjectSize is the size of every object, in bytes (4 MiB).
+const ObjectSize = 4 << 20
+
+// entrySize is the size of one index entry (an owner VDIID), in bytes.
+const entrySize = 4
+
+// EntriesPerIndexObject is how many entries one index object holds.
+const EntriesPerIndexObject = ObjectSize / entrySize
+
+// pageEntries is how many index entries are read into memory at once
+// (16 KiB, covering 16 GiB of VDI).
+const pageEntries = 4096
+
+// Objects is the replicated object store as a VDI sees it. Implementations
+// place each object on copies nodes and keep the replicas equal.
+type Objects interface {
+	// Read fills buf from object oid at off. errs.NotFound if no replica
+	// has the object.
+	Read(ctx context.Context, oid ids.ObjectID, copies int, off int64, buf []byte) error
+	// Write writes data at off in object oid on every replica, creating
+	// the object (zero-filled) where it is absent.
+	Write(ctx context.Context, oid ids.ObjectID, copies int, off int64, data []byte) error
+	// Punch makes [off, off+length) of the object read as zeros.
+	Punch(ctx context.Context, oid ids.ObjectID, copies int, off, length int64) error
+	// Remove deletes the object from every replica; absent is no error.
+	Remove(ctx context.Context, oid ids.ObjectID, copies int) error
+	// Flush makes every write acknowledged so far durable on every replica.
+	Flush(ctx context.Context) error
+}
+
+// Info is the cluster metadata a Volume needs.
+type Info struct {
+	ID     ids.VDIID
+	Size   uint64 // bytes
+	Copies int
+}
+
+// NumObjects returns how many objects a VDI of size bytes spans.
+func NumObjects(size uint64) uint32 {
+	return uint32((size + ObjectSize - 1) / ObjectSize)
+}
+
+// Volume is a VDI opened on a gateway. Safe for concurrent use: reads and
+// writes of different objects run in parallel.
+type Volume struct {
+	objs Objects
+
+	mu    sync.Mutex
+	info  Info
+	pages map[uint32]*page      // index pages loaded so far, by page number
+	alloc map[uint32]*allocWait // objects being allocated
+}
+
+type page struct {
+	ready   chan struct{} // closed once loaded
+	err     error
+	entries [pageEntries]ids.VDIID
+}
+
+type allocWait struct{ done chan struct{} }
+
+// Open returns a Volume for the VDI described by info. It reads nothing yet.
+func Open(objs Objects, info Info) *Volume {
+	return &Volume{objs: objs, info: info, pages: map[uint32]*page{}, alloc: map[uint32]*allocWait{}}
+}
+
+// Info returns the volume's metadata.
+func (v *Volume) Info() Info {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.info
+}
+
+// SetInfo updates the size or copies (after a resize). The ID must not change.
+func (v *Volume) SetInfo(info Info) {
+	v.mu.Lock()
+	v.info = info
+	v.mu.Unlock()
+}
+
+// indexLoc returns where entry idx of vid's index lives.
+func indexLoc(vid ids.VDIID, idx uint32) (ids.ObjectID, int64) {
+	return ids.IndexObject(vid, idx/EntriesPerIndexObject), int64(idx%EntriesPerIndexObject) * entrySize
+}
+
+// owner returns the index entry of object idx, loading its page if needed.
+func (v *Volume) owner(ctx context.Context, idx uint32) (ids.VDIID, error) {
+	pn := idx / pageEntries
+	v.mu.Lock()
+	p := v.pages[pn]
+	if p == nil {
+		p = &page{ready: make(chan struct{})}
+		v.pages[pn] = p
+		v.mu.Unlock()
+		p.err = v.loadPage(ctx, pn, p)
+		close(p.ready)
+		if p.err != nil {
+			v.mu.Lock()
+			delete(v.pages, pn)
+			v.mu.Unlock()
+		}
+	} else {
+		v.mu.Unlock()
+	}
+	select {
+	case <-p.ready:
+	case <-ctx.Done():
+		return 0, errs.E(errs.IO, "load index: %w", ctx.Err())
+	}
+	if p.err != nil {
+		return 0, p.err
+	}
+	v.mu.Lock()
+	o := p.entries[idx%pageEntries]
+	v.mu.Unlock()
+	return o, nil
+}
+
+func (v *Volume) loadPage(ctx context.Context, pn uint32, p *page) error {
+	v.mu.Lock()
+	info := v.info
+	v.mu.Unlock()
+	first := pn * pageEntries
+	oid, off := indexLoc(info.ID, first)
+	buf := make([]byte, pageEntries*entrySize)
+	err := v.objs.Read(ctx, oid, info.Copies, off, buf)
+	if errs.Is(err, errs.NotFound) {
+		return nil // no index object yet: all unallocated
+	}
+	if err != nil {
+		return errs.E(errs.KindOf(err), "read index of VDI %v: %w", info.ID, err)
+	}
+	for i := range p.entries {
+		p.entries[i] = ids.VDIID(binary.LittleEndian.Uint32(buf[i*entrySize:]))
+	}
+	return nil
+}
+
+// setOwner records owner for object idx in the stored index and in memory.
+func (v *Volume) setOwner(ctx context.Context, idx uint32, owner ids.VDIID) error {
+	v.mu.Lock()
+	info := v.info
+	v.mu.Unlock()
+	oid, off := indexLoc(info.ID, idx)
+	var b [entrySize]byte
+	binary.LittleEndian.PutUint32(b[:], uint32(owner))
+	if err := v.objs.Write(ctx, oid, info.Copies, off, b[:]); err != nil {
+		return errs.E(errs.KindOf(err), "update index of VDI %v: %w", info.ID, err)
+	}
+	v.mu.Lock()
+	if p := v.pages[idx/pageEntries]; p != nil {
+		p.entries[idx%pageEntries] = owner
+	}
+	v.mu.Unlock()
+	return nil
+}
+
+// span calls fn for each object-sized piece of [off, off+n).
+func span(off int64, n int, fn func(idx uint32, objOff int64, lo, hi int) error) error {
+	done := 0
+	for done < n {
+		pos := off + int64(done)
+		idx := uint32(pos / ObjectSize)
+		objOff := pos % ObjectSize
+		l := int(min(int64(n-done), ObjectSize-objOff))
+		if err := fn(idx, objOff, done, done+l); err != nil {
+			return err
+		}
+		done += l
+	}
+	return nil
+}
+
+func (v *Volume) checkRange(off int64, n int64) error {
+	v.mu.Lock()
+	size := v.info.Size
+	v.mu.Unlock()
+	if off < 0 || n < 0 {
+		return errs.E(errs.Invalid, "negative offset %d or length %d", off, n)
+	}
+	if uint64(off)+uint64(n) > size {
+		return errs.E(errs.TooLarge, "range [%d, %d) is past the end of the %d-byte VDI", off, off+n, size)
+	}
+	return nil
+}
+
+// ReadAt fills buf from the VDI at off. Unallocated ranges read as zeros.
+func (v *Volume) ReadAt(ctx context.Context, buf []byte, off int64) error {
+	if err := v.checkRange(off, int64(len(buf))); err != nil {
+		return err
+	}
+	copies := v.Info().Copies
+	return span(off, len(buf), func(idx uint32, objOff int64, lo, hi int) error {
+		owner, err := v.owner(ctx, idx)
+		if err != nil {
+			return err
+		}
+		if owner == 0 {
+			clear(buf[lo:hi])
+			return nil
+		}
+		err = v.objs.Read(ctx, ids.DataObject(owner, idx), copies, objOff, buf[lo:hi])
+		if err != nil {
+			return errs.E(errs.KindOf(err), "read VDI %v object %d: %w", v.info.ID, idx, err)
+		}
+		return nil
+	})
+}
+
+// WriteAt writes data to the VDI at off, allocating objects on first write.
+func (v *Volume) WriteAt(ctx context.Context, data []byte, off int64) error {
+	if err := v.checkRange(off, int64(len(data))); err != nil {
+		return err
+	}
+	info := v.Info()
+	return span(off, len(data), func(idx uint32, objOff int64, lo, hi int) error {
+		oid := ids.DataObject(info.ID, idx)
+		for {
+			owner, err := v.owner(ctx, idx)
+			if err != nil {
+				return err
+			}
+			if owner == info.ID {
+				return v.objs.Write(ctx, oid, info.Copies, objOff, data[lo:hi])
+			}
+			// Allocate: one writer per object; the others wait and
+			// then write into the allocated object.
+			v.mu.Lock()
+			if w := v.alloc[idx]; w != nil {
+				v.mu.Unlock()
+				select {
+				case <-w.done:
+					continue
+				case <-ctx.Done():
+					return errs.E(errs.IO, "write: %w", ctx.Err())
+				}
+			}
+			w := &allocWait{done: make(chan struct{})}
+			v.alloc[idx] = w
+			v.mu.Unlock()
+			err = v.allocate(ctx, idx, owner, info, objOff, data[lo:hi])
+			v.mu.Lock()
+			delete(v.alloc, idx)
+			v.mu.Unlock()
+			close(w.done)
+			return err
+		}
+	})
+}
+
+// allocate creates object idx of the VDI with data at objOff, then points
+// the index at it. owner is the current entry: 0 for a hole, or an
+// ancestor whose object is copied first (copy on write).
+func (v *Volume) allocate(ctx context.Context, idx uint32, owner ids.VDIID, info Info, objOff int64, data []byte) error {
+	oid := ids.DataObject(info.ID, idx)
+	if owner != 0 && owner != info.ID {
+		whole := make([]byte, ObjectSize)
+		if err := v.objs.Read(ctx, ids.DataObject(owner, idx), info.Copies, 0, whole); err != nil && !errs.Is(err, errs.NotFound) {
+			return errs.E(errs.KindOf(err), "copy-on-write of object %d from VDI %v: %w", idx, owner, err)
+		}
+		copy(whole[objOff:], data)
+		objOff, data = 0, whole
+	}
+	if err := v.objs.Write(ctx, oid, info.Copies, objOff, data); err != nil {
+		return err
+	}
+	return v.setOwner(ctx, idx, info.ID)
+}
+
+// Discard makes [off, off+length) read as zeros. Whole objects owned by
+// this VDI are removed and unmapped, unless keep is set (zero range keeps
+// the space allocated); partial ones are punched.
+func (v *Volume) Discard(ctx context.Context, off, length int64, keep bool) error {
+	if err := v.checkRange(off, length); err != nil {
+		return err
+	}
+	info := v.Info()
+	for pos := off; pos < off+length; {
+		idx := uint32(pos / ObjectSize)
+		objOff := pos % ObjectSize
+		l := min(off+length-pos, ObjectSize-objOff)
+		pos += l
+		owner, err := v.owner(ctx, idx)
+		if err != nil {
+			return err
+		}
+		switch {
+		case owner == 0:
+			continue
+		case owner != info.ID:
+			// Shared with an ancestor: write zeros through copy on write.
+			if err := v.WriteAt(ctx, make([]byte, l), int64(idx)*ObjectSize+objOff); err != nil {
+				return err
+			}
+		case l == ObjectSize && !keep:
+			if err := v.setOwner(ctx, idx, 0); err != nil {
+				return err
+			}
+			if err := v.objs.Remove(ctx, ids.DataObject(info.ID, idx), info.Copies); err != nil {
+				return err
+			}
+		default:
+			if err := v.objs.Punch(ctx, ids.DataObject(info.ID, idx), info.Copies, objOff, l); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Flush makes every write acknowledged so far durable on all replicas.
+func (v *Volume) Flush(ctx context.Context) error { return v.objs.Flush(ctx) }
+
+// AllocMap returns a bitmap with one bit per object of the VDI (bit i of
+// byte i/8 set if object i is allocated) and the number of objects.
+func (v *Volume) AllocMap(ctx context.Context) ([]byte, uint32, error) {
+	n := NumObjects(v.Info().Size)
+	bm := make([]byte, (n+7)/8)
+	for idx := uint32(0); idx < n; idx++ {
+		owner, err := v.owner(ctx, idx)
+		if err != nil {
+			return nil, 0, err
+		}
+		if owner != 0 {
+			bm[idx/8] |= 1 << (idx % 8)
+		}
+	}
+	return bm, n, nil
+}
+
+// Objects calls fn with every allocated object of the VDI that it owns
+// itself (not those shared from an ancestor), then with its index objects.
+func (v *Volume) OwnObjects(ctx context.Context, fn func(oid ids.ObjectID) error) error {
+	info := v.Info()
+	n := NumObjects(info.Size)
+	for idx := uint32(0); idx < n; idx++ {
+		owner, err := v.owner(ctx, idx)
+		if err != nil {
+			return err
+		}
+		if owner == info.ID {
+			if err := fn(ids.DataObject(info.ID, idx)); err != nil {
+				return err
+			}
+		}
+	}
+	for c := uint32(0); c*EntriesPerIndexObject < max(n, 1); c++ {
+		if err := fn(ids.IndexObject(info.ID, c)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Forget drops the cached index so that the next access reads it again
+// (after another gateway may have changed it).
+func (v *Volume) Forget() {
+	v.mu.Lock()
+	clear(v.pages)
+	v.mu.Unlock()
+}
