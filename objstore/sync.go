@@ -161,8 +161,8 @@ func (s *Store) syncObjects(batch map[ids.ObjectID]dirtyEntry) (fatal bool, err 
 
 // syncObject fdatasyncs oid's file, reopening it if its descriptor left
 // the cache (fdatasync flushes the inode, whichever descriptor wrote), and
-// refreshes its allocated size. A failed fstat only leaves the size to
-// the next Usage.
+// refreshes its allocated size (a failed fstat leaves that to the next
+// Usage).
 func (s *Store) syncObject(oid ids.ObjectID) (fatal bool, err error) {
 	l := s.lock(oid)
 	l.RLock()
@@ -186,6 +186,8 @@ func (s *Store) syncObject(oid ids.ObjectID) (fatal bool, err error) {
 	last := s.fds.release(h)
 	if err == nil {
 		s.setAllocLocked(oid, allocOf(fi))
+	} else {
+		s.stale[oid] = struct{}{}
 	}
 	s.mu.Unlock()
 	if last {

@@ -1,0 +1,62 @@
+# Shared by scripts/up, scripts/down, scripts/test and scripts/bench.
+# Settings (environment overrides, so several clusters can live side by side):
+#   SHEEP_NODES  number of sheep daemons (default 3)
+#   SHEEP_PORT   data port of the first; node i uses SHEEP_PORT+10*i, and
+#                each node also uses the next two ports (gossip, raft)
+#   SHEEP_DATA   data root; node i keeps its data in $SHEEP_DATA/node$i
+#   SHEEP_MNT    mount point of sheepfs
+#   SHEEP_COPIES copies when formatting a new cluster (default min(3, nodes))
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+SHEEP_NODES=${SHEEP_NODES:-3}
+SHEEP_PORT=${SHEEP_PORT:-7000}
+SHEEP_DATA=${SHEEP_DATA:-/var/lib/sheepfs-local}
+SHEEP_MNT=${SHEEP_MNT:-/mnt/sheep}
+SHEEP_COPIES=${SHEEP_COPIES:-$(( SHEEP_NODES < 3 ? SHEEP_NODES : 3 ))}
+BIN=$ROOT/bin
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# need_pkgs CMD:PKG ... installs the Debian package of each missing command.
+need_pkgs() {
+	local missing=()
+	for pair in "$@"; do
+		command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+	done
+	[ ${#missing[@]} -eq 0 ] && return 0
+	say "installing ${missing[*]} ..."
+	export DEBIAN_FRONTEND=noninteractive
+	if ! apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1; then
+		apt-get update -qq >/dev/null 2>&1 || true
+		apt-get install -y -qq "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
+	fi
+}
+
+# need_go makes sure a Go toolchain is usable (Debian's golang-go fetches the
+# version go.mod asks for through the module proxy).
+need_go() {
+	if ! command -v go >/dev/null 2>&1; then
+		[ -x /usr/local/go/bin/go ] && export PATH=/usr/local/go/bin:$PATH
+	fi
+	if ! command -v go >/dev/null 2>&1; then
+		need_pkgs go:golang-go
+	fi
+	export GOTOOLCHAIN=${GOTOOLCHAIN:-auto}
+}
+
+build() {
+	need_go
+	say "building sheep and sheepfs into $BIN ..."
+	(cd "$ROOT" && go build -o "$BIN/" ./cmd/sheep ./cmd/sheepfs) || die "build failed"
+}
+
+node_port() { echo $(( SHEEP_PORT + 10 * $1 )); }
+
+# alive PIDFILE NAME: the pid in PIDFILE runs a command containing NAME.
+alive() {
+	local pid
+	[ -f "$1" ] || return 1
+	pid=$(cat "$1" 2>/dev/null) || return 1
+	[ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$2"
+}
