@@ -72,12 +72,16 @@ type DaemonCmd struct {
 	ID        string        `help:"Node ID on first start (default: random); kept in the data directory."`
 	DeadGrace time.Duration `help:"How long a node may be gone before the cluster moves on without it." default:"5s"`
 	LogLevel  string        `help:"Log level: debug, info, warn, error." default:"info" enum:"debug,info,warn,error"`
+	Pprof     string        `help:"Serve Go profiles (net/http/pprof) on this address, e.g. 127.0.0.1:6060. Off by default." placeholder:"ADDR"`
 }
 
 // Run starts the daemon and serves until SIGINT or SIGTERM.
 func (d *DaemonCmd) Run(g *Globals) error {
 	lvl, _ := zerolog.ParseLevel(d.LogLevel)
 	log := zerolog.New(os.Stderr).Level(lvl).With().Timestamp().Logger()
+	if err := servePprof(d.Pprof); err != nil {
+		return err
+	}
 	n, err := server.Start(server.Config{Dir: d.Dir, Host: d.Host, Port: d.Port, Join: d.Join,
 		ID: ids.NodeID(d.ID), DeadGrace: d.DeadGrace, Log: log})
 	if err != nil {
@@ -260,10 +264,14 @@ type Sheepfs struct {
 	Addr       []string `help:"Sheep daemon address(es) to use, tried in order." default:"127.0.0.1:7000" env:"SHEEP_ADDR"`
 	AllowOther bool     `help:"Let other users use the mount."`
 	Debug      bool     `help:"Log every FUSE request."`
+	Pprof      string   `help:"Serve Go profiles (net/http/pprof) on this address. Off by default." placeholder:"ADDR"`
 }
 
 // Run mounts and serves until unmounted or signalled.
 func (s *Sheepfs) Run() error {
+	if err := servePprof(s.Pprof); err != nil {
+		return err
+	}
 	c := client.New(s.Addr, client.Options{})
 	f, err := fs.Mount(s.Mountpoint, c, fs.Options{Debug: s.Debug, AllowOther: s.AllowOther})
 	if err != nil {

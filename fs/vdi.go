@@ -37,7 +37,7 @@ var (
 )
 
 func (d *vdiDir) child(ctx context.Context, info proto.VDIInfo, out *fuse.EntryOut) *gofs.Inode {
-	n := &vdiNode{fs: d.fs, name: info.Name, id: info.ID}
+	n := &vdiNode{fs: d.fs, name: info.Name, id: info.ID, created: uint64(info.Created)}
 	n.size.Store(info.Size)
 	ch := d.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: vdiInoBase + uint64(info.ID)})
 	// NewInode returns the existing inode for a known ID: refresh it.
@@ -102,9 +102,10 @@ func (d *vdiDir) Unlink(ctx context.Context, name string) syscall.Errno {
 type vdiNode struct {
 	gofs.Inode
 	fs   *FS
-	name string
-	id   ids.VDIID
-	size atomic.Uint64
+	name    string
+	id      ids.VDIID
+	created uint64 // unix seconds
+	size    atomic.Uint64
 
 	mu        sync.Mutex
 	allocAt   time.Time
@@ -136,6 +137,7 @@ func (n *vdiNode) fill(a *fuse.Attr) {
 	a.Size = size
 	a.Nlink = 1
 	a.Blksize = 4096
+	a.Mtime, a.Ctime, a.Atime = n.created, n.created, n.created
 	n.mu.Lock()
 	a.Blocks = uint64(popcount(n.allocBits)) * vdi.ObjectSize / 512
 	n.mu.Unlock()
