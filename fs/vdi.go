@@ -101,7 +101,7 @@ func (d *vdiDir) Unlink(ctx context.Context, name string) syscall.Errno {
 // vdiNode is one VDI's file.
 type vdiNode struct {
 	gofs.Inode
-	fs   *FS
+	fs      *FS
 	name    string
 	id      ids.VDIID
 	created uint64 // unix seconds
