@@ -260,11 +260,12 @@ func (c *VDIResizeCmd) Run(g *Globals) error {
 
 // Sheepfs is the sheepfs command line.
 type Sheepfs struct {
-	Mountpoint string   `arg:"" help:"Where to mount." type:"existingdir"`
-	Addr       []string `help:"Sheep daemon address(es) to use, tried in order." default:"127.0.0.1:7000" env:"SHEEP_ADDR"`
-	AllowOther bool     `help:"Let other users use the mount."`
-	Debug      bool     `help:"Log every FUSE request."`
-	Pprof      string   `help:"Serve Go profiles (net/http/pprof) on this address. Off by default." placeholder:"ADDR"`
+	Mountpoint  string   `arg:"" help:"Where to mount." type:"existingdir"`
+	Addr        []string `help:"Sheep daemon address(es) to use, tried in order." default:"127.0.0.1:7000" env:"SHEEP_ADDR"`
+	AllowOther  bool     `help:"Let other users use the mount."`
+	Debug       bool     `help:"Log every FUSE request."`
+	NoWriteback bool     `help:"Turn off the kernel writeback cache: every write(2) reaches the cluster before it returns (slower)."`
+	Pprof       string   `help:"Serve Go profiles (net/http/pprof) on this address. Off by default." placeholder:"ADDR"`
 }
 
 // Run mounts and serves until unmounted or signalled.
@@ -273,7 +274,7 @@ func (s *Sheepfs) Run() error {
 		return err
 	}
 	c := client.New(s.Addr, client.Options{})
-	f, err := fs.Mount(s.Mountpoint, c, fs.Options{Debug: s.Debug, AllowOther: s.AllowOther})
+	f, err := fs.Mount(s.Mountpoint, c, fs.Options{Debug: s.Debug, AllowOther: s.AllowOther, NoWritebackCache: s.NoWriteback})
 	if err != nil {
 		return errs.E(errs.IO, "mount %s: %w", s.Mountpoint, err)
 	}

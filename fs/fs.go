@@ -45,6 +45,9 @@ type Options struct {
 	Debug bool
 	// AllowOther lets users other than the mounter use the mount.
 	AllowOther bool
+	// NoWritebackCache turns off the kernel's writeback cache, so that
+	// every write(2) reaches the cluster before it returns.
+	NoWritebackCache bool
 }
 
 // FS is a mounted sheepfs.
@@ -75,6 +78,9 @@ func Mount(dir string, c *client.Client, opts Options) (*FS, error) {
 			Debug:         opts.Debug,
 			DirectMount:   true,
 		},
+	}
+	if !opts.NoWritebackCache {
+		o.MountOptions.ExtraCapabilities |= fuse.CAP_WRITEBACK_CACHE
 	}
 	root := &rootNode{fs: f}
 	srv, err := gofs.Mount(dir, root, o)

@@ -19,7 +19,7 @@
 //   - vnode point: mix64(FNV-1a-64(nodeID bytes || vnode number as 4
 //     little-endian bytes)), vnode numbers 0..vnodes-1.
 //
-// Points that collide are ordered by node ID, then vnode number.
+// Points with equal hashes are ordered by node ID.
 package hashring
 
 import (
@@ -143,102 +143,130 @@ func (r *Ring) Replicas(oid ids.ObjectID, n int, dst []ids.NodeID) []ids.NodeID 
 }
 
 // build fills r.points, r.owners and r.index for vnodes points per node of
-// r.nodes. It is a stable bucket sort on the top bits of the hashes, which
-// are uniform by construction: a counting pass while hashing, a scatter into
-// 256 runs, and a scatter of each (cache-sized) run into its buckets with an
-// insertion sort as they fill. The bucket offsets are kept as r.index so
-// Replicas finds a point with one table lookup and a search of a few points.
+// r.nodes, allocating little else. It is a bucket sort on the top bits of
+// the hashes, which are uniform by construction: a pass that hashes and
+// counts 256 coarse runs, a second that hashes again and writes each point
+// into its run, then for each (cache-sized) run a count and in-place
+// permutation into its buckets and an insertion sort of each bucket by
+// (hash, owner). The
+// bucket offsets are kept as r.index, so Replicas finds a point with one
+// table lookup and a search of a few points.
 func (r *Ring) build(vnodes int) {
 	total := len(r.nodes) * vnodes
 	// About 2 to 4 points per bucket.
 	bucketBits := max(bits.Len(uint(total))-2, 0)
 	r.shift = uint(64 - bucketBits) // 64 when there is one bucket: h>>64 == 0
-	nb := 1 << bucketBits
+	coarseBits := min(bucketBits, 8)
+	coarseShift := uint(64 - coarseBits)
+	runs := 1 << coarseBits
+	fine := 1 << (bucketBits - coarseBits) // buckets per run
 
-	hashes := make([]uint64, total) // in (node, vnode) order
-	index := make([]uint32, nb+1)
-	k := 0
+	points := make([]uint64, total)
+	owners := make([]uint32, total)
+	index := make([]uint32, 1<<bucketBits+1)
+	runStart := make([]uint32, runs+1)
+	// Hash twice rather than store and permute: the second pass writes
+	// every point straight into its run, 256 sequential streams.
 	for _, id := range r.nodes {
 		base := fnvString(fnvOffset, string(id))
 		for v := range vnodes {
-			h := vnodeHash(base, uint32(v))
-			hashes[k] = h
-			index[h>>r.shift+1]++
-			k++
+			runStart[vnodeHash(base, uint32(v))>>coarseShift+1]++
 		}
 	}
-	for b := 1; b <= nb; b++ {
-		index[b] += index[b-1]
+	for c := range runs {
+		runStart[c+1] += runStart[c]
+	}
+	next := make([]uint32, max(runs, fine))
+	copy(next, runStart[:runs])
+	for o, id := range r.nodes {
+		base := fnvString(fnvOffset, string(id))
+		for v := range vnodes {
+			h := vnodeHash(base, uint32(v))
+			c := h >> coarseShift
+			points[next[c]], owners[next[c]] = h, uint32(o)
+			next[c]++
+		}
 	}
 
-	// Scatter in two passes, both stable: first by the top coarseBits
-	// bits into a few hundred runs (so writes stream instead of missing
-	// the cache), then each run, now cache-sized, into its buckets. Input
-	// is in (node, vnode) order, so within a bucket points with equal
-	// hashes stay ordered by node ID, then vnode number.
-	coarseBits := min(bucketBits, 8)
-	coarseShift := uint(64 - coarseBits)
-	fine := nb >> coarseBits // buckets per run
-	tmpH := make([]uint64, total)
-	tmpO := make([]uint32, total)
-	next := make([]uint32, max(1<<coarseBits, fine))
-	for c := range 1 << coarseBits {
-		next[c] = index[c*fine]
-	}
-	k = 0
-	for o := range r.nodes {
-		for range vnodes {
-			h := hashes[k]
-			c := h >> coarseShift
-			tmpH[next[c]] = h
-			tmpO[next[c]] = uint32(o)
-			next[c]++
-			k++
-		}
-	}
-	r.points = hashes // reused: every element is rewritten below
-	r.owners = make([]uint32, total)
-	for c := range 1 << coarseBits {
+	for c := range runs {
 		first := c * fine
-		copy(next, index[first:first+fine])
-		lo, hi := index[first], index[first+fine]
-		for i := lo; i < hi; i++ {
-			h, o := tmpH[i], tmpO[i]
-			b := int(h>>r.shift) - first
-			// Insertion sort into the bucket as it fills: after any
-			// equal hashes already there, so stable.
-			j, start := next[b], index[first+b]
-			if index[first+b+1]-start <= maxInsertion {
-				for ; j > start && r.points[j-1] > h; j-- {
-					r.points[j], r.owners[j] = r.points[j-1], r.owners[j-1]
-				}
-			}
-			r.points[j], r.owners[j] = h, o
-			next[b]++
+		lo, hi := runStart[c], runStart[c+1]
+		offs := index[first : first+fine+1]
+		clear(offs)
+		for _, h := range points[lo:hi] {
+			offs[int(h>>r.shift)-first+1]++
 		}
-		for b := first; b < first+fine; b++ {
-			if index[b+1]-index[b] > maxInsertion {
-				sort.Stable(bucket{r.points[index[b]:index[b+1]], r.owners[index[b]:index[b+1]]})
-			}
+		offs[0] = lo
+		for b := range fine {
+			offs[b+1] += offs[b]
+		}
+		permute(points, owners, offs, next, r.shift, first)
+		for b := range fine {
+			sortBucket(points[offs[b]:offs[b+1]], owners[offs[b]:offs[b+1]])
 		}
 	}
-	r.index = index
+	r.points, r.owners, r.index = points, owners, index
 }
 
-// maxInsertion is the largest bucket that build sorts by insertion; larger
-// ones, which only node IDs crafted to collide produce, get sort.Stable.
+// permute moves the points in [start[0], start[len(start)-1]) and their
+// owners, in place, so that point p lands in [start[d], start[d+1]) where
+// d = p>>shift - base. next is scratch of at least len(start)-1 entries.
+func permute(points []uint64, owners []uint32, start, next []uint32, shift uint, base int) {
+	n := len(start) - 1
+	copy(next, start[:n])
+	for d := range n {
+		end := start[d+1]
+		for next[d] < end {
+			i := next[d]
+			h, o := points[i], owners[i]
+			// Follow the cycle: drop (h, o) in its bucket and pick up
+			// what was there, until something belongs at i.
+			for e := int(h>>shift) - base; e != d; e = int(h>>shift) - base {
+				j := next[e]
+				next[e]++
+				h, points[j] = points[j], h
+				o, owners[j] = owners[j], o
+			}
+			points[i], owners[i] = h, o
+			next[d]++
+		}
+	}
+}
+
+// sortBucket sorts one bucket by (hash, owner). Owners index the sorted node
+// IDs, so equal hashes are ordered by node ID; equal (hash, owner) pairs are
+// interchangeable.
+func sortBucket(points []uint64, owners []uint32) {
+	if len(points) > maxInsertion {
+		sort.Sort(bucket{points, owners})
+		return
+	}
+	for i := 1; i < len(points); i++ {
+		h, o := points[i], owners[i]
+		j := i
+		for ; j > 0 && (points[j-1] > h || points[j-1] == h && owners[j-1] > o); j-- {
+			points[j], owners[j] = points[j-1], owners[j-1]
+		}
+		points[j], owners[j] = h, o
+	}
+}
+
+// maxInsertion is the largest bucket that sortBucket sorts by insertion;
+// larger ones, which only node IDs crafted to collide produce, get sort.Sort.
 // Buckets hold a few points on average. A variable so tests can force the
 // fallback.
-var maxInsertion uint32 = 32
+var maxInsertion = 32
 
-// bucket adapts a large bucket to sort.Stable.
+// bucket adapts a large bucket to sort.Sort.
 type bucket struct {
 	points []uint64
 	owners []uint32
 }
 
-func (b bucket) Len() int           { return len(b.points) }
-func (b bucket) Less(i, j int) bool { return b.points[i] < b.points[j] }
+func (b bucket) Len() int { return len(b.points) }
+func (b bucket) Less(i, j int) bool {
+	return b.points[i] < b.points[j] || b.points[i] == b.points[j] && b.owners[i] < b.owners[j]
+}
 func (b bucket) Swap(i, j int) {
 	b.points[i], b.points[j] = b.points[j], b.points[i]
 	b.owners[i], b.owners[j] = b.owners[j], b.owners[i]

@@ -9,8 +9,8 @@ import (
 // pebble's vfs/errorfs: tests (of this package and of others, and the
 // daemon's fault drills) open a Store with a FaultFS and arm write or sync
 // faults. Every other operation passes through to the wrapped FS. The
-// zero value is not usable; make one with NewFaultFS. A FaultFS is safe
-// for concurrent use.
+// zero value wraps OSFS() with no fault armed. A FaultFS is safe for
+// concurrent use.
 type FaultFS struct {
 	fs FS
 
@@ -92,6 +92,14 @@ func (f *FaultFS) Injected() int {
 	return f.injected
 }
 
+// inner returns the wrapped FS.
+func (f *FaultFS) inner() FS {
+	if f.fs == nil {
+		return osFS{}
+	}
+	return f.fs
+}
+
 func (f *FaultFS) check(r *fault, op, name string) error {
 	f.mu.Lock()
 	err := r.hit()
@@ -108,7 +116,7 @@ func (f *FaultFS) check(r *fault, op, name string) error {
 // OpenFile opens name through the wrapped FS; the File it returns obeys
 // the armed faults.
 func (f *FaultFS) OpenFile(name string, flag int, perm os.FileMode) (File, error) {
-	file, err := f.fs.OpenFile(name, flag, perm)
+	file, err := f.inner().OpenFile(name, flag, perm)
 	if err != nil {
 		return nil, err
 	}
@@ -116,19 +124,23 @@ func (f *FaultFS) OpenFile(name string, flag int, perm os.FileMode) (File, error
 }
 
 // Rename passes through.
-func (f *FaultFS) Rename(oldpath, newpath string) error { return f.fs.Rename(oldpath, newpath) }
+func (f *FaultFS) Rename(oldpath, newpath string) error { return f.inner().Rename(oldpath, newpath) }
 
 // Remove passes through.
-func (f *FaultFS) Remove(name string) error { return f.fs.Remove(name) }
+func (f *FaultFS) Remove(name string) error { return f.inner().Remove(name) }
 
 // MkdirAll passes through.
-func (f *FaultFS) MkdirAll(path string, perm os.FileMode) error { return f.fs.MkdirAll(path, perm) }
+func (f *FaultFS) MkdirAll(path string, perm os.FileMode) error {
+	return f.inner().MkdirAll(path, perm)
+}
 
 // ReadDir passes through.
-func (f *FaultFS) ReadDir(name string) ([]os.DirEntry, error) { return f.fs.ReadDir(name) }
+func (f *FaultFS) ReadDir(name string) ([]os.DirEntry, error) { return f.inner().ReadDir(name) }
 
 // Statfs passes through.
-func (f *FaultFS) Statfs(path string) (total, free int64, err error) { return f.fs.Statfs(path) }
+func (f *FaultFS) Statfs(path string) (total, free int64, err error) {
+	return f.inner().Statfs(path)
+}
 
 type faultFile struct {
 	File

@@ -31,6 +31,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
@@ -126,7 +127,7 @@ const nStripes = 1024
 // stripe is a lock padded to a cache line.
 type stripe struct {
 	sync.RWMutex
-	_ [64 - 24]byte
+	_ [64 - unsafe.Sizeof(sync.RWMutex{})%64]byte
 }
 
 // lock returns the lock of oid's stripe. Reads, writes, punches, syncs and
@@ -302,7 +303,9 @@ func (s *Store) Write(oid ids.ObjectID, off int64, data []byte, ver ids.Version,
 	if err != nil {
 		return objErr("write", oid, err)
 	}
-	_, err = h.f.WriteAt(data, off)
+	if len(data) > 0 {
+		_, err = h.f.WriteAt(data, off)
+	}
 	s.mu.Lock()
 	last := s.fds.release(h)
 	if err == nil {

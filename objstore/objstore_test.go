@@ -563,7 +563,22 @@ func TestConcurrent(t *testing.T) {
 	}
 	done := make(chan struct{})
 	var bg sync.WaitGroup
-	bg.Go(func() { // syncer
+	for range 2 {
+		bg.Go(func() { // syncers
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				if err := s.Sync(); err != nil {
+					report(fmt.Errorf("Sync: %w", err))
+					return
+				}
+			}
+		})
+	}
+	bg.Go(func() { // a third syncer, pausing
 		for {
 			select {
 			case <-done:
@@ -574,6 +589,7 @@ func TestConcurrent(t *testing.T) {
 				report(fmt.Errorf("Sync: %w", err))
 				return
 			}
+			time.Sleep(100 * time.Microsecond)
 		}
 	})
 	for r := range 2 {
@@ -750,6 +766,87 @@ func TestConcurrentCreateRemove(t *testing.T) {
 	}
 }
 
+// TestSyncDurable checks that a Write followed by Sync is durable even
+// while other goroutines Sync (and share work): each goroutine writes its
+// own object and syncs, over and over; then the store crashes, and every
+// object must come back with the version its last Sync covered.
+func TestSyncDurable(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{ObjectSize: testObjSize, MaxOpenFiles: 4})
+	const workers = 8
+	last := make([]ids.Version, workers)
+	var wg sync.WaitGroup
+	for g := range workers {
+		wg.Go(func() {
+			oid := ids.ObjectID(g)
+			for v := ids.Version(1); v <= 60; v++ {
+				if err := s.Write(oid, int64(v)*8, []byte("durable!"), v, 1); err != nil {
+					t.Error(err)
+					return
+				}
+				if g%2 == 0 || v%5 == 0 { // some write several times per Sync
+					if err := s.Sync(); err != nil {
+						t.Error(err)
+						return
+					}
+					last[g] = v
+				}
+			}
+		})
+	}
+	wg.Wait()
+	s.crash()
+	s = open(t, dir, Options{ObjectSize: testObjSize})
+	for g := range workers {
+		m, err := s.Stat(ids.ObjectID(g))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Version < last[g] {
+			t.Errorf("object %d: version %d after crash, but Sync returned after version %d", g, m.Version, last[g])
+		}
+	}
+}
+
+func TestFaultFSCounts(t *testing.T) {
+	var ffs FaultFS // the zero value wraps the OS
+	f, err := ffs.OpenFile(filepath.Join(t.TempDir(), "f"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	write := func() error { _, err := f.WriteAt([]byte("x"), 0); return err }
+	ffs.FailWrite(2, syscall.EIO, false)
+	for i, want := range []bool{false, false, true, false, false} {
+		if err := write(); (err != nil) != want || want && !errors.Is(err, syscall.EIO) {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	ffs.FailWrite(1, syscall.ENOSPC, true)
+	for i, want := range []bool{false, true, true, true} {
+		if err := write(); (err != nil) != want {
+			t.Fatalf("every: write %d: %v", i, err)
+		}
+	}
+	if err := f.Punch(0, 1); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("punch: %v", err)
+	}
+	ffs.FailSync(0, syscall.EIO, false)
+	if err := f.Sync(); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("sync: %v", err)
+	}
+	ffs.Heal()
+	if err := write(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if ffs.Injected() != 6 {
+		t.Fatalf("Injected %d, want 6", ffs.Injected())
+	}
+}
+
 func TestFaultNoSpace(t *testing.T) {
 	dir := t.TempDir()
 	ffs := NewFaultFS(nil)
@@ -878,7 +975,8 @@ func TestModel(t *testing.T) {
 
 	const size = 32 << 10
 	dir := t.TempDir()
-	opts := Options{ObjectSize: size, MaxOpenFiles: 2}
+	ffs := NewFaultFS(nil)
+	opts := Options{ObjectSize: size, MaxOpenFiles: 2, FS: ffs}
 	s := open(t, dir, opts)
 	data := map[ids.ObjectID][]byte{}
 	meta := map[ids.ObjectID]Meta{}
@@ -914,6 +1012,35 @@ func TestModel(t *testing.T) {
 			}
 			copy(data[oid][off:], buf)
 			meta[oid] = Meta{max(meta[oid].Version, ver), epoch}
+		case op < 43:
+			// A write or punch on a full disk changes nothing.
+			off, n := randRange()
+			punch := rng.IntN(2) == 0
+			before := ffs.Injected()
+			ffs.FailWrite(0, syscall.ENOSPC, false)
+			var err error
+			if punch {
+				err = s.Punch(oid, off, n, ver, epoch)
+			} else {
+				err = s.Write(oid, off, make([]byte, n), ver, epoch)
+			}
+			ffs.Heal()
+			what := fmt.Sprintf("op %d: Write/Punch(%v, %d, %d) on a full disk", i, oid, off, n)
+			switch {
+			case punch && !exists:
+				wantKind(t, what, err, errs.NotFound)
+			case n == 0: // no I/O, so no failure
+				wantKind(t, what, err, errs.Other)
+				if !exists {
+					data[oid] = make([]byte, size)
+				}
+				meta[oid] = Meta{max(meta[oid].Version, ver), epoch}
+			default:
+				wantKind(t, what, err, errs.NoSpace)
+				if ffs.Injected() != before+1 {
+					t.Fatalf("%s: fault did not fire", what)
+				}
+			}
 		case op < 50:
 			off, n := randRange()
 			err := s.Punch(oid, off, n, ver, epoch)

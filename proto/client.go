@@ -32,6 +32,14 @@ func NewClient(addr string) *Client { return &Client{addr: addr} }
 // Addr returns the address the client talks to.
 func (c *Client) Addr() string { return c.addr }
 
+// waiter is a call waiting for its answer; dst, if set, receives the
+// answer's payload when it fits.
+type waiter struct {
+	ch        chan *Msg
+	dst       []byte
+	receiving bool // the payload is being read into dst
+}
+
 type clientConn struct {
 	nc      net.Conn
 	wmu     sync.Mutex
@@ -40,7 +48,7 @@ type clientConn struct {
 	hdr     []byte
 
 	pmu     sync.Mutex
-	pending map[uint64]chan *Msg
+	pending map[uint64]*waiter
 	nextID  uint64
 	err     error // set once the connection is dead
 }
@@ -66,7 +74,7 @@ func (c *Client) get(ctx context.Context) (*clientConn, error) {
 		_ = tc.SetNoDelay(true)
 	}
 	cc := &clientConn{nc: nc, bw: bufio.NewWriterSize(nc, 256<<10),
-		pending: make(map[uint64]chan *Msg), hdr: make([]byte, HeaderSize+auxSize)}
+		pending: make(map[uint64]*waiter), hdr: make([]byte, HeaderSize+auxSize)}
 	go cc.readLoop(c.addr)
 	c.conn = cc
 	return cc, nil
@@ -75,18 +83,28 @@ func (c *Client) get(ctx context.Context) (*clientConn, error) {
 func (cc *clientConn) readLoop(addr string) {
 	br := bufio.NewReaderSize(cc.nc, 256<<10)
 	hdr := make([]byte, HeaderSize+auxSize)
+	var m *Msg
+	alloc := func(n int) []byte {
+		cc.pmu.Lock()
+		defer cc.pmu.Unlock()
+		if w := cc.pending[m.ReqID]; w != nil && m.Flags&FlagError == 0 && cap(w.dst) >= n {
+			w.receiving = true
+			return w.dst[:n]
+		}
+		return make([]byte, n)
+	}
 	for {
-		m := new(Msg)
-		if err := ReadMsg(br, m, hdr, nil); err != nil {
+		m = new(Msg)
+		if err := ReadMsg(br, m, hdr, alloc); err != nil {
 			cc.fail(errs.E(errs.IO, "connection to %s lost: %w", addr, err))
 			return
 		}
 		cc.pmu.Lock()
-		ch := cc.pending[m.ReqID]
+		w, ok := cc.pending[m.ReqID]
 		delete(cc.pending, m.ReqID)
 		cc.pmu.Unlock()
-		if ch != nil {
-			ch <- m
+		if ok {
+			w.ch <- m
 		}
 	}
 }
@@ -96,9 +114,9 @@ func (cc *clientConn) fail(err error) {
 	if cc.err == nil {
 		cc.err = err
 	}
-	for id, ch := range cc.pending {
+	for id, w := range cc.pending {
 		delete(cc.pending, id)
-		close(ch)
+		close(w.ch)
 	}
 	cc.pmu.Unlock()
 	cc.nc.Close()
@@ -108,6 +126,13 @@ func (cc *clientConn) fail(err error) {
 // req.ReqID. A response that carries an error is returned as that error
 // (with its kind); transport failures are errs.IO.
 func (c *Client) Call(ctx context.Context, req *Msg) (*Msg, error) {
+	return c.CallInto(ctx, req, nil)
+}
+
+// CallInto is Call, with the answer's payload read straight into dst when
+// it fits (the answer's Data then aliases dst). dst is never written to
+// after CallInto returns.
+func (c *Client) CallInto(ctx context.Context, req *Msg, dst []byte) (*Msg, error) {
 	cc, err := c.get(ctx)
 	if err != nil {
 		return nil, err
@@ -121,7 +146,7 @@ func (c *Client) Call(ctx context.Context, req *Msg) (*Msg, error) {
 	}
 	cc.nextID++
 	req.ReqID = cc.nextID
-	cc.pending[req.ReqID] = ch
+	cc.pending[req.ReqID] = &waiter{ch: ch, dst: dst}
 	cc.pmu.Unlock()
 
 	cc.waiting.Add(1)
@@ -156,8 +181,15 @@ func (c *Client) Call(ctx context.Context, req *Msg) (*Msg, error) {
 		return m, nil
 	case <-ctx.Done():
 		cc.pmu.Lock()
-		delete(cc.pending, req.ReqID)
-		cc.pmu.Unlock()
+		if w := cc.pending[req.ReqID]; w != nil && w.receiving {
+			// The answer is being read into dst: let it finish (or
+			// the connection fail) before dst is given back.
+			cc.pmu.Unlock()
+			<-ch
+		} else {
+			delete(cc.pending, req.ReqID)
+			cc.pmu.Unlock()
+		}
 		return nil, errs.E(errs.IO, "%v to %s: %w", req.Op, c.addr, ctx.Err())
 	}
 }

@@ -120,7 +120,13 @@ type Msg struct {
 	// Aux is a per-op word: an object version, an object count.
 	Aux  uint64
 	Data []byte
+
+	pooled bool // Data is from GetBuf and goes back once sent
 }
+
+// SetPooled marks m.Data as a GetBuf buffer that the server returns to the
+// pool after sending m.
+func (m *Msg) SetPooled() { m.pooled = true }
 
 // auxSize is the size of the Aux word that follows the header on the wire.
 const auxSize = 8

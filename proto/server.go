@@ -27,8 +27,9 @@ const (
 )
 
 // Handler answers requests. It must not keep req.Data after returning, and
-// must return a response (use ErrorResponse for failures); Op, ReqID and ID
-// are filled in by the server if left zero.
+// must return a response (use ErrorResponse for failures); Op and ReqID
+// are filled in by the server. A response whose Data came from GetBuf may
+// be marked with SetPooled, and the buffer is returned once sent.
 type Handler interface {
 	Handle(ctx context.Context, conn *Conn, req *Msg) *Msg
 }
@@ -193,7 +194,7 @@ func (s *Server) serveConn(c *Conn) {
 	reqSem := semaphore.NewWeighted(MaxInflightRequests)
 	for {
 		m := new(Msg)
-		if err := ReadMsg(br, m, hdr, nil); err != nil {
+		if err := ReadMsg(br, m, hdr, GetBuf); err != nil {
 			if s.OnBadFrame != nil && errs.KindOf(err) != errs.Other {
 				s.OnBadFrame(c.Remote, err)
 			}
@@ -221,7 +222,14 @@ func (s *Server) serveConn(c *Conn) {
 			}
 			resp.Op = m.Op | RespBit
 			resp.ReqID = m.ReqID
-			if err := c.send(resp); err != nil {
+			err := c.send(resp)
+			if m.Data != nil {
+				PutBuf(m.Data)
+			}
+			if resp.pooled {
+				PutBuf(resp.Data)
+			}
+			if err != nil {
 				c.close()
 			}
 		}()

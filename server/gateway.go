@@ -132,11 +132,13 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 	resp := &proto.Msg{}
 	switch req.Op {
 	case proto.OpVDIRead:
-		buf := make([]byte, req.Length)
+		buf := proto.GetBuf(int(req.Length))
 		if err := v.ReadAt(ctx, buf, off); err != nil {
+			proto.PutBuf(buf)
 			return nil, err
 		}
 		resp.Data = buf
+		resp.SetPooled()
 	case proto.OpVDIWrite:
 		if err := n.checkWriter(c, meta); err != nil {
 			return nil, err

@@ -205,12 +205,12 @@ func (r *replicated) Read(ctx context.Context, oid ids.ObjectID, copies int, off
 				_, err = r.n.store.Read(oid, off, buf)
 			} else {
 				var resp *proto.Msg
-				resp, err = r.n.peers.Get(m.Addr).Call(ctx, &proto.Msg{Header: proto.Header{
-					Op: proto.OpReadObj, Epoch: st.Epoch, ID: uint64(oid), Offset: uint64(off), Length: uint32(len(buf))}})
+				resp, err = r.n.peers.Get(m.Addr).CallInto(ctx, &proto.Msg{Header: proto.Header{
+					Op: proto.OpReadObj, Epoch: st.Epoch, ID: uint64(oid), Offset: uint64(off), Length: uint32(len(buf))}}, buf)
 				if err == nil {
 					if len(resp.Data) != len(buf) {
 						err = errs.E(errs.IO, "short read of %v from %s: %d of %d bytes", oid, m.ID, len(resp.Data), len(buf))
-					} else {
+					} else if len(buf) > 0 && &resp.Data[0] != &buf[0] {
 						copy(buf, resp.Data)
 					}
 				}

@@ -62,12 +62,14 @@ func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, e
 		if err := checkObjRange(req.Offset, uint64(req.Length)); err != nil {
 			return nil, err
 		}
-		buf := make([]byte, req.Length)
+		buf := proto.GetBuf(int(req.Length))
 		m, err := n.store.Read(oid, int64(req.Offset), buf)
 		if err != nil {
+			proto.PutBuf(buf)
 			return nil, err
 		}
 		resp.Data, resp.Aux = buf, uint64(m.Version)
+		resp.SetPooled()
 	case proto.OpWriteObj:
 		if err := checkObjRange(req.Offset, uint64(len(req.Data))); err != nil {
 			return nil, err
