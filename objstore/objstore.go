@@ -670,3 +670,38 @@ func (s *Store) crash() {
 	s.closeAll()
 	_ = s.db.Close() // a crash reports nothing
 }
+
+// Replace makes oid a fresh object that holds data at off and zeros
+// elsewhere, whatever it held before, with version exactly ver. Like the
+// creating Write it goes through a temp file and a rename, so a crash
+// leaves either the old object or the new one. Gateways use it for a newly
+// allocated object, and recovery for a copy pulled from a fresher replica.
+// Errors as for Write.
+func (s *Store) Replace(oid ids.ObjectID, off int64, data []byte, ver ids.Version, epoch ids.Epoch) error {
+	if err := s.checkRange("replace", oid, off, int64(len(data))); err != nil {
+		return err
+	}
+	if err := s.begin("replace"); err != nil {
+		return err
+	}
+	defer s.end()
+	l := s.lock(oid)
+	l.Lock()
+	defer l.Unlock()
+	s.mu.Lock()
+	old, existed := s.objects[oid]
+	h := s.fds.remove(oid) // unused by others: we hold the stripe exclusively
+	s.mu.Unlock()
+	if h != nil {
+		closeFiles(h.f, nil)
+	}
+	if err := s.create(oid, off, data, ver, epoch); err != nil {
+		return err
+	}
+	if existed {
+		s.mu.Lock()
+		s.used -= old.alloc
+		s.mu.Unlock()
+	}
+	return nil
+}

@@ -2,6 +2,7 @@ package objstore
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/ids"
@@ -789,6 +792,12 @@ func TestSyncDurable(t *testing.T) {
 						t.Error(err)
 						return
 					}
+					// The index on disk covers this write now, whoever
+					// did the work.
+					if m, ok := committed(t, s, oid); !ok || m.Version < v {
+						t.Errorf("object %d: Sync returned after version %d, index has %+v (%v)", g, v, m, ok)
+						return
+					}
 					last[g] = v
 				}
 			}
@@ -806,6 +815,22 @@ func TestSyncDurable(t *testing.T) {
 			t.Errorf("object %d: version %d after crash, but Sync returned after version %d", g, m.Version, last[g])
 		}
 	}
+}
+
+// committed returns oid's entry in the committed index.
+func committed(t testing.TB, s *Store, oid ids.ObjectID) (m Meta, ok bool) {
+	t.Helper()
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(objectsBucket).Get(binary.BigEndian.AppendUint64(nil, uint64(oid)))
+		if ok = len(v) == metaSize; ok {
+			m = decodeMeta(v)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	return m, ok
 }
 
 func TestFaultFSCounts(t *testing.T) {

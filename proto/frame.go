@@ -84,8 +84,9 @@ const (
 	// FlagError marks a response that failed: Kind says how, Data holds
 	// the message.
 	FlagError Flags = 1 << iota
-	// FlagCreate on OpWriteObj creates the object if it is absent (the
-	// default); without it a write to an absent object fails NotFound.
+	// FlagCreate on OpWriteObj makes the object new: the replica replaces
+	// whatever copy it has with zeros plus the data. Without it the object
+	// must exist, and a replica that lacks it fetches it first.
 	FlagCreate
 	// FlagSync on a write asks for it to be durable before the answer.
 	FlagSync

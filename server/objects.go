@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -123,6 +124,15 @@ func (r *replicated) markDirty(ts []cluster.Member) {
 
 // Write implements vdi.Objects.
 func (r *replicated) Write(ctx context.Context, oid ids.ObjectID, copies int, off int64, data []byte) error {
+	return r.write(ctx, oid, copies, off, data, false)
+}
+
+// Create implements vdi.Objects.
+func (r *replicated) Create(ctx context.Context, oid ids.ObjectID, copies int, off int64, data []byte) error {
+	return r.write(ctx, oid, copies, off, data, true)
+}
+
+func (r *replicated) write(ctx context.Context, oid ids.ObjectID, copies int, off int64, data []byte, create bool) error {
 	return r.retry(ctx, "write "+oid.String(), func(st *cluster.State) error {
 		if !r.n.cl.HasQuorum() {
 			return errs.E(errs.NotReady, "node %s has no contact with the cluster's majority", r.n.id)
@@ -130,12 +140,15 @@ func (r *replicated) Write(ctx context.Context, oid ids.ObjectID, copies int, of
 		ts := targets(st, oid, copies)
 		ver := r.n.nextVersion()
 		req := proto.Msg{Header: proto.Header{Op: proto.OpWriteObj, Epoch: st.Epoch, ID: uint64(oid),
-			Offset: uint64(off), Flags: proto.FlagCreate}, Aux: uint64(ver), Data: data}
+			Offset: uint64(off)}, Aux: uint64(ver), Data: data}
+		if create {
+			req.Flags |= proto.FlagCreate
+		}
 		err := r.fanout(ctx, st, ts, func() error {
 			if err := r.n.checkEpoch(ctx, st.Epoch); err != nil {
 				return err
 			}
-			return r.n.store.Write(oid, off, data, ver, st.Epoch)
+			return r.n.localWrite(ctx, oid, off, data, ver, st.Epoch, create)
 		}, req)
 		if err == nil {
 			r.markDirty(ts)
@@ -158,11 +171,7 @@ func (r *replicated) Punch(ctx context.Context, oid ids.ObjectID, copies int, of
 			if err := r.n.checkEpoch(ctx, st.Epoch); err != nil {
 				return err
 			}
-			err := r.n.store.Punch(oid, off, length, ver, st.Epoch)
-			if errs.Is(err, errs.NotFound) {
-				return nil
-			}
-			return err
+			return r.n.localPunch(ctx, oid, off, length, ver, st.Epoch)
 		}, req)
 		if err == nil {
 			r.markDirty(ts)
@@ -197,12 +206,21 @@ func (r *replicated) Read(ctx context.Context, oid ids.ObjectID, copies int, off
 				ts[0], ts[i] = ts[i], ts[0]
 			}
 		}
+		// After a placement change the new replicas may not have pulled
+		// the object yet: if none has it, ask the other members too.
+		if len(ts) < len(st.Members) {
+			for _, m := range st.Members {
+				if !slices.ContainsFunc(ts, func(t cluster.Member) bool { return t.ID == m.ID }) {
+					ts = append(ts, m)
+				}
+			}
+		}
 		notFound := 0
 		var lastErr error
 		for _, m := range ts {
 			var err error
 			if m.ID == r.n.id {
-				_, err = r.n.store.Read(oid, off, buf)
+				_, err = r.n.localRead(ctx, oid, off, buf)
 			} else {
 				var resp *proto.Msg
 				resp, err = r.n.peers.Get(m.Addr).CallInto(ctx, &proto.Msg{Header: proto.Header{

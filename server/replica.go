@@ -63,7 +63,7 @@ func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, e
 			return nil, err
 		}
 		buf := proto.GetBuf(int(req.Length))
-		m, err := n.store.Read(oid, int64(req.Offset), buf)
+		m, err := n.localRead(ctx, oid, int64(req.Offset), buf)
 		if err != nil {
 			proto.PutBuf(buf)
 			return nil, err
@@ -74,7 +74,7 @@ func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, e
 		if err := checkObjRange(req.Offset, uint64(len(req.Data))); err != nil {
 			return nil, err
 		}
-		if err := n.store.Write(oid, int64(req.Offset), req.Data, ids.Version(req.Aux), req.Epoch); err != nil {
+		if err := n.localWrite(ctx, oid, int64(req.Offset), req.Data, ids.Version(req.Aux), req.Epoch, req.Flags&proto.FlagCreate != 0); err != nil {
 			return nil, err
 		}
 		if req.Flags&proto.FlagSync != 0 {
@@ -86,8 +86,7 @@ func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, e
 		if err := checkObjRange(req.Offset, uint64(req.Length)); err != nil {
 			return nil, err
 		}
-		err := n.store.Punch(oid, int64(req.Offset), int64(req.Length), ids.Version(req.Aux), req.Epoch)
-		if err != nil && !errs.Is(err, errs.NotFound) {
+		if err := n.localPunch(ctx, oid, int64(req.Offset), int64(req.Length), ids.Version(req.Aux), req.Epoch); err != nil {
 			return nil, err
 		}
 	case proto.OpStatObj:

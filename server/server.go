@@ -65,7 +65,9 @@ type Node struct {
 	srv   proto.Server
 	ln    net.Listener
 	objs  *replicated
+	rec   *recovery
 	hlc   atomic.Uint64
+	stop  chan struct{}
 
 	mu      sync.Mutex
 	volumes map[ids.VDIID]*volume
@@ -98,6 +100,8 @@ func Start(cfg Config) (*Node, error) {
 	n := &Node{cfg: cfg, id: id, log: cfg.Log.With().Str("node", string(id)).Logger(),
 		volumes: map[ids.VDIID]*volume{}, conns: map[*proto.Conn]*connState{}}
 	n.objs = &replicated{n: n, dirty: map[ids.NodeID]bool{}}
+	n.rec = newRecovery(n)
+	n.stop = make(chan struct{})
 	n.store, err = objstore.Open(filepath.Join(cfg.Dir, "obj"), objstore.Options{ObjectSize: vdi.ObjectSize, FS: cfg.FS})
 	if err != nil {
 		return nil, err
@@ -120,6 +124,7 @@ func Start(cfg Config) (*Node, error) {
 		n.log.Warn().Str("remote", remote).Err(err).Msg("dropped connection after a malformed frame")
 	}
 	go n.srv.Serve(n.ln)
+	go n.rec.run(n.stop)
 	n.log.Info().Str("addr", addr).Msg("sheep started")
 	return n, nil
 }
@@ -159,6 +164,7 @@ func (n *Node) Cluster() *cluster.Cluster { return n.cl }
 
 // Close stops serving, leaves the cluster and closes the store.
 func (n *Node) Close() error {
+	close(n.stop)
 	n.srv.Close()
 	n.cl.Close()
 	n.peers.Close()

@@ -33,9 +33,12 @@ type Objects interface {
 	// Read fills buf from object oid at off. errs.NotFound if no replica
 	// has the object.
 	Read(ctx context.Context, oid ids.ObjectID, copies int, off int64, buf []byte) error
-	// Write writes data at off in object oid on every replica, creating
-	// the object (zero-filled) where it is absent.
+	// Write writes data at off in an existing object oid on every
+	// replica. A replica that lacks the object fetches it first.
 	Write(ctx context.Context, oid ids.ObjectID, copies int, off int64, data []byte) error
+	// Create makes oid a new object on every replica, holding data at off
+	// and zeros elsewhere, replacing any old copy a replica may hold.
+	Create(ctx context.Context, oid ids.ObjectID, copies int, off int64, data []byte) error
 	// Punch makes [off, off+length) of the object read as zeros.
 	Punch(ctx context.Context, oid ids.ObjectID, copies int, off, length int64) error
 	// Remove deletes the object from every replica; absent is no error.
@@ -61,10 +64,13 @@ func NumObjects(size uint64) uint32 {
 type Volume struct {
 	objs Objects
 
-	mu    sync.Mutex
-	info  Info
-	pages map[uint32]*page      // index pages loaded so far, by page number
-	alloc map[uint32]*allocWait // objects being allocated
+	mu     sync.Mutex
+	info   Info
+	pages  map[uint32]*page      // index pages loaded so far, by page number
+	alloc  map[uint32]*allocWait // objects being allocated
+	chunks map[uint32]bool       // index objects known to exist
+
+	chunkMu sync.Mutex // serialises the creation of index objects
 }
 
 type page struct {
@@ -77,7 +83,8 @@ type allocWait struct{ done chan struct{} }
 
 // Open returns a Volume for the VDI described by info. It reads nothing yet.
 func Open(objs Objects, info Info) *Volume {
-	return &Volume{objs: objs, info: info, pages: map[uint32]*page{}, alloc: map[uint32]*allocWait{}}
+	return &Volume{objs: objs, info: info, pages: map[uint32]*page{}, alloc: map[uint32]*allocWait{},
+		chunks: map[uint32]bool{}}
 }
 
 // Info returns the volume's metadata.
@@ -146,6 +153,9 @@ func (v *Volume) loadPage(ctx context.Context, pn uint32, p *page) error {
 	if err != nil {
 		return errs.E(errs.KindOf(err), "read index of VDI %v: %w", info.ID, err)
 	}
+	v.mu.Lock()
+	v.chunks[oid.Index()] = true
+	v.mu.Unlock()
 	for i := range p.entries {
 		p.entries[i] = ids.VDIID(binary.LittleEndian.Uint32(buf[i*entrySize:]))
 	}
@@ -160,7 +170,28 @@ func (v *Volume) setOwner(ctx context.Context, idx uint32, owner ids.VDIID) erro
 	oid, off := indexLoc(info.ID, idx)
 	var b [entrySize]byte
 	binary.LittleEndian.PutUint32(b[:], uint32(owner))
-	if err := v.objs.Write(ctx, oid, info.Copies, off, b[:]); err != nil {
+	v.mu.Lock()
+	exists := v.chunks[oid.Index()]
+	v.mu.Unlock()
+	var err error
+	if exists {
+		err = v.objs.Write(ctx, oid, info.Copies, off, b[:])
+	} else {
+		// The first entry of an index object creates it; others wait.
+		v.chunkMu.Lock()
+		v.mu.Lock()
+		exists = v.chunks[oid.Index()]
+		v.mu.Unlock()
+		if exists {
+			err = v.objs.Write(ctx, oid, info.Copies, off, b[:])
+		} else if err = v.objs.Create(ctx, oid, info.Copies, off, b[:]); err == nil {
+			v.mu.Lock()
+			v.chunks[oid.Index()] = true
+			v.mu.Unlock()
+		}
+		v.chunkMu.Unlock()
+	}
+	if err != nil {
 		return errs.E(errs.KindOf(err), "update index of VDI %v: %w", info.ID, err)
 	}
 	v.mu.Lock()
@@ -277,7 +308,7 @@ func (v *Volume) allocate(ctx context.Context, idx uint32, owner ids.VDIID, info
 		copy(whole[objOff:], data)
 		objOff, data = 0, whole
 	}
-	if err := v.objs.Write(ctx, oid, info.Copies, objOff, data); err != nil {
+	if err := v.objs.Create(ctx, oid, info.Copies, objOff, data); err != nil {
 		return err
 	}
 	return v.setOwner(ctx, idx, info.ID)
@@ -373,5 +404,6 @@ func (v *Volume) OwnObjects(ctx context.Context, fn func(oid ids.ObjectID) error
 func (v *Volume) Forget() {
 	v.mu.Lock()
 	clear(v.pages)
+	clear(v.chunks)
 	v.mu.Unlock()
 }

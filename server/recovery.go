@@ -1,0 +1,360 @@
+package server
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sheepfs/sheepfs/cluster"
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/hashring"
+	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/objstore"
+	"github.com/sheepfs/sheepfs/proto"
+	"github.com/sheepfs/sheepfs/vdi"
+)
+
+// recovery keeps this node's replicas current across epoch changes.
+//
+// A replica is current if the node was in the object's placement for the
+// whole time since it last was: every acknowledged write reached every
+// replica of its epoch. When an epoch change puts the node into an
+// object's placement that it was not in before (or the node was not a
+// member of the previous epoch at all), its local copy is *suspect*: it may
+// have missed writes. A suspect copy is compared with the other members'
+// versions, and replaced by the freshest one, before it serves a read or
+// takes a write; a background pass does the same for every suspect.
+// A replica that lacks an object it is asked to change fetches it first.
+//
+// The epoch up to which every suspect has been cleared is kept in
+// DIR/recovered-epoch, so that a restart only looks at the epochs it missed.
+type recovery struct {
+	n    *Node
+	path string
+
+	mu       sync.Mutex
+	suspects map[ids.ObjectID]struct{}
+	inflight map[ids.ObjectID]*pull
+	seen     ids.Epoch // epoch transitions up to here are accounted for
+	done     ids.Epoch // last epoch persisted as recovered
+	kick     chan struct{}
+}
+
+type pull struct {
+	done chan struct{}
+	err  error
+}
+
+func newRecovery(n *Node) *recovery {
+	r := &recovery{n: n, path: filepath.Join(n.cfg.Dir, "recovered-epoch"),
+		suspects: map[ids.ObjectID]struct{}{}, inflight: map[ids.ObjectID]*pull{},
+		kick: make(chan struct{}, 1)}
+	if b, err := os.ReadFile(r.path); err == nil {
+		if e, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil {
+			r.seen, r.done = ids.Epoch(e), ids.Epoch(e)
+		}
+	}
+	return r
+}
+
+// suspect reports whether oid's local copy must be checked first.
+func (r *recovery) suspect(oid ids.ObjectID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.suspects[oid]
+	return ok
+}
+
+// copiesOf returns the replica count of oid's VDI, or 0 if the VDI is gone.
+func copiesOf(st *cluster.State, oid ids.ObjectID) int {
+	if v, ok := st.VDIByID(oid.VDI()); ok {
+		return v.Copies
+	}
+	return 0
+}
+
+// observe accounts for the epoch transitions in st that it has not seen.
+func (r *recovery) observe(st *cluster.State) {
+	r.mu.Lock()
+	seen := r.seen
+	r.mu.Unlock()
+	if st.Epoch <= seen {
+		return
+	}
+	hist := st.History
+	var prev *cluster.EpochRecord
+	added := 0
+	for i := range hist {
+		rec := &hist[i]
+		if rec.Epoch <= seen {
+			prev = rec
+			continue
+		}
+		added += r.markTransition(st, prev, rec)
+		prev = rec
+	}
+	r.mu.Lock()
+	r.seen = st.Epoch
+	r.mu.Unlock()
+	if added > 0 {
+		r.n.log.Info().Int("suspects", added).Uint64("epoch", uint64(st.Epoch)).Msg("recovery: checking replicas")
+	}
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+func memberOf(rec *cluster.EpochRecord, id ids.NodeID) bool {
+	if rec == nil {
+		return false
+	}
+	for _, m := range rec.Members {
+		if m.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+func ringOf(rec *cluster.EpochRecord) *hashring.Ring {
+	nodes := make([]ids.NodeID, len(rec.Members))
+	for i, m := range rec.Members {
+		nodes[i] = m.ID
+	}
+	return hashring.New(nodes, 0)
+}
+
+func inSet(set []ids.NodeID, id ids.NodeID) bool {
+	for _, n := range set {
+		if n == id {
+			return true
+		}
+	}
+	return false
+}
+
+// markTransition marks the local copies that the move from prev to next
+// makes suspect, and returns how many it marked.
+func (r *recovery) markTransition(st *cluster.State, prev, next *cluster.EpochRecord) int {
+	me := r.n.id
+	if !memberOf(next, me) {
+		return 0
+	}
+	all := !memberOf(prev, me)
+	var prevRing, nextRing *hashring.Ring
+	if !all {
+		prevRing, nextRing = ringOf(prev), ringOf(next)
+	}
+	var buf1, buf2 [8]ids.NodeID
+	marked := 0
+	r.n.store.ForEach(func(oid ids.ObjectID, _ objstore.Meta) error {
+		if !all {
+			copies := copiesOf(st, oid)
+			if copies == 0 {
+				return nil
+			}
+			if !inSet(nextRing.Replicas(oid, copies, buf1[:0]), me) || inSet(prevRing.Replicas(oid, copies, buf2[:0]), me) {
+				return nil
+			}
+		}
+		r.mu.Lock()
+		r.suspects[oid] = struct{}{}
+		r.mu.Unlock()
+		marked++
+		return nil
+	})
+	return marked
+}
+
+// run watches the cluster state and clears suspects in the background.
+func (r *recovery) run(stop <-chan struct{}) {
+	for {
+		ch := r.n.cl.Changed()
+		st := r.n.cl.State()
+		if _, ok := st.Member(r.n.id); ok && st.Formatted() {
+			r.observe(st)
+			r.drain(stop, st)
+		}
+		select {
+		case <-stop:
+			return
+		case <-ch:
+		case <-r.kick:
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// drain checks every suspect; once none is left it records the epoch.
+func (r *recovery) drain(stop <-chan struct{}, st *cluster.State) {
+	r.mu.Lock()
+	list := make([]ids.ObjectID, 0, len(r.suspects))
+	for oid := range r.suspects {
+		list = append(list, oid)
+	}
+	r.mu.Unlock()
+	failed := 0
+	for _, oid := range list {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := r.ensure(ctx, oid, false)
+		cancel()
+		if err != nil {
+			failed++
+		}
+	}
+	if failed > 0 {
+		r.n.log.Warn().Int("left", failed).Msg("recovery: some replicas could not be checked yet")
+		return
+	}
+	r.mu.Lock()
+	empty := len(r.suspects) == 0
+	seen := r.seen
+	r.mu.Unlock()
+	if empty && seen > r.done {
+		tmp := r.path + ".tmp"
+		if os.WriteFile(tmp, []byte(seen.String()+"\n"), 0o644) == nil && os.Rename(tmp, r.path) == nil {
+			r.done = seen
+			if len(list) > 0 {
+				r.n.log.Info().Uint64("epoch", uint64(seen)).Int("checked", len(list)).Msg("recovery: replicas current")
+			}
+		}
+	}
+}
+
+// ensure makes the local copy of oid current if it is suspect, or if it is
+// absent and must exist (a write or punch to an existing object). Calls
+// for the same object share one pull.
+func (r *recovery) ensure(ctx context.Context, oid ids.ObjectID, mustExist bool) error {
+	r.mu.Lock()
+	_, sus := r.suspects[oid]
+	r.mu.Unlock()
+	if !sus {
+		if !mustExist {
+			return nil
+		}
+		if _, err := r.n.store.Stat(oid); err == nil {
+			return nil
+		} else if !errs.Is(err, errs.NotFound) {
+			return err
+		}
+	}
+	r.mu.Lock()
+	p := r.inflight[oid]
+	if p == nil {
+		p = &pull{done: make(chan struct{})}
+		r.inflight[oid] = p
+		r.mu.Unlock()
+		p.err = r.pull(ctx, oid)
+		r.mu.Lock()
+		delete(r.inflight, oid)
+		if p.err == nil {
+			delete(r.suspects, oid)
+		}
+		r.mu.Unlock()
+		close(p.done)
+	} else {
+		r.mu.Unlock()
+		select {
+		case <-p.done:
+		case <-ctx.Done():
+			return errs.E(errs.IO, "recover %v: %w", oid, ctx.Err())
+		}
+	}
+	return p.err
+}
+
+// pull asks every other member for its version of oid and copies the
+// freshest one here if it is newer than ours. It fails (retryably) when a
+// member does not answer: that member might hold the freshest copy.
+func (r *recovery) pull(ctx context.Context, oid ids.ObjectID) error {
+	st := r.n.cl.State()
+	local, lerr := r.n.store.Stat(oid)
+	if lerr != nil && !errs.Is(lerr, errs.NotFound) {
+		return lerr
+	}
+	var best cluster.Member
+	bestVer := ids.Version(0)
+	if lerr == nil {
+		bestVer = local.Version
+	}
+	found := false
+	for _, m := range st.Members {
+		if m.ID == r.n.id {
+			continue
+		}
+		resp, err := r.n.peers.Get(m.Addr).Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpStatObj, Epoch: st.Epoch, ID: uint64(oid)}})
+		if errs.Is(err, errs.NotFound) {
+			continue
+		}
+		if err != nil {
+			return errs.E(errs.NotReady, "recover %v: ask %s: %w", oid, m.ID, err)
+		}
+		if v := ids.Version(resp.Aux); v > bestVer || (lerr != nil && !found) {
+			best, bestVer, found = m, v, true
+		}
+	}
+	if !found {
+		if lerr != nil {
+			return errs.E(errs.NotFound, "object %v: no replica has it", oid)
+		}
+		return nil // ours is the freshest
+	}
+	buf := proto.GetBuf(vdi.ObjectSize)
+	defer proto.PutBuf(buf)
+	resp, err := r.n.peers.Get(best.Addr).CallInto(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpReadObj,
+		Epoch: st.Epoch, ID: uint64(oid), Length: vdi.ObjectSize}}, buf)
+	if err != nil {
+		return errs.E(errs.NotReady, "recover %v from %s: %w", oid, best.ID, err)
+	}
+	if err := r.n.store.Replace(oid, 0, resp.Data, ids.Version(resp.Aux), st.Epoch); err != nil {
+		return err
+	}
+	return nil
+}
+
+// The replica operations, shared by the wire handler and the gateway's
+// local fast path.
+
+func (n *Node) localRead(ctx context.Context, oid ids.ObjectID, off int64, buf []byte) (objstore.Meta, error) {
+	if err := n.rec.ensure(ctx, oid, false); err != nil {
+		return objstore.Meta{}, err
+	}
+	return n.store.Read(oid, off, buf)
+}
+
+func (n *Node) localWrite(ctx context.Context, oid ids.ObjectID, off int64, data []byte, ver ids.Version, epoch ids.Epoch, create bool) error {
+	if create {
+		err := n.store.Replace(oid, off, data, ver, epoch)
+		if err == nil {
+			n.rec.mu.Lock()
+			delete(n.rec.suspects, oid)
+			n.rec.mu.Unlock()
+		}
+		return err
+	}
+	if err := n.rec.ensure(ctx, oid, true); err != nil {
+		return err
+	}
+	return n.store.Write(oid, off, data, ver, epoch)
+}
+
+func (n *Node) localPunch(ctx context.Context, oid ids.ObjectID, off, length int64, ver ids.Version, epoch ids.Epoch) error {
+	if err := n.rec.ensure(ctx, oid, false); err != nil {
+		return err
+	}
+	err := n.store.Punch(oid, off, length, ver, epoch)
+	if errs.Is(err, errs.NotFound) {
+		return nil // nothing to zero
+	}
+	return err
+}
