@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"testing"
+	"time"
 )
 
 // TestDataSurvivesCacheDropRestartAndKill: data written with fsync through
@@ -70,7 +71,9 @@ func TestDataSurvivesCacheDropRestartAndKill(t *testing.T) {
 
 // TestReplicasIdentical: once a write is flushed, every object of the VDI
 // (data and index) exists on exactly copies=3 nodes with identical bytes,
-// and those bytes are what was written.
+// and those bytes are what was written. A node that was down during a
+// write and comes back ends up with the same bytes too, and reads never
+// return its old copy.
 func TestReplicasIdentical(t *testing.T) {
 	c := NewCluster(t, 3, 3)
 	m := c.Mount()
@@ -79,89 +82,128 @@ func TestReplicasIdentical(t *testing.T) {
 
 	// 18 MiB at 2 MiB: objects 0..4, the first and last partly written.
 	const offMiB, lenMiB = 2, 18
-	src := filepath.Join(t.TempDir(), "random")
-	writeRandomFile(t, src, lenMiB<<20)
-	shell(t, cmdTimeout, fmt.Sprintf("dd if=%s of=%s bs=1M seek=%d conv=fsync,notrunc status=none", q(src), q(vdi), offMiB))
-	shell(t, quickTimeout, "sync "+q(vdi))
-
-	data, err := os.ReadFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
 	image := make([]byte, 64<<20) // what the VDI should hold
-	copy(image[offMiB<<20:], data)
+	write := func(offMiB, lenMiB int) {
+		t.Helper()
+		src := filepath.Join(t.TempDir(), "random")
+		writeRandomFile(t, src, int64(lenMiB)<<20)
+		shell(t, cmdTimeout, fmt.Sprintf("dd if=%s of=%s bs=1M seek=%d conv=fsync,notrunc status=none", q(src), q(vdi), offMiB))
+		data, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		copy(image[offMiB<<20:], data)
+	}
+	write(offMiB, lenMiB)
 
 	v := c.VDI("r")
-	const objSize = 4 << 20
 	wantData := map[string]int{}
-	for idx := uint32(offMiB << 20 / objSize); idx <= uint32(((offMiB+lenMiB)<<20-1)/objSize); idx++ {
-		wantData[dataOID(v.ID, idx)] = int(idx)
+	for idx := int64(offMiB) << 20 / objSize; idx <= (int64(offMiB+lenMiB)<<20-1)/objSize; idx++ {
+		wantData[dataOID(v.ID, uint32(idx))] = int(idx)
 	}
-	files := c.ObjectFiles()
+	for _, p := range replicaProblems(c, v.ID, wantData, image) {
+		t.Error(p)
+	}
 
-	// Exactly the written data objects exist, nothing else of this VDI.
+	// node2 misses a write, then comes back.
+	c.Kill(2)
+	write(5, 6) // objects 1 and 2
+	dropCaches(t)
+	if got := sha256Range(t, vdi, 0, 64); got != sha256Bytes(image) {
+		t.Fatalf("with node2 down, the VDI does not read back what was written")
+	}
+	c.Restart(2)
+	c.WaitOK()
+	// Reads must not return node2's old copy, whichever node serves them.
+	for _, n := range c.Nodes {
+		m2 := c.Mount(n.Addr())
+		dropCaches(t)
+		if got := sha256Range(t, m2.VDI("r"), 0, 64); got != sha256Bytes(image) {
+			t.Errorf("after node2 came back, reads through %s do not return the latest data", n.ID)
+		}
+		m2.Unmount()
+	}
+	// The replicas converge (recovery runs in the background).
+	var problems []string
+	if !waitFor(60*time.Second, func() bool {
+		problems = replicaProblems(c, v.ID, wantData, image)
+		return len(problems) == 0
+	}) {
+		for _, p := range problems {
+			t.Errorf("after node2 missed a write and came back: %s", p)
+		}
+	}
+}
+
+// replicaProblems checks the object files of VDI vid on every node: the
+// data objects wantData (oid -> index) and the first index object exist on
+// exactly 3 nodes, replicas are identical, data objects hold image's bytes,
+// the index maps exactly wantData's objects to the VDI, and no other object
+// of the VDI exists.
+func replicaProblems(c *Cluster, vid uint32, wantData map[string]int, image []byte) []string {
+	var out []string
+	files := c.ObjectFiles()
+	idxOID := indexOID(vid, 0)
 	var ofVDI []string
 	for oid := range files {
 		var id uint64
 		fmt.Sscanf(oid, "%016x", &id)
-		if uint32(id>>32)&0xffffff == v.ID {
+		if uint32(id>>32)&0xffffff == vid {
 			ofVDI = append(ofVDI, oid)
 		}
 	}
 	sort.Strings(ofVDI)
-	idxOID := indexOID(v.ID, 0)
 	if len(ofVDI) != len(wantData)+1 {
-		t.Errorf("objects of VDI %d on disk: %v; want the %d data objects %v and index object %s", v.ID, ofVDI, len(wantData), keys(wantData), idxOID)
+		out = append(out, fmt.Sprintf("objects of VDI %d on disk: %v; want the %d data objects %v and index object %s",
+			vid, ofVDI, len(wantData), keys(wantData), idxOID))
 	}
-
 	check := func(oid string, want []byte) {
-		t.Helper()
 		replicas := files[oid]
 		if len(replicas) != 3 {
-			t.Errorf("object %s has %d replicas %v, want 3", oid, len(replicas), replicas)
+			out = append(out, fmt.Sprintf("object %s has %d replicas %v, want 3", oid, len(replicas), replicas))
 		}
 		var first, firstPath string
 		for _, p := range replicas {
 			b, err := os.ReadFile(p)
 			if err != nil {
-				t.Errorf("read replica %s: %v", p, err)
+				out = append(out, fmt.Sprintf("read replica %s: %v", p, err))
 				continue
 			}
 			if want != nil && !bytes.Equal(b, want) {
-				t.Errorf("replica %s (%d bytes, SHA-256 %s) differs from the data written (%d bytes, SHA-256 %s)",
-					p, len(b), sha256Bytes(b), len(want), sha256Bytes(want))
+				out = append(out, fmt.Sprintf("replica %s (%d bytes, SHA-256 %s) differs from the data written (%d bytes, SHA-256 %s)",
+					p, len(b), sha256Bytes(b), len(want), sha256Bytes(want)))
 			}
 			// Replicas equal each other (this is the check for index objects).
 			if sum := sha256Bytes(b); first == "" {
 				first, firstPath = sum, p
 			} else if sum != first {
-				t.Errorf("replicas of object %s differ: %s has SHA-256 %s, %s has %s", oid, firstPath, first, p, sum)
+				out = append(out, fmt.Sprintf("replicas of object %s differ: %s has SHA-256 %s, %s has %s", oid, firstPath, first, p, sum))
 			}
 		}
 	}
 	for oid, idx := range wantData {
-		check(oid, image[idx*objSize:(idx+1)*objSize])
+		check(oid, image[int64(idx)*objSize:int64(idx+1)*objSize])
 	}
 	check(idxOID, nil)
-
 	// The index maps each written object to the VDI itself, others to 0.
 	for _, p := range files[idxOID] {
 		b, err := os.ReadFile(p)
 		if err != nil {
-			t.Fatal(err)
+			out = append(out, err.Error())
+			continue
 		}
 		for idx := 0; idx < 16 && 4*idx+4 <= len(b); idx++ {
 			owner := binary.LittleEndian.Uint32(b[4*idx:])
 			want := uint32(0)
-			if _, ok := wantData[dataOID(v.ID, uint32(idx))]; ok {
-				want = v.ID
+			if _, ok := wantData[dataOID(vid, uint32(idx))]; ok {
+				want = vid
 			}
 			if owner != want {
-				t.Errorf("index entry %d is %d, want %d", idx, owner, want)
+				out = append(out, fmt.Sprintf("index entry %d in %s is %d, want %d", idx, p, owner, want))
 			}
 		}
-		break
 	}
+	return out
 }
 
 func keys(m map[string]int) []string {

@@ -137,6 +137,7 @@ func runCmd(timeout time.Duration, env []string, in io.Reader, name string, args
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Env = append(os.Environ(), env...)
+	cmd.Dir = os.TempDir() // tools that drop files in their working directory
 	cmd.Stdin = in
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -732,7 +733,9 @@ type Mount struct {
 }
 
 // Path joins elem onto the mount point.
-func (m *Mount) Path(elem ...string) string { return filepath.Join(append([]string{m.Dir}, elem...)...) }
+func (m *Mount) Path(elem ...string) string {
+	return filepath.Join(append([]string{m.Dir}, elem...)...)
+}
 
 // VDI is the path of a VDI file.
 func (m *Mount) VDI(name string) string { return m.Path("vdi", name) }
@@ -1080,3 +1083,6 @@ func (sc *ScriptCluster) procNames() []string {
 	}
 	return names
 }
+
+// jsonUnmarshal decodes JSON printed by a subprocess.
+func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }

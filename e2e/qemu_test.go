@@ -84,12 +84,25 @@ func TestQemuImg(t *testing.T) {
 		t.Fatalf("qemu-io did not notice a wrong pattern: %v", r)
 	}
 
-	// qcow2 inside a VDI.
+	// qcow2 inside a VDI (a subtest: the conversions below do not
+	// depend on it).
+	t.Run("qcow2", func(t *testing.T) { qcow2InVDI(t, m) })
+
+	// Convert out of the cluster and back into a new VDI.
+	t.Run("convert", func(t *testing.T) { convertInAndOut(t, m, q) })
+}
+
+// qcow2InVDI creates a qcow2 image in a VDI, writes to it and checks it.
+func qcow2InVDI(t *testing.T, m *Mount) {
+	var info struct {
+		Format      string `json:"format"`
+		VirtualSize int64  `json:"virtual-size"`
+	}
 	q2 := m.VDI("q2")
 	run(t, cmdTimeout, "qemu-img", "create", "-f", "qcow2", q2, "1G")
 	qemuIO(t, "qcow2", "writeback", q2, "write -P 0x11 0 8M", "write -P 0x22 512M 1M", "write -P 0x33 1020M 4M", "flush")
 	qemuIO(t, "qcow2", "none", q2, "read -P 0x11 0 8M", "read -P 0x22 512M 1M", "read -P 0x33 1020M 4M", "read -P 0 8M 1M")
-	r = run(t, cmdTimeout, "qemu-img", "check", "-f", "qcow2", q2)
+	r := run(t, cmdTimeout, "qemu-img", "check", "-f", "qcow2", q2)
 	if !strings.Contains(r.Stdout, "No errors were found") {
 		t.Fatalf("qemu-img check: %v", r)
 	}
@@ -97,10 +110,14 @@ func TestQemuImg(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.Stdout), &info); err != nil || info.Format != "qcow2" || info.VirtualSize != 1<<30 {
 		t.Fatalf("qemu-img info of the qcow2 image: %+v, %v\n%s", info, err, r.Stdout)
 	}
+}
 
-	// Convert out of the cluster and back into a new VDI.
+// convertInAndOut copies VDI q (written by TestQemuImg) to a local file
+// with qemu-img convert, and back into a new VDI.
+func convertInAndOut(t *testing.T, m *Mount, q string) {
 	local := filepath.Join(t.TempDir(), "q.raw")
 	run(t, cmdTimeout, "qemu-img", "convert", "-f", "raw", "-O", "raw", q, local)
+	qemuIO(t, "raw", "writeback", local, "read -P 0xab 0 4M", "read -P 0xcd 10M 1M", "read -P 0 4M 6M")
 	q3 := m.VDI("q3")
 	run(t, cmdTimeout, "qemu-img", "convert", "-f", "raw", "-O", "raw", local, q3)
 	if st := statFile(t, q3); st.Size != 1<<30 {
@@ -112,7 +129,7 @@ func TestQemuImg(t *testing.T) {
 		t.Fatalf("SHA-256 of q %s, of its local copy %s, of the copy back in q3 %s: want all equal", sumQ, sumLocal, sumQ3)
 	}
 	qemuIO(t, "raw", "none", q3, "read -P 0xab 0 4M", "read -P 0xcd 10M 1M", "read -P 0 4M 6M")
-	r = run(t, cmdTimeout, "qemu-img", "compare", "-f", "raw", "-F", "raw", q, q3)
+	r := run(t, cmdTimeout, "qemu-img", "compare", "-f", "raw", "-F", "raw", q, q3)
 	if !strings.Contains(r.Stdout, "identical") {
 		t.Fatalf("qemu-img compare q q3: %v", r)
 	}

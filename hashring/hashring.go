@@ -40,6 +40,9 @@ import (
 // 100 nodes × 4096 vnodes ≈ 4.7 MiB.
 const DefaultVNodes = 4096
 
+// maxPoints bounds the points of one ring, so offsets fit in uint32.
+const maxPoints = 1 << 31
+
 // Ring is an immutable consistent-hash ring. Safe for concurrent use. The
 // zero value and a nil *Ring behave as an empty ring.
 type Ring struct {
@@ -55,8 +58,13 @@ type Ring struct {
 // New builds a ring over the given nodes, each with vnodes virtual nodes
 // (vnodes <= 0 means DefaultVNodes). Duplicate IDs are ignored and order is
 // irrelevant: the same set always gives the same ring. Every string is a
-// node ID, the empty one included; New does not validate them. nodes is not
-// retained. The ring holds len(distinct nodes)×vnodes points of 12 bytes.
+// node ID, the empty one included; New does not validate them, and nodes is
+// not retained. New cannot fail.
+//
+// The ring holds P = (distinct nodes)×vnodes points and takes about 13.5
+// bytes per point (12 for the point, the rest for the lookup index) and
+// O(P) time to build. vnodes is capped so that P <= 2^31; a larger value is
+// a configuration error and is silently reduced.
 func New(nodes []ids.NodeID, vnodes int) *Ring {
 	if vnodes <= 0 {
 		vnodes = DefaultVNodes
@@ -65,6 +73,9 @@ func New(nodes []ids.NodeID, vnodes int) *Ring {
 	slices.Sort(distinct)
 	distinct = slices.Compact(distinct)
 	distinct = slices.Clip(distinct)
+	if len(distinct) > 0 {
+		vnodes = max(min(vnodes, maxPoints/len(distinct)), 1)
+	}
 
 	r := &Ring{nodes: distinct}
 	r.build(vnodes)
@@ -103,9 +114,10 @@ func (r *Ring) Contains(node ids.NodeID) bool {
 // chosen. If the ring has fewer than n nodes it returns all of them, in walk
 // order. An empty ring, or n <= 0, returns dst[:0].
 //
-// Replicas does not allocate when cap(dst) >= min(n, Len()). It costs one
-// binary search over the ring's points plus the walk, which for n much
-// smaller than Len is about n steps.
+// Replicas does not allocate when cap(dst) >= min(n, Len()); otherwise it
+// grows dst with append. It costs a table lookup and a search of a few
+// points, then the walk, which is about n points when n is much smaller than
+// Len and longer (up to one lap of the ring) as n approaches Len.
 func (r *Ring) Replicas(oid ids.ObjectID, n int, dst []ids.NodeID) []ids.NodeID {
 	dst = dst[:0]
 	if r == nil || n <= 0 || len(r.nodes) == 0 {
@@ -148,9 +160,8 @@ func (r *Ring) Replicas(oid ids.ObjectID, n int, dst []ids.NodeID) []ids.NodeID 
 // counts 256 coarse runs, a second that hashes again and writes each point
 // into its run, then for each (cache-sized) run a count and in-place
 // permutation into its buckets and an insertion sort of each bucket by
-// (hash, owner). The
-// bucket offsets are kept as r.index, so Replicas finds a point with one
-// table lookup and a search of a few points.
+// (hash, owner). The bucket offsets are kept as r.index, so Replicas finds
+// a point with one table lookup and a search of a few points.
 func (r *Ring) build(vnodes int) {
 	total := len(r.nodes) * vnodes
 	// About 2 to 4 points per bucket.
@@ -299,9 +310,9 @@ func vnodeHash(base uint64, v uint32) uint64 {
 	return mix64(h)
 }
 
-// mix64 is the splitmix64 finaliser (Stafford's Mix13, as in murmur3's
-// fmix64 family): a bijection on uint64 whose output bits each depend on all
-// input bits.
+// mix64 is the splitmix64 finaliser (Stafford's Mix13 variant of murmur3's
+// fmix64): a bijection on uint64 in which every output bit depends on every
+// input bit.
 func mix64(x uint64) uint64 {
 	x ^= x >> 30
 	x *= 0xbf58476d1ce4e5b9

@@ -677,6 +677,11 @@ func (s *Store) crash() {
 // leaves either the old object or the new one. Gateways use it for a newly
 // allocated object, and recovery for a copy pulled from a fresher replica.
 // Errors as for Write.
+//
+// Caveat: like every change, the new version reaches the index only at the
+// next Sync. If ver is lower than the object's old version and the node
+// crashes before that Sync, the new data comes back labelled with the old,
+// higher version. Sync right after a version-lowering Replace.
 func (s *Store) Replace(oid ids.ObjectID, off int64, data []byte, ver ids.Version, epoch ids.Epoch) error {
 	if err := s.checkRange("replace", oid, off, int64(len(data))); err != nil {
 		return err

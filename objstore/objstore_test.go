@@ -872,6 +872,51 @@ func TestFaultFSCounts(t *testing.T) {
 	}
 }
 
+func TestReplace(t *testing.T) {
+	dir := t.TempDir()
+	ffs := NewFaultFS(nil)
+	s := open(t, dir, Options{ObjectSize: testObjSize, MaxOpenFiles: 2, FS: ffs})
+	const a, b = ids.ObjectID(0xa), ids.ObjectID(0xb)
+	mustWrite(t, s, a, 0, pattern(a, 0, testObjSize, 1), 9, 1)
+	mustRead(t, s, a, 0, 1) // a's descriptor is cached: Replace must drop it
+
+	// A replacement on a full disk leaves the old object.
+	ffs.FailWrite(0, syscall.ENOSPC, false)
+	wantKind(t, "Replace on a full disk", s.Replace(a, 0, []byte("new"), 3, 2), errs.NoSpace)
+	if buf, m := mustRead(t, s, a, 0, testObjSize); !bytes.Equal(buf, pattern(a, 0, testObjSize, 1)) || m != (Meta{9, 1}) {
+		t.Fatalf("failed Replace changed the object: %+v", m)
+	}
+
+	if err := s.Replace(a, 100, []byte("new"), 3, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Replace(b, 0, []byte("b"), 4, 2); err != nil { // absent: created
+		t.Fatal(err)
+	}
+	check := func() {
+		t.Helper()
+		buf, m := mustRead(t, s, a, 0, testObjSize)
+		if m != (Meta{3, 2}) { // exactly ver, even below the old version
+			t.Fatalf("meta after Replace %+v", m)
+		}
+		if !isZero(buf[:100]) || string(buf[100:103]) != "new" || !isZero(buf[103:]) {
+			t.Fatal("replaced object holds old data")
+		}
+		if buf, m := mustRead(t, s, b, 0, 1); string(buf) != "b" || m != (Meta{4, 2}) {
+			t.Fatalf("b: %q %+v", buf, m)
+		}
+	}
+	check()
+	if used, real := usage(t, s), diskUsage(t, dir); used != real {
+		t.Fatalf("Usage says %d, the files hold %d", used, real)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, dir, Options{ObjectSize: testObjSize})
+	check()
+}
+
 func TestFaultNoSpace(t *testing.T) {
 	dir := t.TempDir()
 	ffs := NewFaultFS(nil)

@@ -423,3 +423,83 @@ func TestClientContextAndClose(t *testing.T) {
 		t.Errorf("%d connections, want 2 (one before Close, one after)", n)
 	}
 }
+
+// TestCallInto checks that an answer's payload lands in dst when it fits,
+// and in a buffer of its own when it does not or when the answer is an
+// error.
+func TestCallInto(t *testing.T) {
+	_, ln := startServer(t, "", proto.HandlerFunc(func(ctx context.Context, _ *proto.Conn, req *proto.Msg) *proto.Msg {
+		if req.ID == 0 {
+			return proto.ErrorResponse(req, errs.E(errs.NotFound, "object %d", req.ID))
+		}
+		return &proto.Msg{Data: bytes.Repeat([]byte{byte(req.ID)}, int(req.Length))}
+	}))
+	c := proto.NewClient(ln.Addr().String())
+	defer c.Close()
+	ctx := context.Background()
+
+	dst := make([]byte, 100, 8192)
+	resp, err := c.CallInto(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpReadObj, ID: 1, Length: 4096}}, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Data) != 4096 || &resp.Data[0] != &dst[:1][0] || !bytes.Equal(resp.Data, bytes.Repeat([]byte{1}, 4096)) {
+		t.Errorf("answer of 4096 bytes not read into dst (len %d)", len(resp.Data))
+	}
+
+	small := make([]byte, 10)
+	resp, err = c.CallInto(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpReadObj, ID: 2, Length: 11}}, small)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(resp.Data, bytes.Repeat([]byte{2}, 11)) || !bytes.Equal(small, make([]byte, 10)) {
+		t.Errorf("answer larger than dst: %x, dst %x", resp.Data, small)
+	}
+
+	big := make([]byte, 4096)
+	if _, err := c.CallInto(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpReadObj, ID: 0}}, big); !errs.Is(err, errs.NotFound) {
+		t.Errorf("error answer: %v", err)
+	}
+	if !bytes.Equal(big, make([]byte, 4096)) {
+		t.Errorf("an error message was written into dst")
+	}
+}
+
+// TestServerPooledAnswers has the handler answer from GetBuf buffers marked
+// SetPooled, many at a time: every caller must get its own bytes (a buffer
+// must not go back to the pool before it is sent).
+func TestServerPooledAnswers(t *testing.T) {
+	ramp := make([]byte, 2<<20+256) // answer for ID i: ramp[i%256:][:Length]
+	for i := range ramp {
+		ramp[i] = byte(i)
+	}
+	_, ln := startServer(t, "", proto.HandlerFunc(func(ctx context.Context, _ *proto.Conn, req *proto.Msg) *proto.Msg {
+		b := proto.GetBuf(int(req.Length))
+		copy(b, ramp[req.ID%256:])
+		m := &proto.Msg{Data: b}
+		m.SetPooled()
+		return m
+	}))
+	c := proto.NewClient(ln.Addr().String())
+	defer c.Close()
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 16 {
+				id := uint64(w*100 + i)
+				n := []uint32{10, 70 << 10, 1 << 20, 1<<20 + 1}[i%4]
+				resp, err := c.Call(context.Background(), &proto.Msg{Header: proto.Header{Op: proto.OpReadObj, ID: id, Length: n}})
+				if err != nil {
+					t.Errorf("call %d: %v", id, err)
+					return
+				}
+				if !bytes.Equal(resp.Data, ramp[id%256:][:n]) {
+					t.Errorf("call %d: answer of %d bytes is not its own", id, len(resp.Data))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}

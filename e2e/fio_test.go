@@ -1,0 +1,62 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+)
+
+// fioResult is the part of fio's JSON output the test checks.
+type fioResult struct {
+	Jobs []struct {
+		Error int `json:"error"`
+		Read  struct {
+			IOBytes int64 `json:"io_bytes"`
+		} `json:"read"`
+		Write struct {
+			IOBytes int64 `json:"io_bytes"`
+		} `json:"write"`
+	} `json:"jobs"`
+}
+
+// TestFioVerify: fio random 4 KiB writes with crc32c verification on a
+// mounted VDI, with O_DIRECT and through the page cache. The amount of I/O
+// (--io_size) bounds the run rather than --runtime, so that a slow machine
+// still verifies everything it wrote.
+func TestFioVerify(t *testing.T) {
+	requireEnv(t, "fio")
+	c := NewCluster(t, 3, 3)
+	m := c.Mount()
+	for _, direct := range []int{1, 0} {
+		t.Run(fmt.Sprintf("direct=%d", direct), func(t *testing.T) {
+			vdi := m.VDI(fmt.Sprintf("f%d", direct))
+			run(t, quickTimeout, "truncate", "-s", "256M", vdi)
+			args := []string{
+				"--name=verify", "--filename=" + vdi, "--size=256M", "--io_size=48M",
+				"--rw=randwrite", "--bs=4k", "--iodepth=16", "--ioengine=libaio",
+				fmt.Sprintf("--direct=%d", direct), "--fallocate=none",
+				"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0",
+				"--output-format=json",
+			}
+			r := runCmd(4*time.Minute, nil, nil, "fio", args...)
+			if r.Code != 0 {
+				t.Fatalf("fio: %v", r)
+			}
+			var res fioResult
+			if err := json.Unmarshal([]byte(r.Stdout), &res); err != nil || len(res.Jobs) != 1 {
+				t.Fatalf("fio output: %v\n%s", err, trimOut(r.Stdout))
+			}
+			j := res.Jobs[0]
+			if j.Error != 0 {
+				t.Fatalf("fio job error %d: %v", j.Error, r)
+			}
+			// Something was written, and all of it was read back and
+			// verified.
+			if j.Write.IOBytes == 0 || j.Read.IOBytes != j.Write.IOBytes {
+				t.Fatalf("fio wrote %d bytes and verified %d: want all written bytes verified", j.Write.IOBytes, j.Read.IOBytes)
+			}
+			t.Logf("fio wrote and verified %d MiB", j.Write.IOBytes>>20)
+		})
+	}
+}
