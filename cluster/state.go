@@ -104,17 +104,33 @@ func (s *State) VDIByID(id ids.VDIID) (*VDI, bool) {
 	return v, ok
 }
 
-// derive fills the fields computed from the serialised ones.
+// derive fills the fields computed from the serialised ones. The ring is
+// rebuilt only when the members changed (it is costly at scale).
 func (s *State) derive() {
-	nodes := make([]ids.NodeID, len(s.Members))
-	for i, m := range s.Members {
-		nodes[i] = m.ID
+	if s.ring == nil || !sameNodes(s.ring, s.Members) {
+		nodes := make([]ids.NodeID, len(s.Members))
+		for i, m := range s.Members {
+			nodes[i] = m.ID
+		}
+		s.ring = hashring.New(nodes, 0)
 	}
-	s.ring = hashring.New(nodes, 0)
 	s.byID = make(map[ids.VDIID]*VDI, len(s.VDIs))
 	for _, v := range s.VDIs {
 		s.byID[v.ID] = v
 	}
+}
+
+func sameNodes(r *hashring.Ring, ms []Member) bool {
+	nodes := r.Nodes()
+	if len(nodes) != len(ms) {
+		return false
+	}
+	for i, m := range ms { // both sorted by ID
+		if nodes[i] != m.ID {
+			return false
+		}
+	}
+	return true
 }
 
 // clone returns a copy that may be changed without touching s. VDIs are

@@ -131,7 +131,9 @@ func (c *Client) Call(ctx context.Context, req *Msg) (*Msg, error) {
 
 // CallInto is Call, with the answer's payload read straight into dst when
 // it fits (the answer's Data then aliases dst). dst is never written to
-// after CallInto returns.
+// after CallInto returns: if ctx ends while the answer's payload is already
+// arriving, CallInto waits for that payload (or the connection's failure)
+// before it returns, since the caller may reuse dst at once.
 func (c *Client) CallInto(ctx context.Context, req *Msg, dst []byte) (*Msg, error) {
 	cc, err := c.get(ctx)
 	if err != nil {

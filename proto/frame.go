@@ -251,5 +251,11 @@ func (m *Msg) Err() error {
 	if m.Flags&FlagError == 0 {
 		return nil
 	}
-	return &errs.Error{Kind: m.Kind, Msg: string(m.Data)}
+	// The message already names the kind (it is the sender's Error()).
+	return &errs.Error{Kind: m.Kind, Err: remoteError(m.Data)}
 }
+
+// remoteError is the text of an error that came over the wire.
+type remoteError string
+
+func (e remoteError) Error() string { return string(e) }

@@ -342,7 +342,9 @@ func (n *Node) localWrite(ctx context.Context, oid ids.ObjectID, off int64, data
 		}
 		return err
 	}
-	if err := n.rec.ensure(ctx, oid, true); err != nil {
+	// Fetch the object first if it lives elsewhere; if no replica has it,
+	// the write creates it (the first entry of an index object does).
+	if err := n.rec.ensure(ctx, oid, true); err != nil && !errs.Is(err, errs.NotFound) {
 		return err
 	}
 	return n.store.Write(oid, off, data, ver, epoch)

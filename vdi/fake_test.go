@@ -14,9 +14,11 @@ import (
 // fail chosen calls with an injected error, and can run a hook before a
 // call, which is how tests step into the middle of an operation.
 //
-// It is stricter than the real store, to catch misuse: a write to an
-// absent object fails errs.NotFound (Write is for existing objects), and
-// ranges outside an object fail errs.Invalid.
+// Write to an absent index object creates it zero-filled, as the real
+// store does when no replica has it. It is stricter than the real store
+// for data objects, to catch misuse: a Write to an absent data object
+// fails errs.NotFound (data objects are made by Create), and ranges
+// outside an object fail errs.Invalid.
 type fakeObjects struct {
 	mu      sync.Mutex
 	objs    map[ids.ObjectID][]byte
@@ -95,8 +97,12 @@ func (f *fakeObjects) Write(ctx context.Context, oid ids.ObjectID, copies int, o
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	o, ok := f.objs[oid]
+	if !ok && !oid.IsIndex() {
+		return errs.E(errs.NotFound, "fake: write to absent data object %v", oid)
+	}
 	if !ok {
-		return errs.E(errs.NotFound, "fake: write to absent object %v", oid)
+		o = make([]byte, ObjectSize)
+		f.objs[oid] = o
 	}
 	copy(o[off:], data)
 	return nil

@@ -33,8 +33,9 @@ type Objects interface {
 	// Read fills buf from object oid at off. errs.NotFound if no replica
 	// has the object.
 	Read(ctx context.Context, oid ids.ObjectID, copies int, off int64, buf []byte) error
-	// Write writes data at off in an existing object oid on every
-	// replica. A replica that lacks the object fetches it first.
+	// Write writes data at off in object oid on every replica. A replica
+	// that lacks the object fetches it from the others first; if no
+	// replica has it, it is created zero-filled.
 	Write(ctx context.Context, oid ids.ObjectID, copies int, off int64, data []byte) error
 	// Create makes oid a new object on every replica, holding data at off
 	// and zeros elsewhere, replacing any old copy a replica may hold.
@@ -64,13 +65,10 @@ func NumObjects(size uint64) uint32 {
 type Volume struct {
 	objs Objects
 
-	mu     sync.Mutex
-	info   Info
-	pages  map[uint32]*page      // index pages loaded so far, by page number
-	alloc  map[uint32]*allocWait // objects being allocated
-	chunks map[uint32]bool       // index objects known to exist
-
-	chunkMu sync.Mutex // serialises the creation of index objects
+	mu    sync.Mutex
+	info  Info
+	pages map[uint32]*page      // index pages loaded so far, by page number
+	alloc map[uint32]*allocWait // objects being allocated
 }
 
 type page struct {
@@ -79,12 +77,21 @@ type page struct {
 	entries [pageEntries]ids.VDIID
 }
 
+// loaded reports whether the page has been read successfully.
+func (p *page) loaded() bool {
+	select {
+	case <-p.ready:
+		return p.err == nil
+	default:
+		return false
+	}
+}
+
 type allocWait struct{ done chan struct{} }
 
 // Open returns a Volume for the VDI described by info. It reads nothing yet.
 func Open(objs Objects, info Info) *Volume {
-	return &Volume{objs: objs, info: info, pages: map[uint32]*page{}, alloc: map[uint32]*allocWait{},
-		chunks: map[uint32]bool{}}
+	return &Volume{objs: objs, info: info, pages: map[uint32]*page{}, alloc: map[uint32]*allocWait{}}
 }
 
 // Info returns the volume's metadata.
@@ -153,9 +160,6 @@ func (v *Volume) loadPage(ctx context.Context, pn uint32, p *page) error {
 	if err != nil {
 		return errs.E(errs.KindOf(err), "read index of VDI %v: %w", info.ID, err)
 	}
-	v.mu.Lock()
-	v.chunks[oid.Index()] = true
-	v.mu.Unlock()
 	for i := range p.entries {
 		p.entries[i] = ids.VDIID(binary.LittleEndian.Uint32(buf[i*entrySize:]))
 	}
@@ -170,27 +174,7 @@ func (v *Volume) setOwner(ctx context.Context, idx uint32, owner ids.VDIID) erro
 	oid, off := indexLoc(info.ID, idx)
 	var b [entrySize]byte
 	binary.LittleEndian.PutUint32(b[:], uint32(owner))
-	v.mu.Lock()
-	exists := v.chunks[oid.Index()]
-	v.mu.Unlock()
-	var err error
-	if exists {
-		err = v.objs.Write(ctx, oid, info.Copies, off, b[:])
-	} else {
-		// The first entry of an index object creates it; others wait.
-		v.chunkMu.Lock()
-		v.mu.Lock()
-		exists = v.chunks[oid.Index()]
-		v.mu.Unlock()
-		if exists {
-			err = v.objs.Write(ctx, oid, info.Copies, off, b[:])
-		} else if err = v.objs.Create(ctx, oid, info.Copies, off, b[:]); err == nil {
-			v.mu.Lock()
-			v.chunks[oid.Index()] = true
-			v.mu.Unlock()
-		}
-		v.chunkMu.Unlock()
-	}
+	err := v.objs.Write(ctx, oid, info.Copies, off, b[:])
 	if err != nil {
 		return errs.E(errs.KindOf(err), "update index of VDI %v: %w", info.ID, err)
 	}
@@ -236,7 +220,7 @@ func (v *Volume) ReadAt(ctx context.Context, buf []byte, off int64) error {
 	if err := v.checkRange(off, int64(len(buf))); err != nil {
 		return err
 	}
-	copies := v.Info().Copies
+	info := v.Info()
 	return span(off, len(buf), func(idx uint32, objOff int64, lo, hi int) error {
 		owner, err := v.owner(ctx, idx)
 		if err != nil {
@@ -246,9 +230,9 @@ func (v *Volume) ReadAt(ctx context.Context, buf []byte, off int64) error {
 			clear(buf[lo:hi])
 			return nil
 		}
-		err = v.objs.Read(ctx, ids.DataObject(owner, idx), copies, objOff, buf[lo:hi])
+		err = v.objs.Read(ctx, ids.DataObject(owner, idx), info.Copies, objOff, buf[lo:hi])
 		if err != nil {
-			return errs.E(errs.KindOf(err), "read VDI %v object %d: %w", v.info.ID, idx, err)
+			return errs.E(errs.KindOf(err), "read VDI %v object %d: %w", info.ID, idx, err)
 		}
 		return nil
 	})
@@ -271,8 +255,14 @@ func (v *Volume) WriteAt(ctx context.Context, data []byte, off int64) error {
 				return v.objs.Write(ctx, oid, info.Copies, objOff, data[lo:hi])
 			}
 			// Allocate: one writer per object; the others wait and
-			// then write into the allocated object.
+			// then write into the allocated object. The entry is read
+			// again under the lock that guards the allocation map, so
+			// an allocation that finished meanwhile is seen.
 			v.mu.Lock()
+			if p := v.pages[idx/pageEntries]; p != nil && p.loaded() && p.entries[idx%pageEntries] == info.ID {
+				v.mu.Unlock()
+				continue
+			}
 			if w := v.alloc[idx]; w != nil {
 				v.mu.Unlock()
 				select {
@@ -334,6 +324,11 @@ func (v *Volume) Discard(ctx context.Context, off, length int64, keep bool) erro
 		switch {
 		case owner == 0:
 			continue
+		case owner != info.ID && l == ObjectSize && !keep:
+			// Shared with an ancestor: just stop pointing at it.
+			if err := v.setOwner(ctx, idx, 0); err != nil {
+				return err
+			}
 		case owner != info.ID:
 			// Shared with an ancestor: write zeros through copy on write.
 			if err := v.WriteAt(ctx, make([]byte, l), int64(idx)*ObjectSize+objOff); err != nil {
@@ -404,6 +399,5 @@ func (v *Volume) OwnObjects(ctx context.Context, fn func(oid ids.ObjectID) error
 func (v *Volume) Forget() {
 	v.mu.Lock()
 	clear(v.pages)
-	clear(v.chunks)
 	v.mu.Unlock()
 }
