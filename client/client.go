@@ -69,6 +69,9 @@ func (c *Client) Close() {
 // connLost reports whether err means the gateway connection broke (rather
 // than the gateway answering with an error).
 func connLost(err error) bool {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false // our own cancel: the connection is fine
+	}
 	var e *errs.Error
 	if !errors.As(err, &e) {
 		return false

@@ -156,6 +156,10 @@ type Command struct {
 	Mount   ids.MountID `json:"mount,omitempty"`
 	Node    ids.NodeID  `json:"node,omitempty"`
 	Time    int64       `json:"time,omitempty"`
+	// Grow makes a resize grow-only: a size at or below the current one
+	// changes nothing (for writes past the end, which may arrive out of
+	// order).
+	Grow bool `json:"grow,omitempty"`
 }
 
 // The commands.
@@ -192,11 +196,11 @@ func CheckName(name string) error {
 	return nil
 }
 
-// CheckSize returns an errs.Invalid error if size is not a usable VDI size
+// CheckSize returns an errs.TooLarge error if size is not a usable VDI size
 // (0 to MaxVDISize bytes; an empty VDI is grown by a resize or a write).
 func CheckSize(size uint64) error {
 	if size > MaxVDISize {
-		return errs.E(errs.Invalid, "VDI size %d exceeds the maximum of %d bytes (64 TiB)", size, uint64(MaxVDISize))
+		return errs.E(errs.TooLarge, "VDI size %d exceeds the maximum of %d bytes (64 TiB)", size, uint64(MaxVDISize))
 	}
 	return nil
 }
@@ -305,6 +309,9 @@ func apply(s *State, c *Command) (*State, Result) {
 		case CmdVDIResize:
 			if err := CheckSize(c.Size); err != nil {
 				return s, Result{Err: err}
+			}
+			if c.Grow && c.Size <= v.Size {
+				return s, Result{VDI: v}
 			}
 			if c.Size < v.Size && v.Lock != nil && v.Lock.Mount != c.Mount {
 				return s, Result{Err: errs.E(errs.Busy, "VDI %q is open for writing by mount %s: cannot shrink it", c.Name, v.Lock.Mount)}

@@ -153,8 +153,8 @@ func TestApply(t *testing.T) {
 		{name: "create name with NUL", setup: clusterABC, cmd: cmdCreate("a\x00", gib), kind: errs.Invalid},
 		{name: "create non-ASCII name", setup: clusterABC, cmd: cmdCreate("é", gib), kind: errs.Invalid},
 		{name: "create name of every allowed sign", setup: clusterABC, cmd: cmdCreate("_Az09.+-x", gib)},
-		{name: "create size over max", setup: clusterABC, cmd: cmdCreate("a", MaxVDISize+1), kind: errs.Invalid},
-		{name: "create size max uint64", setup: clusterABC, cmd: cmdCreate("a", ^uint64(0)), kind: errs.Invalid},
+		{name: "create size over max", setup: clusterABC, cmd: cmdCreate("a", MaxVDISize+1), kind: errs.TooLarge},
+		{name: "create size max uint64", setup: clusterABC, cmd: cmdCreate("a", ^uint64(0)), kind: errs.TooLarge},
 		{name: "create size max", setup: clusterABC, cmd: cmdCreate("a", MaxVDISize)},
 		{name: "create size 0", setup: clusterABC, cmd: cmdCreate("a", 0)},
 		{name: "create copies over max", setup: clusterABC, cmd: &Command{Op: CmdVDICreate, Name: "a", Copies: MaxCopies + 1}, kind: errs.Invalid},
@@ -277,7 +277,7 @@ func TestApply(t *testing.T) {
 				}
 			}},
 		{name: "resize over max", setup: func(t *testing.T) *State { return mustApply(t, clusterABC(t), cmdCreate("a", gib)) },
-			cmd: cmdResize("a", MaxVDISize+1, ""), kind: errs.Invalid},
+			cmd: cmdResize("a", MaxVDISize+1, ""), kind: errs.TooLarge},
 		{name: "resize missing", setup: clusterABC, cmd: cmdResize("a", gib, ""), kind: errs.NotFound},
 		{name: "resize shrink unlocked", setup: func(t *testing.T) *State { return mustApply(t, clusterABC(t), cmdCreate("a", gib)) },
 			cmd: cmdResize("a", 0, "")},
@@ -401,8 +401,8 @@ func TestCheckNameAndSize(t *testing.T) {
 		}
 	}
 	for _, size := range []uint64{MaxVDISize + 1, 1 << 63, ^uint64(0)} {
-		if err := CheckSize(size); !errs.Is(err, errs.Invalid) {
-			t.Errorf("CheckSize(%d) = %v, want an invalid error", size, err)
+		if err := CheckSize(size); !errs.Is(err, errs.TooLarge) {
+			t.Errorf("CheckSize(%d) = %v, want a too-large error", size, err)
 		}
 	}
 }

@@ -1,8 +1,6 @@
 package fs
 
 import (
-	"context"
-	"errors"
 	"syscall"
 
 	"github.com/sheepfs/sheepfs/errs"
@@ -29,9 +27,6 @@ var errnoOf = map[errs.Kind]syscall.Errno{
 func toErrno(err error) syscall.Errno {
 	if err == nil {
 		return 0
-	}
-	if errors.Is(err, context.Canceled) {
-		return syscall.EINTR
 	}
 	if e, ok := errnoOf[errs.KindOf(err)]; ok {
 		return e

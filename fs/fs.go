@@ -77,6 +77,8 @@ func Mount(dir string, c *client.Client, opts Options) (*FS, error) {
 			AllowOther:    opts.AllowOther,
 			Debug:         opts.Debug,
 			DirectMount:   true,
+			// Reads of MaxWrite bytes exceed the default pipe size.
+			DisableSplice: true,
 		},
 	}
 	if !opts.NoWritebackCache {
@@ -97,8 +99,12 @@ func (f *FS) Wait() { f.srv.Wait() }
 // Unmount unmounts the filesystem.
 func (f *FS) Unmount() error { return f.srv.Unmount() }
 
+// ctx returns the context for the cluster requests of one FUSE request.
+// It is not cancelled when the kernel interrupts the request (FUSE_INTERRUPT,
+// which io_uring users such as qemu trigger often): a request with side
+// effects runs to completion, and its true result is returned.
 func (f *FS) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, 5*time.Minute)
+	return context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
 }
 
 // lookupVDI asks the cluster for a VDI by name.

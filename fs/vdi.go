@@ -43,6 +43,7 @@ func (d *vdiDir) child(ctx context.Context, info proto.VDIInfo, out *fuse.EntryO
 	// NewInode returns the existing inode for a known ID: refresh it.
 	if vn, ok := ch.Operations().(*vdiNode); ok {
 		vn.size.Store(info.Size)
+		vn.allocMap(ctx, false) // for st_blocks; without it they read as 0
 		vn.fill(&out.Attr)
 	}
 	return ch
@@ -50,6 +51,8 @@ func (d *vdiDir) child(ctx context.Context, info proto.VDIInfo, out *fuse.EntryO
 
 // Lookup finds a VDI by name.
 func (d *vdiDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	ctx, cancel := d.fs.ctx(ctx)
+	defer cancel()
 	info, err := d.fs.lookupVDI(ctx, name)
 	if err != nil {
 		if errs.Is(err, errs.Invalid) {
@@ -62,6 +65,8 @@ func (d *vdiDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 
 // Readdir lists the VDIs.
 func (d *vdiDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	ctx, cancel := d.fs.ctx(ctx)
+	defer cancel()
 	var list []proto.VDIInfo
 	if err := d.fs.c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDIList}, &list); err != nil {
 		return nil, toErrno(err)
@@ -75,6 +80,8 @@ func (d *vdiDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 
 // Create makes a new, empty VDI (truncate or write to give it a size).
 func (d *vdiDir) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	ctx, cancel := d.fs.ctx(ctx)
+	defer cancel()
 	var info proto.VDIInfo
 	err := d.fs.c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDICreate, Name: name}, &info)
 	if errs.Is(err, errs.Exists) && flags&syscall.O_EXCL == 0 {
@@ -94,6 +101,8 @@ func (d *vdiDir) Create(ctx context.Context, name string, flags uint32, mode uin
 
 // Unlink deletes a VDI: EBUSY while anyone has it open for writing.
 func (d *vdiDir) Unlink(ctx context.Context, name string) syscall.Errno {
+	ctx, cancel := d.fs.ctx(ctx)
+	defer cancel()
 	err := d.fs.c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDIDelete, Name: name}, nil)
 	return toErrno(err)
 }
@@ -188,6 +197,8 @@ func (n *vdiNode) refresh(ctx context.Context) error {
 
 // Getattr reports size and allocation.
 func (n *vdiNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	ctx, cancel := n.fs.ctx(ctx)
+	defer cancel()
 	if err := n.refresh(ctx); err != nil {
 		return toErrno(err)
 	}
@@ -201,6 +212,8 @@ func (n *vdiNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.Att
 
 // Open takes the VDI's write lock for a writable open.
 func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	ctx, cancel := n.fs.ctx(ctx)
+	defer cancel()
 	h := &handle{write: flags&syscall.O_ACCMODE != syscall.O_RDONLY,
 		sync: flags&(syscall.O_SYNC|syscall.O_DSYNC) != 0}
 	if h.write {
@@ -255,13 +268,13 @@ func (n *vdiNode) Release(ctx context.Context, fh gofs.FileHandle) syscall.Errno
 
 // Read reads from the VDI; reads past the end return what exists.
 func (n *vdiNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	ctx, cancel := n.fs.ctx(ctx)
+	defer cancel()
 	size := int64(n.size.Load())
 	if off >= size || off < 0 {
 		return fuse.ReadResultData(nil), 0
 	}
 	l := min(int64(len(dest)), size-off)
-	ctx, cancel := n.fs.ctx(ctx)
-	defer cancel()
 	if err := n.fs.c.ReadAt(ctx, n.id, dest[:l], off); err != nil {
 		return nil, toErrno(err)
 	}
@@ -271,6 +284,8 @@ func (n *vdiNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 // Write writes to the VDI, growing it when the write ends past the end
 // (as a regular file does).
 func (n *vdiNode) Write(ctx context.Context, fh gofs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	ctx, cancel := n.fs.ctx(ctx)
+	defer cancel()
 	h, _ := fh.(*handle)
 	if h == nil || !h.write {
 		return 0, syscall.EBADF
@@ -280,12 +295,10 @@ func (n *vdiNode) Write(ctx context.Context, fh gofs.FileHandle, data []byte, of
 	}
 	end := uint64(off) + uint64(len(data))
 	if end > n.size.Load() {
-		if errno := n.resize(ctx, end); errno != 0 {
+		if errno := n.grow(ctx, end); errno != 0 {
 			return 0, errno
 		}
 	}
-	ctx, cancel := n.fs.ctx(ctx)
-	defer cancel()
 	if err := n.fs.c.WriteAt(ctx, n.id, data, off, h.sync); err != nil {
 		return 0, toErrno(err)
 	}
@@ -293,6 +306,26 @@ func (n *vdiNode) Write(ctx context.Context, fh gofs.FileHandle, data []byte, of
 	n.allocAt = time.Time{}
 	n.mu.Unlock()
 	return uint32(len(data)), 0
+}
+
+// grow makes the VDI at least size bytes. Writes past the end may arrive
+// in any order, so a grow never shrinks.
+func (n *vdiNode) grow(ctx context.Context, size uint64) syscall.Errno {
+	var info proto.VDIInfo
+	err := n.fs.c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDIResize, Name: n.name, Size: size, Grow: true}, &info)
+	if err != nil {
+		return toErrno(err)
+	}
+	for {
+		cur := n.size.Load()
+		if info.Size <= cur || n.size.CompareAndSwap(cur, info.Size) {
+			break
+		}
+	}
+	n.mu.Lock()
+	n.allocAt = time.Time{}
+	n.mu.Unlock()
+	return 0
 }
 
 // resize sets the VDI's size.
@@ -322,6 +355,8 @@ func (n *vdiNode) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) s
 // Setattr changes the size (grow, or shrink discarding the tail); other
 // attributes are fixed and silently kept.
 func (n *vdiNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	ctx, cancel := n.fs.ctx(ctx)
+	defer cancel()
 	if size, ok := in.GetSize(); ok {
 		if errno := n.resize(ctx, size); errno != 0 {
 			return errno
@@ -333,6 +368,8 @@ func (n *vdiNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetA
 
 // Lseek answers SEEK_DATA and SEEK_HOLE from the VDI's allocated objects.
 func (n *vdiNode) Lseek(ctx context.Context, fh gofs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
+	ctx, cancel := n.fs.ctx(ctx)
+	defer cancel()
 	const seekData, seekHole = 3, 4
 	if whence != seekData && whence != seekHole {
 		return 0, syscall.EINVAL
@@ -361,6 +398,8 @@ func (n *vdiNode) Lseek(ctx context.Context, fh gofs.FileHandle, off uint64, whe
 // preallocation) are refused with EOPNOTSUPP, since a thin VDI cannot
 // promise space.
 func (n *vdiNode) Allocate(ctx context.Context, fh gofs.FileHandle, off uint64, length uint64, mode uint32) syscall.Errno {
+	ctx, cancel := n.fs.ctx(ctx)
+	defer cancel()
 	h, _ := fh.(*handle)
 	if h == nil || !h.write {
 		return syscall.EBADF
@@ -374,7 +413,7 @@ func (n *vdiNode) Allocate(ctx context.Context, fh gofs.FileHandle, off uint64, 
 	case fallocZeroRange:
 		keep = true
 		if end := off + length; mode&fallocKeepSize == 0 && end > n.size.Load() {
-			if errno := n.resize(ctx, end); errno != 0 {
+			if errno := n.grow(ctx, end); errno != 0 {
 				return errno
 			}
 		}
@@ -386,8 +425,6 @@ func (n *vdiNode) Allocate(ctx context.Context, fh gofs.FileHandle, off uint64, 
 		return 0
 	}
 	length = min(length, size-off)
-	ctx, cancel := n.fs.ctx(ctx)
-	defer cancel()
 	if err := n.fs.c.Discard(ctx, n.id, int64(off), int64(length), keep); err != nil {
 		return toErrno(err)
 	}

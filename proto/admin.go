@@ -12,7 +12,7 @@ const (
 	AdminNodeStat      = "node.stat"      // this node only -> NodeInfo
 	AdminVDICreate     = "vdi.create"     // Name, Size, Copies -> VDIInfo
 	AdminVDIDelete     = "vdi.delete"     // Name
-	AdminVDIResize     = "vdi.resize"     // Name, Size -> VDIInfo
+	AdminVDIResize     = "vdi.resize"     // Name, Size, Grow -> VDIInfo
 	AdminVDIList       = "vdi.list"       // -> []VDIInfo
 	AdminVDILookup     = "vdi.lookup"     // Name -> VDIInfo
 	AdminVDILock       = "vdi.lock"       // Name, Mount: open for writing
@@ -27,6 +27,8 @@ type AdminRequest struct {
 	Size   uint64      `json:"size,omitempty"`
 	Copies int         `json:"copies,omitempty"`
 	Mount  ids.MountID `json:"mount,omitempty"`
+	// Grow makes vdi.resize grow-only: a smaller size changes nothing.
+	Grow bool `json:"grow,omitempty"`
 }
 
 // ClusterInfo is the answer to AdminClusterInfo.

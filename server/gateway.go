@@ -248,10 +248,17 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 			return nil, err
 		}
 		cs.mu.Lock()
-		if cs.locks != nil {
+		closed := cs.locks == nil
+		if !closed {
 			cs.locks[a.Name] = a.Mount
 		}
 		cs.mu.Unlock()
+		if closed {
+			// The client went away while the lock was being granted:
+			// nobody will release it, so do it now.
+			_, _ = n.cl.Apply(context.WithoutCancel(ctx), cluster.Command{Op: cluster.CmdVDIUnlock, Name: a.Name, Mount: a.Mount})
+			return nil, errs.E(errs.Closed, "connection closed while locking VDI %q", a.Name)
+		}
 		out = vdiInfo(r.VDI)
 	case proto.AdminVDIUnlock:
 		cs := n.connState(c)
@@ -301,6 +308,9 @@ func (n *Node) resizeVDI(ctx context.Context, a proto.AdminRequest) (*cluster.VD
 	if !ok {
 		return nil, errs.E(errs.NotFound, "VDI %q", a.Name)
 	}
+	if a.Grow && a.Size <= meta.Size {
+		return meta, nil
+	}
 	if a.Size < meta.Size {
 		if meta.Lock != nil && meta.Lock.Mount != a.Mount {
 			return nil, errs.E(errs.Busy, "VDI %q is open for writing by mount %s: cannot shrink it", a.Name, meta.Lock.Mount)
@@ -313,7 +323,7 @@ func (n *Node) resizeVDI(ctx context.Context, a proto.AdminRequest) (*cluster.VD
 			return nil, err
 		}
 	}
-	r, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDIResize, Name: a.Name, Size: a.Size, Mount: a.Mount})
+	r, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDIResize, Name: a.Name, Size: a.Size, Mount: a.Mount, Grow: a.Grow})
 	if err != nil {
 		return nil, err
 	}
