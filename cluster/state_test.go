@@ -276,6 +276,22 @@ func TestApply(t *testing.T) {
 					t.Errorf("size %d, result %d", s.VDIs["a"].Size, r.VDI.Size)
 				}
 			}},
+		{name: "grow-only resize to a smaller size changes nothing",
+			setup: func(t *testing.T) *State { return mustApply(t, clusterABC(t), cmdCreate("a", 2*gib)) },
+			cmd:   &Command{Op: CmdVDIResize, Name: "a", Size: gib, Grow: true},
+			check: func(t *testing.T, before, s *State, r Result) {
+				if s != before || r.VDI.Size != 2*gib {
+					t.Errorf("grow-only resize down: state changed or result size %d", r.VDI.Size)
+				}
+			}},
+		{name: "grow-only resize to a larger size grows",
+			setup: func(t *testing.T) *State { return mustApply(t, clusterABC(t), cmdCreate("a", gib)) },
+			cmd:   &Command{Op: CmdVDIResize, Name: "a", Size: 3 * gib, Grow: true},
+			check: func(t *testing.T, _, s *State, r Result) {
+				if s.VDIs["a"].Size != 3*gib {
+					t.Errorf("size %d, want %d", s.VDIs["a"].Size, 3*gib)
+				}
+			}},
 		{name: "resize over max", setup: func(t *testing.T) *State { return mustApply(t, clusterABC(t), cmdCreate("a", gib)) },
 			cmd: cmdResize("a", MaxVDISize+1, ""), kind: errs.TooLarge},
 		{name: "resize missing", setup: clusterABC, cmd: cmdResize("a", gib, ""), kind: errs.NotFound},
