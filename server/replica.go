@@ -10,6 +10,7 @@ import (
 	"github.com/sheepfs/sheepfs/ids"
 	"github.com/sheepfs/sheepfs/objstore"
 	"github.com/sheepfs/sheepfs/proto"
+	"github.com/sheepfs/sheepfs/vdi"
 )
 
 // epochWait bounds how long a replica waits to learn of an epoch newer than
@@ -38,13 +39,11 @@ func (n *Node) checkEpoch(ctx context.Context, e ids.Epoch) error {
 }
 
 func checkObjRange(off uint64, n uint64) error {
-	if off > objstoreMax || n > objstoreMax || off+n > objstoreMax {
+	if off > vdi.ObjectSize || n > vdi.ObjectSize || off+n > vdi.ObjectSize {
 		return errs.E(errs.Invalid, "object range [%d, +%d) is outside the object", off, n)
 	}
 	return nil
 }
-
-const objstoreMax = 4 << 20
 
 func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, error) {
 	if req.Op != proto.OpListObjs {
