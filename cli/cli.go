@@ -278,6 +278,9 @@ func (s *Sheepfs) Run() error {
 	if err != nil {
 		return errs.E(errs.IO, "mount %s: %w", s.Mountpoint, err)
 	}
+	if err := f.ReadaheadErr(); err != nil {
+		fmt.Fprintf(os.Stderr, "sheepfs: could not raise the mount's readahead (sequential reads will be slower): %v\n", err)
+	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	go func() {

@@ -11,9 +11,14 @@ package fs
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -57,6 +62,8 @@ type FS struct {
 
 	mu      sync.Mutex
 	writers map[string]int // open-for-write handles per VDI name
+
+	readaheadErr error
 }
 
 // Mount mounts sheepfs at dir, served through c. Call Wait or Unmount.
@@ -90,7 +97,30 @@ func Mount(dir string, c *client.Client, opts Options) (*FS, error) {
 		return nil, err
 	}
 	f.srv = srv
+	f.readaheadErr = setReadahead(dir, readaheadKB)
 	return f, nil
+}
+
+// readaheadKB is the kernel readahead of the mount, in KiB. The kernel
+// starts a FUSE mount at 128 KiB whatever max_readahead says, which makes
+// a sequential reader wait for one round trip per read; 8 MiB keeps several
+// 1 MiB reads in flight.
+const readaheadKB = 8192
+
+// ReadaheadErr says why the mount's readahead could not be raised (nil if
+// it was): reads work, sequential ones are slower.
+func (f *FS) ReadaheadErr() error { return f.readaheadErr }
+
+// setReadahead sets the readahead of the backing device of dir's
+// filesystem (its bdi, /sys/class/bdi/MAJOR:MINOR/read_ahead_kb).
+func setReadahead(dir string, kb int) error {
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		return err
+	}
+	major, minor := unix.Major(st.Dev), unix.Minor(st.Dev)
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", major, minor)
+	return os.WriteFile(p, []byte(strconv.Itoa(kb)), 0o644)
 }
 
 // Wait blocks until the filesystem is unmounted.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sync/semaphore"
 
@@ -161,6 +162,50 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
+// workerIdle is how long a request worker waits for more work before it
+// exits.
+const workerIdle = 5 * time.Second
+
+// worker runs requests of one connection until it has been idle for
+// workerIdle or the connection ends.
+func (s *Server) worker(ctx context.Context, c *Conn, work <-chan *Msg, bytesSem, reqSem *semaphore.Weighted) {
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		select {
+		case m := <-work:
+			s.run(ctx, c, m)
+			bytesSem.Release(int64(len(m.Data)) + int64(m.Length))
+			reqSem.Release(1)
+			idle.Reset(workerIdle)
+		case <-idle.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// run answers one request.
+func (s *Server) run(ctx context.Context, c *Conn, m *Msg) {
+	resp := s.Handler.Handle(ctx, c, m)
+	if resp == nil {
+		resp = ErrorResponse(m, errs.E(errs.Other, "no answer"))
+	}
+	resp.Op = m.Op | RespBit
+	resp.ReqID = m.ReqID
+	err := c.send(resp)
+	if resp.pooled {
+		PutBuf(resp.Data)
+	}
+	if m.Data != nil {
+		PutBuf(m.Data)
+	}
+	if err != nil {
+		c.close()
+	}
+}
+
 // Close stops accepting and drops every connection.
 func (s *Server) Close() {
 	s.mu.Lock()
@@ -192,6 +237,7 @@ func (s *Server) serveConn(c *Conn) {
 	hdr := make([]byte, HeaderSize+auxSize)
 	bytesSem := semaphore.NewWeighted(MaxInflightBytes)
 	reqSem := semaphore.NewWeighted(MaxInflightRequests)
+	work := make(chan *Msg)
 	for {
 		m := new(Msg)
 		if err := ReadMsg(br, m, hdr, GetBuf); err != nil {
@@ -213,25 +259,13 @@ func (s *Server) serveConn(c *Conn) {
 		if err := bytesSem.Acquire(ctx, w); err != nil {
 			return
 		}
-		go func() {
-			defer reqSem.Release(1)
-			defer bytesSem.Release(w)
-			resp := s.Handler.Handle(ctx, c, m)
-			if resp == nil {
-				resp = ErrorResponse(m, errs.E(errs.Other, "no answer"))
-			}
-			resp.Op = m.Op | RespBit
-			resp.ReqID = m.ReqID
-			err := c.send(resp)
-			if m.Data != nil {
-				PutBuf(m.Data)
-			}
-			if resp.pooled {
-				PutBuf(resp.Data)
-			}
-			if err != nil {
-				c.close()
-			}
-		}()
+		// Hand the request to an idle worker, or start one. Workers
+		// live on for a while, so their grown stacks are reused.
+		select {
+		case work <- m:
+		default:
+			go s.worker(ctx, c, work, bytesSem, reqSem)
+			work <- m
+		}
 	}
 }
