@@ -157,10 +157,7 @@ func (c *Client) CallInto(ctx context.Context, req *Msg, dst []byte) (*Msg, erro
 	req.DLen = uint32(len(req.Data))
 	PutHeader(cc.hdr, &req.Header)
 	putAux(cc.hdr, req.Aux)
-	_, err = cc.bw.Write(cc.hdr)
-	if err == nil && len(req.Data) > 0 {
-		_, err = cc.bw.Write(req.Data)
-	}
+	err = writeFrame(cc.bw, cc.nc, cc.hdr, req.Data)
 	if err == nil && cc.waiting.Load() == 0 {
 		err = cc.bw.Flush()
 	}

@@ -92,13 +92,8 @@ func (c *Conn) send(m *Msg) error {
 	m.DLen = uint32(len(m.Data))
 	PutHeader(c.hdr, &m.Header)
 	putAux(c.hdr, m.Aux)
-	if _, err := c.bw.Write(c.hdr); err != nil {
+	if err := writeFrame(c.bw, c.nc, c.hdr, m.Data); err != nil {
 		return err
-	}
-	if len(m.Data) > 0 {
-		if _, err := c.bw.Write(m.Data); err != nil {
-			return err
-		}
 	}
 	if c.waiting.Load() == 0 {
 		return c.bw.Flush()
