@@ -508,14 +508,7 @@ func (s *Store) Remove(oid ids.ObjectID) error {
 	l := s.lock(oid)
 	l.Lock()
 	defer l.Unlock()
-	s.mu.Lock()
-	_, ok := s.objects[oid]
-	h := s.fds.remove(oid) // unused by others: we hold the stripe exclusively
-	s.mu.Unlock()
-	if h != nil {
-		closeFiles(h.f, nil)
-	}
-	if !ok {
+	if _, ok := s.forget(oid); !ok {
 		return nil
 	}
 	if err := s.fs.Remove(s.objPath(oid)); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -529,6 +522,20 @@ func (s *Store) Remove(oid ids.ObjectID) error {
 	s.dirtyDirs[fanout(oid)] = true
 	s.mu.Unlock()
 	return nil
+}
+
+// forget closes oid's cached descriptor, if any, before the file is
+// removed or replaced, and returns what the store knew of it. The caller
+// holds oid's stripe lock exclusively, so nobody else uses the descriptor.
+func (s *Store) forget(oid ids.ObjectID) (objInfo, bool) {
+	s.mu.Lock()
+	info, ok := s.objects[oid]
+	h := s.fds.remove(oid)
+	s.mu.Unlock()
+	if h != nil {
+		closeFiles(h.f, nil)
+	}
+	return info, ok
 }
 
 // ForEach calls fn for every object in the store with its Meta, in no
@@ -693,13 +700,7 @@ func (s *Store) Replace(oid ids.ObjectID, off int64, data []byte, ver ids.Versio
 	l := s.lock(oid)
 	l.Lock()
 	defer l.Unlock()
-	s.mu.Lock()
-	old, existed := s.objects[oid]
-	h := s.fds.remove(oid) // unused by others: we hold the stripe exclusively
-	s.mu.Unlock()
-	if h != nil {
-		closeFiles(h.f, nil)
-	}
+	old, existed := s.forget(oid)
 	if err := s.create(oid, off, data, ver, epoch); err != nil {
 		return err
 	}

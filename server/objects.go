@@ -133,62 +133,50 @@ func (r *replicated) Create(ctx context.Context, oid ids.ObjectID, copies int, o
 }
 
 func (r *replicated) write(ctx context.Context, oid ids.ObjectID, copies int, off int64, data []byte, create bool) error {
-	return r.retry(ctx, "write "+oid.String(), func(st *cluster.State) error {
-		if !r.n.cl.HasQuorum() {
-			return errs.E(errs.NotReady, "node %s has no contact with the cluster's majority", r.n.id)
-		}
-		ts := targets(st, oid, copies)
-		ver := r.n.nextVersion()
-		req := proto.Msg{Header: proto.Header{Op: proto.OpWriteObj, Epoch: st.Epoch, ID: uint64(oid),
-			Offset: uint64(off)}, Aux: uint64(ver), Data: data}
-		if create {
-			req.Flags |= proto.FlagCreate
-		}
-		err := r.fanout(ctx, st, ts, func() error {
-			if err := r.n.checkEpoch(ctx, st.Epoch); err != nil {
-				return err
-			}
-			return r.n.localWrite(ctx, oid, off, data, ver, st.Epoch, create)
-		}, req)
-		if err == nil {
-			r.markDirty(ts)
-		}
-		return err
+	req := proto.Msg{Header: proto.Header{Op: proto.OpWriteObj, Offset: uint64(off)}, Data: data}
+	if create {
+		req.Flags |= proto.FlagCreate
+	}
+	return r.change(ctx, oid, copies, req, func(epoch ids.Epoch, ver ids.Version) error {
+		return r.n.localWrite(ctx, oid, off, data, ver, epoch, create)
 	})
 }
 
 // Punch implements vdi.Objects.
 func (r *replicated) Punch(ctx context.Context, oid ids.ObjectID, copies int, off, length int64) error {
-	return r.retry(ctx, "punch "+oid.String(), func(st *cluster.State) error {
-		if !r.n.cl.HasQuorum() {
-			return errs.E(errs.NotReady, "node %s has no contact with the cluster's majority", r.n.id)
-		}
-		ts := targets(st, oid, copies)
-		ver := r.n.nextVersion()
-		req := proto.Msg{Header: proto.Header{Op: proto.OpPunchObj, Epoch: st.Epoch, ID: uint64(oid),
-			Offset: uint64(off), Length: uint32(length)}, Aux: uint64(ver)}
-		err := r.fanout(ctx, st, ts, func() error {
-			if err := r.n.checkEpoch(ctx, st.Epoch); err != nil {
-				return err
-			}
-			return r.n.localPunch(ctx, oid, off, length, ver, st.Epoch)
-		}, req)
-		if err == nil {
-			r.markDirty(ts)
-		}
-		return err
+	req := proto.Msg{Header: proto.Header{Op: proto.OpPunchObj, Offset: uint64(off), Length: uint32(length)}}
+	return r.change(ctx, oid, copies, req, func(epoch ids.Epoch, ver ids.Version) error {
+		return r.n.localPunch(ctx, oid, off, length, ver, epoch)
 	})
 }
 
 // Remove implements vdi.Objects.
 func (r *replicated) Remove(ctx context.Context, oid ids.ObjectID, copies int) error {
-	return r.retry(ctx, "remove "+oid.String(), func(st *cluster.State) error {
+	req := proto.Msg{Header: proto.Header{Op: proto.OpRemoveObj}}
+	return r.change(ctx, oid, copies, req, func(ids.Epoch, ids.Version) error {
+		return r.n.store.Remove(oid)
+	})
+}
+
+// change sends a request that changes oid to every replica of the current
+// epoch (the local one is served in place by local), with a new version,
+// retrying across failures and epoch changes; the replicas are then dirty
+// until the next flush. Only a node in contact with the majority may
+// change data.
+func (r *replicated) change(ctx context.Context, oid ids.ObjectID, copies int, req proto.Msg, local func(ids.Epoch, ids.Version) error) error {
+	return r.retry(ctx, req.Op.String()+" "+oid.String(), func(st *cluster.State) error {
 		if !r.n.cl.HasQuorum() {
 			return errs.E(errs.NotReady, "node %s has no contact with the cluster's majority", r.n.id)
 		}
 		ts := targets(st, oid, copies)
-		req := proto.Msg{Header: proto.Header{Op: proto.OpRemoveObj, Epoch: st.Epoch, ID: uint64(oid)}}
-		err := r.fanout(ctx, st, ts, func() error { return r.n.store.Remove(oid) }, req)
+		ver := r.n.nextVersion()
+		req.Epoch, req.ID, req.Aux = st.Epoch, uint64(oid), uint64(ver)
+		err := r.fanout(ctx, st, ts, func() error {
+			if err := r.n.checkEpoch(ctx, st.Epoch); err != nil {
+				return err
+			}
+			return local(st.Epoch, ver)
+		}, req)
 		if err == nil {
 			r.markDirty(ts)
 		}
