@@ -6,6 +6,10 @@
 #   SHEEP_DATA   data root; node i keeps its data in $SHEEP_DATA/node$i
 #   SHEEP_MNT    mount point of sheepfs
 #   SHEEP_COPIES copies when formatting a new cluster (default min(3, nodes))
+#   SHEEP_GOMAXPROCS  GOMAXPROCS of each sheep and of sheepfs (default: the
+#                machine's cores shared among the nodes+1 processes, at least
+#                1; on one machine, Go runtimes that each think they own every
+#                core spin and steal CPU from each other)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 SHEEP_NODES=${SHEEP_NODES:-3}
@@ -13,6 +17,7 @@ SHEEP_PORT=${SHEEP_PORT:-7000}
 SHEEP_DATA=${SHEEP_DATA:-/var/lib/sheepfs-local}
 SHEEP_MNT=${SHEEP_MNT:-/mnt/sheep}
 SHEEP_COPIES=${SHEEP_COPIES:-$(( SHEEP_NODES < 3 ? SHEEP_NODES : 3 ))}
+SHEEP_GOMAXPROCS=${SHEEP_GOMAXPROCS:-$(( $(nproc) / (SHEEP_NODES + 1) > 1 ? $(nproc) / (SHEEP_NODES + 1) : 1 ))}
 BIN=$ROOT/bin
 
 say() { printf '%s\n' "$*" >&2; }
