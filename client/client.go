@@ -190,15 +190,16 @@ func (c *Client) Admin(ctx context.Context, req proto.AdminRequest, out any) err
 }
 
 // Lock opens VDI name for writing on behalf of this client (errs.Busy if
-// another client has it).
-func (c *Client) Lock(ctx context.Context, name string) error {
-	if err := c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDILock, Name: name, Mount: c.opts.Mount}, nil); err != nil {
-		return err
+// another client has it), and returns the VDI as the lock left it.
+func (c *Client) Lock(ctx context.Context, name string) (proto.VDIInfo, error) {
+	var info proto.VDIInfo
+	if err := c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDILock, Name: name, Mount: c.opts.Mount}, &info); err != nil {
+		return info, err
 	}
 	c.mu.Lock()
 	c.locks[name] = true
 	c.mu.Unlock()
-	return nil
+	return info, nil
 }
 
 // Unlock releases the write lock on VDI name.

@@ -58,6 +58,9 @@ type VDI struct {
 	Copies  int       `json:"copies"` // replicas per object
 	Created int64     `json:"created"`
 	Lock    *Lock     `json:"lock,omitempty"`
+	// WriteGen counts the write locks granted so far: a client that saw
+	// the same WriteGen at two opens knows nobody else wrote in between.
+	WriteGen uint64 `json:"write_gen,omitempty"`
 }
 
 // State is the agreed cluster metadata at one point of the log. A State is
@@ -323,6 +326,9 @@ func apply(s *State, c *Command) (*State, Result) {
 			}
 			if _, ok := s.Member(c.Node); !ok {
 				return s, Result{Err: errs.E(errs.NotReady, "node %s is not a member of epoch %v", c.Node, s.Epoch)}
+			}
+			if v.Lock == nil {
+				nv.WriteGen++
 			}
 			nv.Lock = &Lock{Mount: c.Mount, Node: c.Node, Since: c.Time}
 		case CmdVDIUnlock:

@@ -120,6 +120,7 @@ type vdiNode struct {
 	allocAt   time.Time
 	allocBits []byte
 	allocN    uint32
+	cacheGen  uint64 // the VDI's WriteGen when the page cache was last valid
 }
 
 var (
@@ -216,18 +217,25 @@ func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 	defer cancel()
 	h := &handle{write: flags&syscall.O_ACCMODE != syscall.O_RDONLY,
 		sync: flags&(syscall.O_SYNC|syscall.O_DSYNC) != 0}
+	keep := false
 	if h.write {
 		n.fs.mu.Lock()
 		first := n.fs.writers[n.name] == 0
 		n.fs.writers[n.name]++
 		n.fs.mu.Unlock()
 		if first {
-			if err := n.fs.c.Lock(ctx, n.name); err != nil {
+			info, err := n.fs.c.Lock(ctx, n.name)
+			if err != nil {
 				n.fs.mu.Lock()
 				n.fs.writers[n.name]--
 				n.fs.mu.Unlock()
 				return nil, 0, toErrno(err)
 			}
+			// Our lock is the one grant since our last open: the
+			// cache holds what we left.
+			keep = n.keepCache(info.WriteGen, info.WriteGen-1)
+		} else {
+			keep = true // we hold the lock: nobody else writes
 		}
 		if flags&syscall.O_TRUNC != 0 {
 			if errno := n.resize(ctx, 0); errno != 0 {
@@ -235,8 +243,33 @@ func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 				return nil, 0, errno
 			}
 		}
+	} else {
+		info, err := n.fs.lookupVDI(ctx, n.name)
+		if err != nil {
+			return nil, 0, toErrno(err)
+		}
+		if !info.Locked || info.Mount == n.fs.c.Mount() {
+			keep = n.keepCache(info.WriteGen, info.WriteGen)
+		} else {
+			n.keepCache(0, 1) // being written elsewhere: never trust it
+		}
 	}
-	return h, fuse.FOPEN_KEEP_CACHE, 0
+	if keep {
+		return h, fuse.FOPEN_KEEP_CACHE, 0
+	}
+	// Without KEEP_CACHE the kernel drops the file's cached pages.
+	return h, 0, 0
+}
+
+// keepCache records that the page cache is valid as of write generation
+// gen, and reports whether it was valid as of want (so nothing changed
+// elsewhere since this mount last had the file open).
+func (n *vdiNode) keepCache(gen, want uint64) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ok := n.cacheGen == want && gen != 0
+	n.cacheGen = gen
+	return ok
 }
 
 func (n *vdiNode) release(ctx context.Context, h *handle) {

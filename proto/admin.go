@@ -68,4 +68,6 @@ type VDIInfo struct {
 	Locked  bool        `json:"locked"`
 	Mount   ids.MountID `json:"mount,omitempty"`
 	Node    ids.NodeID  `json:"node,omitempty"`
+	// WriteGen counts the write locks granted on the VDI so far.
+	WriteGen uint64 `json:"write_gen"`
 }

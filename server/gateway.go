@@ -173,7 +173,7 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 }
 
 func vdiInfo(v *cluster.VDI) proto.VDIInfo {
-	out := proto.VDIInfo{Name: v.Name, ID: v.ID, Size: v.Size, Copies: v.Copies, Created: v.Created}
+	out := proto.VDIInfo{Name: v.Name, ID: v.ID, Size: v.Size, Copies: v.Copies, Created: v.Created, WriteGen: v.WriteGen}
 	if v.Lock != nil {
 		out.Locked, out.Mount, out.Node = true, v.Lock.Mount, v.Lock.Node
 	}
