@@ -67,16 +67,9 @@ func (c *Client) Close() {
 }
 
 // connLost reports whether err means the gateway connection broke (rather
-// than the gateway answering with an error).
+// than the gateway answering with an error, or our own context ending).
 func connLost(err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return false // our own cancel: the connection is fine
-	}
-	var e *errs.Error
-	if !errors.As(err, &e) {
-		return false
-	}
-	return e.Kind == errs.IO && e.Err != nil || e.Kind == errs.Closed
+	return proto.IsTransport(err) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 }
 
 func (c *Client) current() (*proto.Client, uint64) {

@@ -3,6 +3,7 @@ package proto
 import (
 	"bufio"
 	"context"
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -68,7 +69,7 @@ func (c *Client) get(ctx context.Context) (*clientConn, error) {
 	d := net.Dialer{Timeout: DialTimeout}
 	nc, err := d.DialContext(ctx, "tcp", c.addr)
 	if err != nil {
-		return nil, errs.E(errs.IO, "dial %s: %w", c.addr, err)
+		return nil, errs.E(errs.IO, "dial %s: %w", c.addr, transportError{err})
 	}
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
@@ -96,7 +97,7 @@ func (cc *clientConn) readLoop(addr string) {
 	for {
 		m = new(Msg)
 		if err := ReadMsg(br, m, hdr, alloc); err != nil {
-			cc.fail(errs.E(errs.IO, "connection to %s lost: %w", addr, err))
+			cc.fail(errs.E(errs.IO, "connection to %s lost: %w", addr, transportError{err}))
 			return
 		}
 		cc.pmu.Lock()
@@ -163,7 +164,7 @@ func (c *Client) CallInto(ctx context.Context, req *Msg, dst []byte) (*Msg, erro
 	}
 	cc.wmu.Unlock()
 	if err != nil {
-		cc.fail(errs.E(errs.IO, "send to %s: %w", c.addr, err))
+		cc.fail(errs.E(errs.IO, "send to %s: %w", c.addr, transportError{err}))
 	}
 
 	select {
@@ -201,8 +202,23 @@ func (c *Client) Close() {
 	c.conn = nil
 	c.mu.Unlock()
 	if cc != nil {
-		cc.fail(errs.E(errs.Closed, "client closed"))
+		cc.fail(errs.E(errs.Closed, "%w", transportError{errors.New("client closed")}))
 	}
+}
+
+// transportError marks a failure of the connection itself (dial, send,
+// receive), as opposed to an error the other side answered with.
+type transportError struct{ err error }
+
+func (e transportError) Error() string { return e.err.Error() }
+func (e transportError) Unwrap() error { return e.err }
+
+// IsTransport reports whether err is a failure of the connection (the
+// request may not have reached the other side, or its answer was lost)
+// rather than an answer. Such requests may be retried elsewhere.
+func IsTransport(err error) bool {
+	var t transportError
+	return errors.As(err, &t)
 }
 
 // Pool keeps one Client per address. Safe for concurrent use.

@@ -503,3 +503,36 @@ func TestServerPooledAnswers(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestTransportErrors: an error the server answered with is not a transport
+// failure (a client must not retry it elsewhere); a refused dial, a lost
+// connection and a closed client are.
+func TestTransportErrors(t *testing.T) {
+	_, ln := startServer(t, "", proto.HandlerFunc(func(ctx context.Context, c *proto.Conn, req *proto.Msg) *proto.Msg {
+		if req.ID == 1 {
+			<-ctx.Done() // never answers; the connection dies first
+		}
+		return proto.ErrorResponse(req, errs.E(errs.IO, "disk on fire"))
+	}))
+	c := proto.NewClient(ln.Addr().String())
+	defer c.Close()
+	ctx := context.Background()
+	_, err := c.Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpReadObj}})
+	if !errs.Is(err, errs.IO) || proto.IsTransport(err) {
+		t.Fatalf("answered I/O error: %v (transport %v), want an I/O error that is not a transport failure", err, proto.IsTransport(err))
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpReadObj, ID: 1}})
+		errc <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	c.Close()
+	if err := <-errc; !proto.IsTransport(err) {
+		t.Fatalf("call in flight when the client closed: %v, want a transport failure", err)
+	}
+	dead := proto.NewClient("127.0.0.1:1")
+	if _, err := dead.Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpReadObj}}); !proto.IsTransport(err) || !errs.Is(err, errs.IO) {
+		t.Fatalf("refused dial: %v, want a transport I/O failure", err)
+	}
+}
