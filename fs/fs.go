@@ -61,14 +61,14 @@ type FS struct {
 	srv *fuse.Server
 
 	mu      sync.Mutex
-	writers map[string]int // open-for-write handles per VDI name
+	writers map[string]*writers // per VDI name, while it has writers or a lock change is under way
 
 	readaheadErr error
 }
 
 // Mount mounts sheepfs at dir, served through c. Call Wait or Unmount.
 func Mount(dir string, c *client.Client, opts Options) (*FS, error) {
-	f := &FS{c: c, writers: map[string]int{}}
+	f := &FS{c: c, writers: map[string]*writers{}}
 	ttl := attrTTL
 	neg := time.Duration(0)
 	o := &gofs.Options{
@@ -138,6 +138,37 @@ func (f *FS) Unmount() error { return f.srv.Unmount() }
 // effects runs to completion, and its true result is returned.
 func (f *FS) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+}
+
+// writers counts a VDI's open-for-write handles. Its mutex is held across
+// the lock and unlock requests, so that a late unlock (the kernel sends
+// RELEASE after close returns) can never overtake the next open's lock.
+type writers struct {
+	mu   sync.Mutex
+	n    int
+	refs int // goroutines using this entry; it is dropped at zero
+}
+
+// writersOf returns the entry of VDI name, locked; done unlocks it.
+func (f *FS) writersOf(name string) (w *writers, done func()) {
+	f.mu.Lock()
+	w = f.writers[name]
+	if w == nil {
+		w = &writers{}
+		f.writers[name] = w
+	}
+	w.refs++
+	f.mu.Unlock()
+	w.mu.Lock()
+	return w, func() {
+		w.mu.Unlock()
+		f.mu.Lock()
+		w.refs--
+		if w.refs == 0 && w.n == 0 {
+			delete(f.writers, name)
+		}
+		f.mu.Unlock()
+	}
 }
 
 // lookupVDI asks the cluster for a VDI by name.

@@ -219,16 +219,11 @@ func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 		sync: flags&(syscall.O_SYNC|syscall.O_DSYNC) != 0}
 	keep := false
 	if h.write {
-		n.fs.mu.Lock()
-		first := n.fs.writers[n.name] == 0
-		n.fs.writers[n.name]++
-		n.fs.mu.Unlock()
-		if first {
+		w, done := n.fs.writersOf(n.name)
+		if w.n == 0 {
 			info, err := n.fs.c.Lock(ctx, n.name)
 			if err != nil {
-				n.fs.mu.Lock()
-				n.fs.writers[n.name]--
-				n.fs.mu.Unlock()
+				done()
 				return nil, 0, toErrno(err)
 			}
 			// Our lock is the one grant since our last open: the
@@ -237,6 +232,8 @@ func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 		} else {
 			keep = true // we hold the lock: nobody else writes
 		}
+		w.n++
+		done()
 		if flags&syscall.O_TRUNC != 0 {
 			if errno := n.resize(ctx, 0); errno != 0 {
 				n.release(ctx, h)
@@ -276,14 +273,10 @@ func (n *vdiNode) release(ctx context.Context, h *handle) {
 	if !h.write {
 		return
 	}
-	n.fs.mu.Lock()
-	n.fs.writers[n.name]--
-	last := n.fs.writers[n.name] == 0
-	if last {
-		delete(n.fs.writers, n.name)
-	}
-	n.fs.mu.Unlock()
-	if last {
+	w, done := n.fs.writersOf(n.name)
+	defer done()
+	w.n--
+	if w.n == 0 {
 		// Unlock with a fresh context: the request's may be gone.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
