@@ -7,6 +7,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/ids"
@@ -54,7 +55,7 @@ func encodeUint(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) 
 // it belongs to a store of objSize-byte objects.
 func openIndex(path string, objSize int64) (*bolt.DB, error) {
 	db, err := bolt.Open(path, 0o644, &bolt.Options{Timeout: lockTimeout})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, errs.E(errs.Busy, "objstore: open index %s: in use by another process", path)
 	}
 	if err != nil {

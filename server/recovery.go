@@ -61,14 +61,6 @@ func newRecovery(n *Node) *recovery {
 	return r
 }
 
-// suspect reports whether oid's local copy must be checked first.
-func (r *recovery) suspect(oid ids.ObjectID) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	_, ok := r.suspects[oid]
-	return ok
-}
-
 // copiesOf returns the replica count of oid's VDI, or 0 if the VDI is gone.
 func copiesOf(st *cluster.State, oid ids.ObjectID) int {
 	if v, ok := st.VDIByID(oid.VDI()); ok {
