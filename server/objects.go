@@ -17,10 +17,8 @@ import (
 // request goes to the object's replicas of the current epoch. It implements
 // vdi.Objects.
 type replicated struct {
-	n *Node
-
-	mu    sync.Mutex
-	dirty map[ids.NodeID]bool // nodes written since the last flush
+	n     *Node
+	dirty dirtyNodes // nodes written since their last flush
 }
 
 var _ vdi.Objects = (*replicated)(nil)
@@ -114,14 +112,6 @@ func (r *replicated) one(ctx context.Context, m cluster.Member, local func() err
 	return nil
 }
 
-func (r *replicated) markDirty(ts []cluster.Member) {
-	r.mu.Lock()
-	for _, m := range ts {
-		r.dirty[m.ID] = true
-	}
-	r.mu.Unlock()
-}
-
 // Write implements vdi.Objects.
 func (r *replicated) Write(ctx context.Context, oid ids.ObjectID, copies int, off int64, data []byte) error {
 	return r.write(ctx, oid, copies, off, data, false)
@@ -178,7 +168,11 @@ func (r *replicated) change(ctx context.Context, oid ids.ObjectID, copies int, r
 			return local(st.Epoch, ver)
 		}, req)
 		if err == nil {
-			r.markDirty(ts)
+			nodes := make([]ids.NodeID, len(ts))
+			for i, m := range ts {
+				nodes[i] = m.ID
+			}
+			r.dirty.mark(nodes)
 		}
 		return err
 	})
@@ -243,51 +237,33 @@ func (r *replicated) Read(ctx context.Context, oid ids.ObjectID, copies int, off
 // syncs its store. A node that left the epoch meanwhile is skipped: its
 // replicas are no longer counted on.
 func (r *replicated) Flush(ctx context.Context) error {
-	r.mu.Lock()
-	dirty := r.dirty
-	r.dirty = map[ids.NodeID]bool{}
-	r.mu.Unlock()
-	if len(dirty) == 0 {
-		return nil
-	}
-	err := r.retry(ctx, "flush", func(st *cluster.State) error {
-		var ts []cluster.Member
-		for id := range dirty {
-			if m, ok := st.Member(id); ok {
-				ts = append(ts, m)
-			} else {
-				delete(dirty, id)
-			}
-		}
-		if len(ts) == 0 {
-			return nil
-		}
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		var first error
-		for _, m := range ts {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				err := r.one(ctx, m, r.n.store.Sync, proto.Msg{Header: proto.Header{Op: proto.OpSyncObjs, Epoch: st.Epoch}})
-				mu.Lock()
-				defer mu.Unlock()
-				if err == nil {
-					delete(dirty, m.ID)
-				} else if first == nil {
-					first = err
+	return r.dirty.flush(func(dirty map[ids.NodeID]bool) error {
+		return r.retry(ctx, "flush", func(st *cluster.State) error {
+			var ts []cluster.Member
+			for id := range dirty {
+				if m, ok := st.Member(id); ok {
+					ts = append(ts, m)
+				} else {
+					delete(dirty, id)
 				}
-			}()
-		}
-		wg.Wait()
-		return first
+			}
+			var mu sync.Mutex
+			var wg sync.WaitGroup
+			var first error
+			for _, m := range ts {
+				wg.Go(func() {
+					err := r.one(ctx, m, r.n.store.Sync, proto.Msg{Header: proto.Header{Op: proto.OpSyncObjs, Epoch: st.Epoch}})
+					mu.Lock()
+					defer mu.Unlock()
+					if err == nil {
+						delete(dirty, m.ID)
+					} else if first == nil {
+						first = err
+					}
+				})
+			}
+			wg.Wait()
+			return first
+		})
 	})
-	if err != nil {
-		r.mu.Lock()
-		for id := range dirty {
-			r.dirty[id] = true
-		}
-		r.mu.Unlock()
-	}
-	return err
 }

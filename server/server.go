@@ -100,7 +100,7 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, id: id, log: cfg.Log.With().Str("node", string(id)).Logger(),
 		volumes: map[ids.VDIID]*volume{}, conns: map[*proto.Conn]*connState{}}
-	n.objs = &replicated{n: n, dirty: map[ids.NodeID]bool{}}
+	n.objs = &replicated{n: n}
 	n.rec = newRecovery(n)
 	n.stop = make(chan struct{})
 	n.store, err = objstore.Open(filepath.Join(cfg.Dir, "obj"), objstore.Options{ObjectSize: vdi.ObjectSize,
