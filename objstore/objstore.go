@@ -320,6 +320,16 @@ func (s *Store) ObjectSize() int64 { return s.objSize }
 // in parallel. A Write costs one pwrite(2) when the object's descriptor
 // is cached.
 func (s *Store) Write(oid ids.ObjectID, off int64, data []byte, ver ids.Version, epoch ids.Epoch) error {
+	return s.write(oid, off, data, ver, epoch, true)
+}
+
+// Update is Write for an object that must exist already: it fails with
+// errs.NotFound instead of creating oid.
+func (s *Store) Update(oid ids.ObjectID, off int64, data []byte, ver ids.Version, epoch ids.Epoch) error {
+	return s.write(oid, off, data, ver, epoch, false)
+}
+
+func (s *Store) write(oid ids.ObjectID, off int64, data []byte, ver ids.Version, epoch ids.Epoch, create bool) error {
 	if err := s.checkRange("write", oid, off, int64(len(data))); err != nil {
 		return err
 	}
@@ -330,6 +340,10 @@ func (s *Store) Write(oid ids.ObjectID, off int64, data []byte, ver ids.Version,
 	l := s.lock(oid)
 	l.RLock()
 	h, _, err := s.acquire(oid)
+	if err == errAbsent && !create {
+		l.RUnlock()
+		return errs.E(errs.NotFound, "object %v", oid)
+	}
 	if err == errAbsent {
 		l.RUnlock()
 		l.Lock()

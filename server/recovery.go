@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sheepfs/sheepfs/cluster"
@@ -37,10 +38,12 @@ type recovery struct {
 	path string
 
 	mu       sync.Mutex
+	nsus     atomic.Int64 // len(suspects), read without mu on the I/O path
 	suspects map[ids.ObjectID]struct{}
 	inflight map[ids.ObjectID]*pull
-	seen     ids.Epoch // epoch transitions up to here are accounted for
-	done     ids.Epoch // last epoch persisted as recovered
+	seen     atomic.Uint64 // epoch transitions up to here are accounted for
+	obsMu    sync.Mutex    // one observe at a time
+	done     ids.Epoch     // last epoch persisted as recovered
 	kick     chan struct{}
 }
 
@@ -55,10 +58,19 @@ func newRecovery(n *Node) *recovery {
 		kick: make(chan struct{}, 1)}
 	if b, err := os.ReadFile(r.path); err == nil {
 		if e, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil {
-			r.seen, r.done = ids.Epoch(e), ids.Epoch(e)
+			r.seen.Store(e)
+			r.done = ids.Epoch(e)
 		}
 	}
 	return r
+}
+
+// clear drops oid from the suspects. r.mu is held.
+func (r *recovery) clear(oid ids.ObjectID) {
+	if _, ok := r.suspects[oid]; ok {
+		delete(r.suspects, oid)
+		r.nsus.Add(-1)
+	}
 }
 
 // copiesOf returns the replica count of oid's VDI, or 0 if the VDI is gone.
@@ -69,11 +81,22 @@ func copiesOf(st *cluster.State, oid ids.ObjectID) int {
 	return 0
 }
 
+// catchUp accounts for the epoch transitions of the node's current state
+// before the node serves a local read or write at that epoch: a copy that
+// the new epoch makes suspect must never be used as current, not even for
+// the moment before the background loop would have noticed. When nothing
+// changed it costs two atomic loads.
+func (r *recovery) catchUp() {
+	if st := r.n.cl.State(); uint64(st.Epoch) > r.seen.Load() {
+		r.observe(st)
+	}
+}
+
 // observe accounts for the epoch transitions in st that it has not seen.
 func (r *recovery) observe(st *cluster.State) {
-	r.mu.Lock()
-	seen := r.seen
-	r.mu.Unlock()
+	r.obsMu.Lock()
+	defer r.obsMu.Unlock()
+	seen := ids.Epoch(r.seen.Load())
 	if st.Epoch <= seen {
 		return
 	}
@@ -89,9 +112,7 @@ func (r *recovery) observe(st *cluster.State) {
 		added += r.markTransition(st, prev, rec)
 		prev = rec
 	}
-	r.mu.Lock()
-	r.seen = st.Epoch
-	r.mu.Unlock()
+	r.seen.Store(uint64(st.Epoch))
 	if added > 0 {
 		r.n.log.Info().Int("suspects", added).Uint64("epoch", uint64(st.Epoch)).Msg("recovery: checking replicas")
 	}
@@ -155,7 +176,10 @@ func (r *recovery) markTransition(st *cluster.State, prev, next *cluster.EpochRe
 			}
 		}
 		r.mu.Lock()
-		r.suspects[oid] = struct{}{}
+		if _, ok := r.suspects[oid]; !ok {
+			r.suspects[oid] = struct{}{}
+			r.nsus.Add(1)
+		}
 		r.mu.Unlock()
 		marked++
 		return nil
@@ -210,8 +234,8 @@ func (r *recovery) drain(stop <-chan struct{}, st *cluster.State) {
 	}
 	r.mu.Lock()
 	empty := len(r.suspects) == 0
-	seen := r.seen
 	r.mu.Unlock()
+	seen := ids.Epoch(r.seen.Load())
 	if empty && seen > r.done {
 		tmp := r.path + ".tmp"
 		if os.WriteFile(tmp, []byte(seen.String()+"\n"), 0o644) == nil && os.Rename(tmp, r.path) == nil {
@@ -227,9 +251,12 @@ func (r *recovery) drain(stop <-chan struct{}, st *cluster.State) {
 // absent and must exist (a write or punch to an existing object). Calls
 // for the same object share one pull.
 func (r *recovery) ensure(ctx context.Context, oid ids.ObjectID, mustExist bool) error {
-	r.mu.Lock()
-	_, sus := r.suspects[oid]
-	r.mu.Unlock()
+	sus := false
+	if r.nsus.Load() > 0 {
+		r.mu.Lock()
+		_, sus = r.suspects[oid]
+		r.mu.Unlock()
+	}
 	if !sus {
 		if !mustExist {
 			return nil
@@ -250,7 +277,7 @@ func (r *recovery) ensure(ctx context.Context, oid ids.ObjectID, mustExist bool)
 		r.mu.Lock()
 		delete(r.inflight, oid)
 		if p.err == nil {
-			delete(r.suspects, oid)
+			r.clear(oid)
 		}
 		r.mu.Unlock()
 		close(p.done)
@@ -318,6 +345,7 @@ func (r *recovery) pull(ctx context.Context, oid ids.ObjectID) error {
 // local fast path.
 
 func (n *Node) localRead(ctx context.Context, oid ids.ObjectID, off int64, buf []byte) (objstore.Meta, error) {
+	n.rec.catchUp()
 	if err := n.rec.ensure(ctx, oid, false); err != nil {
 		return objstore.Meta{}, err
 	}
@@ -325,17 +353,25 @@ func (n *Node) localRead(ctx context.Context, oid ids.ObjectID, off int64, buf [
 }
 
 func (n *Node) localWrite(ctx context.Context, oid ids.ObjectID, off int64, data []byte, ver ids.Version, epoch ids.Epoch, create bool) error {
+	n.rec.catchUp()
 	if create {
 		err := n.store.Replace(oid, off, data, ver, epoch)
 		if err == nil {
 			n.rec.mu.Lock()
-			delete(n.rec.suspects, oid)
+			n.rec.clear(oid)
 			n.rec.mu.Unlock()
 		}
 		return err
 	}
-	// Fetch the object first if it lives elsewhere; if no replica has it,
-	// the write creates it (the first entry of an index object does).
+	// The common case: a current copy that exists here.
+	if n.rec.nsus.Load() == 0 {
+		err := n.store.Update(oid, off, data, ver, epoch)
+		if !errs.Is(err, errs.NotFound) {
+			return err
+		}
+	}
+	// Suspect or absent: fetch the freshest copy first. If no replica has
+	// it, the write creates it (the first entry of an index object does).
 	if err := n.rec.ensure(ctx, oid, true); err != nil && !errs.Is(err, errs.NotFound) {
 		return err
 	}
@@ -343,6 +379,7 @@ func (n *Node) localWrite(ctx context.Context, oid ids.ObjectID, off int64, data
 }
 
 func (n *Node) localPunch(ctx context.Context, oid ids.ObjectID, off, length int64, ver ids.Version, epoch ids.Epoch) error {
+	n.rec.catchUp()
 	if err := n.rec.ensure(ctx, oid, false); err != nil {
 		return err
 	}
