@@ -222,12 +222,21 @@ func writeRandomFile(t testing.TB, path string, n int64) string {
 // MiB, read by dd in a subprocess.
 func sha256Range(t testing.TB, path string, skipMiB, countMiB int64) string {
 	t.Helper()
-	r := shell(t, cmdTimeout, fmt.Sprintf("dd if=%s bs=1M skip=%d count=%d status=none | sha256sum", q(path), skipMiB, countMiB))
-	sum, _, _ := strings.Cut(strings.TrimSpace(r.Stdout), " ")
-	if len(sum) != 64 {
-		t.Fatalf("sha256sum printed %q", r.Stdout)
+	sum, err := sha256RangeErr(path, skipMiB, countMiB)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return sum
+}
+
+// sha256RangeErr is sha256Range for a goroutine other than the test's.
+func sha256RangeErr(path string, skipMiB, countMiB int64) (string, error) {
+	r := shellResult(cmdTimeout, fmt.Sprintf("dd if=%s bs=1M skip=%d count=%d status=none | sha256sum", q(path), skipMiB, countMiB))
+	sum, _, _ := strings.Cut(strings.TrimSpace(r.Stdout), " ")
+	if r.Code != 0 || len(sum) != 64 {
+		return "", fmt.Errorf("sha256 of %s: %v", path, r)
+	}
+	return sum, nil
 }
 
 // sha256File returns the SHA-256 of a whole file, read by sha256sum.

@@ -404,7 +404,10 @@ func (n *vdiNode) Lseek(ctx context.Context, fh gofs.FileHandle, off uint64, whe
 	if off >= size {
 		return 0, syscall.ENXIO
 	}
-	bm, cnt, err := n.allocMap(ctx, true)
+	// The cached map (at most attrTTL old) is enough: a write through this
+	// mount drops it, and a VDI that another mount is writing has no stable
+	// layout to copy anyway (its data reaches this mount at reopen).
+	bm, cnt, err := n.allocMap(ctx, false)
 	if err != nil {
 		return 0, toErrno(err)
 	}

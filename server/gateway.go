@@ -44,13 +44,17 @@ func (n *Node) volumeFor(vid ids.VDIID) (*volume, *cluster.VDI, error) {
 		return nil, nil, errs.E(errs.NotFound, "VDI %v", vid)
 	}
 	info := vdi.Info{ID: vid, Size: meta.Size, Copies: meta.Copies}
-	n.mu.Lock()
+	n.mu.RLock()
 	v := n.volumes[vid]
+	n.mu.RUnlock()
 	if v == nil {
-		v = &volume{Volume: vdi.Open(n.objs, info), loadedAt: time.Now()}
-		n.volumes[vid] = v
+		n.mu.Lock()
+		if v = n.volumes[vid]; v == nil {
+			v = &volume{Volume: vdi.Open(n.objs, info), loadedAt: time.Now()}
+			n.volumes[vid] = v
+		}
+		n.mu.Unlock()
 	}
-	n.mu.Unlock()
 	if v.Info() != info {
 		v.SetInfo(info)
 	}
@@ -102,9 +106,9 @@ func (n *Node) connClosed(c *proto.Conn) {
 
 // checkWriter fails unless the client on c holds vdi's write lock.
 func (n *Node) checkWriter(c *proto.Conn, meta *cluster.VDI) error {
-	n.mu.Lock()
+	n.mu.RLock()
 	cs := n.conns[c]
-	n.mu.Unlock()
+	n.mu.RUnlock()
 	var mount ids.MountID
 	if cs != nil {
 		cs.mu.Lock()

@@ -179,7 +179,8 @@ func (r *replicated) change(ctx context.Context, oid ids.ObjectID, copies int, r
 }
 
 // Read implements vdi.Objects: the local replica first, then the others in
-// ring order.
+// ring order. After a placement change the new replicas may not have pulled
+// the object yet: if none of them has it, the other members are asked too.
 func (r *replicated) Read(ctx context.Context, oid ids.ObjectID, copies int, off int64, buf []byte) error {
 	return r.retry(ctx, "read "+oid.String(), func(st *cluster.State) error {
 		ts := targets(st, oid, copies)
@@ -188,49 +189,61 @@ func (r *replicated) Read(ctx context.Context, oid ids.ObjectID, copies int, off
 				ts[0], ts[i] = ts[i], ts[0]
 			}
 		}
-		// After a placement change the new replicas may not have pulled
-		// the object yet: if none has it, ask the other members too.
-		if len(ts) < len(st.Members) {
+		found, err := r.readAny(ctx, st, oid, off, buf, ts)
+		if !found && !errs.Is(err, errs.StaleEpoch) && len(ts) < len(st.Members) {
+			var others []cluster.Member
 			for _, m := range st.Members {
 				if !slices.ContainsFunc(ts, func(t cluster.Member) bool { return t.ID == m.ID }) {
-					ts = append(ts, m)
+					others = append(others, m)
 				}
 			}
-		}
-		notFound := 0
-		var lastErr error
-		for _, m := range ts {
-			var err error
-			if m.ID == r.n.id {
-				_, err = r.n.localRead(ctx, oid, off, buf)
-			} else {
-				var resp *proto.Msg
-				resp, err = r.n.peers.Get(m.Addr).CallInto(ctx, &proto.Msg{Header: proto.Header{
-					Op: proto.OpReadObj, Epoch: st.Epoch, ID: uint64(oid), Offset: uint64(off), Length: uint32(len(buf))}}, buf)
-				if err == nil {
-					if len(resp.Data) != len(buf) {
-						err = errs.E(errs.IO, "short read of %v from %s: %d of %d bytes", oid, m.ID, len(resp.Data), len(buf))
-					} else if len(buf) > 0 && &resp.Data[0] != &buf[0] {
-						copy(buf, resp.Data)
-					}
-				}
-			}
-			switch {
-			case err == nil:
-				return nil
-			case errs.Is(err, errs.NotFound):
-				notFound++
-			case errs.Is(err, errs.StaleEpoch):
-				return err
-			default:
-				lastErr = errs.E(errs.KindOf(err), "read %v on %s: %w", oid, m.ID, err)
+			var oerr error
+			if found, oerr = r.readAny(ctx, st, oid, off, buf, others); err == nil {
+				err = oerr
 			}
 		}
-		if notFound == len(ts) || (notFound > 0 && lastErr == nil) {
+		switch {
+		case found:
+			return nil
+		case err == nil:
 			return errs.E(errs.NotFound, "object %v", oid)
 		}
-		return lastErr
+		return err
 	})
+}
+
+// readAny reads from the first of ms that has the object. It reports
+// found = false with no error when every one of them said NotFound, and
+// the last failure otherwise.
+func (r *replicated) readAny(ctx context.Context, st *cluster.State, oid ids.ObjectID, off int64, buf []byte, ms []cluster.Member) (found bool, err error) {
+	var lastErr error
+	for _, m := range ms {
+		var err error
+		if m.ID == r.n.id {
+			_, err = r.n.localRead(ctx, oid, off, buf)
+		} else {
+			var resp *proto.Msg
+			resp, err = r.n.peers.Get(m.Addr).CallInto(ctx, &proto.Msg{Header: proto.Header{
+				Op: proto.OpReadObj, Epoch: st.Epoch, ID: uint64(oid), Offset: uint64(off), Length: uint32(len(buf))}}, buf)
+			if err == nil {
+				if len(resp.Data) != len(buf) {
+					err = errs.E(errs.IO, "short read of %v from %s: %d of %d bytes", oid, m.ID, len(resp.Data), len(buf))
+				} else if len(buf) > 0 && &resp.Data[0] != &buf[0] {
+					copy(buf, resp.Data)
+				}
+			}
+		}
+		switch {
+		case err == nil:
+			return true, nil
+		case errs.Is(err, errs.NotFound):
+		case errs.Is(err, errs.StaleEpoch):
+			return false, err
+		default:
+			lastErr = errs.E(errs.KindOf(err), "read %v on %s: %w", oid, m.ID, err)
+		}
+	}
+	return false, lastErr
 }
 
 // Flush implements vdi.Objects: every node written since the last flush

@@ -70,7 +70,7 @@ type Node struct {
 	hlc   atomic.Uint64
 	stop  chan struct{}
 
-	mu      sync.Mutex
+	mu      sync.RWMutex // guards volumes and conns
 	volumes map[ids.VDIID]*volume
 	conns   map[*proto.Conn]*connState
 }
