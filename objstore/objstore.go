@@ -278,12 +278,12 @@ const (
 // reports whether it did. On any failure it reports false, and the caller
 // writes through the page cache instead; a filesystem that refuses
 // O_DIRECT turns the path off for the store.
-func (s *Store) writeDirect(oid ids.ObjectID, off int64, data []byte) bool {
+func (s *Store) writeDirect(path string, off int64, data []byte) bool {
 	if len(data) < directMin || off%directAlign != 0 || len(data)%directAlign != 0 ||
 		uintptr(unsafe.Pointer(unsafe.SliceData(data)))%directAlign != 0 || s.noDirect.Load() {
 		return false
 	}
-	f, err := s.fs.OpenFile(s.objPath(oid), os.O_WRONLY|syscall.O_DIRECT, 0)
+	f, err := s.fs.OpenFile(path, os.O_WRONLY|syscall.O_DIRECT, 0)
 	if err != nil {
 		if errors.Is(err, syscall.EINVAL) {
 			s.noDirect.Store(true)
@@ -358,7 +358,7 @@ func (s *Store) write(oid ids.ObjectID, off int64, data []byte, ver ids.Version,
 		return objErr("write", oid, err)
 	}
 	if len(data) > 0 {
-		if !s.writeDirect(oid, off, data) {
+		if !s.writeDirect(s.objPath(oid), off, data) {
 			_, err = h.f.WriteAt(data, off)
 		}
 	}
@@ -387,7 +387,7 @@ func (s *Store) create(oid ids.ObjectID, off int64, data []byte, ver ids.Version
 		return objErr("create", oid, err)
 	}
 	err = f.Truncate(s.objSize)
-	if err == nil && len(data) > 0 {
+	if err == nil && len(data) > 0 && !s.writeDirect(tmp, off, data) {
 		_, err = f.WriteAt(data, off)
 	}
 	if err == nil {
