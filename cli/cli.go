@@ -174,13 +174,20 @@ type VDICmd struct {
 	List   VDIListCmd   `cmd:"" help:"List VDIs."`
 	Delete VDIDeleteCmd `cmd:"" help:"Delete a VDI and free its objects."`
 	Resize VDIResizeCmd `cmd:"" help:"Grow (or shrink) a VDI."`
+
+	Snapshot  VDISnapshotCmd  `cmd:"" help:"Take a snapshot NAME@TAG of a VDI (also while it is written)."`
+	Snapshots VDISnapshotsCmd `cmd:"" help:"List snapshots (of one VDI, or all)."`
+	Clone     VDICloneCmd     `cmd:"" help:"Make a writable VDI from a snapshot, sharing its data."`
+	Rollback  VDIRollbackCmd  `cmd:"" help:"Make a VDI hold one of its snapshots again (not while open for writing)."`
+	Tree      VDITreeCmd      `cmd:"" help:"Draw the snapshot and clone family of each VDI."`
+	GC        VDIGCCmd        `cmd:"gc" help:"Free objects of deleted VDIs and snapshots that nothing references (every delete does this; run it after a failed one)."`
 }
 
 // VDICreateCmd creates a VDI.
 type VDICreateCmd struct {
 	Name   string `arg:"" help:"VDI name."`
 	Size   string `arg:"" help:"Size, e.g. 10G."`
-	Copies int    `help:"Replicas (default: the cluster's)."`
+	Copies int    `help:"Replicas of its objects (default: the cluster's)."`
 }
 
 // Run creates the VDI.
@@ -225,9 +232,9 @@ func (VDIListCmd) Run(g *Globals) error {
 	return tw.Flush()
 }
 
-// VDIDeleteCmd deletes a VDI.
+// VDIDeleteCmd deletes a VDI or a snapshot.
 type VDIDeleteCmd struct {
-	Name string `arg:"" help:"VDI name."`
+	Name string `arg:"" help:"VDI name, or NAME@TAG for a snapshot."`
 }
 
 // Run deletes the VDI.

@@ -50,17 +50,49 @@ type Lock struct {
 	Since int64       `json:"since"` // unix seconds
 }
 
-// VDI is the cluster metadata of one virtual disk image.
+// VDI is the cluster metadata of one virtual disk image: a writable VDI
+// (Tag empty) or a snapshot of one (Name@Tag).
+//
+// Data lives in images: an image is a VDI ID that names objects (its data
+// objects and its index). A writable VDI keeps its handle ID for life, and
+// moves to a new image at each snapshot, so that the objects of the old
+// image, which the snapshot keeps, never change again. A snapshot's ID is
+// its image. An image's index inherits every entry it has not set from its
+// Parent image, which is how a snapshot or a clone takes constant time.
 type VDI struct {
-	Name    string    `json:"name"`
-	ID      ids.VDIID `json:"id"`
-	Size    uint64    `json:"size"`   // bytes
-	Copies  int       `json:"copies"` // replicas per object
-	Created int64     `json:"created"`
-	Lock    *Lock     `json:"lock,omitempty"`
+	Name string    `json:"name"`
+	ID   ids.VDIID `json:"id"`
+	// Image is the image holding the data. IDs name handles (what
+	// clients address) and images (what objects are named after); both
+	// come from one counter, and a handle equals an image only when both
+	// were made together for the same VDI.
+	Image ids.VDIID `json:"image,omitempty"`
+	// Parent is the image that Image's index inherits from (0: none).
+	Parent ids.VDIID `json:"parent,omitempty"`
+	// Tag names a snapshot; empty for a writable VDI.
+	Tag      string `json:"tag,omitempty"`
+	SnapTime int64  `json:"snap_time,omitempty"` // unix seconds, snapshots only
+	// Source is the snapshot a clone or the last rollback started from.
+	Source  string `json:"source,omitempty"`
+	Size    uint64 `json:"size"`   // bytes
+	Copies  int    `json:"copies"` // replicas per object
+	Created int64  `json:"created"`
+	Lock    *Lock  `json:"lock,omitempty"`
 	// WriteGen counts the write locks granted so far: a client that saw
 	// the same WriteGen at two opens knows nobody else wrote in between.
+	// A rollback counts as a write.
 	WriteGen uint64 `json:"write_gen,omitempty"`
+}
+
+// IsSnapshot reports whether v is a snapshot (read-only).
+func (v *VDI) IsSnapshot() bool { return v.Tag != "" }
+
+// FullName is NAME for a writable VDI and NAME@TAG for a snapshot.
+func (v *VDI) FullName() string {
+	if v.Tag == "" {
+		return v.Name
+	}
+	return v.Name + "@" + v.Tag
 }
 
 // State is the agreed cluster metadata at one point of the log. A State is
@@ -72,10 +104,20 @@ type State struct {
 	Copies  int             `json:"copies"` // 0 until formatted
 	Format  int64           `json:"format_time"`
 	VDIs    map[string]*VDI `json:"vdis"`
-	NextVDI ids.VDIID       `json:"next_vdi"`
+	// Snaps are the snapshots, by NAME@TAG.
+	Snaps map[string]*VDI `json:"snaps,omitempty"`
+	// Dead are images no VDI uses any more whose index or objects a
+	// descendant may still need; they go once they have no children.
+	Dead    map[ids.VDIID]*DeadImage `json:"dead,omitempty"`
+	NextVDI ids.VDIID                `json:"next_vdi"`
+	// Index is the log index of the command that made this state: later
+	// states have larger ones.
+	Index uint64 `json:"index"`
 
-	ring *hashring.Ring
-	byID map[ids.VDIID]*VDI
+	ring     *hashring.Ring
+	byID     map[ids.VDIID]*VDI
+	images   map[ids.VDIID]Image
+	children map[ids.VDIID][]ids.VDIID
 }
 
 // Formatted reports whether the cluster has been formatted.
@@ -117,9 +159,26 @@ func (s *State) derive() {
 		}
 		s.ring = hashring.New(nodes, 0)
 	}
-	s.byID = make(map[ids.VDIID]*VDI, len(s.VDIs))
-	for _, v := range s.VDIs {
-		s.byID[v.ID] = v
+	s.byID = make(map[ids.VDIID]*VDI, len(s.VDIs)+len(s.Snaps))
+	s.images = make(map[ids.VDIID]Image, len(s.VDIs)+len(s.Snaps)+len(s.Dead))
+	s.children = map[ids.VDIID][]ids.VDIID{}
+	add := func(img Image) {
+		s.images[img.ID] = img
+		if img.Parent != 0 {
+			s.children[img.Parent] = append(s.children[img.Parent], img.ID)
+		}
+	}
+	for _, m := range []map[string]*VDI{s.VDIs, s.Snaps} {
+		for _, v := range m {
+			s.byID[v.ID] = v
+			add(Image{ID: v.Image, Parent: v.Parent, Copies: v.Copies, Size: v.Size, VDI: v})
+		}
+	}
+	for id, d := range s.Dead {
+		add(Image{ID: id, Parent: d.Parent, Copies: d.Copies, Size: d.Size})
+	}
+	for _, c := range s.children {
+		slices.Sort(c)
 	}
 }
 
@@ -146,6 +205,14 @@ func (s *State) clone() *State {
 	if n.VDIs == nil {
 		n.VDIs = map[string]*VDI{}
 	}
+	n.Snaps = maps.Clone(s.Snaps)
+	if n.Snaps == nil {
+		n.Snaps = map[string]*VDI{}
+	}
+	n.Dead = maps.Clone(s.Dead)
+	if n.Dead == nil {
+		n.Dead = map[ids.VDIID]*DeadImage{}
+	}
 	return &n
 }
 
@@ -159,6 +226,10 @@ type Command struct {
 	Mount   ids.MountID `json:"mount,omitempty"`
 	Node    ids.NodeID  `json:"node,omitempty"`
 	Time    int64       `json:"time,omitempty"`
+	// Tag is a snapshot's tag; Source a snapshot NAME@TAG to clone.
+	Tag    string    `json:"tag,omitempty"`
+	Source string    `json:"source,omitempty"`
+	Image  ids.VDIID `json:"image,omitempty"` // purge
 	// Grow makes a resize grow-only: a size at or below the current one
 	// changes nothing (for writes past the end, which may arrive out of
 	// order).
@@ -174,6 +245,12 @@ const (
 	CmdVDIResize = "vdi.resize" // Name, Size, Mount (to shrink a locked VDI)
 	CmdVDILock   = "vdi.lock"   // Name, Mount, Node
 	CmdVDIUnlock = "vdi.unlock" // Name, Mount (any holder if Mount is empty)
+	// Snapshots and clones (snap.go).
+	CmdSnapshot   = "vdi.snapshot" // Name, Tag, Mount+Node of the write lock ("" if unlocked)
+	CmdClone      = "vdi.clone"    // Source NAME@TAG, Name, Copies (0 or the source's)
+	CmdRollback   = "vdi.rollback" // Name, Tag; Busy while locked
+	CmdSnapDelete = "snap.delete"  // Name, Tag
+	CmdPurge      = "image.purge"  // Image: forget a dead image without children
 )
 
 // Result is what applying a command returns.
@@ -275,24 +352,12 @@ func apply(s *State, c *Command) (*State, Result) {
 		if copies < 1 || copies > MaxCopies {
 			return s, Result{Err: errs.E(errs.Invalid, "copies must be 1 to %d, not %d", MaxCopies, copies)}
 		}
-		// IDs are handed out in increasing order and reused only after
-		// wrapping, so that a deleted VDI's objects are long gone first.
-		id := s.NextVDI
-		for tries := 0; ; tries++ {
-			if tries > int(ids.MaxVDIID) {
-				return s, Result{Err: errs.E(errs.NoSpace, "no free VDI IDs")}
-			}
-			if id == 0 || id > ids.MaxVDIID {
-				id = 1
-			}
-			if _, used := s.byID[id]; !used {
-				break
-			}
-			id++
+		id, err := n.newID()
+		if err != nil {
+			return s, Result{Err: err}
 		}
-		v := &VDI{Name: c.Name, ID: id, Size: c.Size, Copies: copies, Created: c.Time}
+		v := &VDI{Name: c.Name, ID: id, Image: id, Size: c.Size, Copies: copies, Created: c.Time}
 		n.VDIs[c.Name] = v
-		n.NextVDI = id + 1
 		n.derive()
 		return n, Result{VDI: v}
 	case CmdVDIDelete, CmdVDIResize, CmdVDILock, CmdVDIUnlock:
@@ -307,6 +372,7 @@ func apply(s *State, c *Command) (*State, Result) {
 				return s, Result{Err: errs.E(errs.Busy, "VDI %q is open for writing by mount %s on node %s", c.Name, v.Lock.Mount, v.Lock.Node)}
 			}
 			delete(n.VDIs, c.Name)
+			n.bury(v)
 			n.derive()
 			return n, Result{VDI: v}
 		case CmdVDIResize:
@@ -340,6 +406,8 @@ func apply(s *State, c *Command) (*State, Result) {
 		n.VDIs[c.Name] = &nv
 		n.derive()
 		return n, Result{VDI: &nv}
+	case CmdSnapshot, CmdClone, CmdRollback, CmdSnapDelete, CmdPurge:
+		return applySnap(s, n, c)
 	default:
 		return s, Result{Err: errs.E(errs.Invalid, "unknown cluster command %q", c.Op)}
 	}
@@ -386,6 +454,7 @@ func (f *fsm) Apply(l *raft.Log) any {
 	old := f.state.Load()
 	n, r := apply(old, &c)
 	if n != old {
+		n.Index = l.Index
 		f.publish(n)
 	}
 	return r
@@ -405,6 +474,11 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	if s.VDIs == nil {
 		s.VDIs = map[string]*VDI{}
+	}
+	for _, v := range s.VDIs {
+		if v.Image == 0 { // written before images existed
+			v.Image = v.ID
+		}
 	}
 	s.derive()
 	f.publish(&s)

@@ -18,6 +18,21 @@ const (
 	AdminVDILock       = "vdi.lock"       // Name, Mount: open for writing
 	AdminVDIUnlock     = "vdi.unlock"     // Name, Mount
 	AdminVDIObjects    = "vdi.objects"    // Name -> []string (object IDs it owns)
+
+	// Snapshots and clones. Name is NAME for a writable VDI and NAME@TAG
+	// for a snapshot wherever a command takes either.
+	AdminVDISnapshot = "vdi.snapshot" // Name, Tag -> VDIInfo of the snapshot
+	AdminVDIClone    = "vdi.clone"    // Source NAME@TAG, Name, Copies -> VDIInfo
+	AdminVDIRollback = "vdi.rollback" // Name, Tag -> VDIInfo
+	AdminSnapList    = "snap.list"    // Name ("" for all) -> []VDIInfo
+	AdminSnapDelete  = "snap.delete"  // Name, Tag
+	AdminVDITree     = "vdi.tree"     // -> []ImageInfo, every image of every family
+	// AdminVDIOwners answers, for Count objects of VDI or snapshot Name
+	// from object Offset on, the image owning each (0: unallocated).
+	AdminVDIOwners = "vdi.owners" // Name, Offset, Count -> []ids.VDIID
+	// AdminGC frees the objects of deleted images that nothing references
+	// any more (run after every delete; this runs it again).
+	AdminGC = "gc" // -> GCResult
 )
 
 // AdminRequest is the JSON payload of an OpAdmin request.
@@ -28,7 +43,11 @@ type AdminRequest struct {
 	Copies int         `json:"copies,omitempty"`
 	Mount  ids.MountID `json:"mount,omitempty"`
 	// Grow makes vdi.resize grow-only: a smaller size changes nothing.
-	Grow bool `json:"grow,omitempty"`
+	Grow   bool   `json:"grow,omitempty"`
+	Tag    string `json:"tag,omitempty"`
+	Source string `json:"source,omitempty"`
+	Offset uint64 `json:"offset,omitempty"`
+	Count  uint32 `json:"count,omitempty"`
 }
 
 // ClusterInfo is the answer to AdminClusterInfo.
@@ -68,6 +87,41 @@ type VDIInfo struct {
 	Locked  bool        `json:"locked"`
 	Mount   ids.MountID `json:"mount,omitempty"`
 	Node    ids.NodeID  `json:"node,omitempty"`
-	// WriteGen counts the write locks granted on the VDI so far.
+	// WriteGen counts the write locks granted on the VDI so far (and
+	// its rollbacks).
 	WriteGen uint64 `json:"write_gen"`
+	// Image holds the data; Parent is the image it inherits from.
+	Image  ids.VDIID `json:"image"`
+	Parent ids.VDIID `json:"parent,omitempty"`
+	// Tag and SnapTime (unix seconds) are set for a snapshot.
+	Tag      string `json:"tag,omitempty"`
+	SnapTime int64  `json:"snap_time,omitempty"`
+	// Source is the snapshot a clone or the last rollback started from.
+	Source string `json:"source,omitempty"`
+}
+
+// FullName is NAME, or NAME@TAG for a snapshot.
+func (v VDIInfo) FullName() string {
+	if v.Tag == "" {
+		return v.Name
+	}
+	return v.Name + "@" + v.Tag
+}
+
+// ImageInfo is one image of a snapshot family, for AdminVDITree: the
+// current image of a writable VDI, a snapshot, or a deleted image that a
+// descendant still needs (VDI nil).
+type ImageInfo struct {
+	ID     ids.VDIID `json:"id"`
+	Parent ids.VDIID `json:"parent,omitempty"`
+	VDI    *VDIInfo  `json:"vdi,omitempty"`
+	// Was names a deleted image's former VDI or snapshot.
+	Was string `json:"was,omitempty"`
+}
+
+// GCResult is the answer to AdminGC.
+type GCResult struct {
+	Freed  int `json:"freed"`  // objects removed
+	Purged int `json:"purged"` // deleted images forgotten
+	Left   int `json:"left"`   // deleted images still needed by descendants
 }

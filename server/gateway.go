@@ -20,11 +20,24 @@ import (
 // does not hold the write lock of (another gateway may be writing it).
 const indexTTL = time.Second
 
-// volume is a VDI opened on this gateway.
+// volume is a VDI or snapshot opened on this gateway, by handle.
 type volume struct {
 	*vdi.Volume
 	mu       sync.Mutex
 	loadedAt time.Time
+	index    uint64 // State.Index its info was taken from
+
+	// writes holds writes and discards (shared) against a snapshot
+	// (exclusive), which moves the VDI to a new image in between.
+	writes sync.RWMutex
+	// frozen is an image this volume was snapshotted away from: a write
+	// that still finds it current waits for the new state instead.
+	frozen ids.VDIID
+}
+
+// infoOf is the volume description of meta in st.
+func infoOf(st *cluster.State, meta *cluster.VDI) vdi.Info {
+	return vdi.Info{ID: meta.Image, Size: meta.Size, Copies: meta.Copies, Chain: st.Chain(meta.Image)}
 }
 
 func jsonMarshal(v any) ([]byte, error) {
@@ -43,28 +56,33 @@ func (n *Node) volumeFor(vid ids.VDIID) (*volume, *cluster.VDI, error) {
 	if !ok {
 		return nil, nil, errs.E(errs.NotFound, "VDI %v", vid)
 	}
-	info := vdi.Info{ID: vid, Size: meta.Size, Copies: meta.Copies}
+	info := infoOf(st, meta)
 	n.mu.RLock()
 	v := n.volumes[vid]
 	n.mu.RUnlock()
 	if v == nil {
 		n.mu.Lock()
 		if v = n.volumes[vid]; v == nil {
-			v = &volume{Volume: vdi.Open(n.objs, info), loadedAt: time.Now()}
+			v = &volume{Volume: vdi.Open(n.objs, info), loadedAt: time.Now(), index: st.Index}
 			n.volumes[vid] = v
 		}
 		n.mu.Unlock()
 	}
-	if v.Info() != info {
-		v.SetInfo(info)
-	}
-	if meta.Lock == nil || meta.Lock.Node != n.id {
-		v.mu.Lock()
-		if time.Since(v.loadedAt) > indexTTL {
-			v.Forget()
-			v.loadedAt = time.Now()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	// Never go back to an older state's image: a request that read the
+	// state before a snapshot must not undo the switch to the new image.
+	if st.Index >= v.index {
+		v.index = st.Index
+		if !v.Info().Equal(info) {
+			v.SetInfo(info)
 		}
-		v.mu.Unlock()
+	}
+	// A snapshot never changes; a VDI that another gateway may be
+	// writing is read again after a while.
+	if !meta.IsSnapshot() && (meta.Lock == nil || meta.Lock.Node != n.id) && time.Since(v.loadedAt) > indexTTL {
+		v.Forget()
+		v.loadedAt = time.Now()
 	}
 	return v, meta, nil
 }
@@ -104,8 +122,24 @@ func (n *Node) connClosed(c *proto.Conn) {
 	}
 }
 
+// write runs fn, a write or discard, outside any snapshot of the volume.
+func (v *volume) write(fn func() error) error {
+	v.writes.RLock()
+	defer v.writes.RUnlock()
+	v.mu.Lock()
+	frozen := v.frozen != 0 && v.Info().ID == v.frozen
+	v.mu.Unlock()
+	if frozen {
+		return errs.E(errs.NotReady, "VDI image %v was just snapshotted; this node has not seen the new image yet", v.frozen)
+	}
+	return fn()
+}
+
 // checkWriter fails unless the client on c holds vdi's write lock.
 func (n *Node) checkWriter(c *proto.Conn, meta *cluster.VDI) error {
+	if meta.IsSnapshot() {
+		return errs.E(errs.ReadOnly, "snapshot %s is read-only", meta.FullName())
+	}
 	n.mu.RLock()
 	cs := n.conns[c]
 	n.mu.RUnlock()
@@ -147,7 +181,7 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 		if err := n.checkWriter(c, meta); err != nil {
 			return nil, err
 		}
-		if err := v.WriteAt(ctx, req.Data, off); err != nil {
+		if err := v.write(func() error { return v.WriteAt(ctx, req.Data, off) }); err != nil {
 			return nil, err
 		}
 		if req.Flags&proto.FlagSync != 0 {
@@ -159,7 +193,7 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 		if err := n.checkWriter(c, meta); err != nil {
 			return nil, err
 		}
-		if err := v.Discard(ctx, off, int64(req.Aux), req.Flags&proto.FlagZeroKeep != 0); err != nil {
+		if err := v.write(func() error { return v.Discard(ctx, off, int64(req.Aux), req.Flags&proto.FlagZeroKeep != 0) }); err != nil {
 			return nil, err
 		}
 	case proto.OpVDIFlush:
@@ -177,7 +211,8 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 }
 
 func vdiInfo(v *cluster.VDI) proto.VDIInfo {
-	out := proto.VDIInfo{Name: v.Name, ID: v.ID, Size: v.Size, Copies: v.Copies, Created: v.Created, WriteGen: v.WriteGen}
+	out := proto.VDIInfo{Name: v.Name, ID: v.ID, Size: v.Size, Copies: v.Copies, Created: v.Created, WriteGen: v.WriteGen,
+		Image: v.Image, Parent: v.Parent, Tag: v.Tag, SnapTime: v.SnapTime, Source: v.Source}
 	if v.Lock != nil {
 		out.Locked, out.Mount, out.Node = true, v.Lock.Mount, v.Lock.Node
 	}
@@ -237,11 +272,63 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		slices.SortFunc(list, func(a, b proto.VDIInfo) int { return strings.Compare(a.Name, b.Name) })
 		out = list
 	case proto.AdminVDILookup:
-		v, ok := n.cl.State().VDIs[a.Name]
-		if !ok {
-			return nil, errs.E(errs.NotFound, "VDI %q", a.Name)
+		v, err := lookup(n.cl.State(), a.Name)
+		if err != nil {
+			return nil, err
 		}
 		out = vdiInfo(v)
+	case proto.AdminVDISnapshot:
+		r, err := n.snapshotVDI(ctx, a.Name, a.Tag)
+		if err != nil {
+			return nil, err
+		}
+		out = r
+	case proto.AdminVDIClone:
+		r, err := n.cloneVDI(ctx, a)
+		if err != nil {
+			return nil, err
+		}
+		out = r
+	case proto.AdminVDIRollback:
+		r, err := n.rollbackVDI(ctx, a.Name, a.Tag)
+		if err != nil {
+			return nil, err
+		}
+		out = r
+	case proto.AdminSnapList:
+		st := n.cl.State()
+		list := []proto.VDIInfo{}
+		for _, v := range st.Snaps {
+			if a.Name == "" || v.Name == a.Name {
+				list = append(list, vdiInfo(v))
+			}
+		}
+		slices.SortFunc(list, func(a, b proto.VDIInfo) int {
+			if c := strings.Compare(a.Name, b.Name); c != 0 {
+				return c
+			}
+			return int(a.ID) - int(b.ID)
+		})
+		out = list
+	case proto.AdminSnapDelete:
+		if err := n.deleteVDI(ctx, a.Name+"@"+a.Tag); err != nil {
+			return nil, err
+		}
+		out = struct{}{}
+	case proto.AdminVDITree:
+		out = n.tree()
+	case proto.AdminVDIOwners:
+		r, err := n.owners(ctx, a)
+		if err != nil {
+			return nil, err
+		}
+		out = r
+	case proto.AdminGC:
+		r, err := n.collect(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out = r
 	case proto.AdminVDILock:
 		if a.Mount == "" {
 			return nil, errs.E(errs.Invalid, "lock needs a mount ID")
@@ -274,9 +361,9 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		}
 		out = struct{}{}
 	case proto.AdminVDIObjects:
-		meta, ok := n.cl.State().VDIs[a.Name]
-		if !ok {
-			return nil, errs.E(errs.NotFound, "VDI %q", a.Name)
+		meta, err := lookup(n.cl.State(), a.Name)
+		if err != nil {
+			return nil, err
 		}
 		v, _, err := n.volumeFor(meta.ID)
 		if err != nil {
@@ -323,7 +410,7 @@ func (n *Node) resizeVDI(ctx context.Context, a proto.AdminRequest) (*cluster.VD
 		if err != nil {
 			return nil, err
 		}
-		if err := v.Discard(ctx, int64(a.Size), int64(meta.Size-a.Size), false); err != nil {
+		if err := v.write(func() error { return v.Discard(ctx, int64(a.Size), int64(meta.Size-a.Size), false) }); err != nil {
 			return nil, err
 		}
 	}
@@ -331,36 +418,8 @@ func (n *Node) resizeVDI(ctx context.Context, a proto.AdminRequest) (*cluster.VD
 	if err != nil {
 		return nil, err
 	}
-	if v, _, err := n.volumeFor(meta.ID); err == nil {
-		v.SetInfo(vdi.Info{ID: r.VDI.ID, Size: r.VDI.Size, Copies: r.VDI.Copies})
-	}
+	_, _, _ = n.volumeFor(meta.ID) // take the new size
 	return r.VDI, nil
-}
-
-// deleteVDI removes a VDI from the namespace, then frees its objects.
-func (n *Node) deleteVDI(ctx context.Context, name string) error {
-	r, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDIDelete, Name: name})
-	if err != nil {
-		return err
-	}
-	meta := r.VDI
-	v := vdi.Open(n.objs, vdi.Info{ID: meta.ID, Size: meta.Size, Copies: meta.Copies})
-	n.mu.Lock()
-	delete(n.volumes, meta.ID)
-	n.mu.Unlock()
-	var oids []ids.ObjectID
-	if err := v.OwnObjects(ctx, func(oid ids.ObjectID) error {
-		oids = append(oids, oid)
-		return nil
-	}); err != nil {
-		return errs.E(errs.KindOf(err), "VDI %q deleted, but its objects could not be listed to free them: %w", name, err)
-	}
-	for _, oid := range oids {
-		if err := n.objs.Remove(ctx, oid, meta.Copies); err != nil {
-			return errs.E(errs.KindOf(err), "VDI %q deleted, but freeing object %v failed: %w", name, oid, err)
-		}
-	}
-	return nil
 }
 
 func (n *Node) nodeStat() proto.NodeInfo {

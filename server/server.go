@@ -70,6 +70,7 @@ type Node struct {
 	hlc   atomic.Uint64
 	stop  chan struct{}
 
+	gcMu    sync.Mutex   // one collect at a time
 	mu      sync.RWMutex // guards volumes and conns
 	volumes map[ids.VDIID]*volume
 	conns   map[*proto.Conn]*connState

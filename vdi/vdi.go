@@ -8,6 +8,7 @@ package vdi
 import (
 	"context"
 	"encoding/binary"
+	"slices"
 	"sync"
 
 	"github.com/sheepfs/sheepfs/errs"
@@ -50,10 +51,24 @@ type Objects interface {
 
 // Info is the cluster metadata a Volume needs.
 type Info struct {
+	// ID is the image: its objects and index are named after it.
 	ID     ids.VDIID
 	Size   uint64 // bytes
 	Copies int
+	// Chain lists the images whose indexes ID's index inherits from,
+	// nearest first: an entry the image has not set is its parent's.
+	Chain []ids.VDIID
 }
+
+// Equal reports whether a and b describe the same volume.
+func (a Info) Equal(b Info) bool {
+	return a.ID == b.ID && a.Size == b.Size && a.Copies == b.Copies && slices.Equal(a.Chain, b.Chain)
+}
+
+// On disk, an index entry is the owner of the object, 0 for "not set here:
+// ask the parent", or holeEntry for "unallocated, whatever the parent
+// says". In memory, pages hold the resolved owner, 0 for a hole.
+const holeEntry = 0xffffffff
 
 // NumObjects returns how many objects a VDI of size bytes spans.
 func NumObjects(size uint64) uint32 {
@@ -101,9 +116,15 @@ func (v *Volume) Info() Info {
 	return v.info
 }
 
-// SetInfo updates the size or copies (after a resize). The ID must not change.
+// SetInfo updates the volume's metadata: a new size after a resize, or a
+// new image. A new image whose parent is the old one (the VDI went on after
+// a snapshot) resolves to the same owners, so the loaded index stays; any
+// other change of image drops it.
 func (v *Volume) SetInfo(info Info) {
 	v.mu.Lock()
+	if info.ID != v.info.ID && (len(info.Chain) == 0 || info.Chain[0] != v.info.ID) {
+		clear(v.pages)
+	}
 	v.info = info
 	v.mu.Unlock()
 }
@@ -150,20 +171,58 @@ func (v *Volume) loadPage(ctx context.Context, pn uint32, p *page) error {
 	v.mu.Lock()
 	info := v.info
 	v.mu.Unlock()
-	first := pn * pageEntries
-	oid, off := indexLoc(info.ID, first)
 	buf := make([]byte, pageEntries*entrySize)
-	err := v.objs.Read(ctx, oid, info.Copies, off, buf)
-	if errs.Is(err, errs.NotFound) {
-		return nil // no index object yet: all unallocated
+	unset := pageEntries
+	for _, img := range append([]ids.VDIID{info.ID}, info.Chain...) {
+		if err := v.readPage(ctx, img, info.Copies, pn, buf); err != nil {
+			return err
+		}
+		unset = 0
+		for i := range p.entries {
+			if p.entries[i] != 0 {
+				continue
+			}
+			switch e := binary.LittleEndian.Uint32(buf[i*entrySize:]); {
+			case e == holeEntry:
+				p.entries[i] = holeEntry
+			case e > uint32(ids.MaxVDIID):
+				return errs.E(errs.IO, "index of image %v: entry %d is %#x, not a VDI ID", img, pn*pageEntries+uint32(i), e)
+			case e == 0:
+				unset++
+			default:
+				p.entries[i] = ids.VDIID(e)
+			}
+		}
+		if unset == 0 {
+			break
+		}
 	}
-	if err != nil {
-		return errs.E(errs.KindOf(err), "read index of VDI %v: %w", info.ID, err)
-	}
-	for i := range p.entries {
-		p.entries[i] = ids.VDIID(binary.LittleEndian.Uint32(buf[i*entrySize:]))
+	for i, e := range p.entries {
+		if e == holeEntry {
+			p.entries[i] = 0
+		}
 	}
 	return nil
+}
+
+// readPage reads page pn of image img's own index into buf: zeros where
+// the index object does not exist.
+func (v *Volume) readPage(ctx context.Context, img ids.VDIID, copies int, pn uint32, buf []byte) error {
+	oid, off := indexLoc(img, pn*pageEntries)
+	err := v.objs.Read(ctx, oid, copies, off, buf)
+	if errs.Is(err, errs.NotFound) {
+		clear(buf) // no index object yet: nothing set
+		return nil
+	}
+	if err != nil {
+		return errs.E(errs.KindOf(err), "read index of image %v: %w", img, err)
+	}
+	return nil
+}
+
+// Owner returns the image owning object idx (0 if unallocated).
+func (v *Volume) Owner(ctx context.Context, idx uint32) (ids.VDIID, error) {
+	return v.owner(ctx, idx)
 }
 
 // setOwner records owner for object idx in the stored index and in memory.
@@ -173,7 +232,11 @@ func (v *Volume) setOwner(ctx context.Context, idx uint32, owner ids.VDIID) erro
 	v.mu.Unlock()
 	oid, off := indexLoc(info.ID, idx)
 	var b [entrySize]byte
-	binary.LittleEndian.PutUint32(b[:], uint32(owner))
+	e := uint32(owner)
+	if owner == 0 {
+		e = holeEntry
+	}
+	binary.LittleEndian.PutUint32(b[:], e)
 	err := v.objs.Write(ctx, oid, info.Copies, off, b[:])
 	if err != nil {
 		return errs.E(errs.KindOf(err), "update index of VDI %v: %w", info.ID, err)
@@ -348,6 +411,25 @@ func (v *Volume) Discard(ctx context.Context, off, length int64, keep bool) erro
 		}
 	}
 	return nil
+}
+
+// Free unmaps object idx and, if the volume owns it, removes it: what
+// Discard does to a whole object, also for a last object that the VDI's
+// size cuts short. The index is updated first, so a failure in between
+// leaves an unreferenced object, never a reference to a missing one.
+func (v *Volume) Free(ctx context.Context, idx uint32) error {
+	owner, err := v.owner(ctx, idx)
+	if err != nil || owner == 0 {
+		return err
+	}
+	if err := v.setOwner(ctx, idx, 0); err != nil {
+		return err
+	}
+	info := v.Info()
+	if owner != info.ID {
+		return nil
+	}
+	return v.objs.Remove(ctx, ids.DataObject(info.ID, idx), info.Copies)
 }
 
 // Flush makes every write acknowledged so far durable on all replicas.

@@ -341,8 +341,8 @@ func TestDiscard(t *testing.T) {
 		if f.object(ids.DataObject(testVID, 1)) != nil || f.count(opRemove) != 1 {
 			t.Errorf("object 1 not removed (%d removes)", f.count(opRemove))
 		}
-		if e := f.entry(testVID, 1); e != 0 {
-			t.Errorf("stored entry 1 = %v, want 0", e)
+		if e := f.entry(testVID, 1); e != holeEntry {
+			t.Errorf("stored entry 1 = %v, want a hole", e)
 		}
 		if got, want := allocBits(t, v), []bool{true, false, true, false}; !slices.Equal(got, want) {
 			t.Errorf("AllocMap %v, want %v", got, want)

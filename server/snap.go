@@ -1,0 +1,356 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sheepfs/sheepfs/cluster"
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/proto"
+	"github.com/sheepfs/sheepfs/vdi"
+)
+
+// Snapshots, clones, rollbacks and the collector that frees the objects of
+// deleted images. The metadata changes are commands of the cluster log
+// (cluster/snap.go); this file does what they need around them: fencing
+// writes during a snapshot, and freeing objects.
+
+// lookup returns the VDI (NAME) or snapshot (NAME@TAG) called full.
+func lookup(st *cluster.State, full string) (*cluster.VDI, error) {
+	if strings.Contains(full, "@") {
+		name, tag, err := cluster.SplitSnapshot(full)
+		if err != nil {
+			return nil, err
+		}
+		v, ok := st.Snapshot(name, tag)
+		if !ok {
+			return nil, errs.E(errs.NotFound, "snapshot %s", full)
+		}
+		return v, nil
+	}
+	v, ok := st.VDIs[full]
+	if !ok {
+		return nil, errs.E(errs.NotFound, "VDI %q", full)
+	}
+	return v, nil
+}
+
+// snapshotVDI takes snapshot name@tag. A VDI open for writing is
+// snapshotted by the node its writer writes through: that node stops the
+// VDI's writes, flushes, has the cluster record the snapshot, moves the
+// volume to its new image, and lets writes go on. Every write acknowledged
+// before is in the snapshot, none started after is.
+func (n *Node) snapshotVDI(ctx context.Context, name, tag string) (proto.VDIInfo, error) {
+	if err := cluster.CheckName(name); err != nil {
+		return proto.VDIInfo{}, err
+	}
+	if err := cluster.CheckTag(tag); err != nil {
+		return proto.VDIInfo{}, err
+	}
+	for try := 0; ; try++ {
+		st := n.cl.State()
+		meta, ok := st.VDIs[name]
+		if !ok {
+			return proto.VDIInfo{}, errs.E(errs.NotFound, "VDI %q", name)
+		}
+		var out proto.VDIInfo
+		var err error
+		switch {
+		case meta.Lock != nil && meta.Lock.Node != n.id:
+			out, err = n.forwardSnapshot(ctx, st, meta.Lock.Node, name, tag)
+		case meta.Lock != nil:
+			out, err = n.snapshotWritten(ctx, meta, tag)
+		default:
+			var r cluster.Result
+			r, err = n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdSnapshot, Name: name, Tag: tag})
+			if err == nil {
+				out = vdiInfo(r.VDI)
+			}
+		}
+		// StaleEpoch: the write lock moved meanwhile; look again.
+		if errs.Is(err, errs.StaleEpoch) && try < 50 && ctx.Err() == nil {
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		return out, err
+	}
+}
+
+// forwardSnapshot asks node id, which holds name's writer, to take the
+// snapshot.
+func (n *Node) forwardSnapshot(ctx context.Context, st *cluster.State, id ids.NodeID, name, tag string) (proto.VDIInfo, error) {
+	m, ok := st.Member(id)
+	if !ok {
+		return proto.VDIInfo{}, errs.E(errs.StaleEpoch, "writer's node %s is not a member", id)
+	}
+	b, err := json.Marshal(proto.AdminRequest{Cmd: proto.AdminVDISnapshot, Name: name, Tag: tag})
+	if err != nil {
+		return proto.VDIInfo{}, errs.E(errs.Other, "encode: %w", err)
+	}
+	resp, err := n.peers.Get(m.Addr).Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpAdmin}, Data: b})
+	if err != nil {
+		if proto.IsTransport(err) {
+			return proto.VDIInfo{}, errs.E(errs.StaleEpoch, "writer's node %s: %w", id, err)
+		}
+		return proto.VDIInfo{}, err
+	}
+	var out proto.VDIInfo
+	if err := json.Unmarshal(resp.Data, &out); err != nil {
+		return proto.VDIInfo{}, errs.E(errs.IO, "decode answer of node %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// snapshotWritten snapshots a VDI whose writer writes through this node.
+func (n *Node) snapshotWritten(ctx context.Context, meta *cluster.VDI, tag string) (proto.VDIInfo, error) {
+	v, _, err := n.volumeFor(meta.ID)
+	if err != nil {
+		return proto.VDIInfo{}, err
+	}
+	v.writes.Lock()
+	defer v.writes.Unlock()
+	// The snapshot holds what was acknowledged: make it durable first, so
+	// that a crash cannot take from the snapshot what it showed.
+	if err := v.Flush(ctx); err != nil {
+		return proto.VDIInfo{}, err
+	}
+	old := v.Info().ID
+	r, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdSnapshot, Name: meta.Name, Tag: tag,
+		Mount: meta.Lock.Mount, Node: n.id})
+	if err != nil {
+		return proto.VDIInfo{}, err
+	}
+	// Writes resume only in the new image. Until this node's state shows
+	// it, the old one is frozen: writes fail (and are retried) instead.
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, werr := n.cl.WaitFor(wctx, func(st *cluster.State) bool {
+		cur, ok := st.VDIs[meta.Name]
+		return !ok || cur.Image != old
+	})
+	cancel()
+	v.mu.Lock()
+	v.frozen = old
+	v.mu.Unlock()
+	if werr == nil {
+		_, _, _ = n.volumeFor(meta.ID)
+	}
+	return vdiInfo(r.VDI), nil
+}
+
+// cloneVDI makes a writable VDI from a snapshot.
+func (n *Node) cloneVDI(ctx context.Context, a proto.AdminRequest) (proto.VDIInfo, error) {
+	if _, _, err := cluster.SplitSnapshot(a.Source); err != nil {
+		return proto.VDIInfo{}, err
+	}
+	if err := cluster.CheckName(a.Name); err != nil {
+		return proto.VDIInfo{}, err
+	}
+	r, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdClone, Source: a.Source, Name: a.Name, Copies: a.Copies})
+	if err != nil {
+		return proto.VDIInfo{}, err
+	}
+	return vdiInfo(r.VDI), nil
+}
+
+// rollbackVDI makes VDI name hold snapshot name@tag again; the data it had
+// is freed.
+func (n *Node) rollbackVDI(ctx context.Context, name, tag string) (proto.VDIInfo, error) {
+	if err := cluster.CheckName(name); err != nil {
+		return proto.VDIInfo{}, err
+	}
+	if err := cluster.CheckTag(tag); err != nil {
+		return proto.VDIInfo{}, err
+	}
+	r, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdRollback, Name: name, Tag: tag})
+	if err != nil {
+		return proto.VDIInfo{}, err
+	}
+	if _, err := n.collect(ctx); err != nil {
+		n.log.Warn().Err(err).Str("vdi", name).Msg("rollback: freeing the old data failed; the next delete or gc retries")
+	}
+	return vdiInfo(r.VDI), nil
+}
+
+// deleteVDI removes a VDI or a snapshot (NAME@TAG), then frees every object
+// that nothing references any more.
+func (n *Node) deleteVDI(ctx context.Context, full string) error {
+	cmd := cluster.Command{Op: cluster.CmdVDIDelete, Name: full}
+	if strings.Contains(full, "@") {
+		name, tag, err := cluster.SplitSnapshot(full)
+		if err != nil {
+			return err
+		}
+		cmd = cluster.Command{Op: cluster.CmdSnapDelete, Name: name, Tag: tag}
+	}
+	r, err := n.cl.Apply(ctx, cmd)
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	delete(n.volumes, r.VDI.ID)
+	n.mu.Unlock()
+	if _, err := n.collect(ctx); err != nil {
+		return errs.E(errs.KindOf(err), "%s deleted, but freeing its objects failed (the next delete or gc retries): %w", full, err)
+	}
+	return nil
+}
+
+// collect frees the objects of dead images that no live image references,
+// and forgets dead images without children. It runs one at a time on a
+// node; two nodes collecting at once do the same work twice, harmlessly.
+//
+// Why it is safe while the cluster runs: an object of dead image d can only
+// be referenced by d's descendants. Live descendants only ever lose
+// references (a copy on write replaces an entry) or pass theirs on (a
+// snapshot, clone or rollback starts from a live image's entries), so an
+// object none of them references now stays unreferenced for good.
+func (n *Node) collect(ctx context.Context) (proto.GCResult, error) {
+	n.gcMu.Lock()
+	defer n.gcMu.Unlock()
+	var res proto.GCResult
+	for {
+		st := n.cl.State()
+		dead := make([]ids.VDIID, 0, len(st.Dead))
+		for id := range st.Dead {
+			dead = append(dead, id)
+		}
+		// Children first, so that a chain of dead images goes in one pass.
+		slices.SortFunc(dead, func(a, b ids.VDIID) int { return len(st.Chain(b)) - len(st.Chain(a)) })
+		purged := 0
+		res.Left = 0
+		for _, d := range dead {
+			freed, err := n.freeUnreferenced(ctx, st, d)
+			res.Freed += freed
+			if err != nil {
+				return res, err
+			}
+			if len(st.Children(d)) > 0 {
+				res.Left++
+				continue
+			}
+			if err := n.freeIndex(ctx, st, d); err != nil {
+				return res, err
+			}
+			_, err = n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdPurge, Image: d})
+			if err != nil && !errs.Is(err, errs.NotFound) {
+				return res, err
+			}
+			purged++
+		}
+		res.Purged += purged
+		if purged == 0 {
+			return res, nil
+		}
+	}
+}
+
+// freeUnreferenced removes the objects dead image d owns that none of its
+// live descendants references, and marks them unallocated in d's index so
+// that the next pass does not look at them again.
+func (n *Node) freeUnreferenced(ctx context.Context, st *cluster.State, d ids.VDIID) (int, error) {
+	img, ok := st.Image(d)
+	if !ok {
+		return 0, nil
+	}
+	// d's own index, not resolved through its ancestors: entries equal to
+	// d are its objects.
+	own := vdi.Open(n.objs, vdi.Info{ID: d, Size: img.Size, Copies: img.Copies})
+	var live []*vdi.Volume
+	for _, id := range st.Family(d)[1:] {
+		if di, ok := st.Image(id); ok && di.VDI != nil {
+			live = append(live, vdi.Open(n.objs, vdi.Info{ID: id, Size: di.Size, Copies: di.Copies, Chain: st.Chain(id)}))
+		}
+	}
+	freed := 0
+	for idx := range vdi.NumObjects(img.Size) {
+		owner, err := own.Owner(ctx, idx)
+		if err != nil {
+			return freed, err
+		}
+		if owner != d {
+			continue
+		}
+		used := false
+		for _, l := range live {
+			if uint64(idx)*vdi.ObjectSize >= l.Info().Size {
+				continue
+			}
+			o, err := l.Owner(ctx, idx)
+			if err != nil {
+				return freed, err
+			}
+			if o == d {
+				used = true
+				break
+			}
+		}
+		if used {
+			continue
+		}
+		if err := own.Free(ctx, idx); err != nil {
+			return freed, err
+		}
+		freed++
+	}
+	return freed, nil
+}
+
+// freeIndex removes the index objects of dead image d (which has no
+// children left to inherit from it).
+func (n *Node) freeIndex(ctx context.Context, st *cluster.State, d ids.VDIID) error {
+	img, _ := st.Image(d)
+	for c := uint32(0); c*vdi.EntriesPerIndexObject < max(vdi.NumObjects(img.Size), 1); c++ {
+		if err := n.objs.Remove(ctx, ids.IndexObject(d, c), img.Copies); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tree lists every image of every family.
+func (n *Node) tree() []proto.ImageInfo {
+	st := n.cl.State()
+	var out []proto.ImageInfo
+	for _, m := range []map[string]*cluster.VDI{st.VDIs, st.Snaps} {
+		for _, v := range m {
+			vi := vdiInfo(v)
+			out = append(out, proto.ImageInfo{ID: v.Image, Parent: v.Parent, VDI: &vi})
+		}
+	}
+	for id, d := range st.Dead {
+		out = append(out, proto.ImageInfo{ID: id, Parent: d.Parent, Was: d.Name})
+	}
+	slices.SortFunc(out, func(a, b proto.ImageInfo) int { return int(a.ID) - int(b.ID) })
+	return out
+}
+
+// maxOwners bounds one AdminVDIOwners answer.
+const maxOwners = 1 << 16
+
+// owners answers AdminVDIOwners.
+func (n *Node) owners(ctx context.Context, a proto.AdminRequest) ([]ids.VDIID, error) {
+	meta, err := lookup(n.cl.State(), a.Name)
+	if err != nil {
+		return nil, err
+	}
+	v, _, err := n.volumeFor(meta.ID)
+	if err != nil {
+		return nil, err
+	}
+	total := uint64(vdi.NumObjects(v.Info().Size))
+	if a.Offset > total {
+		return nil, errs.E(errs.Invalid, "object %d is past the end of %s (%d objects)", a.Offset, a.Name, total)
+	}
+	cnt := min(uint64(a.Count), total-a.Offset, maxOwners)
+	out := make([]ids.VDIID, cnt)
+	for i := range out {
+		if out[i], err = v.Owner(ctx, uint32(a.Offset)+uint32(i)); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
