@@ -175,12 +175,12 @@ type VDICmd struct {
 	Delete VDIDeleteCmd `cmd:"" help:"Delete a VDI and free its objects."`
 	Resize VDIResizeCmd `cmd:"" help:"Grow (or shrink) a VDI."`
 
-	Snapshot  VDISnapshotCmd  `cmd:"" help:"Take a snapshot NAME@TAG of a VDI (also while it is written)."`
+	Snapshot  VDISnapshotCmd  `cmd:"" help:"Snapshot a VDI as NAME@TAG, also while written."`
 	Snapshots VDISnapshotsCmd `cmd:"" help:"List snapshots (of one VDI, or all)."`
 	Clone     VDICloneCmd     `cmd:"" help:"Make a writable VDI from a snapshot, sharing its data."`
-	Rollback  VDIRollbackCmd  `cmd:"" help:"Make a VDI hold one of its snapshots again (not while open for writing)."`
+	Rollback  VDIRollbackCmd  `cmd:"" help:"Return a VDI to a snapshot (when not open to write)."`
 	Tree      VDITreeCmd      `cmd:"" help:"Draw the snapshot and clone family of each VDI."`
-	GC        VDIGCCmd        `cmd:"gc" help:"Free objects of deleted VDIs and snapshots that nothing references (every delete does this; run it after a failed one)."`
+	GC        VDIGCCmd        `cmd:"gc" help:"Free what deleted VDIs left (after a failed delete)."`
 }
 
 // VDICreateCmd creates a VDI.
