@@ -93,6 +93,9 @@ type VDIInfo struct {
 	// Image holds the data; Parent is the image it inherits from.
 	Image  ids.VDIID `json:"image"`
 	Parent ids.VDIID `json:"parent,omitempty"`
+	// ParentName is the snapshot (NAME@TAG) holding the parent image; empty
+	// if there is none or it was deleted.
+	ParentName string `json:"parent_name,omitempty"`
 	// Tag and SnapTime (unix seconds) are set for a snapshot.
 	Tag      string `json:"tag,omitempty"`
 	SnapTime int64  `json:"snap_time,omitempty"`

@@ -210,9 +210,12 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 	return resp, nil
 }
 
-func vdiInfo(v *cluster.VDI) proto.VDIInfo {
+func (n *Node) vdiInfo(v *cluster.VDI) proto.VDIInfo {
 	out := proto.VDIInfo{Name: v.Name, ID: v.ID, Size: v.Size, Copies: v.Copies, Created: v.Created, WriteGen: v.WriteGen,
 		Image: v.Image, Parent: v.Parent, Tag: v.Tag, SnapTime: v.SnapTime, Source: v.Source}
+	if p, ok := n.cl.State().Image(v.Parent); ok && p.VDI != nil {
+		out.ParentName = p.VDI.FullName()
+	}
 	if v.Lock != nil {
 		out.Locked, out.Mount, out.Node = true, v.Lock.Mount, v.Lock.Node
 	}
@@ -251,7 +254,7 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		if err != nil {
 			return nil, err
 		}
-		out = vdiInfo(r.VDI)
+		out = n.vdiInfo(r.VDI)
 	case proto.AdminVDIDelete:
 		if err := n.deleteVDI(ctx, a.Name); err != nil {
 			return nil, err
@@ -262,12 +265,12 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		if err != nil {
 			return nil, err
 		}
-		out = vdiInfo(r)
+		out = n.vdiInfo(r)
 	case proto.AdminVDIList:
 		st := n.cl.State()
 		list := make([]proto.VDIInfo, 0, len(st.VDIs))
 		for _, v := range st.VDIs {
-			list = append(list, vdiInfo(v))
+			list = append(list, n.vdiInfo(v))
 		}
 		slices.SortFunc(list, func(a, b proto.VDIInfo) int { return strings.Compare(a.Name, b.Name) })
 		out = list
@@ -276,7 +279,7 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		if err != nil {
 			return nil, err
 		}
-		out = vdiInfo(v)
+		out = n.vdiInfo(v)
 	case proto.AdminVDISnapshot:
 		r, err := n.snapshotVDI(ctx, a.Name, a.Tag)
 		if err != nil {
@@ -300,7 +303,7 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		list := []proto.VDIInfo{}
 		for _, v := range st.Snaps {
 			if a.Name == "" || v.Name == a.Name {
-				list = append(list, vdiInfo(v))
+				list = append(list, n.vdiInfo(v))
 			}
 		}
 		slices.SortFunc(list, func(a, b proto.VDIInfo) int {
@@ -350,7 +353,7 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 			_, _ = n.cl.Apply(context.WithoutCancel(ctx), cluster.Command{Op: cluster.CmdVDIUnlock, Name: a.Name, Mount: a.Mount})
 			return nil, errs.E(errs.Closed, "connection closed while locking VDI %q", a.Name)
 		}
-		out = vdiInfo(r.VDI)
+		out = n.vdiInfo(r.VDI)
 	case proto.AdminVDIUnlock:
 		cs := n.connState(c)
 		cs.mu.Lock()

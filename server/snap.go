@@ -68,7 +68,7 @@ func (n *Node) snapshotVDI(ctx context.Context, name, tag string) (proto.VDIInfo
 			var r cluster.Result
 			r, err = n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdSnapshot, Name: name, Tag: tag})
 			if err == nil {
-				out = vdiInfo(r.VDI)
+				out = n.vdiInfo(r.VDI)
 			}
 		}
 		// StaleEpoch: the write lock moved meanwhile; look again.
@@ -138,7 +138,7 @@ func (n *Node) snapshotWritten(ctx context.Context, meta *cluster.VDI, tag strin
 	if werr == nil {
 		_, _, _ = n.volumeFor(meta.ID)
 	}
-	return vdiInfo(r.VDI), nil
+	return n.vdiInfo(r.VDI), nil
 }
 
 // cloneVDI makes a writable VDI from a snapshot.
@@ -153,7 +153,7 @@ func (n *Node) cloneVDI(ctx context.Context, a proto.AdminRequest) (proto.VDIInf
 	if err != nil {
 		return proto.VDIInfo{}, err
 	}
-	return vdiInfo(r.VDI), nil
+	return n.vdiInfo(r.VDI), nil
 }
 
 // rollbackVDI makes VDI name hold snapshot name@tag again; the data it had
@@ -172,7 +172,7 @@ func (n *Node) rollbackVDI(ctx context.Context, name, tag string) (proto.VDIInfo
 	if _, err := n.collect(ctx); err != nil {
 		n.log.Warn().Err(err).Str("vdi", name).Msg("rollback: freeing the old data failed; the next delete or gc retries")
 	}
-	return vdiInfo(r.VDI), nil
+	return n.vdiInfo(r.VDI), nil
 }
 
 // deleteVDI removes a VDI or a snapshot (NAME@TAG), then frees every object
@@ -317,7 +317,7 @@ func (n *Node) tree() []proto.ImageInfo {
 	var out []proto.ImageInfo
 	for _, m := range []map[string]*cluster.VDI{st.VDIs, st.Snaps} {
 		for _, v := range m {
-			vi := vdiInfo(v)
+			vi := n.vdiInfo(v)
 			out = append(out, proto.ImageInfo{ID: v.Image, Parent: v.Parent, VDI: &vi})
 		}
 	}
