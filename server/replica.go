@@ -45,6 +45,26 @@ func checkObjRange(off uint64, n uint64) error {
 	return nil
 }
 
+// checkMutable refuses a write to an object that must not change: one of a
+// snapshot's image, or a data object of a dead image (the collector only
+// removes those, and unsets their index entries). This is a second fence
+// behind the gateway's, which finishes every write to an image before the
+// snapshot that freezes it is committed: no legitimate write reaches a
+// replica that knows of the snapshot. A replica that does not know yet
+// lets a write through; the gateway's fence has to hold there.
+func checkMutable(st *cluster.State, oid ids.ObjectID) error {
+	img, ok := st.Image(oid.VDI())
+	switch {
+	case !ok:
+		return nil
+	case img.VDI != nil && img.VDI.IsSnapshot():
+		return errs.E(errs.ReadOnly, "object %v belongs to snapshot %s", oid, img.VDI.FullName())
+	case img.VDI == nil && !oid.IsIndex():
+		return errs.E(errs.ReadOnly, "object %v belongs to a deleted image", oid)
+	}
+	return nil
+}
+
 func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, error) {
 	if req.Op != proto.OpListObjs {
 		if err := n.checkEpoch(ctx, req.Epoch); err != nil {
@@ -73,6 +93,9 @@ func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, e
 		if err := checkObjRange(req.Offset, uint64(len(req.Data))); err != nil {
 			return nil, err
 		}
+		if err := checkMutable(n.cl.State(), oid); err != nil {
+			return nil, err
+		}
 		if err := n.localWrite(ctx, oid, int64(req.Offset), req.Data, ids.Version(req.Aux), req.Epoch, req.Flags&proto.FlagCreate != 0); err != nil {
 			return nil, err
 		}
@@ -83,6 +106,9 @@ func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, e
 		}
 	case proto.OpPunchObj:
 		if err := checkObjRange(req.Offset, uint64(req.Length)); err != nil {
+			return nil, err
+		}
+		if err := checkMutable(n.cl.State(), oid); err != nil {
 			return nil, err
 		}
 		if err := n.localPunch(ctx, oid, int64(req.Offset), int64(req.Length), ids.Version(req.Aux), req.Epoch); err != nil {
