@@ -203,8 +203,18 @@ func (c *Client) Unlock(ctx context.Context, name string) error {
 	return c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDIUnlock, Name: name, Mount: c.opts.Mount}, nil)
 }
 
+// maxIO is the largest read or write sent as one request; larger ones are
+// split (a frame's payload is bounded by proto.MaxPayload).
+const maxIO = 4 << 20
+
 // ReadAt reads len(buf) bytes of VDI vid at off.
 func (c *Client) ReadAt(ctx context.Context, vid ids.VDIID, buf []byte, off int64) error {
+	for len(buf) > maxIO {
+		if err := c.ReadAt(ctx, vid, buf[:maxIO], off); err != nil {
+			return err
+		}
+		buf, off = buf[maxIO:], off+maxIO
+	}
 	if len(buf) == 0 {
 		return nil
 	}
@@ -223,7 +233,15 @@ func (c *Client) ReadAt(ctx context.Context, vid ids.VDIID, buf []byte, off int6
 }
 
 // WriteAt writes data to VDI vid at off; sync makes it durable first.
+// Writes larger than 4 MiB are split, and are not atomic with respect to a
+// snapshot.
 func (c *Client) WriteAt(ctx context.Context, vid ids.VDIID, data []byte, off int64, sync bool) error {
+	for len(data) > maxIO {
+		if err := c.WriteAt(ctx, vid, data[:maxIO], off, false); err != nil {
+			return err
+		}
+		data, off = data[maxIO:], off+maxIO
+	}
 	m := &proto.Msg{Header: proto.Header{Op: proto.OpVDIWrite, ID: uint64(vid), Offset: uint64(off)}, Data: data}
 	if sync {
 		m.Flags |= proto.FlagSync

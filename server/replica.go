@@ -51,8 +51,24 @@ func checkObjRange(off uint64, n uint64) error {
 // behind the gateway's, which finishes every write to an image before the
 // snapshot that freezes it is committed: no legitimate write reaches a
 // replica that knows of the snapshot. A replica that does not know yet
-// lets a write through; the gateway's fence has to hold there.
-func checkMutable(st *cluster.State, oid ids.ObjectID) error {
+// lets a write through; the gateway's fence has to hold there. A replica
+// that lags behind the gateway may not know yet that a snapshot was
+// deleted (and its image's index is being cleared): it waits a little for
+// its state to catch up before it refuses.
+func (n *Node) checkMutable(ctx context.Context, oid ids.ObjectID) error {
+	err := mutable(n.cl.State(), oid)
+	if err == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, epochWait)
+	defer cancel()
+	if _, werr := n.cl.WaitFor(ctx, func(st *cluster.State) bool { return mutable(st, oid) == nil }); werr == nil {
+		return nil
+	}
+	return err
+}
+
+func mutable(st *cluster.State, oid ids.ObjectID) error {
 	img, ok := st.Image(oid.VDI())
 	switch {
 	case !ok:
@@ -93,7 +109,7 @@ func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, e
 		if err := checkObjRange(req.Offset, uint64(len(req.Data))); err != nil {
 			return nil, err
 		}
-		if err := checkMutable(n.cl.State(), oid); err != nil {
+		if err := n.checkMutable(ctx, oid); err != nil {
 			return nil, err
 		}
 		if err := n.localWrite(ctx, oid, int64(req.Offset), req.Data, ids.Version(req.Aux), req.Epoch, req.Flags&proto.FlagCreate != 0); err != nil {
@@ -108,7 +124,7 @@ func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, e
 		if err := checkObjRange(req.Offset, uint64(req.Length)); err != nil {
 			return nil, err
 		}
-		if err := checkMutable(n.cl.State(), oid); err != nil {
+		if err := n.checkMutable(ctx, oid); err != nil {
 			return nil, err
 		}
 		if err := n.localPunch(ctx, oid, int64(req.Offset), int64(req.Length), ids.Version(req.Aux), req.Epoch); err != nil {
