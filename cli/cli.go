@@ -181,6 +181,8 @@ type VDICmd struct {
 	Rollback  VDIRollbackCmd  `cmd:"" help:"Return a VDI to a snapshot (when not open to write)."`
 	Tree      VDITreeCmd      `cmd:"" help:"Draw the snapshot and clone family of each VDI."`
 	GC        VDIGCCmd        `cmd:"gc" help:"Free what deleted VDIs left (after a failed delete)."`
+	Backup    VDIBackupCmd    `cmd:"" help:"Stream a snapshot (or changes since FROM) to stdout."`
+	Restore   VDIRestoreCmd   `cmd:"" help:"Restore a full backup and increments into a new VDI."`
 }
 
 // VDICreateCmd creates a VDI.

@@ -1,0 +1,712 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sheepfs/sheepfs/backup"
+	"github.com/sheepfs/sheepfs/client"
+	"github.com/sheepfs/sheepfs/cluster"
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/fs"
+	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/proto"
+	"github.com/sheepfs/sheepfs/vdi"
+)
+
+// Backups: `sheep vdi backup` streams a snapshot's objects, or those that
+// changed since an older snapshot, in the format of package backup;
+// `sheep vdi restore` applies a full backup and then increments to a new
+// VDI.
+
+// inFlight is how many objects a backup reads, or a restore writes, at
+// once (each holds one object buffer).
+const inFlight = 4
+
+// VDIBackupCmd writes a backup to stdout.
+type VDIBackupCmd struct {
+	Snap string `arg:"" name:"snapshot" help:"NAME@TAG to back up; FROM if a second one follows."`
+	To   string `arg:"" optional:"" name:"to" help:"NAME@TAG: back up what changed since the first."`
+}
+
+// Help is the command's detailed help.
+func (VDIBackupCmd) Help() string {
+	return `sheep vdi backup [FROM] TO > FILE
+
+With one snapshot, writes every allocated object of TO (a full backup). With
+two snapshots of the same VDI family, FROM older, writes only the objects that
+differ between them (an increment). Restore with "sheep vdi restore": a full
+backup first, then its increments in order. Back up a snapshot, not a
+writable VDI: take one with "sheep vdi snapshot NAME@TAG".`
+}
+
+// Run writes the backup.
+func (c *VDIBackupCmd) Run(g *Globals) error {
+	fromName, toName := "", c.Snap
+	if c.To != "" {
+		fromName, toName = c.Snap, c.To
+	}
+	for _, n := range []string{fromName, toName} {
+		if n != "" && !strings.Contains(n, "@") {
+			return errs.E(errs.Invalid, "%q is a writable VDI, which changes while it is read: back up a snapshot "+
+				"(sheep vdi snapshot %s@TAG, then sheep vdi backup %s@TAG)", n, n, n)
+		}
+		if n != "" {
+			if _, _, err := cluster.SplitSnapshot(n); err != nil {
+				return err
+			}
+		}
+	}
+	if fromName == toName {
+		return errs.E(errs.Invalid, "FROM and TO are both %s: an increment needs two snapshots", toName)
+	}
+	if f, ok := g.out.(*os.File); ok && isTerminal(f) {
+		return errs.E(errs.Invalid, "refusing to write a backup to a terminal: redirect stdout to a file or a pipe")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	cl := g.client()
+	defer cl.Close()
+
+	var ci proto.ClusterInfo
+	if err := cl.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminClusterInfo}, &ci); err != nil {
+		return err
+	}
+	lookupSnap := func(name string) (proto.VDIInfo, error) {
+		var v proto.VDIInfo
+		err := cl.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDILookup, Name: name}, &v)
+		if err == nil && v.Tag == "" {
+			err = errs.E(errs.Invalid, "%s is not a snapshot", name)
+		}
+		return v, err
+	}
+	to, err := lookupSnap(toName)
+	if err != nil {
+		return err
+	}
+	var from *proto.VDIInfo
+	if fromName != "" {
+		f, err := lookupSnap(fromName)
+		if err != nil {
+			return err
+		}
+		var imgs []proto.ImageInfo
+		if err := cl.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDITree}, &imgs); err != nil {
+			return err
+		}
+		if err := checkFamily(imgs, f, to); err != nil {
+			return err
+		}
+		from = &f
+	}
+	h := backup.Header{ObjectSize: vdi.ObjectSize, Size: to.Size, To: identOf(ci, to)}
+	if from != nil {
+		h.From = identOf(ci, *from)
+	}
+	src := clusterSource{cl}
+	total, err := backupPlan(ctx, src, from, to, func(uint32, bool) error { return nil })
+	if err != nil {
+		return err
+	}
+	w, err := backup.NewWriter(g.out, h)
+	if err != nil {
+		return err
+	}
+	prog := startProgress("backup "+to.FullName(), total)
+	err = writeBackup(ctx, src, from, to, w, prog.add)
+	if err == nil {
+		err = w.Close()
+	}
+	prog.finish(err == nil)
+	return err
+}
+
+func identOf(ci proto.ClusterInfo, v proto.VDIInfo) backup.Ident {
+	return backup.Ident{Cluster: ci.FormatTime, Image: v.Image, SnapTime: v.SnapTime, Name: v.FullName()}
+}
+
+// checkFamily refuses an increment between snapshots of different families
+// (it would hold everything) or with FROM newer than TO. Any other pair is
+// correct, also cousins (after a rollback, say): objects that two
+// snapshots share are the same immutable objects.
+func checkFamily(imgs []proto.ImageInfo, from, to proto.VDIInfo) error {
+	parent := map[ids.VDIID]ids.VDIID{}
+	for _, im := range imgs {
+		parent[im.ID] = im.Parent
+	}
+	// line lists id and its ancestors, id first.
+	line := func(id ids.VDIID) []ids.VDIID {
+		var out []ids.VDIID
+		for seen := map[ids.VDIID]bool{}; id != 0 && !seen[id]; id = parent[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+		return out
+	}
+	has := func(l []ids.VDIID, id ids.VDIID) bool {
+		for _, x := range l {
+			if x == id {
+				return true
+			}
+		}
+		return false
+	}
+	fl, tl := line(from.Image), line(to.Image)
+	switch {
+	case from.Image == to.Image:
+		return errs.E(errs.Invalid, "%s and %s hold the same image: nothing changed between them", from.FullName(), to.FullName())
+	case has(tl, from.Image):
+		return nil
+	case has(fl, to.Image):
+		return errs.E(errs.Invalid, "%s is newer than %s: give the older snapshot first (sheep vdi backup %s %s)",
+			from.FullName(), to.FullName(), to.FullName(), from.FullName())
+	case fl[len(fl)-1] != tl[len(tl)-1]:
+		return errs.E(errs.Invalid, "%s and %s are not of the same family (no common ancestor): back up %s in full instead",
+			from.FullName(), to.FullName(), to.FullName())
+	}
+	return nil
+}
+
+// backupSource is what a backup reads from the cluster.
+type backupSource interface {
+	// Owners returns the owning image of count objects of VDI or snapshot
+	// name from object off on (fewer at its end; at most 65536).
+	Owners(ctx context.Context, name string, off uint64, count uint32) ([]ids.VDIID, error)
+	ReadAt(ctx context.Context, vid ids.VDIID, buf []byte, off int64) error
+}
+
+type clusterSource struct{ *client.Client }
+
+func (c clusterSource) Owners(ctx context.Context, name string, off uint64, count uint32) ([]ids.VDIID, error) {
+	var out []ids.VDIID
+	err := c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDIOwners, Name: name, Offset: off, Count: count}, &out)
+	return out, err
+}
+
+// ownersBatch is how many owners a backup asks for at once.
+const ownersBatch = 1 << 16
+
+func numObjects(size uint64) uint64 { return (size + vdi.ObjectSize - 1) / vdi.ObjectSize }
+
+func extent(size uint64, idx uint32) int {
+	return int(min(vdi.ObjectSize, size-uint64(idx)*vdi.ObjectSize))
+}
+
+// backupPlan calls fn, in object order, for every object a backup of to
+// (since from, if not nil) holds: data if to has it, else a hole (from had
+// it). It returns the bytes of the data objects.
+func backupPlan(ctx context.Context, src backupSource, from *proto.VDIInfo, to proto.VDIInfo, fn func(idx uint32, data bool) error) (int64, error) {
+	n, nFrom := numObjects(to.Size), uint64(0)
+	if from != nil {
+		nFrom = numObjects(from.Size)
+	}
+	var total int64
+	for off := uint64(0); off < n; {
+		cnt := min(n-off, ownersBatch)
+		tos, err := src.Owners(ctx, to.FullName(), off, uint32(cnt))
+		if err != nil {
+			return 0, err
+		}
+		if uint64(len(tos)) != cnt {
+			return 0, errs.E(errs.IO, "%s: %d owners of objects %d-%d, want %d", to.FullName(), len(tos), off, off+cnt-1, cnt)
+		}
+		var froms []ids.VDIID
+		if off < nFrom {
+			fc := min(cnt, nFrom-off)
+			if froms, err = src.Owners(ctx, from.FullName(), off, uint32(fc)); err != nil {
+				return 0, err
+			}
+			if uint64(len(froms)) != fc {
+				return 0, errs.E(errs.IO, "%s: %d owners of objects %d-%d, want %d", from.FullName(), len(froms), off, off+fc-1, fc)
+			}
+		}
+		for i, o := range tos {
+			var f ids.VDIID
+			if i < len(froms) {
+				f = froms[i]
+			}
+			if o == f {
+				continue
+			}
+			idx := uint32(off) + uint32(i)
+			if o != 0 {
+				total += int64(extent(to.Size, idx))
+			}
+			if err := fn(idx, o != 0); err != nil {
+				return 0, err
+			}
+		}
+		off += cnt
+	}
+	return total, nil
+}
+
+// writeBackup writes the records of a backup of to (since from, if not
+// nil) to w, reading up to inFlight objects ahead, and reports the bytes
+// read to done.
+func writeBackup(ctx context.Context, src backupSource, from *proto.VDIInfo, to proto.VDIInfo, w *backup.Writer, done func(int64)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type job struct {
+		idx  uint32
+		buf  []byte // nil for a hole
+		err  error
+		read chan struct{}
+	}
+	jobs := make(chan *job, inFlight)
+	free := make(chan []byte, inFlight)
+	var planErr error
+	go func() {
+		defer close(jobs)
+		made := 0
+		_, planErr = backupPlan(ctx, src, from, to, func(idx uint32, data bool) error {
+			j := &job{idx: idx, read: make(chan struct{})}
+			if data {
+				if made < inFlight {
+					made++
+					j.buf = make([]byte, vdi.ObjectSize)
+				} else {
+					select {
+					case j.buf = <-free:
+					case <-ctx.Done():
+						return ctx.Err()
+					}
+				}
+				j.buf = j.buf[:extent(to.Size, idx)]
+				go func() {
+					defer close(j.read)
+					if err := src.ReadAt(ctx, to.ID, j.buf, int64(idx)*vdi.ObjectSize); err != nil {
+						j.err = fmt.Errorf("read object %d of %s: %w", idx, to.FullName(), err)
+					}
+				}()
+			} else {
+				close(j.read)
+			}
+			select {
+			case jobs <- j:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+	}()
+	var err error
+	for j := range jobs {
+		<-j.read
+		switch {
+		case err != nil: // draining after a failure
+		case j.err != nil:
+			err = j.err
+		case j.buf == nil:
+			err = w.Hole(j.idx)
+		default:
+			err = w.Data(j.idx, j.buf)
+			done(int64(len(j.buf)))
+		}
+		if err != nil {
+			cancel()
+		}
+		if j.buf != nil {
+			free <- j.buf[:cap(j.buf)]
+		}
+	}
+	if err == nil {
+		err = planErr
+	}
+	return err
+}
+
+// VDIRestoreCmd restores backups into a new VDI.
+type VDIRestoreCmd struct {
+	Name   string   `arg:"" help:"The VDI to create and restore into."`
+	Files  []string `arg:"" name:"file" help:"A full backup, then its increments in order; - reads stdin."`
+	Copies int      `help:"Replicas of its objects (default: the cluster's)."`
+	Check  bool     `help:"Only read the files and check them (order, checksums); write nothing."`
+}
+
+// Help is the command's detailed help.
+func (VDIRestoreCmd) Help() string {
+	return `sheep vdi restore NAME FULL [INCREMENT...]
+
+Creates VDI NAME (it must not exist) with the size of the first backup, which
+must be a full one, then applies each increment in turn; each must start from
+the snapshot the file before it ended at. The headers of all files are
+checked before anything is written. If a file turns out to be damaged
+halfway, NAME is left incomplete: delete it before trying again.`
+}
+
+// restoreFile is one input of a restore.
+type restoreFile struct {
+	name string
+	f    *os.File
+	size int64 // -1 if unknown
+	rd   *backup.Reader
+}
+
+// countReader counts what is read through it.
+type countReader struct {
+	r    io.Reader
+	read func(int64)
+}
+
+func (c countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.read(int64(n))
+	return n, err
+}
+
+// Run restores.
+func (c *VDIRestoreCmd) Run(g *Globals) error {
+	if err := cluster.CheckName(c.Name); err != nil {
+		return err
+	}
+	for _, f := range c.Files {
+		if f == "-" && len(c.Files) > 1 {
+			return errs.E(errs.Invalid, "- (stdin) can only be the one file of a restore")
+		}
+	}
+	var read atomic.Int64
+	var prog *progress
+	count := func(n int64) {
+		read.Add(n)
+		prog.add(n)
+	}
+	files := make([]*restoreFile, len(c.Files))
+	defer func() {
+		for _, rf := range files {
+			if rf != nil && rf.f != os.Stdin {
+				rf.f.Close()
+			}
+		}
+	}()
+	var total int64
+	for i, name := range c.Files {
+		rf := &restoreFile{name: name, f: os.Stdin, size: -1}
+		if name == "-" {
+			rf.name = "stdin"
+		} else {
+			f, err := os.Open(name)
+			if err != nil {
+				return err
+			}
+			rf.f = f
+			if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
+				rf.size = st.Size()
+			}
+		}
+		files[i] = rf
+		rd, err := backup.NewReader(countReader{rf.f, count})
+		if err != nil {
+			return fmt.Errorf("%s: %w", rf.name, err)
+		}
+		rf.rd = rd
+		if total >= 0 && rf.size >= 0 {
+			total += rf.size
+		} else {
+			total = -1
+		}
+	}
+	hs := make([]backup.Header, len(files))
+	names := make([]string, len(files))
+	for i, rf := range files {
+		hs[i], names[i] = rf.rd.Header(), rf.name
+	}
+	if err := checkChain(names, hs); err != nil {
+		return err
+	}
+	if c.Check {
+		return c.check(g, files)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	cl := g.client()
+	defer cl.Close()
+	var v proto.VDIInfo
+	err := cl.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDILookup, Name: c.Name}, &v)
+	switch {
+	case err == nil:
+		return errs.E(errs.Exists, "VDI %q exists: restore into a new VDI (or delete %s first)", c.Name, c.Name)
+	case !errs.Is(err, errs.NotFound):
+		return err
+	}
+	if err := cl.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDICreate, Name: c.Name, Size: hs[0].Size, Copies: c.Copies}, &v); err != nil {
+		return err
+	}
+	incomplete := func(err error) error {
+		return fmt.Errorf("%w\nVDI %s is incomplete: delete it (sheep vdi delete %s) before restoring again", err, c.Name, c.Name)
+	}
+	if v, err = cl.Lock(ctx, c.Name); err != nil {
+		return incomplete(err)
+	}
+	unlocked := false
+	defer func() {
+		if !unlocked {
+			uctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_ = cl.Unlock(uctx, c.Name)
+			cancel()
+		}
+	}()
+	prog = startProgress("restore "+c.Name, total)
+	prog.add(read.Load()) // the headers
+	var st restoreStats
+	size := hs[0].Size
+	for i, rf := range files {
+		h := hs[i]
+		if h.Size != size {
+			if err := cl.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDIResize, Name: c.Name, Size: h.Size, Mount: cl.Mount()}, nil); err != nil {
+				prog.finish(false)
+				return incomplete(fmt.Errorf("resize %s to %d bytes for %s: %w", c.Name, h.Size, rf.name, err))
+			}
+			size = h.Size
+		}
+		if err := applyBackup(ctx, cl, v.ID, rf.rd, i == 0, &st); err != nil {
+			prog.finish(false)
+			return incomplete(fmt.Errorf("%s: %w", rf.name, err))
+		}
+	}
+	if err := cl.Flush(ctx, v.ID); err != nil {
+		prog.finish(false)
+		return incomplete(err)
+	}
+	unlocked = true
+	if err := cl.Unlock(ctx, c.Name); err != nil {
+		prog.finish(false)
+		return err
+	}
+	prog.finish(true)
+	if g.JSON {
+		return g.printJSON(map[string]any{"vdi": c.Name, "size": size, "files": len(files), "to": hs[len(hs)-1].To.Name,
+			"objects": st.data, "holes": st.holes, "bytes": read.Load()})
+	}
+	fmt.Fprintf(g.out, "restored %s (%s) to %s from %d file(s): %d objects written, %d discarded\n", c.Name,
+		fs.HumanBytes(int64(size)), hs[len(hs)-1].To.Name, len(files), st.data, st.holes)
+	return nil
+}
+
+// check reads every record of every file, for --check.
+func (c *VDIRestoreCmd) check(g *Globals, files []*restoreFile) error {
+	for _, rf := range files {
+		for {
+			_, err := rf.rd.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("%s: %w", rf.name, err)
+			}
+		}
+		h := rf.rd.Header()
+		n, b := rf.rd.Counts()
+		fmt.Fprintf(g.out, "%s: intact; %s to %s, %s VDI, %d records, %s of data\n", rf.name, h.From.Name, h.To.Name,
+			fs.HumanBytes(int64(h.Size)), n, fs.HumanBytes(int64(b)))
+	}
+	return nil
+}
+
+// checkChain checks that files (named names, with headers hs) form a chain
+// that restores into this cluster's objects: a full backup, then
+// increments each starting where the one before ended.
+func checkChain(names []string, hs []backup.Header) error {
+	for i, h := range hs {
+		switch {
+		case h.ObjectSize != vdi.ObjectSize:
+			return errs.E(errs.Invalid, "%s: objects of %d bytes; sheep uses %d", names[i], h.ObjectSize, vdi.ObjectSize)
+		case h.Size > cluster.MaxVDISize:
+			return errs.E(errs.TooLarge, "%s: a VDI of %d bytes; the largest is %d", names[i], h.Size, uint64(cluster.MaxVDISize))
+		case i == 0 && !h.Full():
+			return errs.E(errs.Invalid, "%s is an increment from %s to %s: a restore starts with a full backup",
+				names[i], h.From.Name, h.To.Name)
+		case i > 0 && h.Full():
+			return errs.E(errs.Invalid, "%s is a full backup of %s: only the first file may be one", names[i], h.To.Name)
+		case i > 0 && !h.From.Same(hs[i-1].To):
+			return errs.E(errs.Invalid, "%s starts from %s, but %s ends at %s: give a full backup, then each increment after the one it starts from",
+				names[i], h.From, names[i-1], hs[i-1].To)
+		}
+	}
+	return nil
+}
+
+// restoreTarget is what a restore writes to.
+type restoreTarget interface {
+	WriteAt(ctx context.Context, vid ids.VDIID, data []byte, off int64, sync bool) error
+	Discard(ctx context.Context, vid ids.VDIID, off, length int64, keep bool) error
+}
+
+type restoreStats struct {
+	data, holes int
+}
+
+// applyBackup writes the records of rd to VDI vid, up to inFlight at
+// once, and returns when all have been written. fresh says that vid is new
+// (nothing allocated): a data record is then written as it is, and a hole
+// is skipped; otherwise a data record overwrites its whole object, and a
+// hole discards it.
+func applyBackup(ctx context.Context, dst restoreTarget, vid ids.VDIID, rd *backup.Reader, fresh bool, st *restoreStats) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	h := rd.Header()
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		firstErr error
+	)
+	fail := func(err error) {
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		mu.Unlock()
+		cancel()
+	}
+	failed := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return firstErr != nil
+	}
+	free := make(chan []byte, inFlight)
+	made := 0
+	for !failed() {
+		rec, err := rd.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			fail(err)
+			break
+		}
+		off := int64(rec.Index) * int64(h.ObjectSize)
+		ext := h.Extent(rec.Index)
+		if rec.Kind == backup.KindHole {
+			st.holes++
+			if fresh {
+				continue
+			}
+		} else {
+			st.data++
+		}
+		var buf []byte
+		if rec.Kind == backup.KindData {
+			if made < inFlight {
+				made++
+				buf = make([]byte, h.ObjectSize)
+			} else {
+				select {
+				case buf = <-free:
+				case <-ctx.Done():
+					fail(ctx.Err())
+					continue
+				}
+			}
+			n := copy(buf, rec.Data)
+			if fresh {
+				buf = buf[:n]
+			} else {
+				clear(buf[n:ext])
+				buf = buf[:ext]
+			}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			if buf == nil {
+				err = dst.Discard(ctx, vid, off, int64(ext), false)
+			} else {
+				err = dst.WriteAt(ctx, vid, buf, off, false)
+				free <- buf[:cap(buf)]
+			}
+			if err != nil {
+				fail(fmt.Errorf("object %d: %w", rec.Index, err))
+			}
+		}()
+	}
+	wg.Wait()
+	return firstErr
+}
+
+// isTerminal reports whether f is a terminal.
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// progress draws a progress line on stderr while stderr is a terminal.
+// A nil *progress draws nothing.
+type progress struct {
+	what  string
+	total int64 // -1: unknown
+	done  atomic.Int64
+	start time.Time
+	stop  chan struct{}
+	ended chan struct{}
+}
+
+// startProgress starts a progress line for what, of total bytes (-1:
+// unknown), if stderr is a terminal; otherwise it returns nil.
+func startProgress(what string, total int64) *progress {
+	if !isTerminal(os.Stderr) {
+		return nil
+	}
+	p := &progress{what: what, total: total, start: time.Now(), stop: make(chan struct{}), ended: make(chan struct{})}
+	go func() {
+		defer close(p.ended)
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				p.draw()
+			case <-p.stop:
+				return
+			}
+		}
+	}()
+	return p
+}
+
+func (p *progress) add(n int64) {
+	if p != nil {
+		p.done.Add(n)
+	}
+}
+
+func (p *progress) draw() {
+	done := p.done.Load()
+	el := time.Since(p.start).Seconds()
+	rate := ""
+	if el > 0 {
+		rate = fs.HumanBytes(int64(float64(done)/el)) + "/s"
+	}
+	line := fmt.Sprintf("%s: %s", p.what, fs.HumanBytes(done))
+	if p.total >= 0 {
+		pct := 100
+		if p.total > 0 {
+			pct = int(done * 100 / p.total)
+		}
+		line += fmt.Sprintf(" / %s (%d%%)", fs.HumanBytes(p.total), pct)
+	}
+	fmt.Fprintf(os.Stderr, "\r%s  %s\x1b[K", line, rate)
+}
+
+// finish stops the line; ok draws it a last time and ends it.
+func (p *progress) finish(ok bool) {
+	if p == nil {
+		return
+	}
+	close(p.stop)
+	<-p.ended
+	if ok {
+		p.draw()
+	}
+	fmt.Fprintln(os.Stderr)
+}
