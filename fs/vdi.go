@@ -2,8 +2,6 @@ package fs
 
 import (
 	"context"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -11,9 +9,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/sheepfs/sheepfs/errs"
-	"github.com/sheepfs/sheepfs/ids"
 	"github.com/sheepfs/sheepfs/proto"
-	"github.com/sheepfs/sheepfs/vdi"
 )
 
 // Linux fallocate modes.
@@ -37,7 +33,8 @@ var (
 )
 
 func (d *vdiDir) child(ctx context.Context, info proto.VDIInfo, out *fuse.EntryOut) *gofs.Inode {
-	n := &vdiNode{fs: d.fs, name: info.Name, id: info.ID, created: uint64(info.Created)}
+	n := &vdiNode{name: info.Name, created: uint64(info.Created)}
+	n.fs, n.id = d.fs, info.ID
 	n.size.Store(info.Size)
 	ch := d.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: vdiInoBase + uint64(info.ID)})
 	// NewInode returns the existing inode for a known ID: refresh it.
@@ -110,17 +107,10 @@ func (d *vdiDir) Unlink(ctx context.Context, name string) syscall.Errno {
 // vdiNode is one VDI's file.
 type vdiNode struct {
 	gofs.Inode
-	fs      *FS
-	name    string
-	id      ids.VDIID
-	created uint64 // unix seconds
-	size    atomic.Uint64
-
-	mu        sync.Mutex
-	allocAt   time.Time
-	allocBits []byte
-	allocN    uint32
-	cacheGen  uint64 // the VDI's WriteGen when the page cache was last valid
+	image
+	name     string
+	created  uint64 // unix seconds
+	cacheGen uint64 // the VDI's WriteGen when the page cache was last valid (under mu)
 }
 
 var (
@@ -148,39 +138,7 @@ func (n *vdiNode) fill(a *fuse.Attr) {
 	a.Nlink = 1
 	a.Blksize = 4096
 	a.Mtime, a.Ctime, a.Atime = n.created, n.created, n.created
-	n.mu.Lock()
-	a.Blocks = uint64(popcount(n.allocBits)) * vdi.ObjectSize / 512
-	n.mu.Unlock()
-}
-
-func popcount(b []byte) int {
-	c := 0
-	for _, x := range b {
-		for ; x != 0; x &= x - 1 {
-			c++
-		}
-	}
-	return c
-}
-
-// allocMap returns the VDI's allocation bitmap, fetched at most once per
-// attrTTL unless fresh is set.
-func (n *vdiNode) allocMap(ctx context.Context, fresh bool) ([]byte, uint32, error) {
-	n.mu.Lock()
-	if !fresh && time.Since(n.allocAt) < attrTTL && n.allocBits != nil {
-		bm, cnt := n.allocBits, n.allocN
-		n.mu.Unlock()
-		return bm, cnt, nil
-	}
-	n.mu.Unlock()
-	bm, cnt, err := n.fs.c.AllocMap(ctx, n.id)
-	if err != nil {
-		return nil, 0, err
-	}
-	n.mu.Lock()
-	n.allocBits, n.allocN, n.allocAt = bm, cnt, time.Now()
-	n.mu.Unlock()
-	return bm, cnt, nil
+	a.Blocks = n.blocks()
 }
 
 // refresh reloads the VDI's size from the cluster.
@@ -294,17 +252,7 @@ func (n *vdiNode) Release(ctx context.Context, fh gofs.FileHandle) syscall.Errno
 
 // Read reads from the VDI; reads past the end return what exists.
 func (n *vdiNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	ctx, cancel := n.fs.ctx(ctx)
-	defer cancel()
-	size := int64(n.size.Load())
-	if off >= size || off < 0 {
-		return fuse.ReadResultData(nil), 0
-	}
-	l := min(int64(len(dest)), size-off)
-	if err := n.fs.c.ReadAt(ctx, n.id, dest[:l], off); err != nil {
-		return nil, toErrno(err)
-	}
-	return fuse.ReadResultData(dest[:l]), 0
+	return n.read(ctx, dest, off)
 }
 
 // Write writes to the VDI, growing it when the write ends past the end
@@ -328,9 +276,7 @@ func (n *vdiNode) Write(ctx context.Context, fh gofs.FileHandle, data []byte, of
 	if err := n.fs.c.WriteAt(ctx, n.id, data, off, h.sync); err != nil {
 		return 0, toErrno(err)
 	}
-	n.mu.Lock()
-	n.allocAt = time.Time{}
-	n.mu.Unlock()
+	n.allocChanged()
 	return uint32(len(data)), 0
 }
 
@@ -348,9 +294,7 @@ func (n *vdiNode) grow(ctx context.Context, size uint64) syscall.Errno {
 			break
 		}
 	}
-	n.mu.Lock()
-	n.allocAt = time.Time{}
-	n.mu.Unlock()
+	n.allocChanged()
 	return 0
 }
 
@@ -365,9 +309,7 @@ func (n *vdiNode) resize(ctx context.Context, size uint64) syscall.Errno {
 		return toErrno(err)
 	}
 	n.size.Store(info.Size)
-	n.mu.Lock()
-	n.allocAt = time.Time{}
-	n.mu.Unlock()
+	n.allocChanged()
 	return 0
 }
 
@@ -394,33 +336,7 @@ func (n *vdiNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetA
 
 // Lseek answers SEEK_DATA and SEEK_HOLE from the VDI's allocated objects.
 func (n *vdiNode) Lseek(ctx context.Context, fh gofs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
-	ctx, cancel := n.fs.ctx(ctx)
-	defer cancel()
-	const seekData, seekHole = 3, 4
-	if whence != seekData && whence != seekHole {
-		return 0, syscall.EINVAL
-	}
-	size := n.size.Load()
-	if off >= size {
-		return 0, syscall.ENXIO
-	}
-	// The cached map (at most attrTTL old) is enough: a write through this
-	// mount drops it, and a VDI that another mount is writing has no stable
-	// layout to copy anyway (its data reaches this mount at reopen).
-	bm, cnt, err := n.allocMap(ctx, false)
-	if err != nil {
-		return 0, toErrno(err)
-	}
-	allocated := func(i uint64) bool { return i < uint64(cnt) && bm[i/8]&(1<<(i%8)) != 0 }
-	for i := off / vdi.ObjectSize; i*vdi.ObjectSize < size; i++ {
-		if allocated(i) == (whence == seekData) {
-			return max(off, i*vdi.ObjectSize), 0
-		}
-	}
-	if whence == seekData {
-		return 0, syscall.ENXIO
-	}
-	return size, 0
+	return n.lseek(ctx, off, whence)
 }
 
 // Allocate supports punch hole and zero range; other modes (plain
@@ -457,8 +373,6 @@ func (n *vdiNode) Allocate(ctx context.Context, fh gofs.FileHandle, off uint64, 
 	if err := n.fs.c.Discard(ctx, n.id, int64(off), int64(length), keep); err != nil {
 		return toErrno(err)
 	}
-	n.mu.Lock()
-	n.allocAt = time.Time{}
-	n.mu.Unlock()
+	n.allocChanged()
 	return 0
 }
