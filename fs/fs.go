@@ -24,6 +24,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/sheepfs/sheepfs/client"
+	"github.com/sheepfs/sheepfs/ids"
 	"github.com/sheepfs/sheepfs/proto"
 )
 
@@ -146,7 +147,8 @@ func (f *FS) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
 type writers struct {
 	mu   sync.Mutex
 	n    int
-	refs int // goroutines using this entry; it is dropped at zero
+	id   ids.VDIID // the VDI the lock was taken for (while n > 0)
+	refs int       // goroutines using this entry; it is dropped at zero
 }
 
 // writersOf returns the entry of VDI name, locked; done unlocks it.

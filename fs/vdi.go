@@ -8,6 +8,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/sheepfs/sheepfs/cluster"
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/proto"
 )
@@ -46,8 +47,12 @@ func (d *vdiDir) child(ctx context.Context, info proto.VDIInfo, out *fuse.EntryO
 	return ch
 }
 
-// Lookup finds a VDI by name.
+// Lookup finds a VDI by name. A name no VDI can have (NAME@TAG names a
+// snapshot, which lives under /snapshot) is not there.
 func (d *vdiDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if cluster.CheckName(name) != nil {
+		return nil, syscall.ENOENT
+	}
 	ctx, cancel := d.fs.ctx(ctx)
 	defer cancel()
 	info, err := d.fs.lookupVDI(ctx, name)
@@ -104,7 +109,9 @@ func (d *vdiDir) Unlink(ctx context.Context, name string) syscall.Errno {
 	return toErrno(err)
 }
 
-// vdiNode is one VDI's file.
+// vdiNode is one VDI's file. Its inode number comes from the VDI's ID: a
+// VDI deleted and created again under the same name is another inode, with
+// its own page cache.
 type vdiNode struct {
 	gofs.Inode
 	image
@@ -141,25 +148,36 @@ func (n *vdiNode) fill(a *fuse.Attr) {
 	a.Blocks = n.blocks()
 }
 
-// refresh reloads the VDI's size from the cluster.
-func (n *vdiNode) refresh(ctx context.Context) error {
+// info looks the VDI up by name. A VDI of that name with another ID is a
+// new VDI, and this inode is stale: ESTALE makes the kernel look the path
+// up again (and find the new inode) before it gives up.
+func (n *vdiNode) info(ctx context.Context) (proto.VDIInfo, syscall.Errno) {
 	info, err := n.fs.lookupVDI(ctx, n.name)
 	if err != nil {
-		return err
+		return info, toErrno(err)
 	}
 	if info.ID != n.id {
-		return errs.E(errs.NotFound, "VDI %q was deleted", n.name)
+		return info, syscall.ESTALE
+	}
+	return info, 0
+}
+
+// refresh reloads the VDI's size from the cluster.
+func (n *vdiNode) refresh(ctx context.Context) syscall.Errno {
+	info, errno := n.info(ctx)
+	if errno != 0 {
+		return errno
 	}
 	n.size.Store(info.Size)
-	return nil
+	return 0
 }
 
 // Getattr reports size and allocation.
 func (n *vdiNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	ctx, cancel := n.fs.ctx(ctx)
 	defer cancel()
-	if err := n.refresh(ctx); err != nil {
-		return toErrno(err)
+	if errno := n.refresh(ctx); errno != 0 {
+		return errno
 	}
 	if _, _, err := n.allocMap(ctx, false); err != nil {
 		return toErrno(err)
@@ -169,7 +187,10 @@ func (n *vdiNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.Att
 	return 0
 }
 
-// Open takes the VDI's write lock for a writable open.
+// Open takes the VDI's write lock for a writable open, and decides whether
+// the kernel may keep the file's cached pages (see keepCache). An inode
+// whose name now belongs to another VDI (deleted and created again) fails
+// with ESTALE, so that the open goes to the new VDI's inode instead.
 func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	ctx, cancel := n.fs.ctx(ctx)
 	defer cancel()
@@ -184,9 +205,22 @@ func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 				done()
 				return nil, 0, toErrno(err)
 			}
+			if info.ID != n.id {
+				_ = n.fs.c.Unlock(ctx, n.name)
+				done()
+				return nil, 0, syscall.ESTALE
+			}
+			w.id = n.id
 			// Our lock is the one grant since our last open: the
-			// cache holds what we left.
+			// cache holds what we left. A rollback counts as a
+			// grant, so after one the cache goes.
 			keep = n.keepCache(info.WriteGen, info.WriteGen-1)
+			if !keep {
+				n.size.Store(info.Size)
+			}
+		} else if w.id != n.id {
+			done()
+			return nil, 0, syscall.ESTALE
 		} else {
 			keep = true // we hold the lock: nobody else writes
 		}
@@ -199,14 +233,20 @@ func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 			}
 		}
 	} else {
-		info, err := n.fs.lookupVDI(ctx, n.name)
-		if err != nil {
-			return nil, 0, toErrno(err)
+		info, errno := n.info(ctx)
+		if errno != 0 {
+			return nil, 0, errno
 		}
-		if !info.Locked || info.Mount == n.fs.c.Mount() {
+		ours := info.Locked && info.Mount == n.fs.c.Mount()
+		if !info.Locked || ours {
 			keep = n.keepCache(info.WriteGen, info.WriteGen)
 		} else {
 			n.keepCache(0, 1) // being written elsewhere: never trust it
+		}
+		if !keep && !ours {
+			// Changed elsewhere (written, grown, rolled back): take
+			// its size with its data. Our own writer's size is ours.
+			n.size.Store(info.Size)
 		}
 	}
 	if keep {
@@ -218,7 +258,9 @@ func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 
 // keepCache records that the page cache is valid as of write generation
 // gen, and reports whether it was valid as of want (so nothing changed
-// elsewhere since this mount last had the file open).
+// elsewhere since this mount last had the file open). Generations count the
+// write locks granted and the rollbacks of this VDI (this inode's ID): a
+// VDI of the same name created anew has a new inode and an empty cache.
 func (n *vdiNode) keepCache(gen, want uint64) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
