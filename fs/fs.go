@@ -189,6 +189,19 @@ type rootNode struct {
 var _ gofs.NodeOnAdder = (*rootNode)(nil)
 var _ gofs.NodeStatfser = (*rootNode)(nil)
 
+// The fixed directories cannot lose entries. go-fuse's default for unlink
+// and rmdir is success, which would drop the entry from the tree until the
+// next mount.
+
+func (r *rootNode) Unlink(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
+func (r *rootNode) Rmdir(ctx context.Context, name string) syscall.Errno  { return syscall.EPERM }
+
+// fixedDir is a directory whose entries are made with it: /cluster, /node/ID.
+type fixedDir struct{ gofs.Inode }
+
+func (d *fixedDir) Unlink(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
+func (d *fixedDir) Rmdir(ctx context.Context, name string) syscall.Errno  { return syscall.EPERM }
+
 // OnAdd builds the fixed tree.
 func (r *rootNode) OnAdd(ctx context.Context) {
 	dir := func(parent *gofs.Inode, name string, ino uint64, node gofs.InodeEmbedder) *gofs.Inode {
@@ -198,7 +211,7 @@ func (r *rootNode) OnAdd(ctx context.Context) {
 	}
 	dir(&r.Inode, "vdi", inoVDIDir, &vdiDir{fs: r.fs})
 	dir(&r.Inode, "snapshot", inoSnapDir, &gofs.Inode{})
-	cl := dir(&r.Inode, "cluster", inoClusterDir, &gofs.Inode{})
+	cl := dir(&r.Inode, "cluster", inoClusterDir, &fixedDir{})
 	file := func(parent *gofs.Inode, name string, ino uint64, gen func(ctx context.Context) ([]byte, error)) {
 		ch := parent.NewPersistentInode(ctx, &statusFile{gen: gen}, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: ino})
 		parent.AddChild(name, ch, true)

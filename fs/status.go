@@ -139,7 +139,12 @@ type nodeDir struct {
 var (
 	_ gofs.NodeLookuper  = (*nodeDir)(nil)
 	_ gofs.NodeReaddirer = (*nodeDir)(nil)
+	_ gofs.NodeUnlinker  = (*nodeDir)(nil)
+	_ gofs.NodeRmdirer   = (*nodeDir)(nil)
 )
+
+func (d *nodeDir) Unlink(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
+func (d *nodeDir) Rmdir(ctx context.Context, name string) syscall.Errno  { return syscall.EPERM }
 
 func (d *nodeDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	ci, err := d.fs.clusterInfo(ctx)
@@ -173,7 +178,7 @@ func (d *nodeDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 			continue
 		}
 		id := n.ID
-		dir := d.NewInode(ctx, &gofs.Inode{}, gofs.StableAttr{Mode: syscall.S_IFDIR})
+		dir := d.NewInode(ctx, &fixedDir{}, gofs.StableAttr{Mode: syscall.S_IFDIR})
 		info := dir.NewInode(ctx, &statusFile{gen: func(ctx context.Context) ([]byte, error) {
 			ci, err := d.fs.clusterInfo(ctx)
 			if err != nil {
