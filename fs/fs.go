@@ -1,7 +1,8 @@
 // Package fs is sheepfs: the cluster as a FUSE filesystem.
 //
 //	/vdi/NAME          each VDI as a raw image file, read/write
-//	/snapshot/         snapshots (one directory per VDI)
+//	/snapshot/NAME/TAG snapshot NAME@TAG as a read-only raw image file;
+//	                   touch takes a snapshot, rm deletes it (snapshot.go)
 //	/cluster/info      cluster status for people; info.json for programs
 //	/node/list         one line per node; node/ID/info per node
 //
@@ -13,6 +14,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -28,7 +30,9 @@ import (
 	"github.com/sheepfs/sheepfs/proto"
 )
 
-// Inode numbers of the fixed entries; VDI files use vdiInoBase + VDI ID.
+// Inode numbers of the fixed entries; VDI files use vdiInoBase + VDI ID,
+// snapshot files snapInoBase + snapshot ID, the directories of /snapshot
+// snapDirInoBase + a number per name.
 const (
 	inoRoot = 1 + iota
 	inoVDIDir
@@ -38,8 +42,10 @@ const (
 	inoClusterInfo
 	inoClusterJSON
 	inoNodeList
-	vdiInoBase  = 1 << 32
-	nodeInoBase = 2 << 32
+	vdiInoBase     = 1 << 32
+	nodeInoBase    = 2 << 32
+	snapDirInoBase = 3 << 32
+	snapInoBase    = 4 << 32
 )
 
 // attrTTL is how long the kernel may cache names and attributes.
@@ -60,16 +66,21 @@ type Options struct {
 type FS struct {
 	c   *client.Client
 	srv *fuse.Server
+	dir string // the mount point, absolute
 
-	mu      sync.Mutex
-	writers map[string]*writers // per VDI name, while it has writers or a lock change is under way
+	mu       sync.Mutex
+	writers  map[string]*writers // per VDI name, while it has writers or a lock change is under way
+	snapDirs map[string]uint64   // inode numbers of the directories of /snapshot
 
 	readaheadErr error
 }
 
 // Mount mounts sheepfs at dir, served through c. Call Wait or Unmount.
 func Mount(dir string, c *client.Client, opts Options) (*FS, error) {
-	f := &FS{c: c, writers: map[string]*writers{}}
+	f := &FS{c: c, writers: map[string]*writers{}, snapDirs: map[string]uint64{}}
+	if abs, err := filepath.Abs(dir); err == nil {
+		f.dir = abs
+	}
 	ttl := attrTTL
 	neg := time.Duration(0)
 	o := &gofs.Options{
@@ -210,7 +221,7 @@ func (r *rootNode) OnAdd(ctx context.Context) {
 		return ch
 	}
 	dir(&r.Inode, "vdi", inoVDIDir, &vdiDir{fs: r.fs})
-	dir(&r.Inode, "snapshot", inoSnapDir, &gofs.Inode{})
+	dir(&r.Inode, "snapshot", inoSnapDir, &snapRoot{fs: r.fs})
 	cl := dir(&r.Inode, "cluster", inoClusterDir, &fixedDir{})
 	file := func(parent *gofs.Inode, name string, ino uint64, gen func(ctx context.Context) ([]byte, error)) {
 		ch := parent.NewPersistentInode(ctx, &statusFile{gen: gen}, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: ino})
