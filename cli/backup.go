@@ -507,7 +507,11 @@ func (c *VDIRestoreCmd) check(g *Globals, files []*restoreFile) error {
 		}
 		h := rf.rd.Header()
 		n, b := rf.rd.Counts()
-		fmt.Fprintf(g.out, "%s: intact; %s to %s, %s VDI, %d records, %s of data\n", rf.name, h.From.Name, h.To.Name,
+		what := "full backup of " + h.To.Name
+		if !h.Full() {
+			what = "increment from " + h.From.Name + " to " + h.To.Name
+		}
+		fmt.Fprintf(g.out, "%s: intact %s (%s VDI): %d records, %s of data\n", rf.name, what,
 			fs.HumanBytes(int64(h.Size)), n, fs.HumanBytes(int64(b)))
 	}
 	return nil
