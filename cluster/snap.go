@@ -230,6 +230,12 @@ func applySnap(s, n *State, c *Command) (*State, Result) {
 		if v.Lock != nil {
 			return fail(errs.E(errs.Busy, "VDI %q is open for writing by mount %s on node %s: close it before a rollback", c.Name, v.Lock.Mount, v.Lock.Node))
 		}
+		// The VDI goes on from the snapshot's objects, which it reads
+		// with its own replica count: they must be the same. (A snapshot
+		// of an earlier VDI of the same name may have had other copies.)
+		if src.Copies != v.Copies {
+			return fail(errs.E(errs.Invalid, "%s has %d copies and VDI %q %d: roll back only to a snapshot of the same copies (or clone it)", src.FullName(), src.Copies, c.Name, v.Copies))
+		}
 		img, err := n.newID()
 		if err != nil {
 			return fail(err)
