@@ -20,6 +20,10 @@ import (
 // does not hold the write lock of (another gateway may be writing it).
 const indexTTL = time.Second
 
+// unknownIDWait bounds how long a request for a VDI ID this node does not
+// know waits for its state to catch up.
+const unknownIDWait = time.Second
+
 // volume is a VDI or snapshot opened on this gateway, by handle.
 type volume struct {
 	*vdi.Volume
@@ -54,7 +58,14 @@ func (n *Node) volumeFor(vid ids.VDIID) (*volume, *cluster.VDI, error) {
 	st := n.cl.State()
 	meta, ok := st.VDIByID(vid)
 	if !ok {
-		return nil, nil, errs.E(errs.NotFound, "VDI %v", vid)
+		// This node's state may lag behind the node that made the VDI
+		// or snapshot a moment ago: wait for it a little.
+		ctx, cancel := context.WithTimeout(context.Background(), unknownIDWait)
+		st, _ = n.cl.WaitFor(ctx, func(st *cluster.State) bool { _, ok := st.VDIByID(vid); return ok })
+		cancel()
+		if meta, ok = st.VDIByID(vid); !ok {
+			return nil, nil, errs.E(errs.NotFound, "VDI %v", vid)
+		}
 	}
 	info := infoOf(st, meta)
 	n.mu.RLock()
@@ -64,6 +75,7 @@ func (n *Node) volumeFor(vid ids.VDIID) (*volume, *cluster.VDI, error) {
 		n.mu.Lock()
 		if v = n.volumes[vid]; v == nil {
 			v = &volume{Volume: vdi.Open(n.objs, info), loadedAt: time.Now(), index: st.Index}
+			v.OnCopy(n.copiedFrom)
 			n.volumes[vid] = v
 		}
 		n.mu.Unlock()

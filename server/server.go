@@ -70,10 +70,14 @@ type Node struct {
 	hlc   atomic.Uint64
 	stop  chan struct{}
 
-	gcMu    sync.Mutex   // one collect at a time
-	mu      sync.RWMutex // guards volumes and conns
-	volumes map[ids.VDIID]*volume
-	conns   map[*proto.Conn]*connState
+	gcMu      sync.Mutex // one collect at a time
+	gcQueueMu sync.Mutex // guards gcPending and gcRunning
+	// gcPending are images whose families to collect in the background.
+	gcPending map[ids.VDIID]bool
+	gcRunning bool
+	mu        sync.RWMutex // guards volumes and conns
+	volumes   map[ids.VDIID]*volume
+	conns     map[*proto.Conn]*connState
 }
 
 type connState struct {

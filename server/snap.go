@@ -165,11 +165,15 @@ func (n *Node) rollbackVDI(ctx context.Context, name, tag string) (proto.VDIInfo
 	if err := cluster.CheckTag(tag); err != nil {
 		return proto.VDIInfo{}, err
 	}
+	var was []ids.VDIID // the image the rollback buries, to free it
+	if v, ok := n.cl.State().VDIs[name]; ok {
+		was = append(was, v.Image)
+	}
 	r, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdRollback, Name: name, Tag: tag})
 	if err != nil {
 		return proto.VDIInfo{}, err
 	}
-	if _, err := n.collect(ctx); err != nil {
+	if _, err := n.collect(ctx, append(was, r.VDI.Parent)...); err != nil {
 		n.log.Warn().Err(err).Str("vdi", name).Msg("rollback: freeing the old data failed; the next delete or gc retries")
 	}
 	return n.vdiInfo(r.VDI), nil
@@ -193,7 +197,7 @@ func (n *Node) deleteVDI(ctx context.Context, full string) error {
 	n.mu.Lock()
 	delete(n.volumes, r.VDI.ID)
 	n.mu.Unlock()
-	if _, err := n.collect(ctx); err != nil {
+	if _, err := n.collect(ctx, r.VDI.Image); err != nil {
 		return errs.E(errs.KindOf(err), "%s deleted, but freeing its objects failed (the next delete or gc retries): %w", full, err)
 	}
 	return nil
@@ -208,15 +212,25 @@ func (n *Node) deleteVDI(ctx context.Context, full string) error {
 // references (a copy on write replaces an entry) or pass theirs on (a
 // snapshot, clone or rollback starts from a live image's entries), so an
 // object none of them references now stays unreferenced for good.
-func (n *Node) collect(ctx context.Context) (proto.GCResult, error) {
+//
+// With an image given, only the dead images of its family are looked at
+// (the others cannot have changed); with none, all of them.
+func (n *Node) collect(ctx context.Context, of ...ids.VDIID) (proto.GCResult, error) {
 	n.gcMu.Lock()
 	defer n.gcMu.Unlock()
 	var res proto.GCResult
+	roots := map[ids.VDIID]bool{}
+	st := n.cl.State()
+	for _, id := range of {
+		roots[st.Root(id)] = true
+	}
 	for {
 		st := n.cl.State()
 		dead := make([]ids.VDIID, 0, len(st.Dead))
 		for id := range st.Dead {
-			dead = append(dead, id)
+			if len(of) == 0 || roots[st.Root(id)] {
+				dead = append(dead, id)
+			}
 		}
 		// Children first, so that a chain of dead images goes in one pass.
 		slices.SortFunc(dead, func(a, b ids.VDIID) int { return len(st.Chain(b)) - len(st.Chain(a)) })
@@ -245,6 +259,56 @@ func (n *Node) collect(ctx context.Context) (proto.GCResult, error) {
 		if purged == 0 {
 			return res, nil
 		}
+	}
+}
+
+// copiedFrom is called after a write copied an object of image from: if
+// from is dead, that object may have lost its last reference, and the
+// family is collected soon, in the background, a few families at a time.
+func (n *Node) copiedFrom(from ids.VDIID) {
+	if _, dead := n.cl.State().Dead[from]; !dead {
+		return
+	}
+	n.gcQueueMu.Lock()
+	if n.gcPending == nil {
+		n.gcPending = map[ids.VDIID]bool{}
+	}
+	n.gcPending[from] = true
+	start := !n.gcRunning
+	n.gcRunning = true
+	n.gcQueueMu.Unlock()
+	if start {
+		go n.backgroundCollect()
+	}
+}
+
+// backgroundCollect collects the families copiedFrom noted, until none is
+// left.
+func (n *Node) backgroundCollect() {
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-time.After(200 * time.Millisecond): // let copies of one burst gather
+		}
+		n.gcQueueMu.Lock()
+		pending := n.gcPending
+		n.gcPending = nil
+		if len(pending) == 0 {
+			n.gcRunning = false
+			n.gcQueueMu.Unlock()
+			return
+		}
+		n.gcQueueMu.Unlock()
+		of := make([]ids.VDIID, 0, len(pending))
+		for id := range pending {
+			of = append(of, id)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		if _, err := n.collect(ctx, of...); err != nil {
+			n.log.Warn().Err(err).Msg("collecting objects copied away from deleted images")
+		}
+		cancel()
 	}
 }
 

@@ -80,10 +80,20 @@ func NumObjects(size uint64) uint32 {
 type Volume struct {
 	objs Objects
 
-	mu    sync.Mutex
-	info  Info
-	pages map[uint32]*page      // index pages loaded so far, by page number
-	alloc map[uint32]*allocWait // objects being allocated
+	mu     sync.Mutex
+	info   Info
+	pages  map[uint32]*page      // index pages loaded so far, by page number
+	alloc  map[uint32]*allocWait // objects being allocated
+	copied func(from ids.VDIID)  // see OnCopy
+}
+
+// OnCopy sets fn to be called after a write copied an object of image from
+// (an ancestor) into this volume's image: from's object may now be
+// referenced by nothing.
+func (v *Volume) OnCopy(fn func(from ids.VDIID)) {
+	v.mu.Lock()
+	v.copied = fn
+	v.mu.Unlock()
 }
 
 type page struct {
@@ -364,7 +374,18 @@ func (v *Volume) allocate(ctx context.Context, idx uint32, owner ids.VDIID, info
 	if err := v.objs.Create(ctx, oid, info.Copies, objOff, data); err != nil {
 		return err
 	}
-	return v.setOwner(ctx, idx, info.ID)
+	if err := v.setOwner(ctx, idx, info.ID); err != nil {
+		return err
+	}
+	if owner != 0 {
+		v.mu.Lock()
+		fn := v.copied
+		v.mu.Unlock()
+		if fn != nil {
+			fn(owner)
+		}
+	}
+	return nil
 }
 
 // Discard makes [off, off+length) read as zeros. Whole objects owned by

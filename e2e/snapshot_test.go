@@ -1,0 +1,377 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sheepfs/sheepfs/client"
+	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/proto"
+)
+
+// The test process may talk to the daemons as a client (it serves no FUSE
+// mount, so nothing deadlocks); file I/O on mounts stays in subprocesses.
+
+// newClient returns a cluster client through addrs, closed at the end.
+func newClient(t testing.TB, addrs ...string) *client.Client {
+	cl := client.New(addrs, client.Options{RetryFor: 30 * time.Second})
+	t.Cleanup(cl.Close)
+	return cl
+}
+
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// lookupVDI returns the VDI NAME or snapshot NAME@TAG.
+func lookupVDI(t testing.TB, cl *client.Client, full string) proto.VDIInfo {
+	t.Helper()
+	var v proto.VDIInfo
+	if err := cl.Admin(testCtx(t), proto.AdminRequest{Cmd: proto.AdminVDILookup, Name: full}, &v); err != nil {
+		t.Fatalf("lookup %s: %v", full, err)
+	}
+	return v
+}
+
+// readAll reads the whole of VDI or snapshot full through cl.
+func readAll(t testing.TB, cl *client.Client, full string) []byte {
+	t.Helper()
+	v := lookupVDI(t, cl, full)
+	buf := make([]byte, v.Size)
+	for off := 0; off < len(buf); off += 1 << 20 {
+		if err := cl.ReadAt(testCtx(t), v.ID, buf[off:min(off+1<<20, len(buf))], int64(off)); err != nil {
+			t.Fatalf("read %s at %d: %v", full, off, err)
+		}
+	}
+	return buf
+}
+
+// firstDiff describes where a and b first differ.
+func firstDiff(a, b []byte) string {
+	if len(a) != len(b) {
+		return fmt.Sprintf("sizes %d and %d", len(a), len(b))
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return fmt.Sprintf("byte %d (object %d): %#x, want %#x", i, int64(i)/objSize, a[i], b[i])
+		}
+	}
+	return "no difference"
+}
+
+// TestSnapshotsReadBackThroughEveryNode: nine snapshots of one VDI, each
+// taken after qemu-io wrote a different pattern; each reads back exactly
+// its own data through every node, the snapshot files are read-only, and a
+// clone of the third, written to, leaves the snapshot and the VDI as they
+// were.
+func TestSnapshotsReadBackThroughEveryNode(t *testing.T) {
+	requireEnv(t, "qemu-io")
+	c := NewCluster(t, 3, 3)
+	m := c.Mount()
+	const size = 40 << 20
+	run(t, quickTimeout, "truncate", "-s", "40M", m.VDI("s"))
+	model := make([]byte, size)
+	var snaps [][]byte
+	for i := 1; i <= 9; i++ {
+		// A region every round overwrites (shared objects get copied on
+		// write), plus a region of its own (objects only this round and
+		// later snapshots own).
+		off := int64(i) * 4 << 20
+		run(t, cmdTimeout, "qemu-io", "-f", "raw", "-c", fmt.Sprintf("write -P %d 1M 2M", i),
+			"-c", fmt.Sprintf("write -P %d %d 1M", i+100, off+int64(i)*4096), m.VDI("s"))
+		fill(model[1<<20:3<<20], byte(i))
+		fill(model[off+int64(i)*4096:off+int64(i)*4096+1<<20], byte(i+100))
+		if r := c.Sheep("vdi", "snapshot", fmt.Sprintf("s@snap%d", i)); r.Code != 0 {
+			t.Fatalf("snapshot %d: %v", i, r)
+		}
+		snaps = append(snaps, bytes.Clone(model))
+	}
+	check := func(when string) {
+		t.Helper()
+		for _, n := range c.Nodes {
+			cl := newClient(t, n.Addr())
+			for i, want := range snaps {
+				if got := readAll(t, cl, fmt.Sprintf("s@snap%d", i+1)); !bytes.Equal(got, want) {
+					t.Errorf("%s: snapshot %d read through %s: %s", when, i+1, n.ID, firstDiff(got, want))
+				}
+			}
+			if got := readAll(t, cl, "s"); !bytes.Equal(got, model) {
+				t.Errorf("%s: the VDI read through %s: %s", when, n.ID, firstDiff(got, model))
+			}
+		}
+	}
+	check("after nine snapshots")
+
+	// A clone of snapshot 3, written to.
+	if r := c.Sheep("vdi", "clone", "s@snap3", "web"); r.Code != 0 {
+		t.Fatalf("clone: %v", r)
+	}
+	run(t, cmdTimeout, "qemu-io", "-f", "raw", "-c", "write -P 77 0 6M", m.VDI("web"))
+	web := bytes.Clone(snaps[2])
+	fill(web[:6<<20], 77)
+	cl := newClient(t, c.Addrs()...)
+	if got := readAll(t, cl, "web"); !bytes.Equal(got, web) {
+		t.Errorf("the clone: %s", firstDiff(got, web))
+	}
+	check("after writing to a clone of snapshot 3")
+
+	// Snapshots refuse writes, through the gateway and through the mount.
+	v := lookupVDI(t, cl, "s@snap2")
+	if err := cl.WriteAt(testCtx(t), v.ID, []byte("x"), 0, false); err == nil {
+		t.Errorf("a write to a snapshot through the gateway succeeded")
+	}
+	check("after a refused write")
+}
+
+func fill(b []byte, v byte) {
+	for i := range b {
+		b[i] = v
+	}
+}
+
+// TestSnapshotWhileWriting: a snapshot taken while qemu-io writes (O_DIRECT,
+// one write after another, each 64 KiB of a pass's pattern, pass after pass)
+// is the image of one moment: the blocks written by pass k+1 so far, then
+// pass k's. And it never changes afterwards.
+func TestSnapshotWhileWriting(t *testing.T) {
+	requireEnv(t, "qemu-io")
+	c := NewCluster(t, 3, 3)
+	m := c.Mount()
+	const region, block = 8 << 20, 64 << 10
+	run(t, quickTimeout, "truncate", "-s", "16M", m.VDI("w"))
+	var script strings.Builder
+	for pass := 1; pass <= 40; pass++ {
+		for off := 0; off < region; off += block {
+			fmt.Fprintf(&script, "write -P %d %d %d\n", pass, off, block)
+		}
+	}
+	cmdFile := t.TempDir() + "/cmds"
+	if err := os.WriteFile(cmdFile, []byte(script.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan Result, 1)
+	go func() {
+		done <- shellResult(5*time.Minute, fmt.Sprintf("qemu-io -f raw -t none %s < %s > /dev/null", q(m.VDI("w")), q(cmdFile)))
+	}()
+	cl := newClient(t, c.Addrs()...)
+	var taken []string
+	for i := 0; ; i++ {
+		select {
+		case r := <-done:
+			if r.Code != 0 {
+				t.Fatalf("qemu-io: %v", r)
+			}
+			if len(taken) < 3 {
+				t.Fatalf("qemu-io finished after only %d snapshots; the test did not test", len(taken))
+			}
+			goto check
+		case <-time.After(200 * time.Millisecond):
+		}
+		tag := fmt.Sprintf("w@t%d", i)
+		if r := c.Sheep("vdi", "snapshot", tag); r.Code != 0 {
+			t.Fatalf("snapshot while writing: %v", r)
+		}
+		taken = append(taken, tag)
+	}
+check:
+	first := map[string][]byte{}
+	for _, tag := range taken {
+		img := readAll(t, cl, tag)[:region]
+		first[tag] = img
+		if err := cutOfPasses(img, block); err != "" {
+			t.Errorf("snapshot %s is not the image of one moment: %s", tag, err)
+		}
+	}
+	// More writes to the VDI, then the snapshots again: unchanged.
+	run(t, cmdTimeout, "qemu-io", "-f", "raw", "-c", "write -P 99 0 8M", m.VDI("w"))
+	for _, tag := range taken {
+		if got := readAll(t, cl, tag)[:region]; !bytes.Equal(got, first[tag]) {
+			t.Errorf("snapshot %s changed after later writes: %s", tag, firstDiff(got, first[tag]))
+		}
+	}
+}
+
+// cutOfPasses checks that img (blocks written in order, pass after pass,
+// each block filled with its pass number) is a prefix of blocks with
+// pattern k+1 followed by blocks with pattern k (or all one pattern, or
+// zeros before the first pass ended); "" if so.
+func cutOfPasses(img []byte, block int) string {
+	var pats []byte
+	for off := 0; off < len(img); off += block {
+		b := img[off : off+block]
+		for _, x := range b {
+			if x != b[0] {
+				return fmt.Sprintf("block at %d is torn (%#x and %#x)", off, b[0], x)
+			}
+		}
+		pats = append(pats, b[0])
+	}
+	hi := pats[0]
+	i := 0
+	for i < len(pats) && pats[i] == hi {
+		i++
+	}
+	if i == len(pats) {
+		return "" // between two passes
+	}
+	lo := pats[i]
+	for j := i; j < len(pats); j++ {
+		if pats[j] != lo || lo+1 != hi {
+			return fmt.Sprintf("blocks 0-%d hold pass %d, block %d holds %d, block %d holds %d", i-1, hi, i, lo, j, pats[j])
+		}
+	}
+	return ""
+}
+
+// TestDeleteInEveryOrder: a small family (a VDI, two snapshots, a clone
+// of the first) deleted in every order, one family per order, all side by
+// side; after each round of deletes the objects on the nodes are exactly
+// those still referenced, and after the last none is left.
+func TestDeleteInEveryOrder(t *testing.T) {
+	c := NewCluster(t, 3, 3)
+	cl := newClient(t, c.Addrs()...)
+	baseUsed := c.Info().Used
+	orders := permutations([]string{"a", "a@1", "a@2", "b"})
+	for k := range orders {
+		buildFamily(t, c, cl, fmt.Sprintf("r%d", k))
+	}
+	if problems := objectsVsReferences(t, c, cl); len(problems) > 0 {
+		t.Fatalf("before any delete: %s", strings.Join(problems, "; "))
+	}
+	for i := range orders[0] {
+		for k, order := range orders {
+			name := fmt.Sprintf("r%d", k) + order[i]
+			if r := c.Sheep("vdi", "delete", name); r.Code != 0 {
+				t.Fatalf("order %v: delete %s: %v", order, name, r)
+			}
+		}
+		if problems := objectsVsReferences(t, c, cl); len(problems) > 0 {
+			t.Fatalf("after deleting the first %d of each order: %s", i+1, strings.Join(problems, "; "))
+		}
+	}
+	if files := c.ObjectFiles(); len(files) != 0 {
+		t.Errorf("%d objects left after deleting everything", len(files))
+	}
+	if used := c.Info().Used; used > baseUsed+(16<<20) {
+		t.Errorf("cluster space used is %d bytes after deleting everything, %d before", used, baseUsed)
+	}
+}
+
+// buildFamily makes VDI pa with snapshots pa@1, pa@2 and clone pb of pa@1,
+// with writes in between that share some objects and copy others. pb was
+// snapshotted as pb@x, which is deleted again: its image stays, dead, for
+// pb to inherit from.
+func buildFamily(t testing.TB, c *Cluster, cl *client.Client, p string) {
+	t.Helper()
+	ctx := testCtx(t)
+	sheep := func(args ...string) {
+		t.Helper()
+		if r := c.Sheep(args...); r.Code != 0 {
+			t.Fatalf("sheep %v: %v", args, r)
+		}
+	}
+	write := func(name string, idx ...int) {
+		t.Helper()
+		v, err := cl.Lock(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, i := range idx {
+			if err := cl.WriteAt(ctx, v.ID, bytes.Repeat([]byte{byte(i + 1)}, 4096), int64(i)*objSize+8192, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := cl.Flush(ctx, v.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := cl.Unlock(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sheep("vdi", "create", p+"a", "24M")
+	write(p+"a", 0, 1, 2)
+	sheep("vdi", "snapshot", p+"a@1")
+	write(p+"a", 1, 3)
+	sheep("vdi", "snapshot", p+"a@2")
+	write(p+"a", 3, 4)
+	sheep("vdi", "clone", p+"a@1", p+"b")
+	write(p+"b", 2, 5)
+	sheep("vdi", "snapshot", p+"b@x")
+	write(p+"b", 0)
+	sheep("vdi", "delete", p+"b@x")
+}
+
+// objectsVsReferences compares the object files on the nodes with what the
+// cluster's VDIs and snapshots reference: each referenced data object on
+// exactly copies nodes, no other data object anywhere, and index objects
+// only of images the cluster still knows.
+func objectsVsReferences(t testing.TB, c *Cluster, cl *client.Client) []string {
+	t.Helper()
+	ctx := testCtx(t)
+	var imgs []proto.ImageInfo
+	if err := cl.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDITree}, &imgs); err != nil {
+		t.Fatal(err)
+	}
+	known := map[ids.VDIID]bool{}
+	want := map[string]bool{}
+	for _, im := range imgs {
+		known[im.ID] = true
+		if im.VDI == nil {
+			continue
+		}
+		var owners []ids.VDIID
+		if err := cl.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDIOwners, Name: im.VDI.FullName(), Count: 1 << 16}, &owners); err != nil {
+			t.Fatal(err)
+		}
+		for idx, o := range owners {
+			if o != 0 {
+				want[dataOID(uint32(o), uint32(idx))] = true
+			}
+		}
+	}
+	var problems []string
+	files := c.ObjectFiles()
+	for oid, where := range files {
+		v, err := ids.ParseObjectID(oid)
+		if err != nil {
+			continue
+		}
+		switch {
+		case v.IsIndex() && !known[v.VDI()]:
+			problems = append(problems, fmt.Sprintf("index object %s of a forgotten image is left", oid))
+		case !v.IsIndex() && !want[oid]:
+			problems = append(problems, fmt.Sprintf("data object %s is referenced by nothing but left on %d nodes", oid, len(where)))
+		case !v.IsIndex() && len(where) != 3:
+			problems = append(problems, fmt.Sprintf("data object %s is on %d nodes, want 3", oid, len(where)))
+		}
+	}
+	for oid := range want {
+		if files[oid] == nil {
+			problems = append(problems, fmt.Sprintf("referenced data object %s is on no node", oid))
+		}
+	}
+	sort.Strings(problems)
+	return problems
+}
+
+func permutations(xs []string) [][]string {
+	if len(xs) <= 1 {
+		return [][]string{append([]string(nil), xs...)}
+	}
+	var out [][]string
+	for i := range xs {
+		rest := append(append([]string(nil), xs[:i]...), xs[i+1:]...)
+		for _, p := range permutations(rest) {
+			out = append(out, append([]string{xs[i]}, p...))
+		}
+	}
+	return out
+}
