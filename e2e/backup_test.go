@@ -82,7 +82,12 @@ func TestBackupRestore(t *testing.T) {
 		write(id, 6*4*mib, random(mib)) // object 6, new
 	})
 	tue := bytes.Clone(want)
-	change("", func(id ids.VDIID) { write(id, 0, random(mib)) }) // after tue: not in any backup
+	change("wed", func(id ids.VDIID) {
+		write(id, 6*4*mib+2*mib, random(2*mib)) // object 6 again
+		write(id, 15*4*mib, random(4*mib))      // object 15, new
+	})
+	wed := bytes.Clone(want)
+	change("", func(id ids.VDIID) { write(id, 0, random(mib)) }) // after wed: not in any backup
 
 	dir := t.TempDir()
 	full, inc := filepath.Join(dir, "full"), filepath.Join(dir, "inc")
@@ -112,6 +117,21 @@ func TestBackupRestore(t *testing.T) {
 	}
 	if got := readBackupVDI(t, ctx, cl, "dst"); !bytes.Equal(got, tue) {
 		t.Errorf("dst differs from src@tue")
+	}
+	// Full + two increments.
+	inc2 := filepath.Join(dir, "inc2")
+	shell(t, cmdTimeout, sheep+"vdi backup src@tue src@wed > "+q(inc2))
+	if st, err := os.Stat(inc2); err != nil || st.Size() < 8*mib || st.Size() > 8*mib+4096 {
+		t.Errorf("the second increment: %v, %v; want 8 MiB of data, objects 6 and 15", st, err)
+	}
+	if r := c.Sheep("vdi", "restore", "dst3", full, inc2); r.Code == 0 {
+		t.Errorf("restore of a chain with a gap succeeded: %v", r)
+	}
+	if r := c.Sheep("vdi", "restore", "dst3", full, inc, inc2); r.Code != 0 {
+		t.Fatalf("restore of full + two increments: %v", r)
+	}
+	if got := readBackupVDI(t, ctx, cl, "dst3"); !bytes.Equal(got, wed) {
+		t.Errorf("dst3 differs from src@wed")
 	}
 	if r := shellResult(cmdTimeout, sheep+"vdi restore dst2 - < "+q(full)); r.Code != 0 {
 		t.Fatalf("restore from stdin: %v", r)
