@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -109,6 +110,12 @@ func TestSnapshotsReadBackThroughEveryNode(t *testing.T) {
 		}
 	}
 	check("after nine snapshots")
+	// The snapshot files on the mount: qemu-io reads each one's patterns.
+	for i := 1; i <= 9; i++ {
+		off := int64(i)*4<<20 + int64(i)*4096
+		run(t, cmdTimeout, "qemu-io", "-r", "-f", "raw", "-c", fmt.Sprintf("read -P %d 1M 2M", i),
+			"-c", fmt.Sprintf("read -P %d %d 1M", i+100, off), m.Path("snapshot", "s", fmt.Sprintf("snap%d", i)))
+	}
 
 	// A clone of snapshot 3, written to.
 	if r := c.Sheep("vdi", "clone", "s@snap3", "web"); r.Code != 0 {
@@ -129,6 +136,57 @@ func TestSnapshotsReadBackThroughEveryNode(t *testing.T) {
 		t.Errorf("a write to a snapshot through the gateway succeeded")
 	}
 	check("after a refused write")
+}
+
+// TestConcurrentSnapshots: two mounts on different nodes take snapshots of
+// one VDI at the same time (touch in snapshot/NAME/); every one of them is
+// recorded, and each mount lists all of them.
+func TestConcurrentSnapshots(t *testing.T) {
+	c := NewCluster(t, 3, 3)
+	m1, m2 := c.Mount(c.Nodes[1].Addr()), c.Mount(c.Nodes[2].Addr())
+	run(t, quickTimeout, "truncate", "-s", "16M", m1.VDI("c"))
+	run(t, quickTimeout, "dd", "if=/dev/urandom", "of="+m1.VDI("c"), "bs=1M", "count=8", "conv=notrunc,fsync", "status=none")
+	const each = 12
+	done := make(chan Result, 2)
+	for k, m := range []*Mount{m1, m2} {
+		go func() {
+			var script strings.Builder
+			for i := range each {
+				fmt.Fprintf(&script, "touch %s\n", q(m.Path("snapshot", "c", fmt.Sprintf("m%d-%d", k+1, i))))
+			}
+			done <- shellResult(cmdTimeout, script.String())
+		}()
+	}
+	for range 2 {
+		if r := <-done; r.Code != 0 {
+			t.Fatalf("touch: %v", r)
+		}
+	}
+	want := []string{}
+	for k := 1; k <= 2; k++ {
+		for i := range each {
+			want = append(want, fmt.Sprintf("m%d-%d", k, i))
+		}
+	}
+	sort.Strings(want)
+	for _, m := range []*Mount{m1, m2} {
+		var got []string
+		ok := waitFor(10*time.Second, func() bool {
+			got = strings.Fields(shell(t, quickTimeout, "ls "+q(m.Path("snapshot", "c"))).Stdout)
+			sort.Strings(got)
+			return slices.Equal(got, want)
+		})
+		if !ok {
+			t.Errorf("%s lists snapshots %v, want %v", m.Dir, got, want)
+		}
+	}
+	cl := newClient(t, c.Addrs()...)
+	data := readAll(t, cl, "c")
+	for _, tag := range want {
+		if got := readAll(t, cl, "c@"+tag); !bytes.Equal(got, data) {
+			t.Errorf("snapshot c@%s: %s", tag, firstDiff(got, data))
+		}
+	}
 }
 
 func fill(b []byte, v byte) {
