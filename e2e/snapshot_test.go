@@ -189,6 +189,43 @@ func TestConcurrentSnapshots(t *testing.T) {
 	}
 }
 
+// TestPerVDICopies: a VDI created with --copies 2 in a 3-copy cluster keeps
+// 2 replicas of every object, and so do its snapshots' and clones' (a clone
+// cannot ask for another count); its file shows the count as an xattr.
+func TestPerVDICopies(t *testing.T) {
+	requireEnv(t, "getfattr")
+	c := NewCluster(t, 3, 3)
+	m := c.Mount()
+	if r := c.Sheep("vdi", "create", "two", "32M", "--copies", "2"); r.Code != 0 {
+		t.Fatal(r)
+	}
+	run(t, quickTimeout, "truncate", "-s", "32M", m.VDI("three"))
+	for _, name := range []string{"two", "three"} {
+		run(t, cmdTimeout, "dd", "if=/dev/urandom", "of="+m.VDI(name), "bs=1M", "count=12", "conv=notrunc,fsync", "status=none")
+	}
+	if r := c.Sheep("vdi", "snapshot", "two@s"); r.Code != 0 {
+		t.Fatal(r)
+	}
+	run(t, cmdTimeout, "dd", "if=/dev/urandom", "of="+m.VDI("two"), "bs=1M", "seek=2", "count=1", "conv=notrunc,fsync", "status=none")
+	if r := c.Sheep("vdi", "clone", "two@s", "two-c", "--copies", "3"); r.Code == 0 {
+		t.Errorf("a clone with another copies count than its source was made")
+	}
+	if r := c.Sheep("vdi", "clone", "two@s", "two-c"); r.Code != 0 {
+		t.Fatal(r)
+	}
+	run(t, cmdTimeout, "dd", "if=/dev/urandom", "of="+m.VDI("two-c"), "bs=1M", "seek=9", "count=1", "conv=notrunc,fsync", "status=none")
+	cl := newClient(t, c.Addrs()...)
+	if problems := objectsVsReferences(t, c, cl); len(problems) > 0 {
+		t.Errorf("replica counts: %s", strings.Join(problems, "; "))
+	}
+	for file, want := range map[string]string{m.VDI("two"): "2", m.VDI("two-c"): "2", m.VDI("three"): "3", m.Path("snapshot", "two", "s"): "2"} {
+		got := strings.TrimSpace(run(t, quickTimeout, "getfattr", "--only-values", "-n", "user.sheepfs.copies", file).Stdout)
+		if got != want {
+			t.Errorf("%s: user.sheepfs.copies = %q, want %q", file, got, want)
+		}
+	}
+}
+
 func fill(b []byte, v byte) {
 	for i := range b {
 		b[i] = v
@@ -369,7 +406,7 @@ func buildFamily(t testing.TB, c *Cluster, cl *client.Client, p string) {
 
 // objectsVsReferences compares the object files on the nodes with what the
 // cluster's VDIs and snapshots reference: each referenced data object on
-// exactly copies nodes, no other data object anywhere, and index objects
+// exactly as many nodes as its VDI's copies, no other data object anywhere, and index objects
 // only of images the cluster still knows.
 func objectsVsReferences(t testing.TB, c *Cluster, cl *client.Client) []string {
 	t.Helper()
@@ -379,7 +416,7 @@ func objectsVsReferences(t testing.TB, c *Cluster, cl *client.Client) []string {
 		t.Fatal(err)
 	}
 	known := map[ids.VDIID]bool{}
-	want := map[string]bool{}
+	want := map[string]int{} // data object -> copies
 	for _, im := range imgs {
 		known[im.ID] = true
 		if im.VDI == nil {
@@ -391,7 +428,7 @@ func objectsVsReferences(t testing.TB, c *Cluster, cl *client.Client) []string {
 		}
 		for idx, o := range owners {
 			if o != 0 {
-				want[dataOID(uint32(o), uint32(idx))] = true
+				want[dataOID(uint32(o), uint32(idx))] = im.VDI.Copies
 			}
 		}
 	}
@@ -405,10 +442,10 @@ func objectsVsReferences(t testing.TB, c *Cluster, cl *client.Client) []string {
 		switch {
 		case v.IsIndex() && !known[v.VDI()]:
 			problems = append(problems, fmt.Sprintf("index object %s of a forgotten image is left", oid))
-		case !v.IsIndex() && !want[oid]:
+		case !v.IsIndex() && want[oid] == 0:
 			problems = append(problems, fmt.Sprintf("data object %s is referenced by nothing but left on %d nodes", oid, len(where)))
-		case !v.IsIndex() && len(where) != 3:
-			problems = append(problems, fmt.Sprintf("data object %s is on %d nodes, want 3", oid, len(where)))
+		case !v.IsIndex() && len(where) != want[oid]:
+			problems = append(problems, fmt.Sprintf("data object %s is on %d nodes, want %d", oid, len(where), want[oid]))
 		}
 	}
 	for oid := range want {
