@@ -48,6 +48,9 @@ type AdminRequest struct {
 	Source string `json:"source,omitempty"`
 	Offset uint64 `json:"offset,omitempty"`
 	Count  uint32 `json:"count,omitempty"`
+	// Forwarded marks a snapshot request one node sent to the node of
+	// the VDI's writer: that node does not forward it again.
+	Forwarded bool `json:"forwarded,omitempty"`
 }
 
 // ClusterInfo is the answer to AdminClusterInfo.

@@ -293,7 +293,7 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		}
 		out = n.vdiInfo(v)
 	case proto.AdminVDISnapshot:
-		r, err := n.snapshotVDI(ctx, a.Name, a.Tag)
+		r, err := n.snapshotVDI(ctx, a.Name, a.Tag, a.Forwarded)
 		if err != nil {
 			return nil, err
 		}

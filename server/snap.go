@@ -44,7 +44,11 @@ func lookup(st *cluster.State, full string) (*cluster.VDI, error) {
 // VDI's writes, flushes, has the cluster record the snapshot, moves the
 // volume to its new image, and lets writes go on. Every write acknowledged
 // before is in the snapshot, none started after is.
-func (n *Node) snapshotVDI(ctx context.Context, name, tag string) (proto.VDIInfo, error) {
+//
+// A forwarded request is not forwarded again: two nodes whose states
+// disagree about the writer answer StaleEpoch instead of passing it back
+// and forth, and the first node tries again.
+func (n *Node) snapshotVDI(ctx context.Context, name, tag string, forwarded bool) (proto.VDIInfo, error) {
 	if err := cluster.CheckName(name); err != nil {
 		return proto.VDIInfo{}, err
 	}
@@ -60,6 +64,8 @@ func (n *Node) snapshotVDI(ctx context.Context, name, tag string) (proto.VDIInfo
 		var out proto.VDIInfo
 		var err error
 		switch {
+		case meta.Lock != nil && meta.Lock.Node != n.id && forwarded:
+			return proto.VDIInfo{}, errs.E(errs.StaleEpoch, "VDI %q is written through node %s, not %s", name, meta.Lock.Node, n.id)
 		case meta.Lock != nil && meta.Lock.Node != n.id:
 			out, err = n.forwardSnapshot(ctx, st, meta.Lock.Node, name, tag)
 		case meta.Lock != nil:
@@ -87,7 +93,7 @@ func (n *Node) forwardSnapshot(ctx context.Context, st *cluster.State, id ids.No
 	if !ok {
 		return proto.VDIInfo{}, errs.E(errs.StaleEpoch, "writer's node %s is not a member", id)
 	}
-	b, err := json.Marshal(proto.AdminRequest{Cmd: proto.AdminVDISnapshot, Name: name, Tag: tag})
+	b, err := json.Marshal(proto.AdminRequest{Cmd: proto.AdminVDISnapshot, Name: name, Tag: tag, Forwarded: true})
 	if err != nil {
 		return proto.VDIInfo{}, errs.E(errs.Other, "encode: %w", err)
 	}
