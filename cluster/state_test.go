@@ -76,8 +76,8 @@ func clusterABC(t *testing.T) *State {
 // checkConsistent checks the invariants every published State keeps.
 func checkConsistent(t *testing.T, s *State) {
 	t.Helper()
-	if len(s.byID) != len(s.VDIs) {
-		t.Errorf("byID has %d entries for %d VDIs", len(s.byID), len(s.VDIs))
+	if len(s.byID) != len(s.VDIs)+len(s.Snaps) {
+		t.Errorf("byID has %d entries for %d VDIs and %d snapshots", len(s.byID), len(s.VDIs), len(s.Snaps))
 	}
 	for name, v := range s.VDIs {
 		if v.Name != name {
