@@ -130,6 +130,31 @@ func TestSnapshotsReadBackThroughEveryNode(t *testing.T) {
 	}
 	check("after writing to a clone of snapshot 3")
 
+	// The family as sheep vdi tree draws it: the chain of snapshots with
+	// the VDI at its end, and the clone under snapshot 3.
+	tree := c.Sheep("vdi", "tree").Stdout
+	for _, want := range []string{"s@snap1  (snapshot", "└─ s@snap9  (snapshot", "└─ s  (current", "─ web  (current"} {
+		if !strings.Contains(tree, want) {
+			t.Errorf("vdi tree lacks %q:\n%s", want, tree)
+		}
+	}
+
+	// No rollback while the VDI is open for writing; then one to snap4.
+	h, msg := holdOpen(t, m.VDI("s"), "os.O_RDWR")
+	if h == nil {
+		t.Fatalf("open for writing: %s", msg)
+	}
+	if r := c.Sheep("vdi", "rollback", "s@snap4"); r.Code == 0 || !strings.Contains(r.Stderr, "open for writing") {
+		t.Errorf("rollback of a VDI open for writing: %v", r)
+	}
+	h.Release()
+	if !waitFor(10*time.Second, func() bool { return c.Sheep("vdi", "rollback", "s@snap4").Code == 0 }) {
+		t.Fatalf("rollback after the writer closed: %v", c.Sheep("vdi", "rollback", "s@snap4"))
+	}
+	model = bytes.Clone(snaps[3])
+	check("after a rollback to snapshot 4")
+	run(t, cmdTimeout, "qemu-io", "-r", "-f", "raw", "-c", "read -P 4 1M 2M", "-c", fmt.Sprintf("read -P 104 %d 1M", 16<<20+4*4096), "-c", "read -P 0 36M 1M", m.VDI("s"))
+
 	// Snapshots refuse writes, through the gateway and through the mount.
 	v := lookupVDI(t, cl, "s@snap2")
 	if err := cl.WriteAt(testCtx(t), v.ID, []byte("x"), 0, false); err == nil {
