@@ -88,6 +88,13 @@ func (n *Node) volumeFor(vid ids.VDIID) (*volume, *cluster.VDI, error) {
 		v.index = st.Index
 		if !v.Info().Equal(info) {
 			v.SetInfo(info)
+			// SetInfo keeps the loaded index across a snapshot, which
+			// is right where the writes go through this node; any
+			// other gateway may have written the new image already.
+			if meta.Lock == nil || meta.Lock.Node != n.id {
+				v.Forget()
+				v.loadedAt = time.Now()
+			}
 		}
 	}
 	// A snapshot never changes; a VDI that another gateway may be

@@ -318,6 +318,36 @@ func (n *Node) backgroundCollect() {
 	}
 }
 
+// collectEvery is how often the leader collects every family that has
+// dead images: what a failed delete left, and objects copied away from
+// dead images whose background collection did not run (a gateway that
+// died first).
+const collectEvery = 10 * time.Minute
+
+// collectLoop runs the collector on the leader every collectEvery.
+func (n *Node) collectLoop() {
+	t := time.NewTicker(collectEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		if n.cl.Leader() != n.id || len(n.cl.State().Dead) == 0 {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), collectEvery)
+		r, err := n.collect(ctx)
+		cancel()
+		if err != nil {
+			n.log.Warn().Err(err).Msg("periodic collection")
+		} else if r.Freed > 0 || r.Purged > 0 {
+			n.log.Info().Int("freed", r.Freed).Int("purged", r.Purged).Msg("periodic collection")
+		}
+	}
+}
+
 // freeUnreferenced removes the objects dead image d owns that none of its
 // live descendants references, and marks them unallocated in d's index so
 // that the next pass does not look at them again.
