@@ -33,7 +33,7 @@ func TestSnapshotRandomModel(t *testing.T) {
 	}
 	t.Logf("seed %d (replay with SNAP_SEED=%d)", seed, seed)
 	rng := rand.New(rand.NewPCG(seed, seed^0x5eed))
-	ops := 2000
+	ops := 3000
 	if testing.Short() {
 		ops = 500
 	}
