@@ -342,11 +342,45 @@ func (c *Cluster) Apply(ctx context.Context, cmd Command) (Result, error) {
 	}
 }
 
+// CatchUp waits until this node has applied every command the leader had
+// applied when it asked: a read of the state afterwards sees every change
+// acknowledged before the call, whichever node it was made through.
+func (c *Cluster) CatchUp(ctx context.Context) error {
+	if c.raft.State() == raft.Leader {
+		return nil
+	}
+	leader := c.Leader()
+	addr := c.addrOf(leader)
+	if leader == "" || addr == "" {
+		return errs.E(errs.NotReady, "no cluster leader (no quorum?)")
+	}
+	resp, err := c.pool.Get(addr).Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpLeaderIndex}})
+	if err != nil {
+		return err
+	}
+	c.waitApplied(ctx, resp.Aux)
+	if c.fsm.applied.Load() < resp.Aux {
+		return errs.E(errs.NotReady, "node %s is behind the leader's log", c.cfg.ID)
+	}
+	return nil
+}
+
+// LeaderIndex returns the index of the last command this node's state
+// machine applied, if this node is the leader: every command acknowledged
+// so far is at or below it. (raft's own applied index also counts entries
+// the state machine never sees, and on a follower runs ahead of it.)
+func (c *Cluster) LeaderIndex() (uint64, error) {
+	if c.raft.State() != raft.Leader {
+		return 0, errs.E(errs.NotReady, "node %s is not the cluster leader", c.cfg.ID)
+	}
+	return c.fsm.applied.Load(), nil
+}
+
 // waitApplied waits (briefly) until this node has applied the log up to
 // index, so that a client sees its own change through any node.
 func (c *Cluster) waitApplied(ctx context.Context, index uint64) {
 	deadline := time.Now().Add(5 * time.Second)
-	for c.raft.AppliedIndex() < index && time.Now().Before(deadline) && ctx.Err() == nil {
+	for c.fsm.applied.Load() < index && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(2 * time.Millisecond)
 	}
 }

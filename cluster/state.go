@@ -419,6 +419,7 @@ func apply(s *State, c *Command) (*State, Result) {
 // publishes each new State.
 type fsm struct {
 	state   atomic.Pointer[State]
+	applied atomic.Uint64 // log index of the last command applied
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every change
 }
@@ -449,6 +450,7 @@ func (f *fsm) watch() <-chan struct{} {
 func (f *fsm) Apply(l *raft.Log) any {
 	var c Command
 	if err := json.Unmarshal(l.Data, &c); err != nil {
+		f.applied.Store(l.Index)
 		return Result{Err: errs.E(errs.Invalid, "undecodable cluster command: %w", err)}
 	}
 	old := f.state.Load()
@@ -457,6 +459,7 @@ func (f *fsm) Apply(l *raft.Log) any {
 		n.Index = l.Index
 		f.publish(n)
 	}
+	f.applied.Store(l.Index)
 	return r
 }
 
@@ -482,6 +485,9 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	s.derive()
 	f.publish(&s)
+	// The snapshot's own index is not given to Restore; the state's is
+	// the last change in it, which is at most that.
+	f.applied.Store(s.Index)
 	return nil
 }
 

@@ -165,7 +165,8 @@ func TestSnapshotsReadBackThroughEveryNode(t *testing.T) {
 
 // TestConcurrentSnapshots: two mounts on different nodes take snapshots of
 // one VDI at the same time (touch in snapshot/NAME/); every one of them is
-// recorded, and each mount lists all of them.
+// recorded, and each mount lists all of them. Snapshots and clones made
+// through one node are seen at once through another.
 func TestConcurrentSnapshots(t *testing.T) {
 	c := NewCluster(t, 3, 3)
 	m1, m2 := c.Mount(c.Nodes[1].Addr()), c.Mount(c.Nodes[2].Addr())
@@ -205,6 +206,27 @@ func TestConcurrentSnapshots(t *testing.T) {
 			t.Errorf("%s lists snapshots %v, want %v", m.Dir, got, want)
 		}
 	}
+	// Read your writes through any node: a snapshot or clone made through
+	// node1 is there at once through node2 and on node2's mount.
+	for i := range 8 {
+		tag := fmt.Sprintf("n1-%d", i)
+		if r := c.SheepAt(c.Nodes[1].Addr(), "vdi", "snapshot", "c@"+tag); r.Code != 0 {
+			t.Fatal(r)
+		}
+		if r := c.SheepAt(c.Nodes[2].Addr(), "vdi", "snapshots", "c"); r.Code != 0 || !strings.Contains(r.Stdout, "c@"+tag+" ") {
+			t.Errorf("snapshot c@%s made through node1 is not listed through node2 at once: %v", tag, r)
+		}
+		if r := shellResult(quickTimeout, "stat "+q(m2.Path("snapshot", "c", tag))); r.Code != 0 {
+			t.Errorf("snapshot c@%s made through node1 is not on node2's mount at once: %v", tag, r)
+		}
+		if r := c.SheepAt(c.Nodes[1].Addr(), "vdi", "clone", "c@"+tag, "k"+tag); r.Code != 0 {
+			t.Fatal(r)
+		}
+		if r := shellResult(quickTimeout, "stat "+q(m2.VDI("k"+tag))); r.Code != 0 {
+			t.Errorf("clone k%s made through node1 is not on node2's mount at once: %v", tag, r)
+		}
+	}
+
 	cl := newClient(t, c.Addrs()...)
 	data := readAll(t, cl, "c")
 	for _, tag := range want {

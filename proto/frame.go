@@ -51,6 +51,7 @@ const (
 	OpVDIAllocMap                  // response Data = bitmap, one bit per object, Aux = object count
 	OpAdmin                        // Data = JSON AdminRequest; response Data = JSON
 	OpApply                        // forward a cluster command to the leader; Data = command
+	OpLeaderIndex                  // to the leader: response Aux = its last applied log index
 	opMax
 )
 
@@ -64,7 +65,7 @@ var opNames = map[Op]string{
 	OpStatObj: "stat_obj", OpRemoveObj: "remove_obj", OpSyncObjs: "sync_objs",
 	OpListObjs: "list_objs", OpVDIRead: "vdi_read", OpVDIWrite: "vdi_write",
 	OpVDIFlush: "vdi_flush", OpVDIDiscard: "vdi_discard", OpVDIAllocMap: "vdi_allocmap",
-	OpAdmin: "admin", OpApply: "apply",
+	OpAdmin: "admin", OpApply: "apply", OpLeaderIndex: "leader_index",
 }
 
 func (op Op) String() string {

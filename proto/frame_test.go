@@ -96,7 +96,7 @@ func TestDecodeHeaderErrors(t *testing.T) {
 		{"op zero", func(b []byte) []byte { b[2] = 0; return b }, errs.Invalid},
 		{"op after OpListObjs", func(b []byte) []byte { b[2] = byte(proto.OpListObjs) + 1; return b }, errs.Invalid},
 		{"op before OpVDIRead", func(b []byte) []byte { b[2] = byte(proto.OpVDIRead) - 1; return b }, errs.Invalid},
-		{"op after OpApply", func(b []byte) []byte { b[2] = byte(proto.OpApply) + 1; return b }, errs.Invalid},
+		{"op after OpLeaderIndex", func(b []byte) []byte { b[2] = byte(proto.OpLeaderIndex) + 1; return b }, errs.Invalid},
 		{"response of unknown op", func(b []byte) []byte { b[2] = byte(proto.RespBit | 0x7f); return b }, errs.Invalid},
 		{"bare RespBit", func(b []byte) []byte { b[2] = byte(proto.RespBit); return b }, errs.Invalid},
 		{"response op", func(b []byte) []byte { b[2] = byte(proto.OpApply | proto.RespBit); return b }, errs.Other},
@@ -146,8 +146,8 @@ func TestDecodeHeaderErrors(t *testing.T) {
 
 func TestOpsAndNames(t *testing.T) {
 	ops := allOps()
-	if len(ops) != 14 {
-		t.Errorf("%d valid ops, want 14: %v", len(ops), ops)
+	if len(ops) != 15 {
+		t.Errorf("%d valid ops, want 15: %v", len(ops), ops)
 	}
 	seen := map[string]bool{}
 	for _, op := range ops {

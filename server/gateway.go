@@ -20,9 +20,18 @@ import (
 // does not hold the write lock of (another gateway may be writing it).
 const indexTTL = time.Second
 
-// unknownIDWait bounds how long a request for a VDI ID this node does not
-// know waits for its state to catch up.
-const unknownIDWait = time.Second
+// catchUpWait bounds how long a request waits for this node's state to
+// catch up with the leader's.
+const catchUpWait = 2 * time.Second
+
+// catchUp brings this node's state up to every change acknowledged so far
+// (made through any node), so that a lookup or a list answers with them. It
+// reports whether it did; without a leader it gives up after catchUpWait.
+func (n *Node) catchUp(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, catchUpWait)
+	defer cancel()
+	return n.cl.CatchUp(ctx) == nil
+}
 
 // volume is a VDI or snapshot opened on this gateway, by handle.
 type volume struct {
@@ -59,10 +68,9 @@ func (n *Node) volumeFor(vid ids.VDIID) (*volume, *cluster.VDI, error) {
 	meta, ok := st.VDIByID(vid)
 	if !ok {
 		// This node's state may lag behind the node that made the VDI
-		// or snapshot a moment ago: wait for it a little.
-		ctx, cancel := context.WithTimeout(context.Background(), unknownIDWait)
-		st, _ = n.cl.WaitFor(ctx, func(st *cluster.State) bool { _, ok := st.VDIByID(vid); return ok })
-		cancel()
+		// or snapshot a moment ago.
+		n.catchUp(context.Background())
+		st = n.cl.State()
 		if meta, ok = st.VDIByID(vid); !ok {
 			return nil, nil, errs.E(errs.NotFound, "VDI %v", vid)
 		}
@@ -286,6 +294,7 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		}
 		out = n.vdiInfo(r)
 	case proto.AdminVDIList:
+		n.catchUp(ctx)
 		st := n.cl.State()
 		list := make([]proto.VDIInfo, 0, len(st.VDIs))
 		for _, v := range st.VDIs {
@@ -295,6 +304,9 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		out = list
 	case proto.AdminVDILookup:
 		v, err := lookup(n.cl.State(), a.Name)
+		if errs.Is(err, errs.NotFound) && n.catchUp(ctx) {
+			v, err = lookup(n.cl.State(), a.Name)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -318,6 +330,7 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		}
 		out = r
 	case proto.AdminSnapList:
+		n.catchUp(ctx)
 		st := n.cl.State()
 		list := []proto.VDIInfo{}
 		for _, v := range st.Snaps {
@@ -338,6 +351,7 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		}
 		out = struct{}{}
 	case proto.AdminVDITree:
+		n.catchUp(ctx)
 		out = n.tree()
 	case proto.AdminVDIOwners:
 		r, err := n.owners(ctx, a)

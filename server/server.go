@@ -224,6 +224,11 @@ func (n *Node) handle(ctx context.Context, conn *proto.Conn, req *proto.Msg) *pr
 			resp = &proto.Msg{Aux: index}
 			resp.Data, err = jsonMarshal(r)
 		}
+	case proto.OpLeaderIndex:
+		var index uint64
+		if index, err = n.cl.LeaderIndex(); err == nil {
+			resp = &proto.Msg{Aux: index}
+		}
 	default:
 		err = errs.E(errs.Invalid, "unknown op %v", req.Op)
 	}
