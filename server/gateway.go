@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sheepfs/sheepfs/cluster"
@@ -46,6 +47,10 @@ type volume struct {
 	// frozen is an image this volume was snapshotted away from: a write
 	// that still finds it current waits for the new state instead.
 	frozen ids.VDIID
+	// evicted is set, under writes held exclusively, when the volume is
+	// dropped from the gateway's map.
+	evicted  bool
+	lastUsed atomic.Int64 // unix ns
 }
 
 // infoOf is the volume description of meta in st.
@@ -88,6 +93,7 @@ func (n *Node) volumeFor(vid ids.VDIID) (*volume, *cluster.VDI, error) {
 		}
 		n.mu.Unlock()
 	}
+	v.lastUsed.Store(time.Now().UnixNano())
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	// Never go back to an older state's image: a request that read the
@@ -149,17 +155,87 @@ func (n *Node) connClosed(c *proto.Conn) {
 	}
 }
 
-// write runs fn, a write or discard, outside any snapshot of the volume.
-func (v *volume) write(fn func() error) error {
-	v.writes.RLock()
-	defer v.writes.RUnlock()
-	v.mu.Lock()
-	frozen := v.frozen != 0 && v.Info().ID == v.frozen
-	v.mu.Unlock()
-	if frozen {
-		return errs.E(errs.NotReady, "VDI image %v was just snapshotted; this node has not seen the new image yet", v.frozen)
+// writeTo runs fn, a write or discard of VDI handle vid, on its volume,
+// outside any snapshot of it (which moves it to a new image) and never on
+// a volume evicted meanwhile.
+func (n *Node) writeTo(vid ids.VDIID, fn func(v *volume) error) error {
+	for {
+		v, _, err := n.volumeFor(vid)
+		if err != nil {
+			return err
+		}
+		v.writes.RLock()
+		if v.evicted {
+			v.writes.RUnlock()
+			continue
+		}
+		v.mu.Lock()
+		frozen := v.frozen != 0 && v.Info().ID == v.frozen
+		v.mu.Unlock()
+		if frozen {
+			v.writes.RUnlock()
+			return errs.E(errs.NotReady, "VDI image %v was just snapshotted; this node has not seen the new image yet", v.frozen)
+		}
+		err = fn(v)
+		v.writes.RUnlock()
+		return err
 	}
-	return fn()
+}
+
+// volumeIdle is how long a volume may go unused before its gateway drops it
+// (and the index pages it loaded), unless it is open for writing.
+const volumeIdle = 5 * time.Minute
+
+// evictLoop drops idle volumes every minute.
+func (n *Node) evictLoop() {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+			n.evictIdle(time.Now().Add(-volumeIdle), func(vid ids.VDIID) bool {
+				meta, ok := n.cl.State().VDIByID(vid)
+				return ok && meta.Lock != nil
+			})
+		}
+	}
+}
+
+// evictIdle drops the volumes last used before cutoff whose VDI nobody
+// holds open for writing (locked says whether someone does). A volume is dropped with its writes fence held,
+// so no write is running on it; a write that finds it dropped fetches the
+// new one.
+func (n *Node) evictIdle(cutoff time.Time, locked func(ids.VDIID) bool) int {
+	n.mu.RLock()
+	var idle []ids.VDIID
+	for vid, v := range n.volumes {
+		if v.lastUsed.Load() < cutoff.UnixNano() {
+			idle = append(idle, vid)
+		}
+	}
+	n.mu.RUnlock()
+	dropped := 0
+	for _, vid := range idle {
+		n.mu.RLock()
+		v := n.volumes[vid]
+		n.mu.RUnlock()
+		if v == nil || !v.writes.TryLock() {
+			continue
+		}
+		if !locked(vid) && v.lastUsed.Load() < cutoff.UnixNano() {
+			v.evicted = true
+			n.mu.Lock()
+			if n.volumes[vid] == v {
+				delete(n.volumes, vid)
+			}
+			n.mu.Unlock()
+			dropped++
+		}
+		v.writes.Unlock()
+	}
+	return dropped
 }
 
 // checkWriter fails unless the client on c holds vdi's write lock.
@@ -208,7 +284,7 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 		if err := n.checkWriter(c, meta); err != nil {
 			return nil, err
 		}
-		if err := v.write(func() error { return v.WriteAt(ctx, req.Data, off) }); err != nil {
+		if err := n.writeTo(meta.ID, func(v *volume) error { return v.WriteAt(ctx, req.Data, off) }); err != nil {
 			return nil, err
 		}
 		if req.Flags&proto.FlagSync != 0 {
@@ -220,7 +296,8 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 		if err := n.checkWriter(c, meta); err != nil {
 			return nil, err
 		}
-		if err := v.write(func() error { return v.Discard(ctx, off, int64(req.Aux), req.Flags&proto.FlagZeroKeep != 0) }); err != nil {
+		keep := req.Flags&proto.FlagZeroKeep != 0
+		if err := n.writeTo(meta.ID, func(v *volume) error { return v.Discard(ctx, off, int64(req.Aux), keep) }); err != nil {
 			return nil, err
 		}
 	case proto.OpVDIFlush:
@@ -442,11 +519,8 @@ func (n *Node) resizeVDI(ctx context.Context, a proto.AdminRequest) (*cluster.VD
 		if meta.Lock != nil && meta.Lock.Mount != a.Mount {
 			return nil, errs.E(errs.Busy, "VDI %q is open for writing by mount %s: cannot shrink it", a.Name, meta.Lock.Mount)
 		}
-		v, _, err := n.volumeFor(meta.ID)
+		err := n.writeTo(meta.ID, func(v *volume) error { return v.Discard(ctx, int64(a.Size), int64(meta.Size-a.Size), false) })
 		if err != nil {
-			return nil, err
-		}
-		if err := v.write(func() error { return v.Discard(ctx, int64(a.Size), int64(meta.Size-a.Size), false) }); err != nil {
 			return nil, err
 		}
 	}

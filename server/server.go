@@ -133,6 +133,7 @@ func Start(cfg Config) (*Node, error) {
 	go n.srv.Serve(n.ln)
 	go n.rec.run(n.stop)
 	go n.collectLoop()
+	go n.evictLoop()
 	n.log.Info().Str("addr", addr).Msg("sheep started")
 	return n, nil
 }

@@ -113,11 +113,18 @@ func (n *Node) forwardSnapshot(ctx context.Context, st *cluster.State, id ids.No
 
 // snapshotWritten snapshots a VDI whose writer writes through this node.
 func (n *Node) snapshotWritten(ctx context.Context, meta *cluster.VDI, tag string) (proto.VDIInfo, error) {
-	v, _, err := n.volumeFor(meta.ID)
-	if err != nil {
-		return proto.VDIInfo{}, err
+	var v *volume
+	for {
+		var err error
+		if v, _, err = n.volumeFor(meta.ID); err != nil {
+			return proto.VDIInfo{}, err
+		}
+		v.writes.Lock()
+		if !v.evicted {
+			break
+		}
+		v.writes.Unlock() // dropped meanwhile: fence the one writes now use
 	}
-	v.writes.Lock()
 	defer v.writes.Unlock()
 	// The snapshot holds what was acknowledged: make it durable first, so
 	// that a crash cannot take from the snapshot what it showed.
