@@ -463,6 +463,15 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 			_, _ = n.cl.Apply(context.WithoutCancel(ctx), cluster.Command{Op: cluster.CmdVDIUnlock, Name: a.Name, Mount: a.Mount})
 			return nil, errs.E(errs.Closed, "connection closed while locking VDI %q", a.Name)
 		}
+		// Writes through this node trust its cached index from now on
+		// (volumeFor never drops a writer's index): drop what it loaded
+		// before, when another gateway may have been the writer.
+		n.mu.RLock()
+		v := n.volumes[r.VDI.ID]
+		n.mu.RUnlock()
+		if v != nil {
+			v.Forget()
+		}
 		out = n.vdiInfo(r.VDI)
 	case proto.AdminVDIUnlock:
 		cs := n.connState(c)
