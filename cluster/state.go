@@ -244,7 +244,7 @@ const (
 	CmdVDIDelete = "vdi.delete" // Name; Busy while locked
 	CmdVDIResize = "vdi.resize" // Name, Size, Mount (to shrink a locked VDI)
 	CmdVDILock   = "vdi.lock"   // Name, Mount, Node
-	CmdVDIUnlock = "vdi.unlock" // Name, Mount (any holder if Mount is empty)
+	CmdVDIUnlock = "vdi.unlock" // Name, Mount (any holder if Mount is empty), Node (only through that node if set)
 	// Snapshots and clones (snap.go).
 	CmdSnapshot   = "vdi.snapshot" // Name, Tag, Mount+Node of the write lock ("" if unlocked)
 	CmdClone      = "vdi.clone"    // Source NAME@TAG, Name, Copies (0 or the source's)
@@ -398,7 +398,10 @@ func apply(s *State, c *Command) (*State, Result) {
 			}
 			nv.Lock = &Lock{Mount: c.Mount, Node: c.Node, Since: c.Time}
 		case CmdVDIUnlock:
-			if v.Lock == nil || (c.Mount != "" && v.Lock.Mount != c.Mount) {
+			// With Node set (a gateway releasing what a closed
+			// connection held), a lock the mount has taken again
+			// through another node stays.
+			if v.Lock == nil || (c.Mount != "" && v.Lock.Mount != c.Mount) || (c.Node != "" && v.Lock.Node != c.Node) {
 				return s, Result{VDI: v}
 			}
 			nv.Lock = nil

@@ -441,3 +441,17 @@ func TestEpochHistoryBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestUnlockThroughNode: an unlock naming a node leaves the lock alone once
+// the mount has taken it again through another node.
+func TestUnlockThroughNode(t *testing.T) {
+	s := mustApply(t, clusterABC(t), cmdCreate("v", 1<<20), cmdLock("v", "m1", "a"), cmdLock("v", "m1", "b"))
+	s = mustApply(t, s, &Command{Op: CmdVDIUnlock, Name: "v", Mount: "m1", Node: "a"})
+	if l := s.VDIs["v"].Lock; l == nil || l.Node != "b" {
+		t.Fatalf("after an unlock through a, the lock is %+v, want held through b", l)
+	}
+	s = mustApply(t, s, &Command{Op: CmdVDIUnlock, Name: "v", Mount: "m1", Node: "b"})
+	if l := s.VDIs["v"].Lock; l != nil {
+		t.Fatalf("after an unlock through b, the lock is %+v, want none", l)
+	}
+}

@@ -3,7 +3,10 @@ package e2e
 import (
 	"bytes"
 	"testing"
+	"time"
 
+	"github.com/sheepfs/sheepfs/client"
+	"github.com/sheepfs/sheepfs/ids"
 	"github.com/sheepfs/sheepfs/proto"
 )
 
@@ -53,5 +56,38 @@ func TestWriterMovesToGatewayWithCachedIndex(t *testing.T) {
 	}
 	if !bytes.Equal(got[1<<20:1<<20+len(pb)], pb) {
 		t.Errorf("the second writer's data is gone: %s", firstDiff(got[1<<20:1<<20+len(pb)], pb))
+	}
+}
+
+// TestOldGatewayReleasesMovedLock: a client whose connection to one gateway
+// broke takes its write lock again through another (client failover). The
+// first gateway learns of the closed connection later (it was busy, or is
+// shutting down) and releases the locks of that connection: not the lock
+// the client now holds through the other gateway.
+func TestOldGatewayReleasesMovedLock(t *testing.T) {
+	c := NewCluster(t, 3, 3)
+	ctx := testCtx(t)
+	admin := newClient(t, c.Nodes[2].Addr())
+	if err := admin.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDICreate, Name: "v", Size: 8 << 20}, nil); err != nil {
+		t.Fatal(err)
+	}
+	v := lookupVDI(t, admin, "v")
+	old := client.New([]string{c.Nodes[0].Addr()}, client.Options{RetryFor: 30 * time.Second, Mount: "mfailover"})
+	if _, err := old.Lock(ctx, "v"); err != nil {
+		t.Fatal(err)
+	}
+	// The same mount, now through node 1, before node 0 saw the close.
+	moved := client.New([]string{c.Nodes[1].Addr()}, client.Options{RetryFor: 30 * time.Second, Mount: "mfailover"})
+	t.Cleanup(moved.Close)
+	if _, err := moved.Lock(ctx, "v"); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	time.Sleep(time.Second) // node 0 releases what the closed connection held
+	if got := lookupVDI(t, admin, "v"); !got.Locked || got.Node != ids.NodeID(c.Nodes[1].ID) {
+		t.Errorf("after the old connection closed, the lock is %+v, want held through %s", got, c.Nodes[1].ID)
+	}
+	if err := moved.WriteAt(ctx, v.ID, []byte("x"), 0, true); err != nil {
+		t.Errorf("write through the gateway holding the lock: %v", err)
 	}
 }

@@ -147,7 +147,7 @@ func (n *Node) connClosed(c *proto.Conn) {
 	cs.mu.Unlock()
 	for name, mount := range locks {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDIUnlock, Name: name, Mount: mount})
+		_, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDIUnlock, Name: name, Mount: mount, Node: n.id})
 		cancel()
 		if err != nil && !errs.Is(err, errs.NotFound) {
 			n.log.Warn().Err(err).Str("vdi", name).Msg("release lock of closed connection")
@@ -460,7 +460,7 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		if closed {
 			// The client went away while the lock was being granted:
 			// nobody will release it, so do it now.
-			_, _ = n.cl.Apply(context.WithoutCancel(ctx), cluster.Command{Op: cluster.CmdVDIUnlock, Name: a.Name, Mount: a.Mount})
+			_, _ = n.cl.Apply(context.WithoutCancel(ctx), cluster.Command{Op: cluster.CmdVDIUnlock, Name: a.Name, Mount: a.Mount, Node: n.id})
 			return nil, errs.E(errs.Closed, "connection closed while locking VDI %q", a.Name)
 		}
 		// Writes through this node trust its cached index from now on
