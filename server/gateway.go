@@ -528,7 +528,24 @@ func (n *Node) resizeVDI(ctx context.Context, a proto.AdminRequest) (*cluster.VD
 		if meta.Lock != nil && meta.Lock.Mount != a.Mount {
 			return nil, errs.E(errs.Busy, "VDI %q is open for writing by mount %s: cannot shrink it", a.Name, meta.Lock.Mount)
 		}
-		err := n.writeTo(meta.ID, func(v *volume) error { return v.Discard(ctx, int64(a.Size), int64(meta.Size-a.Size), false) })
+		// The object the new size cuts is zeroed past it; the objects
+		// past it are freed whole, also a last one that the old size
+		// cut short (a discard of its part would only punch it, and the
+		// collector never looks past a VDI's size).
+		err := n.writeTo(meta.ID, func(v *volume) error {
+			keep := vdi.NumObjects(a.Size)
+			if cut := min(uint64(keep)*vdi.ObjectSize, meta.Size); cut > a.Size {
+				if err := v.Discard(ctx, int64(a.Size), int64(cut-a.Size), false); err != nil {
+					return err
+				}
+			}
+			for idx := keep; idx < vdi.NumObjects(meta.Size); idx++ {
+				if err := v.Free(ctx, idx); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
 		if err != nil {
 			return nil, err
 		}
