@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"testing"
+	"time"
 
 	"github.com/sheepfs/sheepfs/proto"
 )
@@ -54,5 +55,46 @@ func TestShrinkPastCutObjectFreesIt(t *testing.T) {
 		for oid := range files {
 			t.Errorf("object %s left after deleting everything", oid)
 		}
+	}
+}
+
+// TestShrinkThroughAnotherGatewayRightAfterAWrite: a shrink sent to a
+// gateway that read the VDI a moment before another gateway wrote it
+// discards what the index holds now, not what that gateway cached: after
+// growing again, the region past the shrink reads zeros.
+func TestShrinkThroughAnotherGatewayRightAfterAWrite(t *testing.T) {
+	c := NewCluster(t, 3, 3)
+	ctx := testCtx(t)
+	w := newClient(t, c.Nodes[0].Addr())
+	r := newClient(t, c.Nodes[1].Addr())
+	if err := w.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDICreate, Name: "v", Size: 8 << 20}, nil); err != nil {
+		t.Fatal(err)
+	}
+	v := lookupVDI(t, w, "v")
+	if _, err := w.Lock(ctx, "v"); err != nil {
+		t.Fatal(err)
+	}
+	// Node 1 caches the index while object 1 is unallocated.
+	if err := r.ReadAt(ctx, v.ID, make([]byte, 4096), 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteAt(ctx, v.ID, bytes.Repeat([]byte{'x'}, 4<<20), 4<<20, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Unlock(ctx, "v"); err != nil {
+		t.Fatal(err)
+	}
+	// (Node 1's state may lag the unlock by a moment.)
+	waitFor(time.Second, func() bool { return !lookupVDI(t, r, "v").Locked })
+	for _, size := range []uint64{4 << 20, 8 << 20} {
+		if err := r.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDIResize, Name: "v", Size: size}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other := newClient(t, c.Nodes[2].Addr())
+	waitFor(5*time.Second, func() bool { return lookupVDI(t, other, "v").Size == 8<<20 })
+	got := readAll(t, other, "v")
+	if want := make([]byte, 8<<20); !bytes.Equal(got, want) {
+		t.Errorf("after a shrink to 4 MiB and a grow back to 8 MiB: %s", firstDiff(got, want))
 	}
 }

@@ -533,6 +533,11 @@ func (n *Node) resizeVDI(ctx context.Context, a proto.AdminRequest) (*cluster.VD
 		// cut short (a discard of its part would only punch it, and the
 		// collector never looks past a VDI's size).
 		err := n.writeTo(meta.ID, func(v *volume) error {
+			if meta.Lock == nil || meta.Lock.Node != n.id {
+				// Not this node's writer: another gateway may have
+				// written the VDI since this one cached its index.
+				v.Forget()
+			}
 			keep := vdi.NumObjects(a.Size)
 			if cut := min(uint64(keep)*vdi.ObjectSize, meta.Size); cut > a.Size {
 				if err := v.Discard(ctx, int64(a.Size), int64(cut-a.Size), false); err != nil {
