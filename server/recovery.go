@@ -73,10 +73,12 @@ func (r *recovery) clear(oid ids.ObjectID) {
 	}
 }
 
-// copiesOf returns the replica count of oid's VDI, or 0 if the VDI is gone.
+// copiesOf returns the replica count of oid's image (objects are named by
+// image, not by VDI handle: a VDI moves to a new image at each snapshot), or
+// 0 if the image is gone.
 func copiesOf(st *cluster.State, oid ids.ObjectID) int {
-	if v, ok := st.VDIByID(oid.VDI()); ok {
-		return v.Copies
+	if img, ok := st.Image(oid.VDI()); ok {
+		return img.Copies
 	}
 	return 0
 }
