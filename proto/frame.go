@@ -36,7 +36,7 @@ const (
 	OpReadObj   Op = 1 + iota // read Length bytes at Offset; response Data, Aux = version
 	OpWriteObj                // write Data at Offset; Aux = version
 	OpPunchObj                // zero [Offset, Offset+Length); Aux = version
-	OpStatObj                 // response Aux = version, Offset = epoch
+	OpStatObj                 // response Aux = version, Offset = epoch, FlagCurrent
 	OpRemoveObj               // delete the object
 	OpSyncObjs                // make every write so far durable
 	OpListObjs                // response Data = repeated (oid u64, version u64)
@@ -94,7 +94,11 @@ const (
 	// FlagZeroKeep on OpVDIDiscard keeps the objects allocated
 	// (FALLOC_FL_ZERO_RANGE) instead of freeing them.
 	FlagZeroKeep
-	flagsAll = FlagError | FlagCreate | FlagSync | FlagZeroKeep
+	// FlagCurrent on an OpStatObj answer: the replica is current (its node
+	// is in the object's placement and has not had to doubt its copy since
+	// it last made sure), so it holds every acknowledged write.
+	FlagCurrent
+	flagsAll = FlagError | FlagCreate | FlagSync | FlagZeroKeep | FlagCurrent
 )
 
 // Header is the fixed part of a frame. On the wire (big-endian):

@@ -103,10 +103,10 @@ func TestDecodeHeaderErrors(t *testing.T) {
 		{"unknown kind", func(b []byte) []byte { b[3] = byte(errs.Closed) + 1; return b }, errs.Invalid},
 		{"kind 255", func(b []byte) []byte { b[3] = 255; return b }, errs.Invalid},
 		{"last kind", func(b []byte) []byte { b[3] = byte(errs.Closed); return b }, errs.Other},
-		{"unknown flag", func(b []byte) []byte { binary.BigEndian.PutUint16(b[4:], uint16(proto.FlagZeroKeep)<<1); return b }, errs.Invalid},
+		{"unknown flag", func(b []byte) []byte { binary.BigEndian.PutUint16(b[4:], uint16(proto.FlagCurrent)<<1); return b }, errs.Invalid},
 		{"high flag", func(b []byte) []byte { binary.BigEndian.PutUint16(b[4:], 0x8000); return b }, errs.Invalid},
 		{"all known flags", func(b []byte) []byte {
-			binary.BigEndian.PutUint16(b[4:], uint16(proto.FlagError|proto.FlagCreate|proto.FlagSync|proto.FlagZeroKeep))
+			binary.BigEndian.PutUint16(b[4:], uint16(proto.FlagError|proto.FlagCreate|proto.FlagSync|proto.FlagZeroKeep|proto.FlagCurrent))
 			return b
 		}, errs.Other},
 		{"reserved low bit", func(b []byte) []byte { b[7] = 1; return b }, errs.Invalid},

@@ -26,9 +26,10 @@ import (
 // replica of its epoch. When an epoch change puts the node into an
 // object's placement that it was not in before (or the node was not a
 // member of the previous epoch at all), its local copy is *suspect*: it may
-// have missed writes. A suspect copy is compared with the other members'
-// versions, and replaced by the freshest one, before it serves a read or
-// takes a write; a background pass does the same for every suspect.
+// have missed writes, or hold a write that was never acknowledged. Before
+// it serves a read or takes a write, a suspect copy is replaced by the
+// freshest current copy another member holds, or, if none has one, by the
+// freshest copy of any; a background pass does the same for every suspect.
 // A replica that lacks an object it is asked to change fetches it first.
 //
 // The epoch up to which every suspect has been cleared is kept in
@@ -294,21 +295,45 @@ func (r *recovery) ensure(ctx context.Context, oid ids.ObjectID, mustExist bool)
 	return p.err
 }
 
-// pull asks every other member for its version of oid and copies the
-// freshest one here if it is newer than ours. It fails (retryably) when a
-// member does not answer: that member might hold the freshest copy.
+// current reports whether this node's copy of oid is current in st: the
+// node is in the object's placement and the copy is not suspect. A current
+// copy holds every acknowledged write (see recovery).
+func (r *recovery) current(st *cluster.State, oid ids.ObjectID) bool {
+	copies := copiesOf(st, oid)
+	if copies == 0 {
+		return false
+	}
+	var buf [8]ids.NodeID
+	if !inSet(st.Ring().Replicas(oid, copies, buf[:0]), r.n.id) {
+		return false
+	}
+	r.mu.Lock()
+	_, sus := r.suspects[oid]
+	r.mu.Unlock()
+	return !sus
+}
+
+// pull asks every other member for its version of oid and makes ours the
+// one to trust. If some member's copy is current, the freshest current copy
+// is that one, even when ours has a higher version: a suspect copy may hold
+// a write that was never acknowledged (a gateway cut off from the majority
+// wrote its own replica and could not reach the others), and the highest
+// version would bring it back. Only when no member has a current copy (the
+// whole cluster restarted after an epoch change, say) does the highest
+// version win. It fails (retryably) when a member does not answer: that
+// member might hold the copy to take.
 func (r *recovery) pull(ctx context.Context, oid ids.ObjectID) error {
 	st := r.n.cl.State()
 	local, lerr := r.n.store.Stat(oid)
 	if lerr != nil && !errs.Is(lerr, errs.NotFound) {
 		return lerr
 	}
-	var best cluster.Member
-	bestVer := ids.Version(0)
+	var best, cur cluster.Member
+	bestVer, curVer := ids.Version(0), ids.Version(0)
 	if lerr == nil {
 		bestVer = local.Version
 	}
-	found := false
+	found, haveCur := false, false
 	for _, m := range st.Members {
 		if m.ID == r.n.id {
 			continue
@@ -320,14 +345,22 @@ func (r *recovery) pull(ctx context.Context, oid ids.ObjectID) error {
 		if err != nil {
 			return errs.E(errs.NotReady, "recover %v: ask %s: %w", oid, m.ID, err)
 		}
-		if v := ids.Version(resp.Aux); v > bestVer || (lerr != nil && !found) {
+		v := ids.Version(resp.Aux)
+		if resp.Flags&proto.FlagCurrent != 0 && (!haveCur || v > curVer) {
+			cur, curVer, haveCur = m, v, true
+		}
+		if v > bestVer || (lerr != nil && !found) {
 			best, bestVer, found = m, v, true
 		}
 	}
-	if !found {
-		if lerr != nil {
-			return errs.E(errs.NotFound, "object %v: no replica has it", oid)
-		}
+	switch {
+	case haveCur && lerr == nil && local.Version == curVer:
+		return nil // ours is the current copy
+	case haveCur:
+		best = cur
+	case !found && lerr != nil:
+		return errs.E(errs.NotFound, "object %v: no replica has it", oid)
+	case !found:
 		return nil // ours is the freshest
 	}
 	buf := proto.GetBuf(vdi.ObjectSize)

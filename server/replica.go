@@ -131,11 +131,15 @@ func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, e
 			return nil, err
 		}
 	case proto.OpStatObj:
+		n.rec.catchUp()
 		m, err := n.store.Stat(oid)
 		if err != nil {
 			return nil, err
 		}
 		resp.Aux, resp.Offset = uint64(m.Version), uint64(m.Epoch)
+		if n.rec.current(n.cl.State(), oid) {
+			resp.Flags |= proto.FlagCurrent
+		}
 	case proto.OpRemoveObj:
 		if err := n.store.Remove(oid); err != nil {
 			return nil, err
