@@ -91,3 +91,32 @@ func TestOldGatewayReleasesMovedLock(t *testing.T) {
 		t.Errorf("write through the gateway holding the lock: %v", err)
 	}
 }
+
+// TestWriteThroughOldGatewayRefused: once a client took its write lock
+// again through another gateway, the gateway it wrote through before
+// refuses what still reaches it on the old connection: a snapshot fences
+// writes only on the lock's gateway, and two gateways allocating the same
+// object would each create it.
+func TestWriteThroughOldGatewayRefused(t *testing.T) {
+	c := NewCluster(t, 3, 3)
+	ctx := testCtx(t)
+	admin := newClient(t, c.Nodes[2].Addr())
+	if err := admin.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDICreate, Name: "v", Size: 8 << 20}, nil); err != nil {
+		t.Fatal(err)
+	}
+	v := lookupVDI(t, admin, "v")
+	old := client.New([]string{c.Nodes[0].Addr()}, client.Options{RetryFor: 30 * time.Second, Mount: "mfailover"})
+	t.Cleanup(old.Close)
+	if _, err := old.Lock(ctx, "v"); err != nil {
+		t.Fatal(err)
+	}
+	moved := client.New([]string{c.Nodes[1].Addr()}, client.Options{RetryFor: 30 * time.Second, Mount: "mfailover"})
+	t.Cleanup(moved.Close)
+	if _, err := moved.Lock(ctx, "v"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(5*time.Second, func() bool { return lookupVDI(t, old, "v").Node == ids.NodeID(c.Nodes[1].ID) })
+	if err := old.WriteAt(ctx, v.ID, []byte("stale"), 0, false); err == nil {
+		t.Errorf("a write through the gateway the lock moved away from was accepted")
+	}
+}

@@ -255,6 +255,11 @@ func (n *Node) checkWriter(c *proto.Conn, meta *cluster.VDI) error {
 	if mount == "" || meta.Lock == nil || meta.Lock.Mount != mount {
 		return errs.E(errs.Busy, "VDI %q is not open for writing by this client", meta.Name)
 	}
+	// The client took the lock again through another node: a write
+	// still arriving here would miss that node's snapshot fence.
+	if meta.Lock.Node != n.id {
+		return errs.E(errs.Busy, "VDI %q is now written through node %s", meta.Name, meta.Lock.Node)
+	}
 	return nil
 }
 
