@@ -73,6 +73,7 @@ type Cluster struct {
 	pool proto.Pool
 
 	events chan struct{}
+	gone   sync.Map // node name -> true while gossip holds it dead or gone
 	stop   chan struct{}
 	wg     sync.WaitGroup
 	closed sync.Once
@@ -92,7 +93,10 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (d *delegate) LocalState(join bool) []byte                { return nil }
 func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
 
-type events struct{ ch chan struct{} }
+type events struct {
+	ch   chan struct{}
+	gone *sync.Map
+}
 
 func (e *events) poke() {
 	select {
@@ -100,9 +104,9 @@ func (e *events) poke() {
 	default:
 	}
 }
-func (e *events) NotifyJoin(*memberlist.Node)   { e.poke() }
-func (e *events) NotifyLeave(*memberlist.Node)  { e.poke() }
-func (e *events) NotifyUpdate(*memberlist.Node) { e.poke() }
+func (e *events) NotifyJoin(n *memberlist.Node)   { e.gone.Delete(n.Name); e.poke() }
+func (e *events) NotifyLeave(n *memberlist.Node)  { e.gone.Store(n.Name, true); e.poke() }
+func (e *events) NotifyUpdate(n *memberlist.Node) { e.poke() }
 
 // Start joins or starts a cluster and returns once the node's own services
 // listen. The node becomes useful when State shows it as a member.
@@ -177,7 +181,7 @@ func Start(cfg Config) (*Cluster, error) {
 	mc.AdvertiseAddr = cfg.Host
 	mc.AdvertisePort = mc.BindPort
 	mc.Delegate = &delegate{meta: meta}
-	mc.Events = &events{ch: c.events}
+	mc.Events = &events{ch: c.events, gone: &c.gone}
 	mc.LogOutput = io.Discard
 	mc.ProbeInterval = 500 * time.Millisecond
 	mc.ProbeTimeout = 300 * time.Millisecond
@@ -258,6 +262,13 @@ func (c *Cluster) HasQuorum() bool {
 		return addr != "" && time.Since(c.raft.LastContact()) < c.cfg.Lease
 	}
 	return false
+}
+
+// Gone reports whether gossip has declared node id dead (or gone) and has
+// not seen it since. Cheap: for ordering requests on the I/O path.
+func (c *Cluster) Gone(id ids.NodeID) bool {
+	_, ok := c.gone.Load(string(id))
+	return ok
 }
 
 // Leader returns the raft leader's node ID, or "" if none is known.

@@ -179,16 +179,24 @@ func (r *replicated) change(ctx context.Context, oid ids.ObjectID, copies int, r
 }
 
 // Read implements vdi.Objects: the local replica first, then the others in
-// ring order. After a placement change the new replicas may not have pulled
-// the object yet: if none of them has it, the other members are asked too.
+// ring order, those that gossip has declared dead last: a replica cut off
+// by a partition never answers, and a read would wait on it while another
+// replica has the data. After a placement change the new replicas may not
+// have pulled the object yet: if none of them has it, the other members
+// are asked too.
 func (r *replicated) Read(ctx context.Context, oid ids.ObjectID, copies int, off int64, buf []byte) error {
 	return r.retry(ctx, "read "+oid.String(), func(st *cluster.State) error {
 		ts := targets(st, oid, copies)
-		for i, m := range ts {
-			if m.ID == r.n.id && i > 0 {
-				ts[0], ts[i] = ts[i], ts[0]
+		rank := func(m cluster.Member) int {
+			switch {
+			case m.ID == r.n.id:
+				return 0
+			case r.n.cl.Gone(m.ID):
+				return 2
 			}
+			return 1
 		}
+		slices.SortStableFunc(ts, func(a, b cluster.Member) int { return rank(a) - rank(b) })
 		found, err := r.readAny(ctx, st, oid, off, buf, ts)
 		if !found && !errs.Is(err, errs.StaleEpoch) && len(ts) < len(st.Members) {
 			var others []cluster.Member
