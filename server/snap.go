@@ -126,6 +126,12 @@ func (n *Node) snapshotWritten(ctx context.Context, meta *cluster.VDI, tag strin
 		v.writes.Unlock() // dropped meanwhile: fence the one writes now use
 	}
 	defer v.writes.Unlock()
+	// With writes stopped, the snapshot goes through whatever its client
+	// does: a command abandoned on the way to the leader may commit
+	// anyway, and then writes must not go on in the old image, nor fail
+	// because this node stopped waiting for its state to show the new one.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
 	// The snapshot holds what was acknowledged: make it durable first, so
 	// that a crash cannot take from the snapshot what it showed.
 	if err := v.Flush(ctx); err != nil {
