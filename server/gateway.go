@@ -263,6 +263,25 @@ func (n *Node) checkWriter(c *proto.Conn, meta *cluster.VDI) error {
 	return nil
 }
 
+// writerFence returns ctx with a fence that checks, against the cluster
+// state of every attempt to change an object, that the client on c still
+// holds the write lock of meta's VDI. A write retries for up to RetryFor
+// across failures and epoch changes: one stuck on a replica across a
+// partition, on the side without the majority, must fail once the heal
+// shows that the majority dropped the lock (it died with this node, as far
+// as the majority knew) and perhaps gave it to another client, instead of
+// landing then.
+func (n *Node) writerFence(ctx context.Context, c *proto.Conn, meta *cluster.VDI) context.Context {
+	vid := meta.ID
+	return withFence(ctx, func(st *cluster.State) error {
+		meta, ok := st.VDIByID(vid)
+		if !ok {
+			return errs.E(errs.NotFound, "VDI %v is gone", vid)
+		}
+		return n.checkWriter(c, meta)
+	})
+}
+
 func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*proto.Msg, error) {
 	if req.ID > uint64(ids.MaxVDIID) || req.ID == 0 {
 		return nil, errs.E(errs.Invalid, "bad VDI ID %d", req.ID)
@@ -289,6 +308,7 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 		if err := n.checkWriter(c, meta); err != nil {
 			return nil, err
 		}
+		ctx := n.writerFence(ctx, c, meta)
 		if err := n.writeTo(meta.ID, func(v *volume) error { return v.WriteAt(ctx, req.Data, off) }); err != nil {
 			return nil, err
 		}
@@ -301,6 +321,7 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 		if err := n.checkWriter(c, meta); err != nil {
 			return nil, err
 		}
+		ctx := n.writerFence(ctx, c, meta)
 		keep := req.Flags&proto.FlagZeroKeep != 0
 		if err := n.writeTo(meta.ID, func(v *volume) error { return v.Discard(ctx, off, int64(req.Aux), keep) }); err != nil {
 			return nil, err

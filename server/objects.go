@@ -148,15 +148,30 @@ func (r *replicated) Remove(ctx context.Context, oid ids.ObjectID, copies int) e
 	})
 }
 
+type fenceKey struct{}
+
+// withFence returns ctx carrying fence, which every attempt of a change
+// made with it must pass, against that attempt's cluster state, before it
+// sends anything.
+func withFence(ctx context.Context, fence func(*cluster.State) error) context.Context {
+	return context.WithValue(ctx, fenceKey{}, fence)
+}
+
 // change sends a request that changes oid to every replica of the current
 // epoch (the local one is served in place by local), with a new version,
 // retrying across failures and epoch changes; the replicas are then dirty
 // until the next flush. Only a node in contact with the majority may
-// change data.
+// change data, and only while ctx's fence (withFence), if any, allows it.
 func (r *replicated) change(ctx context.Context, oid ids.ObjectID, copies int, req proto.Msg, local func(ids.Epoch, ids.Version) error) error {
+	fence, _ := ctx.Value(fenceKey{}).(func(*cluster.State) error)
 	return r.retry(ctx, req.Op.String()+" "+oid.String(), func(st *cluster.State) error {
 		if !r.n.cl.HasQuorum() {
 			return errs.E(errs.NotReady, "node %s has no contact with the cluster's majority", r.n.id)
+		}
+		if fence != nil {
+			if err := fence(st); err != nil {
+				return err
+			}
 		}
 		ts := targets(st, oid, copies)
 		ver := r.n.nextVersion()
