@@ -320,8 +320,10 @@ func (r *recovery) current(st *cluster.State, oid ids.ObjectID) bool {
 // wrote its own replica and could not reach the others), and the highest
 // version would bring it back. Only when no member has a current copy (the
 // whole cluster restarted after an epoch change, say) does the highest
-// version win. It fails (retryably) when a member does not answer: that
-// member might hold the copy to take.
+// version win. It fails (retryably) when a member does not answer and no
+// current copy was found: that member might hold the copy to take. It does
+// not ask members that gossip holds dead (a request to one may hang until
+// it times out, across a partition): a current copy does not need them.
 func (r *recovery) pull(ctx context.Context, oid ids.ObjectID) error {
 	st := r.n.cl.State()
 	local, lerr := r.n.store.Stat(oid)
@@ -334,8 +336,13 @@ func (r *recovery) pull(ctx context.Context, oid ids.ObjectID) error {
 		bestVer = local.Version
 	}
 	found, haveCur := false, false
+	var silent error // why a member that might hold the copy to take did not say
 	for _, m := range st.Members {
 		if m.ID == r.n.id {
+			continue
+		}
+		if r.n.cl.Gone(m.ID) {
+			silent = errs.E(errs.NotReady, "recover %v: gossip holds %s dead", oid, m.ID)
 			continue
 		}
 		resp, err := r.n.peers.Get(m.Addr).Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpStatObj, Epoch: st.Epoch, ID: uint64(oid)}})
@@ -343,7 +350,8 @@ func (r *recovery) pull(ctx context.Context, oid ids.ObjectID) error {
 			continue
 		}
 		if err != nil {
-			return errs.E(errs.NotReady, "recover %v: ask %s: %w", oid, m.ID, err)
+			silent = errs.E(errs.NotReady, "recover %v: ask %s: %w", oid, m.ID, err)
+			continue
 		}
 		v := ids.Version(resp.Aux)
 		if resp.Flags&proto.FlagCurrent != 0 && (!haveCur || v > curVer) {
@@ -358,6 +366,8 @@ func (r *recovery) pull(ctx context.Context, oid ids.ObjectID) error {
 		return nil // ours is the current copy
 	case haveCur:
 		best = cur
+	case silent != nil:
+		return silent
 	case !found && lerr != nil:
 		return errs.E(errs.NotFound, "object %v: no replica has it", oid)
 	case !found:
