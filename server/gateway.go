@@ -544,6 +544,9 @@ func (n *Node) resizeVDI(ctx context.Context, a proto.AdminRequest) (*cluster.VD
 		return nil, err
 	}
 	meta, ok := n.cl.State().VDIs[a.Name]
+	if !ok && n.catchUp(ctx) {
+		meta, ok = n.cl.State().VDIs[a.Name] // made a moment ago through another node
+	}
 	if !ok {
 		return nil, errs.E(errs.NotFound, "VDI %q", a.Name)
 	}

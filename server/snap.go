@@ -55,9 +55,17 @@ func (n *Node) snapshotVDI(ctx context.Context, name, tag string, forwarded bool
 	if err := cluster.CheckTag(tag); err != nil {
 		return proto.VDIInfo{}, err
 	}
+	caughtUp := false
 	for try := 0; ; try++ {
 		st := n.cl.State()
 		meta, ok := st.VDIs[name]
+		if !ok && !caughtUp {
+			// Made a moment ago through another node?
+			caughtUp = true
+			if n.catchUp(ctx) {
+				continue
+			}
+		}
 		if !ok {
 			return proto.VDIInfo{}, errs.E(errs.NotFound, "VDI %q", name)
 		}
