@@ -113,6 +113,10 @@ type State struct {
 	// Index is the log index of the command that made this state: later
 	// states have larger ones.
 	Index uint64 `json:"index"`
+	// Applied is set only in a raft snapshot: the log index of the last
+	// command applied when it was taken (commands that changed nothing
+	// count too, and may come after Index).
+	Applied uint64 `json:"applied,omitempty"`
 
 	ring     *hashring.Ring
 	byID     map[ids.VDIID]*VDI
@@ -468,7 +472,11 @@ func (f *fsm) Apply(l *raft.Log) any {
 
 // Snapshot implements raft.FSM.
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
-	return &fsmSnapshot{s: f.state.Load()}, nil
+	// raft does not call Snapshot and Apply at once: applied is the
+	// snapshot's last command.
+	s := *f.state.Load()
+	s.Applied = f.applied.Load()
+	return &fsmSnapshot{s: &s}, nil
 }
 
 // Restore implements raft.FSM.
@@ -486,11 +494,14 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 			v.Image = v.ID
 		}
 	}
+	// The snapshot's own index is not given to Restore: it records the
+	// last command applied (older snapshots only the last change, which
+	// is at most that).
+	applied := max(s.Index, s.Applied)
+	s.Applied = 0
 	s.derive()
 	f.publish(&s)
-	// The snapshot's own index is not given to Restore; the state's is
-	// the last change in it, which is at most that.
-	f.applied.Store(s.Index)
+	f.applied.Store(applied)
 	return nil
 }
 

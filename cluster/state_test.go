@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/ids"
 )
@@ -453,5 +455,32 @@ func TestUnlockThroughNode(t *testing.T) {
 	s = mustApply(t, s, &Command{Op: CmdVDIUnlock, Name: "v", Mount: "m1", Node: "b"})
 	if l := s.VDIs["v"].Lock; l != nil {
 		t.Fatalf("after an unlock through b, the lock is %+v, want none", l)
+	}
+}
+
+// TestRestoreKeepsAppliedIndex: a node that installs a raft snapshot has
+// applied every command up to it, also the ones after the last change of
+// state (failed commands, no-op resizes): the leader counts them in the
+// applied index that CatchUp waits for.
+func TestRestoreKeepsAppliedIndex(t *testing.T) {
+	f := newFSM()
+	index := uint64(0)
+	for _, c := range []*Command{cmdMembers("a", "b", "c"), cmdFormat(2), cmdCreate("v", 1<<20), cmdCreate("v", 1<<20)} {
+		data, err := json.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		index++
+		f.Apply(&raft.Log{Index: index, Data: data})
+	}
+	if got := f.applied.Load(); got != 4 {
+		t.Fatalf("applied %d, want 4", got)
+	}
+	g := snapshotRoundTrip(t, f)
+	if got := g.applied.Load(); got != 4 {
+		t.Errorf("after restoring a snapshot taken at 4 (last change at %d), applied is %d", f.state.Load().Index, got)
+	}
+	if a, b := stateJSON(t, f.state.Load()), stateJSON(t, g.state.Load()); a != b {
+		t.Errorf("restored state differs:\n%s\n%s", a, b)
 	}
 }
