@@ -23,7 +23,8 @@ func TestEvictIdle(t *testing.T) {
 	written.lastUsed.Store(now.Add(-time.Hour).UnixNano())
 	n.volumes = map[ids.VDIID]*volume{1: old, 2: busy, 3: fresh, 4: written}
 	busy.writes.RLock() // a write in progress
-	locked := func(vid ids.VDIID) bool { return vid == 4 } // open for writing somewhere
+	// VDI 4 is open for writing somewhere.
+	locked := func(vid ids.VDIID) bool { return vid == 4 }
 	if got := n.evictIdle(now.Add(-time.Minute), locked); got != 1 {
 		t.Errorf("dropped %d volumes, want 1", got)
 	}
