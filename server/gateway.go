@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"slices"
 	"strings"
@@ -556,6 +558,20 @@ func (n *Node) resizeVDI(ctx context.Context, a proto.AdminRequest) (*cluster.VD
 	if a.Size < meta.Size {
 		if meta.Lock != nil && meta.Lock.Mount != a.Mount {
 			return nil, errs.E(errs.Busy, "VDI %q is open for writing by mount %s: cannot shrink it", a.Name, meta.Lock.Mount)
+		}
+		if meta.Lock == nil {
+			// A shrink writes (it frees the tail): it takes the write
+			// lock for its duration, so that a snapshot taken meanwhile
+			// goes through this node's fence like any writer's.
+			var b [6]byte
+			_, _ = rand.Read(b[:])
+			a.Mount = ids.MountID("shrink-" + string(n.id) + "-" + hex.EncodeToString(b[:]))
+			if _, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDILock, Name: a.Name, Mount: a.Mount, Node: n.id}); err != nil {
+				return nil, err
+			}
+			defer func() {
+				_, _ = n.cl.Apply(context.WithoutCancel(ctx), cluster.Command{Op: cluster.CmdVDIUnlock, Name: a.Name, Mount: a.Mount, Node: n.id})
+			}()
 		}
 		// The object the new size cuts is zeroed past it; the objects
 		// past it are freed whole, also a last one that the old size

@@ -128,6 +128,9 @@ func (r *replicated) write(ctx context.Context, oid ids.ObjectID, copies int, of
 		req.Flags |= proto.FlagCreate
 	}
 	return r.change(ctx, oid, copies, req, func(epoch ids.Epoch, ver ids.Version) error {
+		if err := r.n.checkMutable(ctx, oid); err != nil { // as a remote replica would
+			return err
+		}
 		return r.n.localWrite(ctx, oid, off, data, ver, epoch, create)
 	})
 }
@@ -136,6 +139,9 @@ func (r *replicated) write(ctx context.Context, oid ids.ObjectID, copies int, of
 func (r *replicated) Punch(ctx context.Context, oid ids.ObjectID, copies int, off, length int64) error {
 	req := proto.Msg{Header: proto.Header{Op: proto.OpPunchObj, Offset: uint64(off), Length: uint32(length)}}
 	return r.change(ctx, oid, copies, req, func(epoch ids.Epoch, ver ids.Version) error {
+		if err := r.n.checkMutable(ctx, oid); err != nil {
+			return err
+		}
 		return r.n.localPunch(ctx, oid, off, length, ver, epoch)
 	})
 }
