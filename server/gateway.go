@@ -160,8 +160,8 @@ func (n *Node) connClosed(c *proto.Conn) {
 // writeTo runs fn, a write or discard of VDI handle vid, on its volume,
 // outside any snapshot of it (which moves it to a new image) and never on
 // a volume evicted meanwhile.
-func (n *Node) writeTo(vid ids.VDIID, fn func(v *volume) error) error {
-	for {
+func (n *Node) writeTo(ctx context.Context, vid ids.VDIID, fn func(v *volume) error) error {
+	for tries := 0; ; tries++ {
 		v, _, err := n.volumeFor(vid)
 		if err != nil {
 			return err
@@ -172,16 +172,37 @@ func (n *Node) writeTo(vid ids.VDIID, fn func(v *volume) error) error {
 			continue
 		}
 		v.mu.Lock()
-		frozen := v.frozen != 0 && v.Info().ID == v.frozen
+		frozen := v.frozen
+		current := frozen != 0 && v.Info().ID == frozen
 		v.mu.Unlock()
-		if frozen {
+		if current {
 			v.writes.RUnlock()
-			return errs.E(errs.NotReady, "VDI image %v was just snapshotted; this node has not seen the new image yet", v.frozen)
+			// A snapshot's outcome was unknown here: once this node
+			// has caught up, the old image is either a snapshot's (and
+			// the next volumeFor moves on) or, if the command never
+			// committed, still the VDI's own.
+			if tries >= 3 || !n.catchUp(ctx) {
+				return errs.E(errs.NotReady, "VDI image %v was just snapshotted; this node has not seen the new image yet", frozen)
+			}
+			if !snapshotImage(n.cl.State(), frozen) {
+				v.mu.Lock()
+				if v.frozen == frozen {
+					v.frozen = 0
+				}
+				v.mu.Unlock()
+			}
+			continue
 		}
 		err = fn(v)
 		v.writes.RUnlock()
 		return err
 	}
+}
+
+// snapshotImage reports whether image img is a snapshot's.
+func snapshotImage(st *cluster.State, img ids.VDIID) bool {
+	i, ok := st.Image(img)
+	return ok && i.VDI != nil && i.VDI.IsSnapshot()
 }
 
 // volumeIdle is how long a volume may go unused before its gateway drops it
@@ -311,7 +332,7 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 			return nil, err
 		}
 		ctx := n.writerFence(ctx, c, meta)
-		if err := n.writeTo(meta.ID, func(v *volume) error { return v.WriteAt(ctx, req.Data, off) }); err != nil {
+		if err := n.writeTo(ctx, meta.ID, func(v *volume) error { return v.WriteAt(ctx, req.Data, off) }); err != nil {
 			return nil, err
 		}
 		if req.Flags&proto.FlagSync != 0 {
@@ -325,7 +346,7 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 		}
 		ctx := n.writerFence(ctx, c, meta)
 		keep := req.Flags&proto.FlagZeroKeep != 0
-		if err := n.writeTo(meta.ID, func(v *volume) error { return v.Discard(ctx, off, int64(req.Aux), keep) }); err != nil {
+		if err := n.writeTo(ctx, meta.ID, func(v *volume) error { return v.Discard(ctx, off, int64(req.Aux), keep) }); err != nil {
 			return nil, err
 		}
 	case proto.OpVDIFlush:
@@ -577,7 +598,7 @@ func (n *Node) resizeVDI(ctx context.Context, a proto.AdminRequest) (*cluster.VD
 		// past it are freed whole, also a last one that the old size
 		// cut short (a discard of its part would only punch it, and the
 		// collector never looks past a VDI's size).
-		err := n.writeTo(meta.ID, func(v *volume) error {
+		err := n.writeTo(ctx, meta.ID, func(v *volume) error {
 			if meta.Lock == nil || meta.Lock.Node != n.id {
 				// Not this node's writer: another gateway may have
 				// written the VDI since this one cached its index.

@@ -149,7 +149,20 @@ func (n *Node) snapshotWritten(ctx context.Context, meta *cluster.VDI, tag strin
 	r, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdSnapshot, Name: meta.Name, Tag: tag,
 		Mount: meta.Lock.Mount, Node: n.id})
 	if err != nil {
-		return proto.VDIInfo{}, err
+		// The command may have committed all the same (the leader
+		// changed, or its answer was lost): then the old image is the
+		// snapshot's now, and writes must not resume in it.
+		if cerr := n.cl.CatchUp(ctx); cerr != nil {
+			v.mu.Lock()
+			v.frozen = old // unknown: writes wait for a state that says
+			v.mu.Unlock()
+			return proto.VDIInfo{}, err
+		}
+		snap, ok := n.cl.State().Snapshot(meta.Name, tag)
+		if !ok || snap.Image != old {
+			return proto.VDIInfo{}, err
+		}
+		r = cluster.Result{VDI: snap}
 	}
 	// Writes resume only in the new image. Until this node's state shows
 	// it, the old one is frozen: writes fail (and are retried) instead.
