@@ -48,6 +48,10 @@ type Lock struct {
 	Mount ids.MountID `json:"mount"`
 	Node  ids.NodeID  `json:"node"`
 	Since int64       `json:"since"` // unix seconds
+	// Session names the gateway connection the lock was (last) taken
+	// through, so that releasing an old connection's locks leaves one
+	// the mount took again through a new connection to the same node.
+	Session string `json:"session,omitempty"`
 }
 
 // VDI is the cluster metadata of one virtual disk image: a writable VDI
@@ -233,6 +237,9 @@ type Command struct {
 	// Tag is a snapshot's tag; Source a snapshot NAME@TAG to clone.
 	Tag    string    `json:"tag,omitempty"`
 	Source string    `json:"source,omitempty"`
+	// Session: see Lock. An unlock with Session set releases only a lock
+	// taken through that session.
+	Session string `json:"session,omitempty"`
 	Image  ids.VDIID `json:"image,omitempty"` // purge
 	// Grow makes a resize grow-only: a size at or below the current one
 	// changes nothing (for writes past the end, which may arrive out of
@@ -400,12 +407,13 @@ func apply(s *State, c *Command) (*State, Result) {
 			if v.Lock == nil {
 				nv.WriteGen++
 			}
-			nv.Lock = &Lock{Mount: c.Mount, Node: c.Node, Since: c.Time}
+			nv.Lock = &Lock{Mount: c.Mount, Node: c.Node, Since: c.Time, Session: c.Session}
 		case CmdVDIUnlock:
 			// With Node set (a gateway releasing what a closed
 			// connection held), a lock the mount has taken again
 			// through another node stays.
-			if v.Lock == nil || (c.Mount != "" && v.Lock.Mount != c.Mount) || (c.Node != "" && v.Lock.Node != c.Node) {
+			if v.Lock == nil || (c.Mount != "" && v.Lock.Mount != c.Mount) || (c.Node != "" && v.Lock.Node != c.Node) ||
+				(c.Session != "" && v.Lock.Session != c.Session) {
 				return s, Result{VDI: v}
 			}
 			nv.Lock = nil

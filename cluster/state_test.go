@@ -458,6 +458,27 @@ func TestUnlockThroughNode(t *testing.T) {
 	}
 }
 
+// TestUnlockOfASession: an unlock naming a session releases only a lock
+// taken through that session (a closed connection's late unlock leaves the
+// lock its mount took again through a new connection to the same node).
+func TestUnlockOfASession(t *testing.T) {
+	lock := func(session string) *Command {
+		return &Command{Op: CmdVDILock, Name: "v", Mount: "m1", Node: "a", Session: session}
+	}
+	s := mustApply(t, clusterABC(t), cmdCreate("v", 1<<20), lock("old"), lock("new"))
+	if l := s.VDIs["v"].Lock; l == nil || l.Session != "new" {
+		t.Fatalf("lock after relocking: %+v", l)
+	}
+	s = mustApply(t, s, &Command{Op: CmdVDIUnlock, Name: "v", Mount: "m1", Node: "a", Session: "old"})
+	if l := s.VDIs["v"].Lock; l == nil || l.Session != "new" {
+		t.Fatalf("the old session's unlock released the new session's lock: %+v", l)
+	}
+	s = mustApply(t, s, &Command{Op: CmdVDIUnlock, Name: "v", Mount: "m1", Node: "a", Session: "new"})
+	if l := s.VDIs["v"].Lock; l != nil {
+		t.Fatalf("the new session's unlock left %+v", l)
+	}
+}
+
 // TestRestoreKeepsAppliedIndex: a node that installs a raft snapshot has
 // applied every command up to it, also the ones after the last change of
 // state (failed commands, no-op resizes): the leader counts them in the

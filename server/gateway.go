@@ -127,7 +127,7 @@ func (n *Node) connState(c *proto.Conn) *connState {
 	defer n.mu.Unlock()
 	cs := n.conns[c]
 	if cs == nil {
-		cs = &connState{locks: map[string]ids.MountID{}}
+		cs = &connState{locks: map[string]ids.MountID{}, session: n.newSession()}
 		n.conns[c] = cs
 		c.OnClose(func() { n.connClosed(c) })
 	}
@@ -149,10 +149,46 @@ func (n *Node) connClosed(c *proto.Conn) {
 	cs.mu.Unlock()
 	for name, mount := range locks {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDIUnlock, Name: name, Mount: mount, Node: n.id})
+		_, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDIUnlock, Name: name, Mount: mount, Node: n.id, Session: cs.session})
 		cancel()
 		if err != nil && !errs.Is(err, errs.NotFound) {
 			n.log.Warn().Err(err).Str("vdi", name).Msg("release lock of closed connection")
+		}
+	}
+}
+
+// newSession returns a lock session name of this run of the node.
+func (n *Node) newSession() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return n.runPrefix() + hex.EncodeToString(b[:])
+}
+
+// runPrefix starts every session name of this run of the node.
+func (n *Node) runPrefix() string { return string(n.id) + "-" + n.run + "-" }
+
+// releaseStaleLocks releases, once the cluster answers, the write locks
+// held through this node by a previous run of it: a restart within the
+// grace period keeps the node a member, so they would never die otherwise.
+// A client that took its lock again through this run has a session of this
+// run, which stays.
+func (n *Node) releaseStaleLocks() {
+	for !n.cl.HasQuorum() || !n.cl.State().Formatted() {
+		select {
+		case <-n.stop:
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	for name, v := range n.cl.State().VDIs {
+		if v.Lock == nil || v.Lock.Node != n.id || strings.HasPrefix(v.Lock.Session, n.runPrefix()) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDIUnlock, Name: name, Mount: v.Lock.Mount, Node: n.id, Session: v.Lock.Session})
+		cancel()
+		if err == nil {
+			n.log.Info().Str("vdi", name).Str("mount", string(v.Lock.Mount)).Msg("released a write lock held through this node before it restarted")
 		}
 	}
 }
@@ -496,7 +532,7 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 			return nil, errs.E(errs.Invalid, "lock needs a mount ID")
 		}
 		cs := n.connState(c)
-		r, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDILock, Name: a.Name, Mount: a.Mount, Node: n.id})
+		r, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDILock, Name: a.Name, Mount: a.Mount, Node: n.id, Session: cs.session})
 		if err != nil {
 			return nil, err
 		}
@@ -509,7 +545,7 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		if closed {
 			// The client went away while the lock was being granted:
 			// nobody will release it, so do it now.
-			_, _ = n.cl.Apply(context.WithoutCancel(ctx), cluster.Command{Op: cluster.CmdVDIUnlock, Name: a.Name, Mount: a.Mount, Node: n.id})
+			_, _ = n.cl.Apply(context.WithoutCancel(ctx), cluster.Command{Op: cluster.CmdVDIUnlock, Name: a.Name, Mount: a.Mount, Node: n.id, Session: cs.session})
 			return nil, errs.E(errs.Closed, "connection closed while locking VDI %q", a.Name)
 		}
 		// Writes through this node trust its cached index from now on
@@ -584,14 +620,13 @@ func (n *Node) resizeVDI(ctx context.Context, a proto.AdminRequest) (*cluster.VD
 			// A shrink writes (it frees the tail): it takes the write
 			// lock for its duration, so that a snapshot taken meanwhile
 			// goes through this node's fence like any writer's.
-			var b [6]byte
-			_, _ = rand.Read(b[:])
-			a.Mount = ids.MountID("shrink-" + string(n.id) + "-" + hex.EncodeToString(b[:]))
-			if _, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDILock, Name: a.Name, Mount: a.Mount, Node: n.id}); err != nil {
+			session := n.newSession()
+			a.Mount = ids.MountID("shrink-" + session)
+			if _, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDILock, Name: a.Name, Mount: a.Mount, Node: n.id, Session: session}); err != nil {
 				return nil, err
 			}
 			defer func() {
-				_, _ = n.cl.Apply(context.WithoutCancel(ctx), cluster.Command{Op: cluster.CmdVDIUnlock, Name: a.Name, Mount: a.Mount, Node: n.id})
+				_, _ = n.cl.Apply(context.WithoutCancel(ctx), cluster.Command{Op: cluster.CmdVDIUnlock, Name: a.Name, Mount: a.Mount, Node: n.id, Session: session})
 			}()
 		}
 		// The object the new size cuts is zeroed past it; the objects

@@ -70,6 +70,7 @@ type Node struct {
 	hlc   atomic.Uint64
 	stop  chan struct{}
 
+	run       string     // random, new at every start: names this run's lock sessions
 	gcMu      sync.Mutex // one collect at a time
 	gcQueueMu sync.Mutex // guards gcPending and gcRunning
 	// gcPending are images whose families to collect in the background.
@@ -81,8 +82,9 @@ type Node struct {
 }
 
 type connState struct {
-	mu    sync.Mutex
-	locks map[string]ids.MountID // VDI name -> mount holding it via this conn
+	mu      sync.Mutex
+	locks   map[string]ids.MountID // VDI name -> mount holding it via this conn
+	session string                 // names this connection in the locks it takes
 }
 
 // Start opens the data directory, listens, and joins the cluster.
@@ -103,7 +105,9 @@ func Start(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, id: id, log: cfg.Log.With().Str("node", string(id)).Logger(),
+	var run [4]byte
+	_, _ = rand.Read(run[:])
+	n := &Node{cfg: cfg, id: id, log: cfg.Log.With().Str("node", string(id)).Logger(), run: hex.EncodeToString(run[:]),
 		volumes: map[ids.VDIID]*volume{}, conns: map[*proto.Conn]*connState{}}
 	n.objs = &replicated{n: n}
 	n.rec = newRecovery(n)
@@ -120,7 +124,13 @@ func Start(cfg Config) (*Node, error) {
 		return nil, errs.E(errs.IO, "listen on %s: %w", addr, err)
 	}
 	n.cl, err = cluster.Start(cluster.Config{ID: id, Dir: filepath.Join(cfg.Dir, "cluster"),
-		Host: cfg.Host, Port: cfg.Port, Join: cfg.Join, DeadGrace: cfg.DeadGrace, Log: cfg.Log})
+		Host: cfg.Host, Port: cfg.Port, Join: cfg.Join, DeadGrace: cfg.DeadGrace, Log: cfg.Log,
+		// Requests waiting on a node gossip holds dead fail (and are
+		// retried elsewhere or later) instead of waiting on a connection
+		// whose packets a partition drops, which does not break for
+		// minutes: a write in flight when the partition came would hang
+		// on the majority side until the heal.
+		OnGone: func(addr string) { n.peers.Get(addr).Close() }})
 	if err != nil {
 		n.ln.Close()
 		n.store.Close()
@@ -133,6 +143,7 @@ func Start(cfg Config) (*Node, error) {
 	go n.srv.Serve(n.ln)
 	go n.rec.run(n.stop)
 	go n.collectLoop()
+	go n.releaseStaleLocks()
 	go n.evictLoop()
 	n.log.Info().Str("addr", addr).Msg("sheep started")
 	return n, nil
