@@ -235,12 +235,12 @@ type Command struct {
 	Node    ids.NodeID  `json:"node,omitempty"`
 	Time    int64       `json:"time,omitempty"`
 	// Tag is a snapshot's tag; Source a snapshot NAME@TAG to clone.
-	Tag    string    `json:"tag,omitempty"`
-	Source string    `json:"source,omitempty"`
+	Tag    string `json:"tag,omitempty"`
+	Source string `json:"source,omitempty"`
 	// Session: see Lock. An unlock with Session set releases only a lock
 	// taken through that session.
-	Session string `json:"session,omitempty"`
-	Image  ids.VDIID `json:"image,omitempty"` // purge
+	Session string    `json:"session,omitempty"`
+	Image   ids.VDIID `json:"image,omitempty"` // purge
 	// Grow makes a resize grow-only: a size at or below the current one
 	// changes nothing (for writes past the end, which may arrive out of
 	// order).
