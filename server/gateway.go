@@ -602,10 +602,10 @@ func (n *Node) resizeVDI(ctx context.Context, a proto.AdminRequest) (*cluster.VD
 	if err := cluster.CheckSize(a.Size); err != nil {
 		return nil, err
 	}
+	// The lock check below must see a lock released a moment ago through
+	// another node, and a VDI made a moment ago.
+	n.catchUp(ctx)
 	meta, ok := n.cl.State().VDIs[a.Name]
-	if !ok && n.catchUp(ctx) {
-		meta, ok = n.cl.State().VDIs[a.Name] // made a moment ago through another node
-	}
 	if !ok {
 		return nil, errs.E(errs.NotFound, "VDI %q", a.Name)
 	}
