@@ -57,6 +57,9 @@ type Config struct {
 	// Lease is how long a node keeps acknowledging writes after its last
 	// contact with the raft leader (see HasQuorum). Default 3 s.
 	Lease time.Duration
+	// OnGone, if set, is called with the data address of every node that
+	// gossip declares dead (or gone). It must not block.
+	OnGone func(addr string)
 	// Log receives the node's logs.
 	Log zerolog.Logger
 }
@@ -94,8 +97,9 @@ func (d *delegate) LocalState(join bool) []byte                { return nil }
 func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
 
 type events struct {
-	ch   chan struct{}
-	gone *sync.Map
+	ch     chan struct{}
+	gone   *sync.Map
+	onGone func(addr string) // may be nil
 }
 
 func (e *events) poke() {
@@ -104,8 +108,15 @@ func (e *events) poke() {
 	default:
 	}
 }
-func (e *events) NotifyJoin(n *memberlist.Node)   { e.gone.Delete(n.Name); e.poke() }
-func (e *events) NotifyLeave(n *memberlist.Node)  { e.gone.Store(n.Name, true); e.poke() }
+func (e *events) NotifyJoin(n *memberlist.Node) { e.gone.Delete(n.Name); e.poke() }
+func (e *events) NotifyLeave(n *memberlist.Node) {
+	e.gone.Store(n.Name, true)
+	var m nodeMeta
+	if e.onGone != nil && json.Unmarshal(n.Meta, &m) == nil && m.Data != "" {
+		e.onGone(m.Data)
+	}
+	e.poke()
+}
 func (e *events) NotifyUpdate(n *memberlist.Node) { e.poke() }
 
 // Start joins or starts a cluster and returns once the node's own services
@@ -181,7 +192,7 @@ func Start(cfg Config) (*Cluster, error) {
 	mc.AdvertiseAddr = cfg.Host
 	mc.AdvertisePort = mc.BindPort
 	mc.Delegate = &delegate{meta: meta}
-	mc.Events = &events{ch: c.events, gone: &c.gone}
+	mc.Events = &events{ch: c.events, gone: &c.gone, onGone: cfg.OnGone}
 	mc.LogOutput = io.Discard
 	mc.ProbeInterval = 500 * time.Millisecond
 	mc.ProbeTimeout = 300 * time.Millisecond
