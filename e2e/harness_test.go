@@ -1,5 +1,6 @@
 // Package e2e holds the end-to-end tests of sheepfs: separate sheep
-// processes on loopback, a real FUSE mount served by a separate sheepfs
+// processes on loopback (or each in a network namespace of its own, for
+// partitions), a real FUSE mount served by a separate sheepfs
 // process, and every byte of file I/O on the mount done by subprocesses (dd,
 // qemu-img, qemu-io, fio, python3) that run under a timeout, so that a
 // sheepfs that hangs fails a test instead of hanging the test binary.
@@ -419,12 +420,20 @@ type Node struct {
 	Port  int
 	Dir   string // data directory
 	Log   string // stderr of every run of the daemon
+	Host  string // IP address to listen on (empty: 127.0.0.1)
+	NetNS string // network namespace to run in (empty: the test's own)
 	proc  *proc
 	c     *Cluster
 }
 
 // Addr is the node's data address.
-func (n *Node) Addr() string { return "127.0.0.1:" + strconv.Itoa(n.Port) }
+func (n *Node) Addr() string {
+	host := n.Host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, strconv.Itoa(n.Port))
+}
 
 // Running reports whether the daemon process is alive.
 func (n *Node) Running() bool { return n.proc != nil && n.proc.running() }
@@ -463,7 +472,15 @@ func (c *Cluster) startNode(n *Node, join []string) {
 	for _, j := range join {
 		args = append(args, "--join", j)
 	}
-	p, err := startProc(n.Log, sheepBin, args...)
+	if n.Host != "" {
+		args = append(args, "--host", n.Host)
+	}
+	name := sheepBin
+	if n.NetNS != "" {
+		// ip netns exec execs the daemon: the process is sheep itself.
+		name, args = "ip", append([]string{"netns", "exec", n.NetNS, sheepBin}, args...)
+	}
+	p, err := startProc(n.Log, name, args...)
 	if err != nil {
 		c.t.Fatalf("start %s: %v", n.ID, err)
 	}
