@@ -8,6 +8,8 @@ package cluster
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -322,6 +324,14 @@ func cmpID(a, b ids.NodeID) int {
 func (c *Cluster) Apply(ctx context.Context, cmd Command) (Result, error) {
 	if cmd.Time == 0 {
 		cmd.Time = now()
+	}
+	if cmd.Token == "" {
+		// The same bytes go out at every retry below: if an earlier
+		// attempt was applied (its answer lost with the leader), the
+		// retry answers its result instead of applying it again.
+		var b [12]byte
+		_, _ = rand.Read(b[:])
+		cmd.Token = hex.EncodeToString(b[:])
 	}
 	data, err := json.Marshal(cmd)
 	if err != nil {

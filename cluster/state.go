@@ -117,6 +117,8 @@ type State struct {
 	// Index is the log index of the command that made this state: later
 	// states have larger ones.
 	Index uint64 `json:"index"`
+	// Recent are the tokens of the last commands that changed the state.
+	Recent []Done `json:"recent,omitempty"`
 	// Applied is set only in a raft snapshot: the log index of the last
 	// command applied when it was taken (commands that changed nothing
 	// count too, and may come after Index).
@@ -237,6 +239,9 @@ type Command struct {
 	// Tag is a snapshot's tag; Source a snapshot NAME@TAG to clone.
 	Tag    string `json:"tag,omitempty"`
 	Source string `json:"source,omitempty"`
+	// Token names one request: a retry of a command already applied
+	// (same token) changes nothing and answers the first one's result.
+	Token string `json:"token,omitempty"`
 	// Session: see Lock. An unlock with Session set releases only a lock
 	// taken through that session.
 	Session string    `json:"session,omitempty"`
@@ -296,9 +301,37 @@ func CheckSize(size uint64) error {
 	return nil
 }
 
+// maxRecent bounds the tokens of applied commands a State remembers.
+const maxRecent = 256
+
+// Done is a command that changed the state, remembered by its token.
+type Done struct {
+	Token string `json:"token"`
+	VDI   *VDI   `json:"vdi,omitempty"`
+}
+
 // apply computes the state after c. It never panics on a bad command: it
-// returns an error result and leaves the state unchanged.
+// returns an error result and leaves the state unchanged. A command whose
+// token is among the last maxRecent that changed the state is a retry of
+// one already applied: it changes nothing and answers what that one did.
 func apply(s *State, c *Command) (*State, Result) {
+	if c.Token != "" {
+		for _, d := range s.Recent {
+			if d.Token == c.Token {
+				return s, Result{VDI: d.VDI}
+			}
+		}
+	}
+	n, r := applyCmd(s, c)
+	if c.Token != "" && r.Err == nil && n != s {
+		keep := n.Recent[max(0, len(n.Recent)-maxRecent+1):]
+		n.Recent = append(slices.Clone(keep), Done{Token: c.Token, VDI: r.VDI})
+	}
+	return n, r
+}
+
+// applyCmd is apply without the retry check.
+func applyCmd(s *State, c *Command) (*State, Result) {
 	n := s.clone()
 	switch c.Op {
 	case CmdMembers:

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -504,4 +505,35 @@ func TestRestoreKeepsAppliedIndex(t *testing.T) {
 	if a, b := stateJSON(t, f.state.Load()), stateJSON(t, g.state.Load()); a != b {
 		t.Errorf("restored state differs:\n%s\n%s", a, b)
 	}
+}
+
+// TestRetriedCommand: a command applied again with the same token (a retry
+// after its answer was lost) changes nothing and answers the first result;
+// the state remembers a bounded number of tokens.
+func TestRetriedCommand(t *testing.T) {
+	s := mustApply(t, clusterABC(t), cmdCreate("v", 1<<20))
+	snap := &Command{Op: CmdSnapshot, Name: "v", Tag: "t", Token: "tok1"}
+	s1, r1 := apply(s, snap)
+	if r1.Err != nil {
+		t.Fatal(r1.Err)
+	}
+	s2, r2 := apply(s1, snap)
+	if r2.Err != nil || s2 != s1 || r2.VDI != r1.VDI {
+		t.Errorf("the retried snapshot: %v, state changed %v, result %+v want %+v", r2.Err, s2 != s1, r2.VDI, r1.VDI)
+	}
+	// Without a token, or with another one, it is a new command.
+	if _, r := apply(s1, &Command{Op: CmdSnapshot, Name: "v", Tag: "t", Token: "tok2"}); !errs.Is(r.Err, errs.Exists) {
+		t.Errorf("another snapshot with the same tag: %v, want exists", r.Err)
+	}
+	for i := range maxRecent + 10 {
+		var r Result
+		s1, r = apply(s1, &Command{Op: CmdVDICreate, Name: fmt.Sprintf("w%d", i), Token: fmt.Sprintf("c%d", i)})
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	if len(s1.Recent) != maxRecent {
+		t.Errorf("%d tokens remembered, want %d", len(s1.Recent), maxRecent)
+	}
+	checkConsistent(t, s1)
 }
