@@ -3,6 +3,7 @@ package server
 import (
 	"sync"
 
+	"github.com/sheepfs/sheepfs/cluster"
 	"github.com/sheepfs/sheepfs/ids"
 )
 
@@ -19,13 +20,13 @@ type dirtyNodes struct {
 }
 
 // mark records that nodes were written to.
-func (d *dirtyNodes) mark(nodes []ids.NodeID) {
+func (d *dirtyNodes) mark(nodes []cluster.Member) {
 	d.mu.Lock()
 	if d.set == nil {
 		d.set = map[ids.NodeID]bool{}
 	}
-	for _, id := range nodes {
-		d.set[id] = true
+	for _, m := range nodes {
+		d.set[m.ID] = true
 	}
 	d.mu.Unlock()
 }

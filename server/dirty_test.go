@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sheepfs/sheepfs/cluster"
 	"github.com/sheepfs/sheepfs/ids"
 )
 
@@ -13,7 +14,7 @@ import (
 // sync is done (else an fsync could return before its write is durable).
 func TestFlushWaitsForEarlierFlush(t *testing.T) {
 	var d dirtyNodes
-	d.mark([]ids.NodeID{"x"})
+	d.mark([]cluster.Member{{ID: "x"}})
 	started, release := make(chan struct{}), make(chan struct{})
 	go d.flush(func(set map[ids.NodeID]bool) error {
 		close(started)
@@ -40,7 +41,7 @@ func TestFlushWaitsForEarlierFlush(t *testing.T) {
 // TestFlushKeepsFailedNodes: nodes a failed flush did not sync stay marked.
 func TestFlushKeepsFailedNodes(t *testing.T) {
 	var d dirtyNodes
-	d.mark([]ids.NodeID{"x", "y"})
+	d.mark([]cluster.Member{{ID: "x"}, {ID: "y"}})
 	failed := errors.New("y is down")
 	err := d.flush(func(set map[ids.NodeID]bool) error {
 		delete(set, "x")

@@ -69,7 +69,9 @@ func jsonMarshal(v any) ([]byte, error) {
 }
 
 // volumeFor returns the open volume of VDI vid, current with the cluster
-// state.
+// state. The volume's description is worked out again only when the state
+// has moved on since it was last: a request that finds it current costs a
+// map lookup and the volume's lock.
 func (n *Node) volumeFor(vid ids.VDIID) (*volume, *cluster.VDI, error) {
 	st := n.cl.State()
 	meta, ok := st.VDIByID(vid)
@@ -82,14 +84,13 @@ func (n *Node) volumeFor(vid ids.VDIID) (*volume, *cluster.VDI, error) {
 			return nil, nil, errs.E(errs.NotFound, "VDI %v", vid)
 		}
 	}
-	info := infoOf(st, meta)
 	n.mu.RLock()
 	v := n.volumes[vid]
 	n.mu.RUnlock()
 	if v == nil {
 		n.mu.Lock()
 		if v = n.volumes[vid]; v == nil {
-			v = &volume{Volume: vdi.Open(n.objs, info), loadedAt: time.Now(), index: st.Index}
+			v = &volume{Volume: vdi.Open(n.objs, infoOf(st, meta)), loadedAt: time.Now(), index: st.Index}
 			v.OnCopy(n.copiedFrom)
 			n.volumes[vid] = v
 		}
@@ -98,28 +99,33 @@ func (n *Node) volumeFor(vid ids.VDIID) (*volume, *cluster.VDI, error) {
 	v.lastUsed.Store(time.Now().UnixNano())
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	writer := meta.Lock != nil && meta.Lock.Node == n.id
 	// Never go back to an older state's image: a request that read the
 	// state before a snapshot must not undo the switch to the new image.
-	if st.Index >= v.index {
+	if st.Index > v.index {
 		v.index = st.Index
-		if !v.Info().Equal(info) {
+		if info := infoOf(st, meta); !v.Info().Equal(info) {
 			v.SetInfo(info)
 			// SetInfo keeps the loaded index across a snapshot, which
 			// is right where the writes go through this node; any
 			// other gateway may have written the new image already.
-			if meta.Lock == nil || meta.Lock.Node != n.id {
-				v.Forget()
-				v.loadedAt = time.Now()
+			if !writer {
+				v.forget()
 			}
 		}
 	}
 	// A snapshot never changes; a VDI that another gateway may be
 	// writing is read again after a while.
-	if !meta.IsSnapshot() && (meta.Lock == nil || meta.Lock.Node != n.id) && time.Since(v.loadedAt) > indexTTL {
-		v.Forget()
-		v.loadedAt = time.Now()
+	if !meta.IsSnapshot() && !writer && time.Since(v.loadedAt) > indexTTL {
+		v.forget()
 	}
 	return v, meta, nil
+}
+
+// forget drops the volume's loaded index. v.mu is held.
+func (v *volume) forget() {
+	v.Forget()
+	v.loadedAt = time.Now()
 }
 
 func (n *Node) connState(c *proto.Conn) *connState {
@@ -193,26 +199,24 @@ func (n *Node) releaseStaleLocks() {
 	}
 }
 
-// writeTo runs fn, a write or discard of VDI handle vid, on its volume,
-// outside any snapshot of it (which moves it to a new image) and never on
-// a volume evicted meanwhile.
-func (n *Node) writeTo(ctx context.Context, vid ids.VDIID, fn func(v *volume) error) error {
+// writeTo runs fn, a write or discard of VDI handle vid, on its volume v
+// (from volumeFor), outside any snapshot of it (which moves it to a new
+// image) and never on a volume evicted meanwhile.
+func (n *Node) writeTo(ctx context.Context, v *volume, vid ids.VDIID, fn func(v *volume) error) error {
 	for tries := 0; ; tries++ {
-		v, _, err := n.volumeFor(vid)
-		if err != nil {
-			return err
-		}
 		v.writes.RLock()
-		if v.evicted {
-			v.writes.RUnlock()
-			continue
-		}
 		v.mu.Lock()
+		evicted := v.evicted
 		frozen := v.frozen
 		current := frozen != 0 && v.Info().ID == frozen
 		v.mu.Unlock()
-		if current {
+		if !evicted && !current {
+			err := fn(v)
 			v.writes.RUnlock()
+			return err
+		}
+		v.writes.RUnlock()
+		if current {
 			// A snapshot's outcome was unknown here: once this node
 			// has caught up, the old image is either a snapshot's (and
 			// the next volumeFor moves on) or, if the command never
@@ -227,11 +231,11 @@ func (n *Node) writeTo(ctx context.Context, vid ids.VDIID, fn func(v *volume) er
 				}
 				v.mu.Unlock()
 			}
-			continue
 		}
-		err = fn(v)
-		v.writes.RUnlock()
-		return err
+		var err error
+		if v, _, err = n.volumeFor(vid); err != nil {
+			return err
+		}
 	}
 }
 
@@ -263,9 +267,9 @@ func (n *Node) evictLoop() {
 }
 
 // evictIdle drops the volumes last used before cutoff whose VDI nobody
-// holds open for writing (locked says whether someone does). A volume is dropped with its writes fence held,
-// so no write is running on it; a write that finds it dropped fetches the
-// new one.
+// holds open for writing (locked says whether someone does). A volume is
+// dropped with its writes fence held, so no write is running on it; a
+// write that finds it dropped fetches the new one.
 func (n *Node) evictIdle(cutoff time.Time, locked func(ids.VDIID) bool) int {
 	n.mu.RLock()
 	var idle []ids.VDIID
@@ -368,7 +372,7 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 			return nil, err
 		}
 		ctx := n.writerFence(ctx, c, meta)
-		if err := n.writeTo(ctx, meta.ID, func(v *volume) error { return v.WriteAt(ctx, req.Data, off) }); err != nil {
+		if err := n.writeTo(ctx, v, meta.ID, func(v *volume) error { return v.WriteAt(ctx, req.Data, off) }); err != nil {
 			return nil, err
 		}
 		if req.Flags&proto.FlagSync != 0 {
@@ -382,7 +386,7 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 		}
 		ctx := n.writerFence(ctx, c, meta)
 		keep := req.Flags&proto.FlagZeroKeep != 0
-		if err := n.writeTo(ctx, meta.ID, func(v *volume) error { return v.Discard(ctx, off, int64(req.Aux), keep) }); err != nil {
+		if err := n.writeTo(ctx, v, meta.ID, func(v *volume) error { return v.Discard(ctx, off, int64(req.Aux), keep) }); err != nil {
 			return nil, err
 		}
 	case proto.OpVDIFlush:
@@ -465,10 +469,7 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		slices.SortFunc(list, func(a, b proto.VDIInfo) int { return strings.Compare(a.Name, b.Name) })
 		out = list
 	case proto.AdminVDILookup:
-		v, err := lookup(n.cl.State(), a.Name)
-		if errs.Is(err, errs.NotFound) && n.catchUp(ctx) {
-			v, err = lookup(n.cl.State(), a.Name)
-		}
+		v, err := n.find(ctx, a.Name)
 		if err != nil {
 			return nil, err
 		}
@@ -568,7 +569,7 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		}
 		out = struct{}{}
 	case proto.AdminVDIObjects:
-		meta, err := lookup(n.cl.State(), a.Name)
+		meta, err := n.find(ctx, a.Name)
 		if err != nil {
 			return nil, err
 		}
@@ -633,7 +634,11 @@ func (n *Node) resizeVDI(ctx context.Context, a proto.AdminRequest) (*cluster.VD
 		// past it are freed whole, also a last one that the old size
 		// cut short (a discard of its part would only punch it, and the
 		// collector never looks past a VDI's size).
-		err := n.writeTo(ctx, meta.ID, func(v *volume) error {
+		v, _, err := n.volumeFor(meta.ID)
+		if err != nil {
+			return nil, err
+		}
+		err = n.writeTo(ctx, v, meta.ID, func(v *volume) error {
 			if meta.Lock == nil || meta.Lock.Node != n.id {
 				// Not this node's writer: another gateway may have
 				// written the VDI since this one cached its index.

@@ -35,8 +35,9 @@ func retryable(err error) bool {
 
 // retry runs op against successive cluster states until it succeeds, fails
 // for good, or RetryFor runs out. Between attempts it waits for the state
-// to change or a short back-off, whichever comes first.
-func (r *replicated) retry(ctx context.Context, what string, op func(st *cluster.State) error) error {
+// to change or a short back-off, whichever comes first. what names the
+// request in errors; it is called only to say why one failed.
+func (r *replicated) retry(ctx context.Context, what func() string, op func(st *cluster.State) error) error {
 	deadline := time.Now().Add(r.n.cfg.RetryFor)
 	backoff := 50 * time.Millisecond
 	for {
@@ -54,13 +55,13 @@ func (r *replicated) retry(ctx context.Context, what string, op func(st *cluster
 			return err
 		}
 		if time.Now().After(deadline) {
-			return errs.E(errs.KindOf(err), "%s: gave up after %v: %w", what, r.n.cfg.RetryFor, err)
+			return errs.E(errs.KindOf(err), "%s: gave up after %v: %w", what(), r.n.cfg.RetryFor, err)
 		}
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return errs.E(errs.IO, "%s: %w", what, ctx.Err())
+			return errs.E(errs.IO, "%s: %w", what(), ctx.Err())
 		case <-r.n.cl.Changed():
 		case <-t.C:
 		}
@@ -128,9 +129,6 @@ func (r *replicated) write(ctx context.Context, oid ids.ObjectID, copies int, of
 		req.Flags |= proto.FlagCreate
 	}
 	return r.change(ctx, oid, copies, req, func(epoch ids.Epoch, ver ids.Version) error {
-		if err := r.n.checkMutable(ctx, oid); err != nil { // as a remote replica would
-			return err
-		}
 		return r.n.localWrite(ctx, oid, off, data, ver, epoch, create)
 	})
 }
@@ -139,9 +137,6 @@ func (r *replicated) write(ctx context.Context, oid ids.ObjectID, copies int, of
 func (r *replicated) Punch(ctx context.Context, oid ids.ObjectID, copies int, off, length int64) error {
 	req := proto.Msg{Header: proto.Header{Op: proto.OpPunchObj, Offset: uint64(off), Length: uint32(length)}}
 	return r.change(ctx, oid, copies, req, func(epoch ids.Epoch, ver ids.Version) error {
-		if err := r.n.checkMutable(ctx, oid); err != nil {
-			return err
-		}
 		return r.n.localPunch(ctx, oid, off, length, ver, epoch)
 	})
 }
@@ -170,7 +165,8 @@ func withFence(ctx context.Context, fence func(*cluster.State) error) context.Co
 // change data, and only while ctx's fence (withFence), if any, allows it.
 func (r *replicated) change(ctx context.Context, oid ids.ObjectID, copies int, req proto.Msg, local func(ids.Epoch, ids.Version) error) error {
 	fence, _ := ctx.Value(fenceKey{}).(func(*cluster.State) error)
-	return r.retry(ctx, req.Op.String()+" "+oid.String(), func(st *cluster.State) error {
+	what := func() string { return req.Op.String() + " " + oid.String() }
+	return r.retry(ctx, what, func(st *cluster.State) error {
 		if !r.n.cl.HasQuorum() {
 			return errs.E(errs.NotReady, "node %s has no contact with the cluster's majority", r.n.id)
 		}
@@ -189,11 +185,7 @@ func (r *replicated) change(ctx context.Context, oid ids.ObjectID, copies int, r
 			return local(st.Epoch, ver)
 		}, req)
 		if err == nil {
-			nodes := make([]ids.NodeID, len(ts))
-			for i, m := range ts {
-				nodes[i] = m.ID
-			}
-			r.dirty.mark(nodes)
+			r.dirty.mark(ts)
 		}
 		return err
 	})
@@ -206,7 +198,8 @@ func (r *replicated) change(ctx context.Context, oid ids.ObjectID, copies int, r
 // have pulled the object yet: if none of them has it, the other members
 // are asked too.
 func (r *replicated) Read(ctx context.Context, oid ids.ObjectID, copies int, off int64, buf []byte) error {
-	return r.retry(ctx, "read "+oid.String(), func(st *cluster.State) error {
+	what := func() string { return "read " + oid.String() }
+	return r.retry(ctx, what, func(st *cluster.State) error {
 		ts := targets(st, oid, copies)
 		rank := func(m cluster.Member) int {
 			switch {
@@ -280,7 +273,7 @@ func (r *replicated) readAny(ctx context.Context, st *cluster.State, oid ids.Obj
 // replicas are no longer counted on.
 func (r *replicated) Flush(ctx context.Context) error {
 	return r.dirty.flush(func(dirty map[ids.NodeID]bool) error {
-		return r.retry(ctx, "flush", func(st *cluster.State) error {
+		return r.retry(ctx, func() string { return "flush" }, func(st *cluster.State) error {
 			var ts []cluster.Member
 			for id := range dirty {
 				if m, ok := st.Member(id); ok {

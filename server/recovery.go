@@ -397,7 +397,12 @@ func (n *Node) localRead(ctx context.Context, oid ids.ObjectID, off int64, buf [
 	return n.store.Read(oid, off, buf)
 }
 
+// localWrite and localPunch change this node's replica of oid, for a
+// replica request from a gateway or for the gateway's own replica alike.
 func (n *Node) localWrite(ctx context.Context, oid ids.ObjectID, off int64, data []byte, ver ids.Version, epoch ids.Epoch, create bool) error {
+	if err := n.checkMutable(ctx, oid); err != nil {
+		return err
+	}
 	n.rec.catchUp()
 	if create {
 		err := n.store.Replace(oid, off, data, ver, epoch)
@@ -424,6 +429,9 @@ func (n *Node) localWrite(ctx context.Context, oid ids.ObjectID, off int64, data
 }
 
 func (n *Node) localPunch(ctx context.Context, oid ids.ObjectID, off, length int64, ver ids.Version, epoch ids.Epoch) error {
+	if err := n.checkMutable(ctx, oid); err != nil {
+		return err
+	}
 	n.rec.catchUp()
 	if err := n.rec.ensure(ctx, oid, false); err != nil {
 		return err

@@ -109,9 +109,6 @@ func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, e
 		if err := checkObjRange(req.Offset, uint64(len(req.Data))); err != nil {
 			return nil, err
 		}
-		if err := n.checkMutable(ctx, oid); err != nil {
-			return nil, err
-		}
 		if err := n.localWrite(ctx, oid, int64(req.Offset), req.Data, ids.Version(req.Aux), req.Epoch, req.Flags&proto.FlagCreate != 0); err != nil {
 			return nil, err
 		}
@@ -122,9 +119,6 @@ func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, e
 		}
 	case proto.OpPunchObj:
 		if err := checkObjRange(req.Offset, uint64(req.Length)); err != nil {
-			return nil, err
-		}
-		if err := n.checkMutable(ctx, oid); err != nil {
 			return nil, err
 		}
 		if err := n.localPunch(ctx, oid, int64(req.Offset), int64(req.Length), ids.Version(req.Aux), req.Epoch); err != nil {

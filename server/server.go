@@ -70,13 +70,12 @@ type Node struct {
 	hlc   atomic.Uint64
 	stop  chan struct{}
 
-	run       string     // random, new at every start: names this run's lock sessions
-	gcMu      sync.Mutex // one collect at a time
-	gcQueueMu sync.Mutex // guards gcPending and gcRunning
-	// gcPending are images whose families to collect in the background.
-	gcPending map[ids.VDIID]bool
-	gcRunning bool
-	mu        sync.RWMutex // guards volumes and conns
+	run       string             // random, new at every start: names this run's lock sessions
+	gcMu      sync.Mutex         // one collect at a time
+	gcQueueMu sync.Mutex         // guards gcPending
+	gcPending map[ids.VDIID]bool // images whose families collectLoop collects next
+	gcKick    chan struct{}      // wakes collectLoop for gcPending
+	mu        sync.RWMutex       // guards volumes and conns
 	volumes   map[ids.VDIID]*volume
 	conns     map[*proto.Conn]*connState
 }
@@ -108,7 +107,8 @@ func Start(cfg Config) (*Node, error) {
 	var run [4]byte
 	_, _ = rand.Read(run[:])
 	n := &Node{cfg: cfg, id: id, log: cfg.Log.With().Str("node", string(id)).Logger(), run: hex.EncodeToString(run[:]),
-		volumes: map[ids.VDIID]*volume{}, conns: map[*proto.Conn]*connState{}}
+		volumes: map[ids.VDIID]*volume{}, conns: map[*proto.Conn]*connState{},
+		gcPending: map[ids.VDIID]bool{}, gcKick: make(chan struct{}, 1)}
 	n.objs = &replicated{n: n}
 	n.rec = newRecovery(n)
 	n.stop = make(chan struct{})

@@ -39,6 +39,17 @@ func lookup(st *cluster.State, full string) (*cluster.VDI, error) {
 	return v, nil
 }
 
+// find returns the VDI (NAME) or snapshot (NAME@TAG) called full; if this
+// node does not know it, after catching up with the leader (it may have
+// been made a moment ago through another node).
+func (n *Node) find(ctx context.Context, full string) (*cluster.VDI, error) {
+	v, err := lookup(n.cl.State(), full)
+	if errs.Is(err, errs.NotFound) && n.catchUp(ctx) {
+		v, err = lookup(n.cl.State(), full)
+	}
+	return v, err
+}
+
 // snapshotVDI takes snapshot name@tag. A VDI open for writing is
 // snapshotted by the node its writer writes through: that node stops the
 // VDI's writes, flushes, has the cluster record the snapshot, moves the
@@ -55,27 +66,17 @@ func (n *Node) snapshotVDI(ctx context.Context, name, tag string, forwarded bool
 	if err := cluster.CheckTag(tag); err != nil {
 		return proto.VDIInfo{}, err
 	}
-	caughtUp := false
 	for try := 0; ; try++ {
-		st := n.cl.State()
-		meta, ok := st.VDIs[name]
-		if !ok && !caughtUp {
-			// Made a moment ago through another node?
-			caughtUp = true
-			if n.catchUp(ctx) {
-				continue
-			}
-		}
-		if !ok {
-			return proto.VDIInfo{}, errs.E(errs.NotFound, "VDI %q", name)
+		meta, err := n.find(ctx, name)
+		if err != nil {
+			return proto.VDIInfo{}, err
 		}
 		var out proto.VDIInfo
-		var err error
 		switch {
 		case meta.Lock != nil && meta.Lock.Node != n.id && forwarded:
 			return proto.VDIInfo{}, errs.E(errs.StaleEpoch, "VDI %q is written through node %s, not %s", name, meta.Lock.Node, n.id)
 		case meta.Lock != nil && meta.Lock.Node != n.id:
-			out, err = n.forwardSnapshot(ctx, st, meta.Lock.Node, name, tag)
+			out, err = n.forwardSnapshot(ctx, meta.Lock.Node, name, tag)
 		case meta.Lock != nil:
 			out, err = n.snapshotWritten(ctx, meta, tag)
 		default:
@@ -96,8 +97,8 @@ func (n *Node) snapshotVDI(ctx context.Context, name, tag string, forwarded bool
 
 // forwardSnapshot asks node id, which holds name's writer, to take the
 // snapshot.
-func (n *Node) forwardSnapshot(ctx context.Context, st *cluster.State, id ids.NodeID, name, tag string) (proto.VDIInfo, error) {
-	m, ok := st.Member(id)
+func (n *Node) forwardSnapshot(ctx context.Context, id ids.NodeID, name, tag string) (proto.VDIInfo, error) {
+	m, ok := n.cl.State().Member(id)
 	if !ok {
 		return proto.VDIInfo{}, errs.E(errs.StaleEpoch, "writer's node %s is not a member", id)
 	}
@@ -166,12 +167,10 @@ func (n *Node) snapshotWritten(ctx context.Context, meta *cluster.VDI, tag strin
 	}
 	// Writes resume only in the new image. Until this node's state shows
 	// it, the old one is frozen: writes fail (and are retried) instead.
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	_, werr := n.cl.WaitFor(wctx, func(st *cluster.State) bool {
+	_, werr := n.cl.WaitFor(ctx, func(st *cluster.State) bool {
 		cur, ok := st.VDIs[meta.Name]
 		return !ok || cur.Image != old
 	})
-	cancel()
 	v.mu.Lock()
 	v.frozen = old
 	v.mu.Unlock()
@@ -273,7 +272,11 @@ func (n *Node) collect(ctx context.Context, of ...ids.VDIID) (proto.GCResult, er
 			}
 		}
 		// Children first, so that a chain of dead images goes in one pass.
-		slices.SortFunc(dead, func(a, b ids.VDIID) int { return len(st.Chain(b)) - len(st.Chain(a)) })
+		depth := make(map[ids.VDIID]int, len(dead))
+		for _, d := range dead {
+			depth[d] = len(st.Chain(d))
+		}
+		slices.SortFunc(dead, func(a, b ids.VDIID) int { return depth[b] - depth[a] })
 		purged := 0
 		res.Left = 0
 		for _, d := range dead {
@@ -303,81 +306,65 @@ func (n *Node) collect(ctx context.Context, of ...ids.VDIID) (proto.GCResult, er
 }
 
 // copiedFrom is called after a write copied an object of image from: if
-// from is dead, that object may have lost its last reference, and the
-// family is collected soon, in the background, a few families at a time.
+// from is dead, that object may have lost its last reference, and
+// collectLoop collects the family soon.
 func (n *Node) copiedFrom(from ids.VDIID) {
 	if _, dead := n.cl.State().Dead[from]; !dead {
 		return
 	}
 	n.gcQueueMu.Lock()
-	if n.gcPending == nil {
-		n.gcPending = map[ids.VDIID]bool{}
-	}
 	n.gcPending[from] = true
-	start := !n.gcRunning
-	n.gcRunning = true
 	n.gcQueueMu.Unlock()
-	if start {
-		go n.backgroundCollect()
-	}
-}
-
-// backgroundCollect collects the families copiedFrom noted, until none is
-// left.
-func (n *Node) backgroundCollect() {
-	for {
-		select {
-		case <-n.stop:
-			return
-		case <-time.After(200 * time.Millisecond): // let copies of one burst gather
-		}
-		n.gcQueueMu.Lock()
-		pending := n.gcPending
-		n.gcPending = nil
-		if len(pending) == 0 {
-			n.gcRunning = false
-			n.gcQueueMu.Unlock()
-			return
-		}
-		n.gcQueueMu.Unlock()
-		of := make([]ids.VDIID, 0, len(pending))
-		for id := range pending {
-			of = append(of, id)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		if _, err := n.collect(ctx, of...); err != nil {
-			n.log.Warn().Err(err).Msg("collecting objects copied away from deleted images")
-		}
-		cancel()
+	select {
+	case n.gcKick <- struct{}{}:
+	default: // a kick is pending already
 	}
 }
 
 // collectEvery is how often the leader collects every family that has
 // dead images: what a failed delete left, and objects copied away from
-// dead images whose background collection did not run (a gateway that
-// died first).
+// dead images whose collection did not run (a gateway that died first).
 const collectEvery = 10 * time.Minute
 
-// collectLoop runs the collector on the leader every collectEvery.
+// collectLoop runs the collector in the background: for the families
+// copiedFrom noted (a moment after the first note, so that the copies of
+// one burst of writes go together), and on the leader for every family
+// every collectEvery.
 func (n *Node) collectLoop() {
 	t := time.NewTicker(collectEvery)
 	defer t.Stop()
 	for {
+		var of []ids.VDIID
 		select {
 		case <-n.stop:
 			return
+		case <-n.gcKick:
+			select {
+			case <-n.stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			n.gcQueueMu.Lock()
+			for id := range n.gcPending {
+				of = append(of, id)
+			}
+			clear(n.gcPending)
+			n.gcQueueMu.Unlock()
+			if len(of) == 0 {
+				continue
+			}
 		case <-t.C:
-		}
-		if n.cl.Leader() != n.id || len(n.cl.State().Dead) == 0 {
-			continue
+			if n.cl.Leader() != n.id || len(n.cl.State().Dead) == 0 {
+				continue
+			}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), collectEvery)
-		r, err := n.collect(ctx)
+		r, err := n.collect(ctx, of...)
 		cancel()
 		if err != nil {
-			n.log.Warn().Err(err).Msg("periodic collection")
+			n.log.Warn().Err(err).Msg("background collection")
 		} else if r.Freed > 0 || r.Purged > 0 {
-			n.log.Info().Int("freed", r.Freed).Int("purged", r.Purged).Msg("periodic collection")
+			n.log.Info().Int("freed", r.Freed).Int("purged", r.Purged).Msg("background collection")
 		}
 	}
 }
@@ -467,7 +454,7 @@ const maxOwners = 1 << 16
 
 // owners answers AdminVDIOwners.
 func (n *Node) owners(ctx context.Context, a proto.AdminRequest) ([]ids.VDIID, error) {
-	meta, err := lookup(n.cl.State(), a.Name)
+	meta, err := n.find(ctx, a.Name)
 	if err != nil {
 		return nil, err
 	}
