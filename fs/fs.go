@@ -194,24 +194,60 @@ func (f *FS) lookupVDI(ctx context.Context, name string) (proto.VDIInfo, error) 
 // rootNode is the mount's root directory.
 type rootNode struct {
 	gofs.Inode
+	noRemove
 	fs *FS
 }
 
 var _ gofs.NodeOnAdder = (*rootNode)(nil)
 var _ gofs.NodeStatfser = (*rootNode)(nil)
 
-// The fixed directories cannot lose entries. go-fuse's default for unlink
-// and rmdir is success, which would drop the entry from the tree until the
-// next mount.
+// noRemove is embedded by the fixed directories, which cannot lose
+// entries. go-fuse's default for unlink and rmdir is success, which would
+// drop the entry from the tree until the next mount.
+type noRemove struct{}
 
-func (r *rootNode) Unlink(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
-func (r *rootNode) Rmdir(ctx context.Context, name string) syscall.Errno  { return syscall.EPERM }
+var (
+	_ gofs.NodeUnlinker = (*noRemove)(nil)
+	_ gofs.NodeRmdirer  = (*noRemove)(nil)
+)
+
+func (noRemove) Unlink(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
+func (noRemove) Rmdir(ctx context.Context, name string) syscall.Errno  { return syscall.EPERM }
+
+// noChange is embedded by the directories whose entries only the cluster
+// makes (the snapshot tree): every change of the tree fails with EPERM. A
+// directory that allows one of them overrides it.
+type noChange struct{ noRemove }
+
+func (noChange) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	return nil, nil, 0, syscall.EPERM
+}
+
+func (noChange) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EPERM
+}
+
+func (noChange) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EPERM
+}
+
+func (noChange) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	return syscall.EPERM
+}
+
+func (noChange) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EPERM
+}
+
+func (noChange) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EPERM
+}
 
 // fixedDir is a directory whose entries are made with it: /cluster, /node/ID.
-type fixedDir struct{ gofs.Inode }
-
-func (d *fixedDir) Unlink(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
-func (d *fixedDir) Rmdir(ctx context.Context, name string) syscall.Errno  { return syscall.EPERM }
+type fixedDir struct {
+	gofs.Inode
+	noRemove
+}
 
 // OnAdd builds the fixed tree.
 func (r *rootNode) OnAdd(ctx context.Context) {

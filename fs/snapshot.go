@@ -31,7 +31,8 @@ import (
 // snapRoot is /snapshot.
 type snapRoot struct {
 	gofs.Inode
-	fs *FS
+	noChange // its directories come and go with the VDIs
+	fs       *FS
 }
 
 var (
@@ -118,41 +119,12 @@ func (r *snapRoot) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 	return gofs.NewListDirStream(ents), 0
 }
 
-// The directories of /snapshot come and go with the VDIs.
-
-func (r *snapRoot) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	return nil, nil, 0, syscall.EPERM
-}
-
-func (r *snapRoot) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EPERM
-}
-
-func (r *snapRoot) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EPERM
-}
-
-func (r *snapRoot) Rmdir(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
-
-func (r *snapRoot) Unlink(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
-
-func (r *snapRoot) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
-	return syscall.EPERM
-}
-
-func (r *snapRoot) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EPERM
-}
-
-func (r *snapRoot) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EPERM
-}
-
 // snapDir is /snapshot/NAME: the snapshots of VDI NAME.
 type snapDir struct {
 	gofs.Inode
-	fs   *FS
-	name string
+	noChange // but Create, Mknod and Unlink: snapshots are made and deleted here
+	fs       *FS
+	name     string
 }
 
 var (
@@ -274,24 +246,6 @@ func (d *snapDir) Unlink(ctx context.Context, tag string) syscall.Errno {
 	ctx, cancel := d.fs.ctx(ctx)
 	defer cancel()
 	return toErrno(d.fs.c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminSnapDelete, Name: d.name, Tag: tag}, nil))
-}
-
-func (d *snapDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EPERM
-}
-
-func (d *snapDir) Rmdir(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
-
-func (d *snapDir) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
-	return syscall.EPERM
-}
-
-func (d *snapDir) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EPERM
-}
-
-func (d *snapDir) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EPERM
 }
 
 // writeBack sends the writes to VDI name that this mount still holds in the

@@ -133,6 +133,7 @@ func HumanBytes(n int64) string {
 // nodeDir is /node: list, and one directory per node with its info.
 type nodeDir struct {
 	gofs.Inode
+	noRemove
 	fs *FS
 }
 
@@ -142,9 +143,6 @@ var (
 	_ gofs.NodeUnlinker  = (*nodeDir)(nil)
 	_ gofs.NodeRmdirer   = (*nodeDir)(nil)
 )
-
-func (d *nodeDir) Unlink(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
-func (d *nodeDir) Rmdir(ctx context.Context, name string) syscall.Errno  { return syscall.EPERM }
 
 func (d *nodeDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	ci, err := d.fs.clusterInfo(ctx)

@@ -128,16 +128,6 @@ func (n *vdiNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.E
 	return n.fs.listxattr(ctx, n.info, dest)
 }
 
-// Setxattr fails: nothing is stored.
-func (n *vdiNode) Setxattr(ctx context.Context, name string, data []byte, flags uint32) syscall.Errno {
-	return syscall.ENOTSUP
-}
-
-// Removexattr fails: nothing is stored.
-func (n *vdiNode) Removexattr(ctx context.Context, name string) syscall.Errno {
-	return syscall.ENOTSUP
-}
-
 // Getxattr reads one of the snapshot's computed attributes.
 func (n *snapNode) Getxattr(ctx context.Context, name string, dest []byte) (uint32, syscall.Errno) {
 	return n.fs.getxattr(ctx, n.info, name, dest)
@@ -148,12 +138,12 @@ func (n *snapNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.
 	return n.fs.listxattr(ctx, n.info, dest)
 }
 
-// Setxattr fails: nothing is stored.
-func (n *snapNode) Setxattr(ctx context.Context, name string, data []byte, flags uint32) syscall.Errno {
+// Setxattr fails on VDI and snapshot files alike: nothing is stored.
+func (m *image) Setxattr(ctx context.Context, name string, data []byte, flags uint32) syscall.Errno {
 	return syscall.ENOTSUP
 }
 
 // Removexattr fails: nothing is stored.
-func (n *snapNode) Removexattr(ctx context.Context, name string) syscall.Errno {
+func (m *image) Removexattr(ctx context.Context, name string) syscall.Errno {
 	return syscall.ENOTSUP
 }

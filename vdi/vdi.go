@@ -144,8 +144,9 @@ func indexLoc(vid ids.VDIID, idx uint32) (ids.ObjectID, int64) {
 	return ids.IndexObject(vid, idx/EntriesPerIndexObject), int64(idx%EntriesPerIndexObject) * entrySize
 }
 
-// owner returns the index entry of object idx, loading its page if needed.
-func (v *Volume) owner(ctx context.Context, idx uint32) (ids.VDIID, error) {
+// Owner returns the image owning object idx (0 if unallocated), loading
+// its index page if needed.
+func (v *Volume) Owner(ctx context.Context, idx uint32) (ids.VDIID, error) {
 	pn := idx / pageEntries
 	v.mu.Lock()
 	p := v.pages[pn]
@@ -182,12 +183,11 @@ func (v *Volume) loadPage(ctx context.Context, pn uint32, p *page) error {
 	info := v.info
 	v.mu.Unlock()
 	buf := make([]byte, pageEntries*entrySize)
-	unset := pageEntries
 	for _, img := range append([]ids.VDIID{info.ID}, info.Chain...) {
 		if err := v.readPage(ctx, img, info.Copies, pn, buf); err != nil {
 			return err
 		}
-		unset = 0
+		unset := 0
 		for i := range p.entries {
 			if p.entries[i] != 0 {
 				continue
@@ -228,11 +228,6 @@ func (v *Volume) readPage(ctx context.Context, img ids.VDIID, copies int, pn uin
 		return errs.E(errs.KindOf(err), "read index of image %v: %w", img, err)
 	}
 	return nil
-}
-
-// Owner returns the image owning object idx (0 if unallocated).
-func (v *Volume) Owner(ctx context.Context, idx uint32) (ids.VDIID, error) {
-	return v.owner(ctx, idx)
 }
 
 // setOwner records owner for object idx in the stored index and in memory.
@@ -295,7 +290,7 @@ func (v *Volume) ReadAt(ctx context.Context, buf []byte, off int64) error {
 	}
 	info := v.Info()
 	return span(off, len(buf), func(idx uint32, objOff int64, lo, hi int) error {
-		owner, err := v.owner(ctx, idx)
+		owner, err := v.Owner(ctx, idx)
 		if err != nil {
 			return err
 		}
@@ -320,7 +315,7 @@ func (v *Volume) WriteAt(ctx context.Context, data []byte, off int64) error {
 	return span(off, len(data), func(idx uint32, objOff int64, lo, hi int) error {
 		oid := ids.DataObject(info.ID, idx)
 		for {
-			owner, err := v.owner(ctx, idx)
+			owner, err := v.Owner(ctx, idx)
 			if err != nil {
 				return err
 			}
@@ -401,7 +396,7 @@ func (v *Volume) Discard(ctx context.Context, off, length int64, keep bool) erro
 		objOff := pos % ObjectSize
 		l := min(off+length-pos, ObjectSize-objOff)
 		pos += l
-		owner, err := v.owner(ctx, idx)
+		owner, err := v.Owner(ctx, idx)
 		if err != nil {
 			return err
 		}
@@ -439,7 +434,7 @@ func (v *Volume) Discard(ctx context.Context, off, length int64, keep bool) erro
 // size cuts short. The index is updated first, so a failure in between
 // leaves an unreferenced object, never a reference to a missing one.
 func (v *Volume) Free(ctx context.Context, idx uint32) error {
-	owner, err := v.owner(ctx, idx)
+	owner, err := v.Owner(ctx, idx)
 	if err != nil || owner == 0 {
 		return err
 	}
@@ -462,7 +457,7 @@ func (v *Volume) AllocMap(ctx context.Context) ([]byte, uint32, error) {
 	n := NumObjects(v.Info().Size)
 	bm := make([]byte, (n+7)/8)
 	for idx := uint32(0); idx < n; idx++ {
-		owner, err := v.owner(ctx, idx)
+		owner, err := v.Owner(ctx, idx)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -479,7 +474,7 @@ func (v *Volume) OwnObjects(ctx context.Context, fn func(oid ids.ObjectID) error
 	info := v.Info()
 	n := NumObjects(info.Size)
 	for idx := uint32(0); idx < n; idx++ {
-		owner, err := v.owner(ctx, idx)
+		owner, err := v.Owner(ctx, idx)
 		if err != nil {
 			return err
 		}
