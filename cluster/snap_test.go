@@ -298,13 +298,7 @@ func TestSnapshotCommands(t *testing.T) {
 			seen[id] = true
 		}
 	}
-	tests := []struct {
-		name  string
-		setup func(t *testing.T) *State
-		cmd   *Command
-		kind  errs.Kind // the error wanted; Other for success
-		check func(t *testing.T, before, after *State, r Result)
-	}{
+	tests := []applyCase{
 		{name: "snapshot unlocked", setup: snapBase, cmd: cmdSnap("a", "t1"),
 			check: func(t *testing.T, before, s *State, r Result) {
 				old, v, snap := before.VDIs["a"], s.VDIs["a"], s.Snaps["a@t1"]
@@ -526,11 +520,7 @@ func TestSnapshotCommands(t *testing.T) {
 		{name: "purge unformatted", setup: func(*testing.T) *State { return emptyState() }, cmd: cmdPurge(1), kind: errs.NotReady},
 
 		{name: "IDs skip dead images", setup: func(t *testing.T) *State {
-			s := mustApply(t, snapT1(t), cmdSnapDelete("a", "t1"), cmdDelete("a"))
-			s = s.clone()
-			s.NextVDI = 1 // as after wrapping
-			s.derive()
-			return s
+			return nextVDI(mustApply(t, snapT1(t), cmdSnapDelete("a", "t1"), cmdDelete("a")), 1) // as after wrapping
 		}, cmd: cmdCreate("b", gib),
 			check: func(t *testing.T, before, s *State, r Result) {
 				newIDs(t, before, r.VDI.ID)
@@ -539,11 +529,7 @@ func TestSnapshotCommands(t *testing.T) {
 				}
 			}},
 		{name: "IDs skip snapshot handles and images", setup: func(t *testing.T) *State {
-			s := mustApply(t, snapT1(t), cmdDelete("a"))
-			s = s.clone()
-			s.NextVDI = 1 // as after wrapping
-			s.derive()
-			return s
+			return nextVDI(mustApply(t, snapT1(t), cmdDelete("a")), 1) // as after wrapping
 		}, cmd: cmdCreate("b", gib),
 			check: func(t *testing.T, before, s *State, r Result) {
 				newIDs(t, before, r.VDI.ID)
@@ -552,10 +538,7 @@ func TestSnapshotCommands(t *testing.T) {
 				}
 			}},
 		{name: "snapshot IDs wrap", setup: func(t *testing.T) *State {
-			s := snapT1(t).clone()
-			s.NextVDI = ids.MaxVDIID
-			s.derive()
-			return s
+			return nextVDI(snapT1(t), ids.MaxVDIID)
 		}, cmd: cmdSnap("a", "t2"),
 			check: func(t *testing.T, before, s *State, r Result) {
 				newIDs(t, before, r.VDI.ID, s.VDIs["a"].Image)
@@ -565,36 +548,16 @@ func TestSnapshotCommands(t *testing.T) {
 			}},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			before := tt.setup(t)
-			beforeJSON := stateJSON(t, before)
-			cmdJSON, _ := json.Marshal(tt.cmd)
-			after, r := apply(before, tt.cmd)
-			if got := stateJSON(t, before); got != beforeJSON {
-				t.Fatalf("apply changed its input state:\nbefore %s\nafter  %s", beforeJSON, got)
-			}
-			if got, _ := json.Marshal(tt.cmd); string(got) != string(cmdJSON) {
-				t.Fatalf("apply changed its command: %s -> %s", cmdJSON, got)
-			}
-			if tt.kind != errs.Other {
-				if r.Err == nil {
-					t.Fatalf("apply succeeded; want a %v error", tt.kind)
-				}
-				if k := errs.KindOf(r.Err); k != tt.kind {
-					t.Fatalf("apply: %v (kind %v), want kind %v", r.Err, k, tt.kind)
-				}
-				if after != before {
-					t.Fatalf("a failed command returned a new state")
-				}
-			} else if r.Err != nil {
-				t.Fatalf("apply: %v", r.Err)
-			}
-			checkImages(t, after)
-			if tt.check != nil {
-				tt.check(t, before, after, r)
-			}
-		})
+		t.Run(tt.name, func(t *testing.T) { tt.run(t, checkImages) })
 	}
+}
+
+// nextVDI returns a copy of s whose next ID is id.
+func nextVDI(s *State, id ids.VDIID) *State {
+	s = s.clone()
+	s.NextVDI = id
+	s.derive()
+	return s
 }
 
 // TestRollbackToSnapshotOfOtherCopies: a snapshot may outlive its VDI, and

@@ -122,13 +122,7 @@ func checkConsistent(t *testing.T, s *State) {
 
 func TestApply(t *testing.T) {
 	const gib = 1 << 30
-	tests := []struct {
-		name  string
-		setup func(t *testing.T) *State
-		cmd   *Command
-		kind  errs.Kind // the error wanted; Other for success
-		check func(t *testing.T, before, after *State, r Result)
-	}{
+	tests := []applyCase{
 		{name: "format", setup: func(t *testing.T) *State { return mustApply(t, emptyState(), cmdMembers("a")) },
 			cmd: cmdFormat(3),
 			check: func(t *testing.T, _, s *State, _ Result) {
@@ -371,35 +365,51 @@ func TestApply(t *testing.T) {
 		{name: "empty command", setup: clusterABC, cmd: &Command{}, kind: errs.Invalid},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			before := tt.setup(t)
-			beforeJSON := stateJSON(t, before)
-			cmdJSON, _ := json.Marshal(tt.cmd)
-			after, r := apply(before, tt.cmd)
-			if got := stateJSON(t, before); got != beforeJSON {
-				t.Fatalf("apply changed its input state:\nbefore %s\nafter  %s", beforeJSON, got)
-			}
-			if got, _ := json.Marshal(tt.cmd); string(got) != string(cmdJSON) {
-				t.Fatalf("apply changed its command: %s -> %s", cmdJSON, got)
-			}
-			if tt.kind != errs.Other {
-				if r.Err == nil {
-					t.Fatalf("apply succeeded; want a %v error", tt.kind)
-				}
-				if k := errs.KindOf(r.Err); k != tt.kind {
-					t.Fatalf("apply: %v (kind %v), want kind %v", r.Err, k, tt.kind)
-				}
-				if after != before {
-					t.Fatalf("a failed command returned a new state")
-				}
-			} else if r.Err != nil {
-				t.Fatalf("apply: %v", r.Err)
-			}
-			checkConsistent(t, after)
-			if tt.check != nil {
-				tt.check(t, before, after, r)
-			}
-		})
+		t.Run(tt.name, func(t *testing.T) { tt.run(t, checkConsistent) })
+	}
+}
+
+// applyCase is one command applied to a state, for the table tests.
+type applyCase struct {
+	name  string
+	setup func(t *testing.T) *State
+	cmd   *Command
+	kind  errs.Kind // the error wanted; Other for success
+	check func(t *testing.T, before, after *State, r Result)
+}
+
+// run applies the case's command and checks what every command must do:
+// change neither its input state nor its command, fail with the wanted
+// kind leaving the state as it was (or succeed), keep the invariants inv,
+// and pass the case's own check.
+func (tt applyCase) run(t *testing.T, inv func(*testing.T, *State)) {
+	t.Helper()
+	before := tt.setup(t)
+	beforeJSON := stateJSON(t, before)
+	cmdJSON, _ := json.Marshal(tt.cmd)
+	after, r := apply(before, tt.cmd)
+	if got := stateJSON(t, before); got != beforeJSON {
+		t.Fatalf("apply changed its input state:\nbefore %s\nafter  %s", beforeJSON, got)
+	}
+	if got, _ := json.Marshal(tt.cmd); string(got) != string(cmdJSON) {
+		t.Fatalf("apply changed its command: %s -> %s", cmdJSON, got)
+	}
+	if tt.kind != errs.Other {
+		if r.Err == nil {
+			t.Fatalf("apply succeeded; want a %v error", tt.kind)
+		}
+		if k := errs.KindOf(r.Err); k != tt.kind {
+			t.Fatalf("apply: %v (kind %v), want kind %v", r.Err, k, tt.kind)
+		}
+		if after != before {
+			t.Fatalf("a failed command returned a new state")
+		}
+	} else if r.Err != nil {
+		t.Fatalf("apply: %v", r.Err)
+	}
+	inv(t, after)
+	if tt.check != nil {
+		tt.check(t, before, after, r)
 	}
 }
 

@@ -36,9 +36,7 @@ func TestBackupRestore(t *testing.T) {
 		}
 		return b
 	}
-	if err := cl.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDICreate, Name: "src", Size: size}, nil); err != nil {
-		t.Fatal(err)
-	}
+	createVDI(t, cl, "src", size)
 	// change runs fn with src locked, then snapshots it as src@tag.
 	change := func(tag string, fn func(id ids.VDIID)) {
 		t.Helper()

@@ -444,12 +444,23 @@ func (n *Node) Running() bool { return n.proc != nil && n.proc.running() }
 func NewCluster(t testing.TB, n, copies int) *Cluster {
 	t.Helper()
 	requireEnv(t)
-	c := &Cluster{t: t, Dir: t.TempDir(), Base: freeBase(t, n)}
+	return newCluster(t, n, copies, freeBase(t, n), nil)
+}
+
+// newCluster is NewCluster with data ports from base; place, if set, says
+// where node i runs (its Host and NetNS) before it starts, nodes 0 to i-1
+// already started.
+func newCluster(t testing.TB, n, copies, base int, place func(*Node)) *Cluster {
+	t.Helper()
+	c := &Cluster{t: t, Dir: t.TempDir(), Base: base}
 	t.Cleanup(c.Stop)
 	for i := 0; i < n; i++ {
 		node := &Node{Index: i, ID: fmt.Sprintf("node%d", i), Port: c.Base + 10*i, c: c}
 		node.Dir = filepath.Join(c.Dir, node.ID)
 		node.Log = filepath.Join(c.Dir, node.ID+".log")
+		if place != nil {
+			place(node)
+		}
 		c.Nodes = append(c.Nodes, node)
 		var join []string
 		if i > 0 {

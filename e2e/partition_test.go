@@ -196,28 +196,12 @@ func newNetCluster(t *testing.T, n, copies int) (*Cluster, *netLab) {
 	t.Helper()
 	requireEnv(t, "ip", "nft", "timeout", "python3")
 	lab := newNetLab(t, n)
-	c := &Cluster{t: t, Dir: t.TempDir(), Base: lab.base}
-	t.Cleanup(c.Stop)
-	for i := 0; i < n; i++ {
-		node := &Node{Index: i, ID: fmt.Sprintf("node%d", i), Port: c.Base + 10*i, c: c,
-			Host: lab.ip(i), NetNS: lab.ns[i]}
-		node.Dir = filepath.Join(c.Dir, node.ID)
-		node.Log = filepath.Join(c.Dir, node.ID+".log")
-		c.Nodes = append(c.Nodes, node)
-		var join []string
-		if i > 0 {
-			join = []string{c.Nodes[0].Addr()}
+	c := newCluster(t, n, copies, lab.base, func(node *Node) {
+		node.Host, node.NetNS = lab.ip(node.Index), lab.ns[node.Index]
+		if node.Index == 1 {
+			lab.checkPath(1, node.c.Nodes[0].Addr())
 		}
-		c.startNode(node, join)
-		if i == 1 {
-			lab.checkPath(1, c.Nodes[0].Addr())
-		}
-	}
-	c.waitMembers(n)
-	if r := c.Sheep("cluster", "format", "--copies", strconv.Itoa(copies)); r.Code != 0 {
-		t.Fatalf("format: %v", r)
-	}
-	c.WaitOK()
+	})
 	return c, lab
 }
 

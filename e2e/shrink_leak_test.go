@@ -18,10 +18,7 @@ func TestShrinkPastCutObjectFreesIt(t *testing.T) {
 	ctx := testCtx(t)
 	cl := newClient(t, c.Nodes[0].Addr())
 	for _, name := range []string{"own", "shared"} {
-		if err := cl.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDICreate, Name: name, Size: 6 << 20}, nil); err != nil {
-			t.Fatal(err)
-		}
-		v := lookupVDI(t, cl, name)
+		v := createVDI(t, cl, name, 6 << 20)
 		if _, err := cl.Lock(ctx, name); err != nil {
 			t.Fatal(err)
 		}
@@ -67,10 +64,7 @@ func TestShrinkThroughAnotherGatewayRightAfterAWrite(t *testing.T) {
 	ctx := testCtx(t)
 	w := newClient(t, c.Nodes[0].Addr())
 	r := newClient(t, c.Nodes[1].Addr())
-	if err := w.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDICreate, Name: "v", Size: 8 << 20}, nil); err != nil {
-		t.Fatal(err)
-	}
-	v := lookupVDI(t, w, "v")
+	v := createVDI(t, w, "v", 8 << 20)
 	if _, err := w.Lock(ctx, "v"); err != nil {
 		t.Fatal(err)
 	}

@@ -29,10 +29,7 @@ func TestAbandonedSnapshotRequests(t *testing.T) {
 		}
 	}
 	w := newClient(t, gw.Addr())
-	if err := w.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDICreate, Name: "v", Size: 8 << 20}, nil); err != nil {
-		t.Fatal(err)
-	}
-	v := lookupVDI(t, w, "v")
+	v := createVDI(t, w, "v", 8 << 20)
 	if _, err := w.Lock(ctx, "v"); err != nil {
 		t.Fatal(err)
 	}

@@ -42,6 +42,15 @@ func lookupVDI(t testing.TB, cl *client.Client, full string) proto.VDIInfo {
 	return v
 }
 
+// createVDI creates VDI name of size bytes through cl and returns it.
+func createVDI(t testing.TB, cl *client.Client, name string, size uint64) proto.VDIInfo {
+	t.Helper()
+	if err := cl.Admin(testCtx(t), proto.AdminRequest{Cmd: proto.AdminVDICreate, Name: name, Size: size}, nil); err != nil {
+		t.Fatalf("create %s: %v", name, err)
+	}
+	return lookupVDI(t, cl, name)
+}
+
 // readAll reads the whole of VDI or snapshot full through cl.
 func readAll(t testing.TB, cl *client.Client, full string) []byte {
 	t.Helper()

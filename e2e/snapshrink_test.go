@@ -17,10 +17,7 @@ func TestSnapshotDuringUnlockedShrink(t *testing.T) {
 	ctx := testCtx(t)
 	const objects = 512
 	cl := newClient(t, c.Nodes[0].Addr())
-	if err := cl.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDICreate, Name: "v", Size: uint64(objects * objSize)}, nil); err != nil {
-		t.Fatal(err)
-	}
-	v := lookupVDI(t, cl, "v")
+	v := createVDI(t, cl, "v", uint64(objects * objSize))
 	if _, err := cl.Lock(ctx, "v"); err != nil {
 		t.Fatal(err)
 	}

@@ -20,10 +20,7 @@ func TestWriterMovesToGatewayWithCachedIndex(t *testing.T) {
 	ctx := testCtx(t)
 	a := newClient(t, c.Nodes[0].Addr())
 	b := newClient(t, c.Nodes[1].Addr())
-	if err := a.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDICreate, Name: "v", Size: 8 << 20}, nil); err != nil {
-		t.Fatal(err)
-	}
-	v := lookupVDI(t, a, "v")
+	v := createVDI(t, a, "v", 8 << 20)
 	// Node 1 reads object 0 while it is unallocated.
 	if err := b.ReadAt(ctx, v.ID, make([]byte, 4096), 0); err != nil {
 		t.Fatal(err)
@@ -68,10 +65,7 @@ func TestOldGatewayReleasesMovedLock(t *testing.T) {
 	c := NewCluster(t, 3, 3)
 	ctx := testCtx(t)
 	admin := newClient(t, c.Nodes[2].Addr())
-	if err := admin.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDICreate, Name: "v", Size: 8 << 20}, nil); err != nil {
-		t.Fatal(err)
-	}
-	v := lookupVDI(t, admin, "v")
+	v := createVDI(t, admin, "v", 8 << 20)
 	old := client.New([]string{c.Nodes[0].Addr()}, client.Options{RetryFor: 30 * time.Second, Mount: "mfailover"})
 	if _, err := old.Lock(ctx, "v"); err != nil {
 		t.Fatal(err)
@@ -101,10 +95,7 @@ func TestWriteThroughOldGatewayRefused(t *testing.T) {
 	c := NewCluster(t, 3, 3)
 	ctx := testCtx(t)
 	admin := newClient(t, c.Nodes[2].Addr())
-	if err := admin.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDICreate, Name: "v", Size: 8 << 20}, nil); err != nil {
-		t.Fatal(err)
-	}
-	v := lookupVDI(t, admin, "v")
+	v := createVDI(t, admin, "v", 8 << 20)
 	old := client.New([]string{c.Nodes[0].Addr()}, client.Options{RetryFor: 30 * time.Second, Mount: "mfailover"})
 	t.Cleanup(old.Close)
 	if _, err := old.Lock(ctx, "v"); err != nil {
@@ -140,10 +131,7 @@ func TestWriteHeldBySnapshotFenceAfterLockMoved(t *testing.T) {
 	}
 	const size = 256 << 20
 	admin := newClient(t, other.Addr())
-	if err := admin.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDICreate, Name: "v", Size: size}, nil); err != nil {
-		t.Fatal(err)
-	}
-	v := lookupVDI(t, admin, "v")
+	v := createVDI(t, admin, "v", size)
 	old := client.New([]string{gw.Addr()}, client.Options{RetryFor: 30 * time.Second, Mount: "mfailover"})
 	t.Cleanup(old.Close)
 	if _, err := old.Lock(ctx, "v"); err != nil {

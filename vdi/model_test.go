@@ -55,21 +55,7 @@ func TestRandomModel(t *testing.T) {
 		steps            = 500
 	)
 	ctx := context.Background()
-	src := make([]byte, 1<<20) // random bytes to write from
-	for i := 0; i < len(src); i += 8 {
-		v := rng.Uint64()
-		for j := range 8 {
-			src[i+j] = byte(v >> (8 * j))
-		}
-	}
-	randomData := func(n int) []byte {
-		b := make([]byte, n)
-		for done := 0; done < n; {
-			s := rng.IntN(len(src))
-			done += copy(b[done:], src[s:])
-		}
-		return b
-	}
+	randomData := randomBytes(rng)
 
 	f := newFake()
 	model := make([]byte, size)
@@ -218,5 +204,24 @@ func TestRandomModel(t *testing.T) {
 		if got := f.object(ids.DataObject(parent, idx)); !bytes.Equal(got, d) {
 			t.Errorf("the parent's object %d changed", idx)
 		}
+	}
+}
+
+// randomBytes returns a maker of n random bytes, cut from 1 MiB of rng's
+// bytes at random places (cheaper than n fresh ones each time).
+func randomBytes(rng *rand.Rand) func(n int) []byte {
+	src := make([]byte, 1<<20)
+	for i := 0; i < len(src); i += 8 {
+		v := rng.Uint64()
+		for j := range 8 {
+			src[i+j] = byte(v >> (8 * j))
+		}
+	}
+	return func(n int) []byte {
+		b := make([]byte, n)
+		for done := 0; done < n; {
+			done += copy(b[done:], src[rng.IntN(len(src)):])
+		}
+		return b
 	}
 }

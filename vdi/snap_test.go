@@ -122,20 +122,7 @@ func TestRandomSnapshots(t *testing.T) {
 		maxDisks = 2
 	)
 	ctx := context.Background()
-	src := make([]byte, 1<<20)
-	for i := 0; i < len(src); i += 8 {
-		v := rng.Uint64()
-		for j := range 8 {
-			src[i+j] = byte(v >> (8 * j))
-		}
-	}
-	randomData := func(n int) []byte {
-		b := make([]byte, n)
-		for done := 0; done < n; {
-			done += copy(b[done:], src[rng.IntN(len(src)):])
-		}
-		return b
-	}
+	randomData := randomBytes(rng)
 	// randomRange picks a range: small, across an object boundary, large,
 	// whole objects, or up to the end. Data moves mostly in small ranges
 	// (4 MiB objects are slow to copy under the race detector); discards
