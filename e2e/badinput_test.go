@@ -93,6 +93,18 @@ func wantErr(t *testing.T, what string, m *proto.Msg, kinds ...errs.Kind) {
 	t.Errorf("%s: error kind %v (%q), want one of %v", what, m.Kind, m.Data, kinds)
 }
 
+// lookupWire looks VDI or snapshot name up on w.
+func lookupWire(t *testing.T, w *wireConn, name string) proto.VDIInfo {
+	t.Helper()
+	m := w.admin(proto.AdminRequest{Cmd: proto.AdminVDILookup, Name: name})
+	wantOK(t, "lookup "+name, m)
+	var v proto.VDIInfo
+	if err := json.Unmarshal(m.Data, &v); err != nil {
+		t.Fatalf("lookup %s: %v", name, err)
+	}
+	return v
+}
+
 func wantOK(t *testing.T, what string, m *proto.Msg) {
 	t.Helper()
 	if m.Flags&proto.FlagError != 0 {
@@ -220,6 +232,31 @@ func TestBadInput(t *testing.T) {
 	wantErr(t, "undecodable admin request", w.call(proto.Header{Op: proto.OpAdmin}, 0, []byte("{not json")), errs.Invalid)
 	wantErr(t, "unknown admin command", w.admin(proto.AdminRequest{Cmd: "no.such.command"}), errs.Invalid)
 	wantErr(t, "lock without a mount ID", w.admin(proto.AdminRequest{Cmd: proto.AdminVDILock, Name: "wire"}), errs.Invalid)
+	// Snapshot, clone, rollback, backup and collector requests with bad
+	// names, missing targets or ranges past the end.
+	admin := func(cmd, name, tag string) *proto.Msg {
+		return w.admin(proto.AdminRequest{Cmd: cmd, Name: name, Tag: tag})
+	}
+	wantErr(t, "snapshot with an empty tag", admin(proto.AdminVDISnapshot, "wire", ""), errs.Invalid)
+	wantErr(t, "snapshot with a tag holding '@'", admin(proto.AdminVDISnapshot, "wire", "a@b"), errs.Invalid)
+	wantErr(t, "snapshot with a 300-byte tag", admin(proto.AdminVDISnapshot, "wire", strings.Repeat("t", 300)), errs.Invalid)
+	wantErr(t, "snapshot of a missing VDI", admin(proto.AdminVDISnapshot, "no-such-vdi", "t"), errs.NotFound)
+	wantErr(t, "rollback to a missing snapshot", admin(proto.AdminVDIRollback, "wire", "no-such-tag"), errs.NotFound)
+	wantErr(t, "delete of a missing snapshot", admin(proto.AdminSnapDelete, "wire", "no-such-tag"), errs.NotFound)
+	wantErr(t, "lookup of NAME@ (no tag)", admin(proto.AdminVDILookup, "wire@", ""), errs.Invalid)
+	wantErr(t, "clone of a VDI, not a snapshot", w.admin(proto.AdminRequest{Cmd: proto.AdminVDIClone, Source: "wire", Name: "c1"}), errs.Invalid)
+	wantErr(t, "clone of a missing snapshot", w.admin(proto.AdminRequest{Cmd: proto.AdminVDIClone, Source: "wire@none", Name: "c1"}), errs.NotFound)
+	wantErr(t, "owners past the end", w.admin(proto.AdminRequest{Cmd: proto.AdminVDIOwners, Name: "wire", Offset: 1 << 40, Count: 10}), errs.Invalid)
+	wantErr(t, "owners of a missing snapshot", w.admin(proto.AdminRequest{Cmd: proto.AdminVDIOwners, Name: "wire@none", Count: 10}), errs.NotFound)
+	wantOK(t, "a snapshot of wire", admin(proto.AdminVDISnapshot, "wire", "ok"))
+	wantErr(t, "the same snapshot again", admin(proto.AdminVDISnapshot, "wire", "ok"), errs.Exists)
+	wantErr(t, "a clone named like a VDI", w.admin(proto.AdminRequest{Cmd: proto.AdminVDIClone, Source: "wire@ok", Name: "wire"}), errs.Exists)
+	wantErr(t, "a clone with a bad name", w.admin(proto.AdminRequest{Cmd: proto.AdminVDIClone, Source: "wire@ok", Name: "a/b"}), errs.Invalid)
+	snap := lookupWire(t, w, "wire@ok")
+	wantErr(t, "write to a snapshot", w.call(proto.Header{Op: proto.OpVDIWrite, ID: uint64(snap.ID)}, 0, []byte("x")), errs.ReadOnly, errs.Busy)
+	wantOK(t, "delete the snapshot", admin(proto.AdminSnapDelete, "wire", "ok"))
+	wantOK(t, "gc", admin(proto.AdminGC, "", ""))
+	checkIntact("after bad snapshot requests")
 
 	// Take the write lock on this connection, as sheepfs does.
 	wantOK(t, "lock wire", w.admin(proto.AdminRequest{Cmd: proto.AdminVDILock, Name: "wire", Mount: "e2e-wire"}))
