@@ -196,8 +196,6 @@ func (c clusterSource) Owners(ctx context.Context, name string, off uint64, coun
 // ownersBatch is how many owners a backup asks for at once.
 const ownersBatch = 1 << 16
 
-func numObjects(size uint64) uint64 { return (size + vdi.ObjectSize - 1) / vdi.ObjectSize }
-
 func extent(size uint64, idx uint32) int {
 	return int(min(vdi.ObjectSize, size-uint64(idx)*vdi.ObjectSize))
 }
@@ -206,9 +204,9 @@ func extent(size uint64, idx uint32) int {
 // (since from, if not nil) holds: data if to has it, else a hole (from had
 // it). It returns the bytes of the data objects.
 func backupPlan(ctx context.Context, src backupSource, from *proto.VDIInfo, to proto.VDIInfo, fn func(idx uint32, data bool) error) (int64, error) {
-	n, nFrom := numObjects(to.Size), uint64(0)
+	n, nFrom := uint64(vdi.NumObjects(to.Size)), uint64(0)
 	if from != nil {
-		nFrom = numObjects(from.Size)
+		nFrom = uint64(vdi.NumObjects(from.Size))
 	}
 	var total int64
 	for off := uint64(0); off < n; {
