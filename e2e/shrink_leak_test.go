@@ -18,7 +18,7 @@ func TestShrinkPastCutObjectFreesIt(t *testing.T) {
 	ctx := testCtx(t)
 	cl := newClient(t, c.Nodes[0].Addr())
 	for _, name := range []string{"own", "shared"} {
-		v := createVDI(t, cl, name, 6 << 20)
+		v := createVDI(t, cl, name, 6<<20)
 		if _, err := cl.Lock(ctx, name); err != nil {
 			t.Fatal(err)
 		}
@@ -64,7 +64,7 @@ func TestShrinkThroughAnotherGatewayRightAfterAWrite(t *testing.T) {
 	ctx := testCtx(t)
 	w := newClient(t, c.Nodes[0].Addr())
 	r := newClient(t, c.Nodes[1].Addr())
-	v := createVDI(t, w, "v", 8 << 20)
+	v := createVDI(t, w, "v", 8<<20)
 	if _, err := w.Lock(ctx, "v"); err != nil {
 		t.Fatal(err)
 	}

@@ -29,7 +29,7 @@ func TestAbandonedSnapshotRequests(t *testing.T) {
 		}
 	}
 	w := newClient(t, gw.Addr())
-	v := createVDI(t, w, "v", 8 << 20)
+	v := createVDI(t, w, "v", 8<<20)
 	if _, err := w.Lock(ctx, "v"); err != nil {
 		t.Fatal(err)
 	}

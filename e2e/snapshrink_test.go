@@ -17,7 +17,7 @@ func TestSnapshotDuringUnlockedShrink(t *testing.T) {
 	ctx := testCtx(t)
 	const objects = 512
 	cl := newClient(t, c.Nodes[0].Addr())
-	v := createVDI(t, cl, "v", uint64(objects * objSize))
+	v := createVDI(t, cl, "v", uint64(objects*objSize))
 	if _, err := cl.Lock(ctx, "v"); err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,7 @@ func TestLockOfARestartedGateway(t *testing.T) {
 	ctx := testCtx(t)
 	admin := newClient(t, c.Nodes[0].Addr())
 	for _, name := range []string{"gone", "back"} {
-		createVDI(t, admin, name, 1 << 30)
+		createVDI(t, admin, name, 1<<30)
 	}
 	gone := client.New([]string{c.Nodes[1].Addr()}, client.Options{RetryFor: 5 * time.Second})
 	if _, err := gone.Lock(ctx, "gone"); err != nil {

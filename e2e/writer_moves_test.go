@@ -20,7 +20,7 @@ func TestWriterMovesToGatewayWithCachedIndex(t *testing.T) {
 	ctx := testCtx(t)
 	a := newClient(t, c.Nodes[0].Addr())
 	b := newClient(t, c.Nodes[1].Addr())
-	v := createVDI(t, a, "v", 8 << 20)
+	v := createVDI(t, a, "v", 8<<20)
 	// Node 1 reads object 0 while it is unallocated.
 	if err := b.ReadAt(ctx, v.ID, make([]byte, 4096), 0); err != nil {
 		t.Fatal(err)
@@ -65,7 +65,7 @@ func TestOldGatewayReleasesMovedLock(t *testing.T) {
 	c := NewCluster(t, 3, 3)
 	ctx := testCtx(t)
 	admin := newClient(t, c.Nodes[2].Addr())
-	v := createVDI(t, admin, "v", 8 << 20)
+	v := createVDI(t, admin, "v", 8<<20)
 	old := client.New([]string{c.Nodes[0].Addr()}, client.Options{RetryFor: 30 * time.Second, Mount: "mfailover"})
 	if _, err := old.Lock(ctx, "v"); err != nil {
 		t.Fatal(err)
@@ -95,7 +95,7 @@ func TestWriteThroughOldGatewayRefused(t *testing.T) {
 	c := NewCluster(t, 3, 3)
 	ctx := testCtx(t)
 	admin := newClient(t, c.Nodes[2].Addr())
-	v := createVDI(t, admin, "v", 8 << 20)
+	v := createVDI(t, admin, "v", 8<<20)
 	old := client.New([]string{c.Nodes[0].Addr()}, client.Options{RetryFor: 30 * time.Second, Mount: "mfailover"})
 	t.Cleanup(old.Close)
 	if _, err := old.Lock(ctx, "v"); err != nil {
