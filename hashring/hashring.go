@@ -20,12 +20,27 @@
 //     little-endian bytes)), vnode numbers 0..vnodes-1.
 //
 // Points with equal hashes are ordered by node ID.
+//
+// Weights: a node's vnode count is proportional to its weight (its
+// capacity): vnodes × weight × nodes / (sum of weights), rounded, at least
+// 1, so that equal weights give every node exactly vnodes points. A node's
+// points are always its vnodes 0..count-1, so a change of its count moves
+// only the objects of the points it gains or loses.
+//
+// Zones (failure domains): a replica set takes nodes of distinct zones
+// whenever the ring has at least as many zones as copies are asked for;
+// otherwise it covers every zone once before it takes a second node of any.
+// A node with an empty zone is a zone of its own, so a ring without zones
+// places exactly as the walk above.
 package hashring
 
 import (
+	"cmp"
+	"math"
 	"math/bits"
 	"slices"
 	"sort"
+	"strings"
 
 	"github.com/sheepfs/sheepfs/ids"
 )
@@ -47,10 +62,27 @@ const DefaultVNodes = 6144
 // maxPoints bounds the points of one ring, so offsets fit in uint32.
 const maxPoints = 1 << 31
 
+// Node is one node of a ring built with NewNodes.
+type Node struct {
+	ID ids.NodeID
+	// Zone is the node's failure domain; empty means a zone of its own.
+	Zone string
+	// Weight is the node's relative capacity (any unit, the same for every
+	// node of a ring); 0 counts as 1. Weights above 2^40 are capped.
+	Weight uint64
+}
+
+// maxWeight caps a weight so that the vnode arithmetic cannot overflow.
+const maxWeight = 1 << 40
+
 // Ring is an immutable consistent-hash ring. Safe for concurrent use. The
 // zero value and a nil *Ring behave as an empty ring.
 type Ring struct {
 	nodes  []ids.NodeID // distinct node IDs, sorted
+	zoneOf []uint32     // zoneOf[i] numbers the zone of nodes[i]
+	zones  int          // distinct zones
+	counts []int        // counts[i] is the vnode count of nodes[i]
+	weight []uint64     // weight[i] of nodes[i], as given (0 -> 1)
 	points []uint64     // vnode points, sorted ascending
 	owners []uint32     // owners[i] indexes nodes: the node that owns points[i]
 	// index[b] is the first i with points[i]>>shift >= b; len(index) is
@@ -70,20 +102,94 @@ type Ring struct {
 // O(P) time to build. vnodes is capped so that P <= 2^31; a larger value is
 // a configuration error and is silently reduced.
 func New(nodes []ids.NodeID, vnodes int) *Ring {
+	ns := make([]Node, len(nodes))
+	for i, id := range nodes {
+		ns[i] = Node{ID: id}
+	}
+	return NewNodes(ns, vnodes, 0)
+}
+
+// NewNodes builds a ring over nodes with zones and weights (see the package
+// comment). A node of weight unit gets vnodes points (<= 0 means
+// DefaultVNodes), others proportionally, at least 1; unit 0 means the mean
+// weight of nodes. Keep unit fixed across rings of one cluster: a change
+// of one node's weight then moves only the objects of the points that node
+// gains or loses, while a unit derived from the mean moves some of every
+// node's. Order is irrelevant; of two entries with one ID, the one that
+// sorts first by (zone, weight) is kept. With equal weights, no zones and
+// unit 0 (or the common weight) it places exactly as New. The total of
+// points is capped at 2^31 by lowering every node's count.
+func NewNodes(nodes []Node, vnodes int, unit uint64) *Ring {
 	if vnodes <= 0 {
 		vnodes = DefaultVNodes
 	}
-	distinct := slices.Clone(nodes)
-	slices.Sort(distinct)
-	distinct = slices.Compact(distinct)
-	distinct = slices.Clip(distinct)
-	if len(distinct) > 0 {
-		vnodes = max(min(vnodes, maxPoints/len(distinct)), 1)
+	ns := slices.Clone(nodes)
+	slices.SortFunc(ns, func(a, b Node) int {
+		switch {
+		case a.ID != b.ID:
+			return strings.Compare(string(a.ID), string(b.ID))
+		case a.Zone != b.Zone:
+			return strings.Compare(a.Zone, b.Zone)
+		}
+		return cmp.Compare(a.Weight, b.Weight)
+	})
+	ns = slices.CompactFunc(ns, func(a, b Node) bool { return a.ID == b.ID })
+	r := &Ring{nodes: make([]ids.NodeID, len(ns)), zoneOf: make([]uint32, len(ns)),
+		counts: make([]int, len(ns)), weight: make([]uint64, len(ns))}
+	zones := map[string]uint32{}
+	var sum uint64
+	for i, n := range ns {
+		r.nodes[i] = n.ID
+		z := n.Zone
+		if z == "" {
+			z = "\x00" + string(n.ID) // a zone of its own, apart from named ones
+		}
+		zi, ok := zones[z]
+		if !ok {
+			zi = uint32(len(zones))
+			zones[z] = zi
+		}
+		r.zoneOf[i] = zi
+		w := min(max(n.Weight, 1), maxWeight)
+		r.weight[i] = w
+		sum += w
 	}
-
-	r := &Ring{nodes: distinct}
-	r.build(vnodes)
+	r.zones = len(zones)
+	if len(ns) == 0 {
+		r.build()
+		return r
+	}
+	if unit == 0 {
+		unit = max(sum/uint64(len(ns)), 1)
+	}
+	unit = min(unit, maxWeight)
+	// round(vnodes × w / unit) in 128 bits, capped so that the total of
+	// points stays within maxPoints.
+	total := uint64(0)
+	for i := range ns {
+		r.counts[i] = scale(uint64(vnodes), r.weight[i], unit)
+		total += uint64(r.counts[i])
+	}
+	if total > maxPoints {
+		for i := range ns {
+			r.counts[i] = scale(uint64(r.counts[i]), maxPoints/2, total)
+		}
+	}
+	r.build()
 	return r
+}
+
+// scale returns max(1, round(a × b / c)) for a, b, c <= 2^40 (c > 0),
+// capped at maxPoints.
+func scale(a, b, c uint64) int {
+	hi, lo := bits.Mul64(a, b)
+	lo, carry := bits.Add64(lo, c/2, 0)
+	hi += carry
+	if hi >= c {
+		return maxPoints
+	}
+	q, _ := bits.Div64(hi, lo, c)
+	return int(max(min(q, maxPoints), 1))
 }
 
 // Nodes returns the ring's distinct nodes, sorted. The slice is a fresh copy
@@ -145,17 +251,89 @@ func (r *Ring) Replicas(oid ids.ObjectID, n int, dst []ids.NodeID) []ids.NodeID 
 		}
 	}
 	i := lo
-	for len(dst) < n {
+	if r.zones == len(r.nodes) {
+		for len(dst) < n {
+			if i == len(pts) {
+				i = 0
+			}
+			node := r.nodes[r.owners[i]]
+			if !slices.Contains(dst, node) {
+				dst = append(dst, node)
+			}
+			i++
+		}
+		return dst
+	}
+	// Zones: take a node of a new zone while some zone is still unused;
+	// once every zone is (only when n exceeds the zones), any node. A node
+	// skipped while zones were missing is taken on the second lap.
+	var zbuf [32]uint32
+	used := zbuf[:0]
+	for step := 0; len(dst) < n; step++ {
 		if i == len(pts) {
 			i = 0
 		}
-		node := r.nodes[r.owners[i]]
+		o := r.owners[i]
+		node := r.nodes[o]
 		if !slices.Contains(dst, node) {
-			dst = append(dst, node)
+			z := r.zoneOf[o]
+			if !slices.Contains(used, z) {
+				dst = append(dst, node)
+				used = append(used, z)
+			} else if len(used) >= r.zones || step >= len(pts) {
+				dst = append(dst, node)
+			}
 		}
 		i++
 	}
 	return dst
+}
+
+// Zones returns the number of distinct zones (a node without one counts as
+// its own).
+func (r *Ring) Zones() int {
+	if r == nil {
+		return 0
+	}
+	return r.zones
+}
+
+// VNodes returns the number of points node owns (0 if it is not a member).
+func (r *Ring) VNodes(node ids.NodeID) int {
+	if r == nil {
+		return 0
+	}
+	i, ok := slices.BinarySearch(r.nodes, node)
+	if !ok {
+		return 0
+	}
+	return r.counts[i]
+}
+
+// Share returns the fraction of the ring (0 to 1) for which node is the
+// primary: the sum of the arcs that end at its points. With 3 copies and no
+// zones a node holds about the same fraction of all copies. It takes
+// O(points) time.
+func (r *Ring) Share(node ids.NodeID) float64 {
+	if r == nil || len(r.points) == 0 {
+		return 0
+	}
+	o, ok := slices.BinarySearch(r.nodes, node)
+	if !ok {
+		return 0
+	}
+	var own float64
+	prev := r.points[len(r.points)-1]
+	for i, h := range r.points {
+		if int(r.owners[i]) == o {
+			own += float64(h - prev) // wraps correctly in uint64
+		}
+		prev = h
+	}
+	if len(r.nodes) == 1 {
+		return 1
+	}
+	return own / math.Exp2(64)
 }
 
 // build fills r.points, r.owners and r.index for vnodes points per node of
@@ -166,8 +344,11 @@ func (r *Ring) Replicas(oid ids.ObjectID, n int, dst []ids.NodeID) []ids.NodeID 
 // permutation into its buckets and an insertion sort of each bucket by
 // (hash, owner). The bucket offsets are kept as r.index, so Replicas finds
 // a point with one table lookup and a search of a few points.
-func (r *Ring) build(vnodes int) {
-	total := len(r.nodes) * vnodes
+func (r *Ring) build() {
+	total := 0
+	for _, c := range r.counts {
+		total += c
+	}
 	// About 2 to 4 points per bucket.
 	bucketBits := max(bits.Len(uint(total))-2, 0)
 	r.shift = uint(64 - bucketBits) // 64 when there is one bucket: h>>64 == 0
@@ -182,9 +363,9 @@ func (r *Ring) build(vnodes int) {
 	runStart := make([]uint32, runs+1)
 	// Hash twice rather than store and permute: the second pass writes
 	// every point straight into its run, 256 sequential streams.
-	for _, id := range r.nodes {
+	for o, id := range r.nodes {
 		base := fnvString(fnvOffset, string(id))
-		for v := range vnodes {
+		for v := range r.counts[o] {
 			runStart[vnodeHash(base, uint32(v))>>coarseShift+1]++
 		}
 	}
@@ -195,7 +376,7 @@ func (r *Ring) build(vnodes int) {
 	copy(next, runStart[:runs])
 	for o, id := range r.nodes {
 		base := fnvString(fnvOffset, string(id))
-		for v := range vnodes {
+		for v := range r.counts[o] {
 			h := vnodeHash(base, uint32(v))
 			c := h >> coarseShift
 			points[next[c]], owners[next[c]] = h, uint32(o)

@@ -708,3 +708,125 @@ func BenchmarkNew100(b *testing.B) {
 		New(nodes, 0)
 	}
 }
+
+func TestNewNodesEqualsNew(t *testing.T) {
+	names := nodeNames("node-", 7)
+	var ns []Node
+	for _, id := range names {
+		ns = append(ns, Node{ID: id, Weight: 500})
+	}
+	a, b := New(names, 0), NewNodes(ns, 0, 0)
+	var d1, d2 []ids.NodeID
+	for _, oid := range testObjects(2, 20000) {
+		d1, d2 = a.Replicas(oid, 3, d1), b.Replicas(oid, 3, d2)
+		if !slices.Equal(d1, d2) {
+			t.Fatalf("%v: equal weights place on %q, New on %q", oid, d2, d1)
+		}
+	}
+}
+
+// TestWeights: a node's share of copies follows its weight, and a change
+// of one node's weight moves only objects whose set gains or loses it.
+func TestWeights(t *testing.T) {
+	names := nodeNames("node-", 10)
+	ns := make([]Node, len(names))
+	for i, id := range names {
+		ns[i] = Node{ID: id, Weight: 2000}
+	}
+	ns[0].Weight, ns[1].Weight = 4000, 1000 // 4 TB, 2 TB, 1 TB nodes
+	r := NewNodes(ns, 0, 2000)
+	oids := testObjects(4, 200000)
+	count := map[ids.NodeID]int{}
+	var dst []ids.NodeID
+	for _, oid := range oids {
+		for _, id := range r.Replicas(oid, 3, dst) {
+			count[id]++
+		}
+	}
+	base := float64(count[names[2]])
+	for _, n := range ns {
+		want := float64(n.Weight) / 2000
+		got := float64(count[n.ID]) / base
+		t.Logf("%s weight %d: %d copies (%.2fx the 2000 node), share %.3f", n.ID, n.Weight, count[n.ID], got, r.Share(n.ID))
+		// A replica set cannot hold two copies on one node, so a node
+		// that is the primary of a share p of the ring is in fewer than
+		// 3p of the 3-copy sets, the more so the larger p (Ceph's
+		// "multi-pick anomaly"): the 4 TB node of this small cluster
+		// holds about 1.75x, not 2x, the copies of a 2 TB one.
+		lo, hi := 0.88*want, 1.12*want
+		if want > 1 {
+			lo = 0.8 * want
+		}
+		if got < lo || got > hi {
+			t.Errorf("%s: %.2fx the copies of a 2000 node, want %.2f to %.2fx", n.ID, got, lo, hi)
+		}
+	}
+	if got := r.VNodes(names[0]); got == DefaultVNodes || got < DefaultVNodes {
+		t.Errorf("heaviest node has %d vnodes, want more than %d", got, DefaultVNodes)
+	}
+
+	// Node 3 doubles its capacity: only sets gaining node 3 change.
+	ns2 := slices.Clone(ns)
+	ns2[3].Weight *= 2
+	r2 := NewNodes(ns2, 0, 2000)
+	moved, gained := 0, 0
+	var d1, d2 []ids.NodeID
+	for _, oid := range oids {
+		d1, d2 = r.Replicas(oid, 3, d1), r2.Replicas(oid, 3, d2)
+		if !sameSet(d1, d2) {
+			moved++
+			if !slices.Contains(d2, names[3]) || slices.Contains(d1, names[3]) {
+				t.Fatalf("%v: %q -> %q, though only %s grew", oid, d1, d2, names[3])
+			}
+		}
+		if slices.Contains(d2, names[3]) {
+			gained++
+		}
+	}
+	t.Logf("doubling one of 10 nodes' weight changed %.4f of the sets; it is now in %.4f of them",
+		float64(moved)/float64(len(oids)), float64(gained)/float64(len(oids)))
+}
+
+// TestZones: with as many zones as copies, every set spans distinct zones;
+// with fewer, every zone is in every set.
+func TestZones(t *testing.T) {
+	seed := testSeed(t)
+	rng := rand.New(rand.NewPCG(seed, 0))
+	for _, tc := range []struct{ nodes, zones, copies int }{
+		{6, 3, 3}, {9, 3, 3}, {7, 3, 2}, {10, 4, 3}, {6, 2, 3}, {5, 5, 3}, {12, 3, 5}, {4, 1, 3},
+	} {
+		names := nodeNames("n", tc.nodes)
+		ns := make([]Node, len(names))
+		zoneOf := map[ids.NodeID]string{}
+		for i, id := range names {
+			ns[i] = Node{ID: id, Zone: fmt.Sprintf("rack%d", (i+rng.IntN(2))%tc.zones), Weight: 100}
+			zoneOf[id] = ns[i].Zone
+		}
+		for z := range tc.zones { // every zone has a node
+			ns[z].Zone = fmt.Sprintf("rack%d", z)
+			zoneOf[ns[z].ID] = ns[z].Zone
+		}
+		r := NewNodes(ns, 512, 0)
+		if r.Zones() != tc.zones {
+			t.Fatalf("%+v: %d zones, want %d", tc, r.Zones(), tc.zones)
+		}
+		var dst []ids.NodeID
+		for _, oid := range testObjects(2, 20000) {
+			dst = r.Replicas(oid, tc.copies, dst)
+			if len(dst) != min(tc.copies, tc.nodes) {
+				t.Fatalf("%+v %v: %d replicas", tc, oid, len(dst))
+			}
+			zs := map[string]int{}
+			for _, id := range dst {
+				zs[zoneOf[id]]++
+			}
+			if len(zs) != min(tc.copies, tc.zones) {
+				t.Fatalf("%+v %v: replicas %q span %d zones, want %d", tc, oid, dst, len(zs), min(tc.copies, tc.zones))
+			}
+			slices.Sort(dst)
+			if len(slices.Compact(slices.Clone(dst))) != len(dst) {
+				t.Fatalf("%+v %v: duplicate replicas %q", tc, oid, dst)
+			}
+		}
+	}
+}
