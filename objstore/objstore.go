@@ -380,6 +380,13 @@ func (s *Store) write(oid ids.ObjectID, off int64, data []byte, ver ids.Version,
 // create makes object oid holding data at off. The caller holds oid's
 // stripe lock exclusively and has seen that oid does not exist.
 func (s *Store) create(oid ids.ObjectID, off int64, data []byte, ver ids.Version, epoch ids.Epoch) error {
+	return s.createExtents(oid, []Extent{{Off: off, Len: int64(len(data))}}, data, ver, epoch)
+}
+
+// createExtents makes object oid holding the extents exts, whose bytes
+// are data one after the other, and zeros (holes) elsewhere. The caller
+// holds oid's stripe lock exclusively.
+func (s *Store) createExtents(oid ids.ObjectID, exts []Extent, data []byte, ver ids.Version, epoch ids.Epoch) error {
 	path := s.objPath(oid)
 	tmp := path + ".tmp"
 	f, err := s.fs.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
@@ -387,8 +394,16 @@ func (s *Store) create(oid ids.ObjectID, off int64, data []byte, ver ids.Version
 		return objErr("create", oid, err)
 	}
 	err = f.Truncate(s.objSize)
-	if err == nil && len(data) > 0 && !s.writeDirect(tmp, off, data) {
-		_, err = f.WriteAt(data, off)
+	pos := int64(0)
+	for _, e := range exts {
+		if err != nil {
+			break
+		}
+		d := data[pos : pos+e.Len]
+		pos += e.Len
+		if len(d) > 0 && !s.writeDirect(tmp, e.Off, d) {
+			_, err = f.WriteAt(d, e.Off)
+		}
 	}
 	if err == nil {
 		err = s.fs.Rename(tmp, path)

@@ -40,6 +40,8 @@ const (
 	OpRemoveObj               // delete the object
 	OpSyncObjs                // make every write so far durable
 	OpListObjs                // response Data = repeated (oid u64, version u64)
+	OpStatObjs                // Data = oids (u64 each); response Data = ObjStates
+	OpInventory               // Data = ObjStates the receiver should hold; FlagLast ends the sender's list
 )
 
 // Requests from clients to a gateway (ID is a VDIID).
@@ -52,12 +54,13 @@ const (
 	OpAdmin                        // Data = JSON AdminRequest; response Data = JSON
 	OpApply                        // forward a cluster command to the leader; Data = command
 	OpLeaderIndex                  // to the leader: response Aux = its last applied log index
+	OpReportDown                   // to the leader: Data = the ID of a member a request could not reach
 	opMax
 )
 
 // Valid reports whether op is a known request op (without RespBit).
 func (op Op) Valid() bool {
-	return (op >= OpReadObj && op <= OpListObjs) || (op >= OpVDIRead && op < opMax)
+	return (op >= OpReadObj && op <= OpInventory) || (op >= OpVDIRead && op < opMax)
 }
 
 var opNames = map[Op]string{
@@ -66,6 +69,7 @@ var opNames = map[Op]string{
 	OpListObjs: "list_objs", OpVDIRead: "vdi_read", OpVDIWrite: "vdi_write",
 	OpVDIFlush: "vdi_flush", OpVDIDiscard: "vdi_discard", OpVDIAllocMap: "vdi_allocmap",
 	OpAdmin: "admin", OpApply: "apply", OpLeaderIndex: "leader_index",
+	OpStatObjs: "stat_objs", OpInventory: "inventory", OpReportDown: "report_down",
 }
 
 func (op Op) String() string {
@@ -98,7 +102,12 @@ const (
 	// is in the object's placement and has not had to doubt its copy since
 	// it last made sure), so it holds every acknowledged write.
 	FlagCurrent
-	flagsAll = FlagError | FlagCreate | FlagSync | FlagZeroKeep | FlagCurrent
+	// FlagLast on OpInventory: the sender's last chunk for this epoch.
+	FlagLast
+	// FlagSparse on OpReadObj asks for the whole object as a SparseObject
+	// (only its allocated ranges); the answer carries it too.
+	FlagSparse
+	flagsAll = FlagError | FlagCreate | FlagSync | FlagZeroKeep | FlagCurrent | FlagLast | FlagSparse
 )
 
 // Header is the fixed part of a frame. On the wire (big-endian):

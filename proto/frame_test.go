@@ -94,16 +94,16 @@ func TestDecodeHeaderErrors(t *testing.T) {
 		{"bad magic", func(b []byte) []byte { b[0] = 'X'; return b }, errs.Invalid},
 		{"magic byte-swapped", func(b []byte) []byte { b[0], b[1] = b[1], b[0]; return b }, errs.Invalid},
 		{"op zero", func(b []byte) []byte { b[2] = 0; return b }, errs.Invalid},
-		{"op after OpListObjs", func(b []byte) []byte { b[2] = byte(proto.OpListObjs) + 1; return b }, errs.Invalid},
+		{"op after OpInventory", func(b []byte) []byte { b[2] = byte(proto.OpInventory) + 1; return b }, errs.Invalid},
 		{"op before OpVDIRead", func(b []byte) []byte { b[2] = byte(proto.OpVDIRead) - 1; return b }, errs.Invalid},
-		{"op after OpLeaderIndex", func(b []byte) []byte { b[2] = byte(proto.OpLeaderIndex) + 1; return b }, errs.Invalid},
+		{"op after OpReportDown", func(b []byte) []byte { b[2] = byte(proto.OpReportDown) + 1; return b }, errs.Invalid},
 		{"response of unknown op", func(b []byte) []byte { b[2] = byte(proto.RespBit | 0x7f); return b }, errs.Invalid},
 		{"bare RespBit", func(b []byte) []byte { b[2] = byte(proto.RespBit); return b }, errs.Invalid},
 		{"response op", func(b []byte) []byte { b[2] = byte(proto.OpApply | proto.RespBit); return b }, errs.Other},
 		{"unknown kind", func(b []byte) []byte { b[3] = byte(errs.Closed) + 1; return b }, errs.Invalid},
 		{"kind 255", func(b []byte) []byte { b[3] = 255; return b }, errs.Invalid},
 		{"last kind", func(b []byte) []byte { b[3] = byte(errs.Closed); return b }, errs.Other},
-		{"unknown flag", func(b []byte) []byte { binary.BigEndian.PutUint16(b[4:], uint16(proto.FlagCurrent)<<1); return b }, errs.Invalid},
+		{"unknown flag", func(b []byte) []byte { binary.BigEndian.PutUint16(b[4:], uint16(proto.FlagSparse)<<1); return b }, errs.Invalid},
 		{"high flag", func(b []byte) []byte { binary.BigEndian.PutUint16(b[4:], 0x8000); return b }, errs.Invalid},
 		{"all known flags", func(b []byte) []byte {
 			binary.BigEndian.PutUint16(b[4:], uint16(proto.FlagError|proto.FlagCreate|proto.FlagSync|proto.FlagZeroKeep|proto.FlagCurrent))
@@ -146,8 +146,8 @@ func TestDecodeHeaderErrors(t *testing.T) {
 
 func TestOpsAndNames(t *testing.T) {
 	ops := allOps()
-	if len(ops) != 15 {
-		t.Errorf("%d valid ops, want 15: %v", len(ops), ops)
+	if len(ops) != 18 {
+		t.Errorf("%d valid ops, want 18: %v", len(ops), ops)
 	}
 	seen := map[string]bool{}
 	for _, op := range ops {

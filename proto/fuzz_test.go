@@ -11,6 +11,7 @@ import (
 	"testing/iotest"
 
 	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/ids"
 	"github.com/sheepfs/sheepfs/proto"
 )
 
@@ -204,6 +205,60 @@ func FuzzAdminRequest(f *testing.F) {
 		}
 		if back != req {
 			t.Fatalf("round trip: %+v, want %+v", back, req)
+		}
+	})
+}
+
+// FuzzRecoveryPayloads: the recovery payloads (object states, object ID
+// lists, sparse objects) never panic, reject what they cannot use with
+// errs.Invalid, and what they accept encodes back to the same bytes.
+func FuzzRecoveryPayloads(f *testing.F) {
+	states := proto.AppendObjStates(nil, []proto.ObjState{{OID: 0x100000002, Version: 7, Valid: 3, Flags: proto.ObjPresent | proto.ObjDegraded}})
+	f.Add(states)
+	f.Add(proto.AppendOIDs(nil, []ids.ObjectID{1, 2, 0x8000000100000000}))
+	sparse := make([]byte, proto.SparseHeaderSize(2))
+	proto.PutSparseHeader(sparse, []proto.Extent{{Off: 0, Len: 4}, {Off: 4096, Len: 2}})
+	f.Add(append(sparse, 1, 2, 3, 4, 5, 6))
+	f.Add([]byte{})
+	f.Add(bytes.Repeat([]byte{0xff}, 40))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if s, err := proto.DecodeObjStates(b); err == nil {
+			if got := proto.AppendObjStates(nil, s); !bytes.Equal(got, b) {
+				t.Fatalf("object states %x re-encode as %x", b, got)
+			}
+		} else if !errs.Is(err, errs.Invalid) {
+			t.Fatalf("DecodeObjStates: %v, want an Invalid error", err)
+		}
+		if o, err := proto.DecodeOIDs(b); err == nil {
+			if got := proto.AppendOIDs(nil, o); !bytes.Equal(got, b) {
+				t.Fatalf("object IDs %x re-encode as %x", b, got)
+			}
+		} else if !errs.Is(err, errs.Invalid) {
+			t.Fatalf("DecodeOIDs: %v, want an Invalid error", err)
+		}
+		const objSize = 1 << 16
+		exts, data, err := proto.DecodeSparse(b, objSize)
+		if err != nil {
+			if !errs.Is(err, errs.Invalid) {
+				t.Fatalf("DecodeSparse: %v, want an Invalid error", err)
+			}
+			return
+		}
+		var end, total int64
+		for _, e := range exts {
+			if e.Len <= 0 || e.Off < end || e.Off+e.Len > objSize {
+				t.Fatalf("DecodeSparse accepted extent %+v", e)
+			}
+			end = e.Off + e.Len
+			total += e.Len
+		}
+		if int64(len(data)) != total {
+			t.Fatalf("DecodeSparse: %d data bytes for %d", len(data), total)
+		}
+		hdr := make([]byte, proto.SparseHeaderSize(len(exts)))
+		proto.PutSparseHeader(hdr, exts)
+		if !bytes.Equal(append(hdr, data...), b) {
+			t.Fatalf("sparse object %x re-encodes differently", b)
 		}
 	})
 }
