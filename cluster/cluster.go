@@ -11,6 +11,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -19,6 +20,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -62,6 +64,13 @@ type Config struct {
 	// OnGone, if set, is called with the data address of every node that
 	// gossip declares dead (or gone). It must not block.
 	OnGone func(addr string)
+	// Zone is the node's failure domain ("" for a zone of its own).
+	Zone string
+	// Weight is the node's capacity in MiB (0: unknown); SetWeight
+	// changes it at run time.
+	Weight uint64
+	// Store names the node's data directory (see Member.Store).
+	Store string
 	// Log receives the node's logs.
 	Log zerolog.Logger
 }
@@ -79,20 +88,46 @@ type Cluster struct {
 
 	events chan struct{}
 	gone   sync.Map // node name -> true while gossip holds it dead or gone
+	meta   *delegate
+	// refused: node ID -> time.Time when the leader found its data port
+	// closed (a killed process), which marks it down at once.
+	refused   sync.Map
+	reporting sync.Map // node ID -> time.Time of this node's last report
 	stop   chan struct{}
 	wg     sync.WaitGroup
 	closed sync.Once
 }
 
-// nodeMeta is gossiped in memberlist (well under its 512-byte limit).
+// nodeMeta is gossiped in memberlist (well under its 512-byte limit: the
+// fields are bounded by checkMeta).
 type nodeMeta struct {
-	Data string `json:"d"`
-	Raft string `json:"r"`
+	Data   string `json:"d"`
+	Raft   string `json:"r"`
+	Zone   string `json:"z,omitempty"`
+	Weight uint64 `json:"w,omitempty"`
+	Store  string `json:"s,omitempty"`
 }
 
-type delegate struct{ meta []byte }
+// parseMeta decodes and checks a member's gossiped metadata.
+func parseMeta(b []byte) (nodeMeta, bool) {
+	var m nodeMeta
+	if json.Unmarshal(b, &m) != nil || m.Data == "" || len(m.Data) > 256 || len(m.Raft) > 256 ||
+		len(m.Store) > 64 || m.Weight > 1<<40 || CheckZone(m.Zone) != nil {
+		return nodeMeta{}, false
+	}
+	return m, true
+}
 
-func (d *delegate) NodeMeta(limit int) []byte                  { return d.meta }
+type delegate struct {
+	mu   sync.Mutex
+	meta []byte
+}
+
+func (d *delegate) NodeMeta(limit int) []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.meta
+}
 func (d *delegate) NotifyMsg([]byte)                           {}
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (d *delegate) LocalState(join bool) []byte                { return nil }
@@ -113,8 +148,7 @@ func (e *events) poke() {
 func (e *events) NotifyJoin(n *memberlist.Node) { e.gone.Delete(n.Name); e.poke() }
 func (e *events) NotifyLeave(n *memberlist.Node) {
 	e.gone.Store(n.Name, true)
-	var m nodeMeta
-	if e.onGone != nil && json.Unmarshal(n.Meta, &m) == nil && m.Data != "" {
+	if m, ok := parseMeta(n.Meta); ok && e.onGone != nil {
 		e.onGone(m.Data)
 	}
 	e.poke()
@@ -186,14 +220,20 @@ func Start(cfg Config) (*Cluster, error) {
 		return nil, errs.E(errs.IO, "start raft: %w", err)
 	}
 
-	meta, _ := json.Marshal(nodeMeta{Data: net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)), Raft: raftAddr})
+	if err := CheckZone(cfg.Zone); err != nil {
+		c.raft.Shutdown()
+		c.shutdownPartial()
+		return nil, err
+	}
+	c.meta = &delegate{}
+	c.setMeta()
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = string(cfg.ID)
 	mc.BindAddr = cfg.Host
 	mc.BindPort = cfg.Port + GossipPortOffset
 	mc.AdvertiseAddr = cfg.Host
 	mc.AdvertisePort = mc.BindPort
-	mc.Delegate = &delegate{meta: meta}
+	mc.Delegate = c.meta
 	mc.Events = &events{ch: c.events, gone: &c.gone, onGone: cfg.OnGone}
 	mc.LogOutput = io.Discard
 	mc.ProbeInterval = 500 * time.Millisecond
@@ -210,6 +250,52 @@ func Start(cfg Config) (*Cluster, error) {
 	go c.joinLoop()
 	go c.leaderLoop()
 	return c, nil
+}
+
+// self is this node's metadata.
+func (c *Cluster) self() nodeMeta {
+	c.meta.mu.Lock()
+	w := c.cfg.Weight
+	c.meta.mu.Unlock()
+	return nodeMeta{Data: net.JoinHostPort(c.cfg.Host, strconv.Itoa(c.cfg.Port)),
+		Raft: net.JoinHostPort(c.cfg.Host, strconv.Itoa(c.cfg.Port+RaftPortOffset)),
+		Zone: c.cfg.Zone, Weight: w, Store: c.cfg.Store}
+}
+
+// setMeta encodes this node's metadata for gossip.
+func (c *Cluster) setMeta() {
+	b, _ := json.Marshal(c.self())
+	c.meta.mu.Lock()
+	c.meta.meta = b
+	c.meta.mu.Unlock()
+}
+
+// SetWeight changes the node's weight (capacity in MiB) and gossips it;
+// the leader then agrees a new epoch in which the node's share of the
+// data follows it.
+func (c *Cluster) SetWeight(w uint64) {
+	c.meta.mu.Lock()
+	same := c.cfg.Weight == w
+	c.cfg.Weight = w
+	c.meta.mu.Unlock()
+	if same {
+		return
+	}
+	c.setMeta()
+	if err := c.ml.UpdateNode(time.Second); err != nil {
+		c.log.Warn().Err(err).Msg("gossip the new weight")
+	}
+	select {
+	case c.events <- struct{}{}:
+	default:
+	}
+}
+
+// Weight returns the weight the node gossips.
+func (c *Cluster) Weight() uint64 {
+	c.meta.mu.Lock()
+	defer c.meta.mu.Unlock()
+	return c.cfg.Weight
 }
 
 func (c *Cluster) shutdownPartial() {
@@ -298,11 +384,11 @@ func (c *Cluster) Alive() []Member {
 		if n.State != memberlist.StateAlive {
 			continue
 		}
-		var m nodeMeta
-		if json.Unmarshal(n.Meta, &m) != nil || m.Data == "" {
+		m, ok := parseMeta(n.Meta)
+		if !ok {
 			continue
 		}
-		out = append(out, Member{ID: ids.NodeID(n.Name), Addr: m.Data})
+		out = append(out, Member{ID: ids.NodeID(n.Name), Addr: m.Data, Zone: m.Zone, Weight: m.Weight, Store: m.Store})
 	}
 	slices.SortFunc(out, func(a, b Member) int { return cmpID(a.ID, b.ID) })
 	return out
@@ -528,17 +614,19 @@ func (c *Cluster) leaderLoop() {
 func (c *Cluster) reconcile(goneSince map[ids.NodeID]time.Time) error {
 	nowT := time.Now()
 	alive := map[ids.NodeID]nodeMeta{}
+	reachable := map[ids.NodeID]bool{} // alive and its data port not found closed
 	for _, n := range c.ml.Members() {
 		if n.State != memberlist.StateAlive {
 			continue
 		}
-		var m nodeMeta
-		if json.Unmarshal(n.Meta, &m) == nil && m.Data != "" && m.Raft != "" {
-			alive[ids.NodeID(n.Name)] = m
+		if m, ok := parseMeta(n.Meta); ok && m.Raft != "" {
+			id := ids.NodeID(n.Name)
+			alive[id] = m
+			reachable[id] = !c.refusedRecently(id, nowT)
 		}
 	}
-	alive[c.cfg.ID] = nodeMeta{Data: net.JoinHostPort(c.cfg.Host, strconv.Itoa(c.cfg.Port)),
-		Raft: net.JoinHostPort(c.cfg.Host, strconv.Itoa(c.cfg.Port+RaftPortOffset))}
+	alive[c.cfg.ID] = c.self()
+	reachable[c.cfg.ID] = true
 	for id := range goneSince {
 		if _, ok := alive[id]; ok {
 			delete(goneSince, id)
@@ -615,14 +703,18 @@ func (c *Cluster) reconcile(goneSince map[ids.NodeID]time.Time) error {
 		}
 	}
 
-	// Epoch: alive nodes plus members not yet gone for the grace period.
+	// Epoch: alive nodes plus members not yet gone for the grace period,
+	// which are down meanwhile (as are alive ones whose data port was
+	// found closed a moment ago: a killed process that gossip has not
+	// noticed yet).
 	st := c.State()
 	want := make([]Member, 0, len(alive))
 	for id, m := range alive {
-		want = append(want, Member{ID: id, Addr: m.Data})
+		want = append(want, Member{ID: id, Addr: m.Data, Zone: m.Zone, Weight: m.Weight, Store: m.Store, Down: !reachable[id]})
 	}
 	for _, m := range st.Members {
 		if _, ok := alive[m.ID]; !ok && !gone(m.ID) {
+			m.Down = true
 			want = append(want, m)
 		}
 	}
@@ -635,6 +727,74 @@ func (c *Cluster) reconcile(goneSince map[ids.NodeID]time.Time) error {
 		}
 	}
 	return nil
+}
+
+// refusedWindow is how long a closed data port, found by the leader, marks
+// a node down although gossip still holds it alive.
+const refusedWindow = 3 * time.Second
+
+func (c *Cluster) refusedRecently(id ids.NodeID, now time.Time) bool {
+	v, ok := c.refused.Load(id)
+	return ok && now.Sub(v.(time.Time)) < refusedWindow
+}
+
+// ReportUnreachable tells the leader that a request to member id failed
+// because its connection broke or was refused. The leader checks for
+// itself: if the member's data port refuses connections (its process is
+// gone), the member is marked down at once, and writes go on without it
+// instead of waiting for gossip to notice. Reports of one member are sent
+// at most every 500 ms; the call never blocks.
+func (c *Cluster) ReportUnreachable(id ids.NodeID) {
+	now := time.Now()
+	if v, ok := c.reporting.Load(id); ok && now.Sub(v.(time.Time)) < 500*time.Millisecond {
+		return
+	}
+	c.reporting.Store(id, now)
+	m, ok := c.State().Member(id)
+	if !ok || m.Down || id == c.cfg.ID {
+		return
+	}
+	go func() {
+		if c.raft.State() == raft.Leader {
+			c.CheckUnreachable(id)
+			return
+		}
+		leader := c.Leader()
+		addr := c.addrOf(leader)
+		if leader == "" || addr == "" {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, _ = c.pool.Get(addr).Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpReportDown}, Data: []byte(id)})
+	}()
+}
+
+// CheckUnreachable, on the leader, dials member id's data port and marks
+// it down if the port is closed. Anything but a refused connection (a
+// timeout, say: a slow node or a partition) is left to gossip.
+func (c *Cluster) CheckUnreachable(id ids.NodeID) {
+	if c.raft.State() != raft.Leader {
+		return
+	}
+	m, ok := c.State().Member(id)
+	if !ok || m.Down || id == c.cfg.ID {
+		return
+	}
+	conn, err := net.DialTimeout("tcp", m.Addr, 500*time.Millisecond)
+	if err == nil {
+		conn.Close()
+		return
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return
+	}
+	c.log.Info().Str("peer", string(id)).Msg("data port closed: marking the node down")
+	c.refused.Store(id, time.Now())
+	select {
+	case c.events <- struct{}{}:
+	default:
+	}
 }
 
 // logWriter sends library log lines to zerolog.

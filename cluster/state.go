@@ -6,6 +6,8 @@ import (
 	"maps"
 	"regexp"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,13 +36,73 @@ type Member struct {
 	ID ids.NodeID `json:"id"`
 	// Addr is the node's data address, host:port.
 	Addr string `json:"addr"`
+	// Zone is the node's failure domain ("" for a zone of its own).
+	Zone string `json:"zone,omitempty"`
+	// Weight is the node's capacity in MiB (0 when unknown, which
+	// places like the cluster's weight unit).
+	Weight uint64 `json:"weight,omitempty"`
+	// Store names the node's data directory (random, made with it): a
+	// node that comes back under its ID with an empty directory has a new
+	// Store, and nothing counts it as holding what the old one held.
+	Store string `json:"store,omitempty"`
+	// Down marks a member that is unreachable but not yet gone for the
+	// grace period: it keeps its place in the ring (nothing moves), and
+	// writes and reads skip it. Its copies of objects written meanwhile
+	// are stale when it comes back up, and recovery refreshes them.
+	Down bool `json:"down,omitempty"`
 }
+
+// Up reports whether the member is not marked down.
+func (m Member) Up() bool { return !m.Down }
+
+// Holds reports whether m and o are the same node with the same data
+// directory: o's copies are m's copies.
+func (m Member) Holds(o Member) bool { return m.ID == o.ID && m.Store == o.Store }
 
 // EpochRecord is a past member list.
 type EpochRecord struct {
 	Epoch   ids.Epoch `json:"epoch"`
 	Members []Member  `json:"members"`
 	Time    int64     `json:"time"` // unix seconds
+	// WeightUnit is the State's WeightUnit at this epoch.
+	WeightUnit uint64 `json:"weight_unit,omitempty"`
+}
+
+// Member returns the epoch's member with the given ID.
+func (r *EpochRecord) Member(id ids.NodeID) (Member, bool) { return findMember(r.Members, id) }
+
+// Ring returns the placement ring of the epoch. Rings are cached by their
+// members, zones, weights and unit, so that asking again is cheap.
+func (r *EpochRecord) Ring() *hashring.Ring { return ringFor(r.Members, r.WeightUnit) }
+
+// RecoveryConf is the cluster-wide throttle of background recovery, set by
+// `sheep cluster recovery`. Objects that clients ask for are recovered at
+// once whatever it says.
+type RecoveryConf struct {
+	// MaxRate is the most bytes per second one node copies in the
+	// background; 0 means no limit.
+	MaxRate int64 `json:"max_rate,omitempty"`
+	// MaxParallel is how many objects one node copies at once; 0 means
+	// DefaultRecoveryParallel.
+	MaxParallel int `json:"max_parallel,omitempty"`
+	// Paused stops background copies (and the deletion of copies no
+	// longer placed) until resumed.
+	Paused bool `json:"paused,omitempty"`
+}
+
+// DefaultRecoveryParallel is the objects a node copies at once when
+// RecoveryConf.MaxParallel is 0.
+const DefaultRecoveryParallel = 4
+
+// MaxRecoveryParallel bounds RecoveryConf.MaxParallel.
+const MaxRecoveryParallel = 64
+
+// Parallel returns MaxParallel, or its default.
+func (c RecoveryConf) Parallel() int {
+	if c.MaxParallel <= 0 {
+		return DefaultRecoveryParallel
+	}
+	return c.MaxParallel
 }
 
 // Lock is a VDI's write lock: who holds it and through which node.
@@ -106,6 +168,14 @@ type State struct {
 	Members []Member        `json:"members"` // sorted by ID
 	History []EpochRecord   `json:"history"`
 	Copies  int             `json:"copies"` // 0 until formatted
+	// WeightUnit is the member weight that gets hashring.DefaultVNodes
+	// points. It is set to the members' mean weight by the first epoch
+	// with weights, and again only when that mean has moved by more than
+	// 4x, so that one node's change of weight moves only that node's
+	// share of the data.
+	WeightUnit uint64 `json:"weight_unit,omitempty"`
+	// Recovery is the throttle of background recovery.
+	Recovery RecoveryConf `json:"recovery,omitempty"`
 	Format  int64           `json:"format_time"`
 	VDIs    map[string]*VDI `json:"vdis"`
 	// Snaps are the snapshots, by NAME@TAG.
@@ -125,6 +195,7 @@ type State struct {
 	Applied uint64 `json:"applied,omitempty"`
 
 	ring     *hashring.Ring
+	ringKey  string
 	byID     map[ids.VDIID]*VDI
 	images   map[ids.VDIID]Image
 	children map[ids.VDIID][]ids.VDIID
@@ -137,8 +208,11 @@ func (s *State) Formatted() bool { return s.Copies > 0 }
 func (s *State) Ring() *hashring.Ring { return s.ring }
 
 // Member returns the member with the given ID.
-func (s *State) Member(id ids.NodeID) (Member, bool) {
-	i, ok := slices.BinarySearchFunc(s.Members, id, func(m Member, id ids.NodeID) int {
+func (s *State) Member(id ids.NodeID) (Member, bool) { return findMember(s.Members, id) }
+
+// findMember finds id in ms, sorted by ID.
+func findMember(ms []Member, id ids.NodeID) (Member, bool) {
+	i, ok := slices.BinarySearchFunc(ms, id, func(m Member, id ids.NodeID) int {
 		switch {
 		case m.ID < id:
 			return -1
@@ -150,7 +224,19 @@ func (s *State) Member(id ids.NodeID) (Member, bool) {
 	if !ok {
 		return Member{}, false
 	}
-	return s.Members[i], true
+	return ms[i], true
+}
+
+// Placement appends to dst the members that hold object oid at copies
+// copies in this epoch, in ring order, down ones included.
+func (s *State) Placement(oid ids.ObjectID, copies int, dst []Member) []Member {
+	var buf [8]ids.NodeID
+	for _, id := range s.ring.Replicas(oid, copies, buf[:0]) {
+		if m, ok := s.Member(id); ok {
+			dst = append(dst, m)
+		}
+	}
+	return dst
 }
 
 // VDIByID returns the VDI with the given ID.
@@ -162,12 +248,8 @@ func (s *State) VDIByID(id ids.VDIID) (*VDI, bool) {
 // derive fills the fields computed from the serialised ones. The ring is
 // rebuilt only when the members changed (it is costly at scale).
 func (s *State) derive() {
-	if s.ring == nil || !sameNodes(s.ring, s.Members) {
-		nodes := make([]ids.NodeID, len(s.Members))
-		for i, m := range s.Members {
-			nodes[i] = m.ID
-		}
-		s.ring = hashring.New(nodes, 0)
+	if key := ringKey(s.Members, s.WeightUnit); s.ring == nil || key != s.ringKey {
+		s.ring, s.ringKey = ringFor(s.Members, s.WeightUnit), key
 	}
 	s.byID = make(map[ids.VDIID]*VDI, len(s.VDIs)+len(s.Snaps))
 	s.images = make(map[ids.VDIID]Image, len(s.VDIs)+len(s.Snaps)+len(s.Dead))
@@ -192,17 +274,78 @@ func (s *State) derive() {
 	}
 }
 
-func sameNodes(r *hashring.Ring, ms []Member) bool {
-	nodes := r.Nodes()
-	if len(nodes) != len(ms) {
-		return false
+// ringKey names what a ring depends on: IDs, zones, weights and the unit
+// (not addresses, stores or down marks).
+func ringKey(ms []Member, unit uint64) string {
+	var b strings.Builder
+	b.WriteString(strconv.FormatUint(unit, 10))
+	for _, m := range ms {
+		b.WriteByte(0)
+		b.WriteString(string(m.ID))
+		b.WriteByte(1)
+		b.WriteString(m.Zone)
+		b.WriteByte(1)
+		b.WriteString(strconv.FormatUint(m.Weight, 10))
 	}
-	for i, m := range ms { // both sorted by ID
-		if nodes[i] != m.ID {
-			return false
+	return b.String()
+}
+
+// ringCache keeps the last rings built, by ringKey: a State, its epoch
+// history and the recovery planner ask for the same few.
+var ringCache struct {
+	sync.Mutex
+	keys  []string
+	rings []*hashring.Ring
+}
+
+const ringCacheSize = 32
+
+// ringFor returns the ring of members ms with weight unit unit.
+func ringFor(ms []Member, unit uint64) *hashring.Ring {
+	key := ringKey(ms, unit)
+	ringCache.Lock()
+	for i, k := range ringCache.keys {
+		if k == key {
+			r := ringCache.rings[i]
+			ringCache.Unlock()
+			return r
 		}
 	}
-	return true
+	ringCache.Unlock()
+	nodes := make([]hashring.Node, len(ms))
+	for i, m := range ms {
+		nodes[i] = hashring.Node{ID: m.ID, Zone: m.Zone, Weight: m.Weight}
+	}
+	r := hashring.NewNodes(nodes, 0, unit)
+	ringCache.Lock()
+	ringCache.keys = append(ringCache.keys, key)
+	ringCache.rings = append(ringCache.rings, r)
+	if len(ringCache.keys) > ringCacheSize {
+		ringCache.keys = ringCache.keys[1:]
+		ringCache.rings = ringCache.rings[1:]
+	}
+	ringCache.Unlock()
+	return r
+}
+
+// weightUnit returns the weight unit for members ms, given the current
+// one: kept while the members' mean weight is within 4x of it.
+func weightUnit(ms []Member, cur uint64) uint64 {
+	var sum, n uint64
+	for _, m := range ms {
+		if m.Weight > 0 {
+			sum += m.Weight
+			n++
+		}
+	}
+	if n == 0 {
+		return cur
+	}
+	mean := max(sum/n, 1)
+	if cur == 0 || mean > 4*cur || 4*mean < cur {
+		return mean
+	}
+	return cur
 }
 
 // clone returns a copy that may be changed without touching s. VDIs are
@@ -246,6 +389,8 @@ type Command struct {
 	// taken through that session.
 	Session string    `json:"session,omitempty"`
 	Image   ids.VDIID `json:"image,omitempty"` // purge
+	// Recovery is the new throttle (CmdRecovery).
+	Recovery *RecoveryConf `json:"recovery,omitempty"`
 	// Grow makes a resize grow-only: a size at or below the current one
 	// changes nothing (for writes past the end, which may arrive out of
 	// order).
@@ -267,6 +412,7 @@ const (
 	CmdRollback   = "vdi.rollback" // Name, Tag; Busy while locked
 	CmdSnapDelete = "snap.delete"  // Name, Tag
 	CmdPurge      = "image.purge"  // Image: forget a dead image without children
+	CmdRecovery   = "recovery"     // Recovery: the background recovery throttle
 )
 
 // Result is what applying a command returns.
@@ -288,6 +434,40 @@ func CheckName(name string) error {
 		return errs.E(errs.Invalid, "VDI name of %d bytes is longer than %d", len(name), MaxNameLen)
 	case !nameRE.MatchString(name):
 		return errs.E(errs.Invalid, "VDI name %q: use letters, digits, '.', '_', '+', '-', not starting with '.' or '-'", name)
+	}
+	return nil
+}
+
+var zoneRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$`)
+
+// CheckZone returns an errs.Invalid error unless zone is empty or 1 to 64
+// letters, digits, '.', '_', '-' (not starting with '.' or '-').
+func CheckZone(zone string) error {
+	if zone != "" && !zoneRE.MatchString(zone) {
+		return errs.E(errs.Invalid, "zone %q: use 1 to 64 letters, digits, '.', '_', '-', not starting with '.' or '-'", zone)
+	}
+	return nil
+}
+
+// maxMembers bounds an epoch's member list.
+const maxMembers = 4096
+
+// checkMembers validates a member list (sorted by ID): distinct IDs, sane
+// fields, at most maxMembers.
+func checkMembers(ms []Member) error {
+	if len(ms) > maxMembers {
+		return errs.E(errs.Invalid, "%d members: at most %d", len(ms), maxMembers)
+	}
+	for i, m := range ms {
+		if m.ID == "" || len(m.ID) > 64 || len(m.Addr) > 256 || len(m.Store) > 64 || m.Weight > 1<<40 {
+			return errs.E(errs.Invalid, "member %q: bad fields", m.ID)
+		}
+		if err := CheckZone(m.Zone); err != nil {
+			return err
+		}
+		if i > 0 && ms[i-1].ID == m.ID {
+			return errs.E(errs.Invalid, "member %q listed twice", m.ID)
+		}
 	}
 	return nil
 }
@@ -345,12 +525,16 @@ func applyCmd(s *State, c *Command) (*State, Result) {
 			}
 			return 0
 		})
+		if err := checkMembers(ms); err != nil {
+			return s, Result{Err: err}
+		}
 		if slices.Equal(ms, s.Members) {
 			return s, Result{}
 		}
 		n.Epoch++
 		n.Members = ms
-		n.History = append(n.History, EpochRecord{Epoch: n.Epoch, Members: ms, Time: c.Time})
+		n.WeightUnit = weightUnit(ms, s.WeightUnit)
+		n.History = append(n.History, EpochRecord{Epoch: n.Epoch, Members: ms, Time: c.Time, WeightUnit: n.WeightUnit})
 		if len(n.History) > maxEpochHistory {
 			n.History = n.History[len(n.History)-maxEpochHistory:]
 		}
@@ -456,6 +640,18 @@ func applyCmd(s *State, c *Command) (*State, Result) {
 		return n, Result{VDI: &nv}
 	case CmdSnapshot, CmdClone, CmdRollback, CmdSnapDelete, CmdPurge:
 		return applySnap(s, n, c)
+	case CmdRecovery:
+		if c.Recovery == nil {
+			return s, Result{Err: errs.E(errs.Invalid, "recovery command without settings")}
+		}
+		r := *c.Recovery
+		if r.MaxRate < 0 || r.MaxParallel < 0 || r.MaxParallel > MaxRecoveryParallel {
+			return s, Result{Err: errs.E(errs.Invalid, "recovery: max rate must be >= 0 and max parallel 0 to %d", MaxRecoveryParallel)}
+		}
+		if r == s.Recovery {
+			return s, Result{}
+		}
+		n.Recovery = r
 	default:
 		return s, Result{Err: errs.E(errs.Invalid, "unknown cluster command %q", c.Op)}
 	}

@@ -233,6 +233,25 @@ func (r *Ring) Replicas(oid ids.ObjectID, n int, dst []ids.NodeID) []ids.NodeID 
 	if r == nil || n <= 0 || len(r.nodes) == 0 {
 		return dst
 	}
+	var buf [32]int32
+	idx := buf[:0]
+	if n > len(buf) {
+		idx = make([]int32, 0, min(n, len(r.nodes)))
+	}
+	for _, o := range r.ReplicaIndexes(oid, n, idx) {
+		dst = append(dst, r.nodes[o])
+	}
+	return dst
+}
+
+// ReplicaIndexes is Replicas answering with indexes into Nodes() (which
+// is sorted by ID) instead of IDs: for callers that keep per-node data in
+// arrays. It does not allocate when cap(dst) >= min(n, Len()).
+func (r *Ring) ReplicaIndexes(oid ids.ObjectID, n int, dst []int32) []int32 {
+	dst = dst[:0]
+	if r == nil || n <= 0 || len(r.nodes) == 0 {
+		return dst
+	}
 	n = min(n, len(r.nodes))
 	pts := r.points
 	h := mix64(uint64(oid))
@@ -256,9 +275,9 @@ func (r *Ring) Replicas(oid ids.ObjectID, n int, dst []ids.NodeID) []ids.NodeID 
 			if i == len(pts) {
 				i = 0
 			}
-			node := r.nodes[r.owners[i]]
-			if !slices.Contains(dst, node) {
-				dst = append(dst, node)
+			o := int32(r.owners[i])
+			if !slices.Contains(dst, o) {
+				dst = append(dst, o)
 			}
 			i++
 		}
@@ -273,15 +292,14 @@ func (r *Ring) Replicas(oid ids.ObjectID, n int, dst []ids.NodeID) []ids.NodeID 
 		if i == len(pts) {
 			i = 0
 		}
-		o := r.owners[i]
-		node := r.nodes[o]
-		if !slices.Contains(dst, node) {
+		o := int32(r.owners[i])
+		if !slices.Contains(dst, o) {
 			z := r.zoneOf[o]
 			if !slices.Contains(used, z) {
-				dst = append(dst, node)
+				dst = append(dst, o)
 				used = append(used, z)
 			} else if len(used) >= r.zones || step >= len(pts) {
-				dst = append(dst, node)
+				dst = append(dst, o)
 			}
 		}
 		i++
