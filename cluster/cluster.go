@@ -93,9 +93,9 @@ type Cluster struct {
 	// closed (a killed process), which marks it down at once.
 	refused   sync.Map
 	reporting sync.Map // node ID -> time.Time of this node's last report
-	stop   chan struct{}
-	wg     sync.WaitGroup
-	closed sync.Once
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	closed    sync.Once
 }
 
 // nodeMeta is gossiped in memberlist (well under its 512-byte limit: the

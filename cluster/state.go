@@ -164,10 +164,10 @@ func (v *VDI) FullName() string {
 // State is the agreed cluster metadata at one point of the log. A State is
 // immutable once published: readers may keep it as long as they like.
 type State struct {
-	Epoch   ids.Epoch       `json:"epoch"`
-	Members []Member        `json:"members"` // sorted by ID
-	History []EpochRecord   `json:"history"`
-	Copies  int             `json:"copies"` // 0 until formatted
+	Epoch   ids.Epoch     `json:"epoch"`
+	Members []Member      `json:"members"` // sorted by ID
+	History []EpochRecord `json:"history"`
+	Copies  int           `json:"copies"` // 0 until formatted
 	// WeightUnit is the member weight that gets hashring.DefaultVNodes
 	// points. It is set to the members' mean weight by the first epoch
 	// with weights, and again only when that mean has moved by more than
@@ -175,9 +175,9 @@ type State struct {
 	// share of the data.
 	WeightUnit uint64 `json:"weight_unit,omitempty"`
 	// Recovery is the throttle of background recovery.
-	Recovery RecoveryConf `json:"recovery,omitempty"`
-	Format  int64           `json:"format_time"`
-	VDIs    map[string]*VDI `json:"vdis"`
+	Recovery RecoveryConf    `json:"recovery,omitempty"`
+	Format   int64           `json:"format_time"`
+	VDIs     map[string]*VDI `json:"vdis"`
 	// Snaps are the snapshots, by NAME@TAG.
 	Snaps map[string]*VDI `json:"snaps,omitempty"`
 	// Dead are images no VDI uses any more whose index or objects a
