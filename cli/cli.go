@@ -71,6 +71,8 @@ type DaemonCmd struct {
 	Join      []string      `help:"Data address (host:port) of a running node to join; repeatable." placeholder:"ADDR"`
 	ID        string        `help:"Node ID on first start (default: random); kept in the data directory."`
 	DeadGrace time.Duration `help:"How long a node may be gone before the cluster moves on without it." default:"5s"`
+	Zone      string        `help:"Failure domain (a rack, a room): an object's copies go to distinct zones whenever there are as many zones as copies. Default: a zone of its own." placeholder:"NAME"`
+	Weight    string        `help:"Capacity to advertise for placement, e.g. 4T (default: the size of the filesystem holding the data directory). A node's share of the data follows it." placeholder:"SIZE"`
 	LogLevel  string        `help:"Log level: debug, info, warn, error." default:"info" enum:"debug,info,warn,error"`
 	Pprof     string        `help:"Serve Go profiles (net/http/pprof) on this address, e.g. 127.0.0.1:6060. Off by default." placeholder:"ADDR"`
 }
@@ -82,8 +84,16 @@ func (d *DaemonCmd) Run(g *Globals) error {
 	if err := servePprof(d.Pprof); err != nil {
 		return err
 	}
+	var weight uint64
+	if d.Weight != "" {
+		w, err := ParseSize(d.Weight)
+		if err != nil {
+			return err
+		}
+		weight = max(w>>20, 1)
+	}
 	n, err := server.Start(server.Config{Dir: d.Dir, Host: d.Host, Port: d.Port, Join: d.Join,
-		ID: ids.NodeID(d.ID), DeadGrace: d.DeadGrace, Log: log})
+		ID: ids.NodeID(d.ID), DeadGrace: d.DeadGrace, Log: log, Zone: d.Zone, Weight: weight})
 	if err != nil {
 		return err
 	}
@@ -96,8 +106,9 @@ func (d *DaemonCmd) Run(g *Globals) error {
 
 // ClusterCmd groups cluster commands.
 type ClusterCmd struct {
-	Format ClusterFormatCmd `cmd:"" help:"Format a new cluster (once)."`
-	Info   ClusterInfoCmd   `cmd:"" help:"Show the cluster's state."`
+	Format   ClusterFormatCmd   `cmd:"" help:"Format a new cluster (once)."`
+	Info     ClusterInfoCmd     `cmd:"" help:"Show the cluster's state."`
+	Recovery ClusterRecoveryCmd `cmd:"" help:"Show each node's recovery; change its throttle (--max-rate, --max-parallel, --pause, --resume) cluster-wide."`
 }
 
 // ClusterFormatCmd formats the cluster.

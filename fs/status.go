@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -99,18 +101,90 @@ func FormatClusterInfo(ci proto.ClusterInfo) []byte {
 	fmt.Fprintf(&b, "leader:  %s\n", ci.Leader)
 	fmt.Fprintf(&b, "vdis:    %d\n", ci.VDIs)
 	fmt.Fprintf(&b, "space:   %s used, %s free\n", HumanBytes(ci.Used), HumanBytes(ci.Free))
+	if ci.Copies > 0 {
+		fmt.Fprintf(&b, "recovery:   %s\n", FormatRecovery(ci.Recovery))
+		if ci.Recovery.Degraded > 0 {
+			fmt.Fprintf(&b, "redundancy: %s objects below their copies\n", Count(ci.Recovery.Degraded))
+		} else {
+			fmt.Fprintf(&b, "redundancy: every object has its copies\n")
+		}
+		if ci.Recovery.Misplaced > 0 {
+			fmt.Fprintf(&b, "misplaced:  %s copies to delete once their new holders have them\n", Count(ci.Recovery.Misplaced))
+		}
+		fmt.Fprintf(&b, "throttle:   %s\n", FormatThrottle(ci.Throttle))
+	}
 	fmt.Fprintf(&b, "nodes:   %d\n\n", len(ci.Nodes))
 	b.Write(FormatNodes(ci.Nodes))
 	return b.Bytes()
+}
+
+// FormatRecovery renders recovery progress in one line, e.g. "1,234 of
+// 5,000 objects (24%), 180.0 MiB/s, ETA 0:21".
+func FormatRecovery(r proto.RecoveryInfo) string {
+	if r.State == "idle" || r.State == "" {
+		return "idle"
+	}
+	pct := 100
+	if r.Objects > 0 {
+		pct = r.Done * 100 / r.Objects
+	}
+	s := fmt.Sprintf("%s of %s objects (%d%%)", Count(r.Done), Count(r.Objects), pct)
+	if r.Rate > 0 {
+		s += fmt.Sprintf(", %s/s", HumanBytes(int64(r.Rate)))
+	}
+	if r.ETA > 0 {
+		e := int64(r.ETA + 0.5)
+		if e >= 3600 {
+			s += fmt.Sprintf(", ETA %d:%02d:%02d", e/3600, e/60%60, e%60)
+		} else {
+			s += fmt.Sprintf(", ETA %d:%02d", e/60, e%60)
+		}
+	}
+	if r.State != "recovering" {
+		s += " (" + r.State + ")"
+	}
+	return s
+}
+
+// FormatThrottle renders the recovery throttle.
+func FormatThrottle(t proto.RecoverySettings) string {
+	rate := "no rate limit"
+	if t.MaxRate > 0 {
+		rate = "at most " + HumanBytes(t.MaxRate) + "/s"
+	}
+	s := fmt.Sprintf("%s, %d objects at a time per node", rate, t.MaxParallel)
+	if t.Paused {
+		s += ", paused"
+	}
+	return s
+}
+
+// Count formats n with thousands separators: 1,234,567.
+func Count(n int) string {
+	s := strconv.Itoa(n)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	if neg {
+		s = "-" + s
+	}
+	return s
 }
 
 // FormatNodes renders a node table.
 func FormatNodes(nodes []proto.NodeInfo) []byte {
 	var b bytes.Buffer
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tADDRESS\tSTATE\tROLE\tOBJECTS\tUSED\tFREE")
+	fmt.Fprintln(tw, "ID\tADDRESS\tSTATE\tROLE\tZONE\tWEIGHT\tSHARE\tOBJECTS\tUSED\tFREE\tRECOVERY")
 	for _, n := range nodes {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", n.ID, n.Addr, n.State, n.Role, n.Objects, HumanBytes(n.Used), HumanBytes(n.Free))
+		zone := n.Zone
+		if zone == "" {
+			zone = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.1f%%\t%d\t%s\t%s\t%s\n", n.ID, n.Addr, n.State, n.Role, zone,
+			HumanBytes(int64(n.Weight)<<20), 100*n.Share, n.Objects, HumanBytes(n.Used), HumanBytes(n.Free), FormatRecovery(n.Recovery))
 	}
 	tw.Flush()
 	return b.Bytes()

@@ -33,7 +33,56 @@ const (
 	// AdminGC frees the objects of deleted images that nothing references
 	// any more (run after every delete; this runs it again).
 	AdminGC = "gc" // -> GCResult
+	// AdminRecoverySet changes the cluster-wide recovery throttle: Recovery
+	// holds the new settings, each applied if set -> ClusterInfo.
+	AdminRecoverySet = "recovery.set"
 )
+
+// RecoverySettings is the cluster-wide throttle of background recovery.
+type RecoverySettings struct {
+	// MaxRate is the most bytes per second each node copies in the
+	// background; 0 means no limit.
+	MaxRate int64 `json:"max_rate"`
+	// MaxParallel is how many objects each node copies at once.
+	MaxParallel int  `json:"max_parallel"`
+	Paused      bool `json:"paused"`
+}
+
+// RecoveryChange is AdminRecoverySet's request: nil fields stay as they are.
+type RecoveryChange struct {
+	MaxRate     *int64 `json:"max_rate,omitempty"`
+	MaxParallel *int   `json:"max_parallel,omitempty"`
+	Paused      *bool  `json:"paused,omitempty"`
+}
+
+// RecoveryInfo is one node's recovery progress at its current epoch, or
+// the cluster's (the sum over nodes; the longest ETA).
+type RecoveryInfo struct {
+	// Epoch is the epoch being recovered to; Recovered the last one
+	// fully recovered (a node's only).
+	Epoch     ids.Epoch `json:"epoch"`
+	Recovered ids.Epoch `json:"recovered,omitempty"`
+	// State is "idle" (nothing to do), "recovering", "waiting" (for a
+	// down member, or for inventories) or "paused".
+	State string `json:"state"`
+	// Objects is how many objects this epoch asks to check or fetch,
+	// Done how many are settled (Fetched of them copied, Bytes moved).
+	Objects int   `json:"objects"`
+	Done    int   `json:"done"`
+	Fetched int   `json:"fetched"`
+	Bytes   int64 `json:"bytes"`
+	// Rate is the recent copy rate in bytes per second; ETA the
+	// seconds left at that rate (0 when unknown or done).
+	Rate float64 `json:"rate"`
+	ETA  float64 `json:"eta"`
+	// Degraded counts the objects below their copies (each counted by
+	// one node): being recovered, or with a member of their placement
+	// down.
+	Degraded int `json:"degraded"`
+	// Misplaced counts the copies no longer placed on the node, deleted
+	// once their new holders have them.
+	Misplaced int `json:"misplaced"`
+}
 
 // AdminRequest is the JSON payload of an OpAdmin request.
 type AdminRequest struct {
@@ -51,6 +100,8 @@ type AdminRequest struct {
 	// Forwarded marks a snapshot request one node sent to the node of
 	// the VDI's writer: that node does not forward it again.
 	Forwarded bool `json:"forwarded,omitempty"`
+	// Recovery changes the recovery throttle (AdminRecoverySet).
+	Recovery *RecoveryChange `json:"recovery,omitempty"`
 }
 
 // ClusterInfo is the answer to AdminClusterInfo.
@@ -66,18 +117,30 @@ type ClusterInfo struct {
 	VDIs       int        `json:"vdis"`
 	Used       int64      `json:"used"` // bytes on disk, all nodes
 	Free       int64      `json:"free"` // bytes free, all nodes
+	// Recovery sums the nodes' recovery; Throttle is its setting.
+	Recovery RecoveryInfo     `json:"recovery"`
+	Throttle RecoverySettings `json:"throttle"`
 }
 
 // NodeInfo describes one node.
 type NodeInfo struct {
-	ID      ids.NodeID `json:"id"`
-	Addr    string     `json:"addr"`
-	State   string     `json:"state"` // "up", or "down" (member not answering)
-	Role    string     `json:"role,omitempty"`
-	Epoch   ids.Epoch  `json:"epoch,omitempty"`
-	Objects int        `json:"objects"`
-	Used    int64      `json:"used"`
-	Free    int64      `json:"free"`
+	ID   ids.NodeID `json:"id"`
+	Addr string     `json:"addr"`
+	// State is "up", or "down" (a member not answering, or marked down
+	// by the cluster).
+	State   string    `json:"state"`
+	Role    string    `json:"role,omitempty"`
+	Epoch   ids.Epoch `json:"epoch,omitempty"`
+	Objects int       `json:"objects"`
+	Used    int64     `json:"used"`
+	Free    int64     `json:"free"`
+	// Zone is the node's failure domain ("" for its own); Weight its
+	// capacity for placement, in MiB; Share the fraction of the ring it
+	// is primary for (its expected share of the data).
+	Zone     string       `json:"zone,omitempty"`
+	Weight   uint64       `json:"weight,omitempty"`
+	Share    float64      `json:"share"`
+	Recovery RecoveryInfo `json:"recovery"`
 }
 
 // VDIInfo describes one VDI.

@@ -136,12 +136,17 @@ type Msg struct {
 	Aux  uint64
 	Data []byte
 
-	pooled bool // Data is from GetBuf and goes back once sent
+	pooled bool   // Data is from GetBuf and goes back once sent
+	pool   []byte // if set, the GetBuf buffer Data lies in, which goes back instead
 }
 
 // SetPooled marks m.Data as a GetBuf buffer that the server returns to the
 // pool after sending m.
 func (m *Msg) SetPooled() { m.pooled = true }
+
+// SetPooledIn marks m.Data as lying inside buf, a GetBuf buffer that the
+// server returns to the pool after sending m.
+func (m *Msg) SetPooledIn(buf []byte) { m.pooled, m.pool = true, buf }
 
 // auxSize is the size of the Aux word that follows the header on the wire.
 const auxSize = 8

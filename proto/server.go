@@ -190,7 +190,9 @@ func (s *Server) run(ctx context.Context, c *Conn, m *Msg) {
 	resp.Op = m.Op | RespBit
 	resp.ReqID = m.ReqID
 	err := c.send(resp)
-	if resp.pooled {
+	if resp.pool != nil {
+		PutBuf(resp.pool)
+	} else if resp.pooled {
 		PutBuf(resp.Data)
 	}
 	if m.Data != nil {

@@ -239,11 +239,11 @@ type Local struct {
 type Plan struct {
 	// Doubt are the copies the node is a writer of at To but cannot
 	// vouch for: they must be refreshed before they serve.
-	Doubt []ids.ObjectID
+	Doubt []Copy
 	// Misplaced are the copies the node is not in the placement of at
 	// To; they go once every node of the placement holds the object
 	// current at a version at least as new.
-	Misplaced []Misplaced
+	Misplaced []Copy
 	// Exposed counts the objects whose placement has a down member, of
 	// which this node is the first current writer (so that summing over
 	// nodes counts each once): below their copies until that member is
@@ -251,12 +251,12 @@ type Plan struct {
 	Exposed int
 }
 
-// Misplaced is a copy a node holds outside the object's placement.
-type Misplaced struct {
+// Copy is one of a node's copies, with its valid epoch.
+type Copy struct {
 	OID     ids.ObjectID
 	Version ids.Version
-	// Valid is the copy's valid epoch: until the new holders have theirs,
-	// a copy valid at To-1 is as good a source as any.
+	// Valid is the copy's valid epoch. A misplaced copy valid at To-1
+	// is as good a source as any until the new holders have theirs.
 	Valid ids.Epoch
 }
 
@@ -277,14 +277,14 @@ func (w *Window) PlanFor(me ids.NodeID, locals []Local) Plan {
 		place := t.places[last]
 		valid := t.valid(n, l.Start)
 		if !member || !slices.Contains(place, n) {
-			p.Misplaced = append(p.Misplaced, Misplaced{OID: l.OID, Version: l.Version, Valid: valid})
+			p.Misplaced = append(p.Misplaced, Copy{OID: l.OID, Version: l.Version, Valid: valid})
 			continue
 		}
 		if self.Down {
 			continue // nothing is asked of a down node
 		}
 		if valid < to {
-			p.Doubt = append(p.Doubt, l.OID)
+			p.Doubt = append(p.Doubt, Copy{OID: l.OID, Version: l.Version, Valid: valid})
 			continue
 		}
 		// The first current writer counts the object if a member of its

@@ -305,9 +305,9 @@ func (s *sim) recover(share float64) {
 				}
 			})
 		}
-		for _, oid := range plan.Doubt {
-			if _, ok := wanted[oid]; !ok {
-				wanted[oid] = nil
+		for _, c := range plan.Doubt {
+			if _, ok := wanted[c.OID]; !ok {
+				wanted[c.OID] = nil
 			}
 		}
 		unresolved := 0

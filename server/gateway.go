@@ -522,6 +522,29 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 			return nil, err
 		}
 		out = r
+	case proto.AdminRecoverySet:
+		if a.Recovery == nil {
+			return nil, errs.E(errs.Invalid, "recovery settings missing")
+		}
+		n.catchUp(ctx)
+		conf := n.cl.State().Recovery
+		if c := a.Recovery; c.MaxRate != nil {
+			conf.MaxRate = *c.MaxRate
+		}
+		if c := a.Recovery; c.MaxParallel != nil {
+			conf.MaxParallel = *c.MaxParallel
+		}
+		if c := a.Recovery; c.Paused != nil {
+			conf.Paused = *c.Paused
+		}
+		if _, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdRecovery, Recovery: &conf}); err != nil {
+			return nil, err
+		}
+		select {
+		case n.rec.kick <- struct{}{}:
+		default:
+		}
+		out = n.clusterInfo(ctx)
 	case proto.AdminGC:
 		r, err := n.collect(ctx)
 		if err != nil {
@@ -673,8 +696,13 @@ func (n *Node) nodeStat() proto.NodeInfo {
 	st := n.cl.State()
 	info := proto.NodeInfo{ID: n.id, State: "up", Epoch: st.Epoch, Role: "follower"}
 	if m, ok := st.Member(n.id); ok {
-		info.Addr = m.Addr
+		info.Addr, info.Zone, info.Weight = m.Addr, m.Zone, m.Weight
+		if m.Down {
+			info.State = "down"
+		}
 	}
+	info.Share = st.Ring().Share(n.id)
+	info.Recovery = n.rec.progress(st)
 	if n.cl.Leader() == n.id {
 		info.Role = "leader"
 	}
@@ -689,7 +717,8 @@ func (n *Node) nodeStat() proto.NodeInfo {
 func (n *Node) clusterInfo(ctx context.Context) proto.ClusterInfo {
 	st := n.cl.State()
 	ci := proto.ClusterInfo{Epoch: st.Epoch, Copies: st.Copies, FormatTime: st.Format,
-		Leader: n.cl.Leader(), VDIs: len(st.VDIs)}
+		Leader: n.cl.Leader(), VDIs: len(st.VDIs),
+		Throttle: proto.RecoverySettings{MaxRate: st.Recovery.MaxRate, MaxParallel: st.Recovery.Parallel(), Paused: st.Recovery.Paused}}
 	ci.Nodes = make([]proto.NodeInfo, len(st.Members))
 	var wg sync.WaitGroup
 	for i, m := range st.Members {
@@ -702,22 +731,43 @@ func (n *Node) clusterInfo(ctx context.Context) proto.ClusterInfo {
 			}
 			ctx, cancel := context.WithTimeout(ctx, time.Second)
 			defer cancel()
-			info := proto.NodeInfo{ID: m.ID, Addr: m.Addr, State: "down"}
+			info := proto.NodeInfo{ID: m.ID, Addr: m.Addr, State: "down", Zone: m.Zone, Weight: m.Weight, Share: st.Ring().Share(m.ID)}
 			b, _ := json.Marshal(proto.AdminRequest{Cmd: proto.AdminNodeStat})
-			resp, err := n.peers.Get(m.Addr).Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpAdmin}, Data: b})
-			if err == nil && json.Unmarshal(resp.Data, &info) == nil {
-				info.Addr = m.Addr
+			if !m.Down {
+				resp, err := n.peers.Get(m.Addr).Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpAdmin}, Data: b})
+				if err == nil && json.Unmarshal(resp.Data, &info) == nil {
+					info.Addr = m.Addr
+				}
 			}
 			ci.Nodes[i] = info
 		}()
 	}
 	wg.Wait()
 	down := 0
+	r := &ci.Recovery
+	r.Epoch, r.State = st.Epoch, "idle"
 	for _, ni := range ci.Nodes {
 		ci.Used += ni.Used
 		ci.Free += ni.Free
 		if ni.State != "up" {
 			down++
+		}
+		nr := ni.Recovery
+		r.Objects += nr.Objects
+		r.Done += nr.Done
+		r.Fetched += nr.Fetched
+		r.Bytes += nr.Bytes
+		r.Rate += nr.Rate
+		r.ETA = max(r.ETA, nr.ETA)
+		r.Degraded += nr.Degraded
+		r.Misplaced += nr.Misplaced
+		switch {
+		case nr.State == "recovering" || r.State == "recovering":
+			r.State = "recovering"
+		case nr.State == "paused" || r.State == "paused":
+			r.State = "paused"
+		case nr.State == "waiting":
+			r.State = "waiting"
 		}
 	}
 	switch {

@@ -10,6 +10,7 @@ import (
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/ids"
 	"github.com/sheepfs/sheepfs/proto"
+	"github.com/sheepfs/sheepfs/recovery"
 	"github.com/sheepfs/sheepfs/vdi"
 )
 
@@ -70,13 +71,15 @@ func (r *replicated) retry(ctx context.Context, what func() string, op func(st *
 	}
 }
 
-// targets returns the members that hold oid in st, in ring order.
+// targets returns the members that hold oid in st and are up (its
+// writers), in ring order. A member marked down keeps its place in the
+// ring but takes no reads or writes until it is back: its copy then
+// misses what was written meanwhile, and recovery refreshes it.
 func targets(st *cluster.State, oid ids.ObjectID, copies int) []cluster.Member {
-	var buf [8]ids.NodeID
-	nodes := st.Ring().Replicas(oid, copies, buf[:0])
-	out := make([]cluster.Member, 0, len(nodes))
-	for _, id := range nodes {
-		if m, ok := st.Member(id); ok {
+	var buf [8]cluster.Member
+	out := make([]cluster.Member, 0, copies)
+	for _, m := range st.Placement(oid, copies, buf[:0]) {
+		if m.Up() {
 			out = append(out, m)
 		}
 	}
@@ -108,9 +111,18 @@ func (r *replicated) one(ctx context.Context, m cluster.Member, local func() err
 	}
 	_, err := r.n.peers.Get(m.Addr).Call(ctx, &req)
 	if err != nil {
+		r.n.unreachable(m.ID, err)
 		return errs.E(errs.KindOf(err), "%v on %s: %w", req.Op, m.ID, err)
 	}
 	return nil
+}
+
+// unreachable reports a member whose connection broke or was refused to
+// the leader, which marks it down at once if its process is gone.
+func (n *Node) unreachable(id ids.NodeID, err error) {
+	if proto.IsTransport(err) {
+		n.cl.ReportUnreachable(id)
+	}
 }
 
 // Write implements vdi.Objects.
@@ -176,6 +188,9 @@ func (r *replicated) change(ctx context.Context, oid ids.ObjectID, copies int, r
 			}
 		}
 		ts := targets(st, oid, copies)
+		if len(ts) < recovery.MinWriters(copies) {
+			return errs.E(errs.NotReady, "%v: %d of its %d replicas are up, fewer than %d", oid, len(ts), copies, recovery.MinWriters(copies))
+		}
 		ver := r.n.nextVersion()
 		req.Epoch, req.ID, req.Aux = st.Epoch, uint64(oid), uint64(ver)
 		err := r.fanout(ctx, st, ts, func() error {
@@ -215,7 +230,7 @@ func (r *replicated) Read(ctx context.Context, oid ids.ObjectID, copies int, off
 		if !found && !errs.Is(err, errs.StaleEpoch) && len(ts) < len(st.Members) {
 			var others []cluster.Member
 			for _, m := range st.Members {
-				if !slices.ContainsFunc(ts, func(t cluster.Member) bool { return t.ID == m.ID }) {
+				if m.Up() && !slices.ContainsFunc(ts, func(t cluster.Member) bool { return t.ID == m.ID }) {
 					others = append(others, m)
 				}
 			}
@@ -247,6 +262,7 @@ func (r *replicated) readAny(ctx context.Context, st *cluster.State, oid ids.Obj
 			var resp *proto.Msg
 			resp, err = r.n.peers.Get(m.Addr).CallInto(ctx, &proto.Msg{Header: proto.Header{
 				Op: proto.OpReadObj, Epoch: st.Epoch, ID: uint64(oid), Offset: uint64(off), Length: uint32(len(buf))}}, buf)
+			r.n.unreachable(m.ID, err)
 			if err == nil {
 				if len(resp.Data) != len(buf) {
 					err = errs.E(errs.IO, "short read of %v from %s: %d of %d bytes", oid, m.ID, len(resp.Data), len(buf))
@@ -276,10 +292,10 @@ func (r *replicated) Flush(ctx context.Context) error {
 		return r.retry(ctx, func() string { return "flush" }, func(st *cluster.State) error {
 			var ts []cluster.Member
 			for id := range dirty {
-				if m, ok := st.Member(id); ok {
+				if m, ok := st.Member(id); ok && m.Up() {
 					ts = append(ts, m)
 				} else {
-					delete(dirty, id)
+					delete(dirty, id) // gone or down: its copies are not counted on
 				}
 			}
 			var mu sync.Mutex

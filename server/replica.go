@@ -81,11 +81,49 @@ func mutable(st *cluster.State, oid ids.ObjectID) error {
 	return nil
 }
 
+// statObjs answers OpStatObjs: this node's copy of each object asked for,
+// with its valid epoch (see package recovery).
+func (n *Node) statObjs(req *proto.Msg) (*proto.Msg, error) {
+	oids, err := proto.DecodeOIDs(req.Data)
+	if err != nil {
+		return nil, err
+	}
+	n.rec.catchUp()
+	st := n.cl.State()
+	out := make([]proto.ObjState, 0, len(oids))
+	for _, oid := range oids {
+		s := proto.ObjState{OID: oid}
+		if valid, m, err := n.rec.validOf(st, oid); err == nil {
+			s.Version, s.Valid, s.Flags = m.Version, valid, proto.ObjPresent
+		}
+		out = append(out, s)
+	}
+	return &proto.Msg{Data: proto.AppendObjStates(nil, out)}, nil
+}
+
 func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, error) {
 	if req.Op != proto.OpListObjs {
 		if err := n.checkEpoch(ctx, req.Epoch); err != nil {
 			return nil, err
 		}
+	}
+	switch req.Op {
+	case proto.OpStatObjs:
+		return n.statObjs(req)
+	case proto.OpInventory:
+		n.rec.catchUp()
+		if len(req.Data) == 0 || len(req.Data) > 64 {
+			return nil, errs.E(errs.Invalid, "inventory for a node ID of %d bytes", len(req.Data))
+		}
+		list, next, last, err := n.rec.inventory(n.cl.State(), ids.NodeID(req.Data), ids.Epoch(req.Offset), req.Aux)
+		if err != nil {
+			return nil, err
+		}
+		resp := &proto.Msg{Aux: next, Data: proto.AppendObjStates(nil, list)}
+		if last {
+			resp.Flags |= proto.FlagLast
+		}
+		return resp, nil
 	}
 	oid := ids.ObjectID(req.ID)
 	if !oid.Valid() {
@@ -94,6 +132,20 @@ func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, e
 	resp := &proto.Msg{}
 	switch req.Op {
 	case proto.OpReadObj:
+		if req.Flags&proto.FlagSparse != 0 {
+			// A whole object for recovery: only its allocated ranges.
+			n.rec.catchUp()
+			if err := n.rec.ensure(ctx, oid, false); err != nil {
+				return nil, err
+			}
+			data, buf, m, err := n.rec.readSparse(oid)
+			if err != nil {
+				return nil, err
+			}
+			resp.Data, resp.Aux, resp.Flags = data, uint64(m.Version), proto.FlagSparse
+			resp.SetPooledIn(buf)
+			return resp, nil
+		}
 		if err := checkObjRange(req.Offset, uint64(req.Length)); err != nil {
 			return nil, err
 		}
@@ -126,12 +178,13 @@ func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, e
 		}
 	case proto.OpStatObj:
 		n.rec.catchUp()
-		m, err := n.store.Stat(oid)
+		st := n.cl.State()
+		valid, m, err := n.rec.validOf(st, oid)
 		if err != nil {
 			return nil, err
 		}
-		resp.Aux, resp.Offset = uint64(m.Version), uint64(m.Epoch)
-		if n.rec.current(n.cl.State(), oid) {
+		resp.Aux, resp.Offset = uint64(m.Version), uint64(valid)
+		if valid >= st.Epoch {
 			resp.Flags |= proto.FlagCurrent
 		}
 	case proto.OpRemoveObj:

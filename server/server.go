@@ -51,6 +51,13 @@ type Config struct {
 	RetryFor time.Duration
 	// FS is the filesystem seam of the object store (nil: the real one).
 	FS objstore.FS
+	// Zone is the node's failure domain: an object's copies go to
+	// distinct zones whenever there are as many zones as copies. Empty:
+	// a zone of its own.
+	Zone string
+	// Weight overrides the node's weight (its capacity in MiB, which by
+	// default is the size of the filesystem holding its objects).
+	Weight uint64
 	// Log receives the daemon's logs.
 	Log zerolog.Logger
 }
@@ -66,7 +73,7 @@ type Node struct {
 	srv   proto.Server
 	ln    net.Listener
 	objs  *replicated
-	rec   *recovery
+	rec   *healer
 	hlc   atomic.Uint64
 	stop  chan struct{}
 
@@ -110,7 +117,7 @@ func Start(cfg Config) (*Node, error) {
 		volumes: map[ids.VDIID]*volume{}, conns: map[*proto.Conn]*connState{},
 		gcPending: map[ids.VDIID]bool{}, gcKick: make(chan struct{}, 1)}
 	n.objs = &replicated{n: n}
-	n.rec = newRecovery(n)
+	n.rec = newHealer(n)
 	n.stop = make(chan struct{})
 	n.store, err = objstore.Open(filepath.Join(cfg.Dir, "obj"), objstore.Options{ObjectSize: vdi.ObjectSize,
 		FS: cfg.FS, MaxOpenFiles: maxOpenObjects()})
@@ -123,8 +130,19 @@ func Start(cfg Config) (*Node, error) {
 		n.store.Close()
 		return nil, errs.E(errs.IO, "listen on %s: %w", addr, err)
 	}
+	store, err := storeID(cfg.Dir)
+	if err != nil {
+		n.ln.Close()
+		n.store.Close()
+		return nil, err
+	}
+	weight := cfg.Weight
+	if weight == 0 {
+		weight = n.capacity()
+	}
 	n.cl, err = cluster.Start(cluster.Config{ID: id, Dir: filepath.Join(cfg.Dir, "cluster"),
 		Host: cfg.Host, Port: cfg.Port, Join: cfg.Join, DeadGrace: cfg.DeadGrace, Log: cfg.Log,
+		Zone: cfg.Zone, Weight: weight, Store: store,
 		// Requests waiting on a node gossip holds dead fail (and are
 		// retried elsewhere or later) instead of waiting on a connection
 		// whose packets a partition drops, which does not break for
@@ -158,6 +176,40 @@ func maxOpenObjects() int {
 		return 256
 	}
 	return int(max(64, min(8192, lim.Cur/2)))
+}
+
+// storeID reads the random name of the data directory's contents,
+// creating it with them: a node started again under its ID with an empty
+// directory (a replaced disk) gets a new one, and the cluster counts
+// nothing it held before as held.
+func storeID(dir string) (string, error) {
+	p := filepath.Join(dir, "store-id")
+	if b, err := os.ReadFile(p); err == nil {
+		if s := strings.TrimSpace(string(b)); s != "" && len(s) <= 64 {
+			return s, nil
+		}
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, []byte(id+"\n"), 0o644); err != nil {
+		return "", errs.E(errs.IO, "write store ID: %w", err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		return "", errs.E(errs.IO, "write store ID: %w", err)
+	}
+	return id, nil
+}
+
+// capacity is the node's weight: the size in MiB of the filesystem
+// holding its objects (at least 1).
+func (n *Node) capacity() uint64 {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(n.cfg.Dir, &st); err != nil {
+		return 1
+	}
+	return max(uint64(st.Blocks)*uint64(st.Bsize)>>20, 1)
 }
 
 // nodeID reads the persistent node ID, creating it on first start.
@@ -222,7 +274,7 @@ func (n *Node) handle(ctx context.Context, conn *proto.Conn, req *proto.Msg) *pr
 	var err error
 	switch req.Op {
 	case proto.OpReadObj, proto.OpWriteObj, proto.OpPunchObj, proto.OpStatObj,
-		proto.OpRemoveObj, proto.OpSyncObjs, proto.OpListObjs:
+		proto.OpRemoveObj, proto.OpSyncObjs, proto.OpListObjs, proto.OpStatObjs, proto.OpInventory:
 		resp, err = n.handleReplica(ctx, req)
 	case proto.OpVDIRead, proto.OpVDIWrite, proto.OpVDIFlush, proto.OpVDIDiscard, proto.OpVDIAllocMap:
 		resp, err = n.handleVDI(ctx, conn, req)
@@ -236,6 +288,13 @@ func (n *Node) handle(ctx context.Context, conn *proto.Conn, req *proto.Msg) *pr
 			resp = &proto.Msg{Aux: index}
 			resp.Data, err = jsonMarshal(r)
 		}
+	case proto.OpReportDown:
+		if len(req.Data) == 0 || len(req.Data) > 64 {
+			err = errs.E(errs.Invalid, "report of a node ID of %d bytes", len(req.Data))
+			break
+		}
+		n.cl.CheckUnreachable(ids.NodeID(req.Data))
+		resp = &proto.Msg{}
 	case proto.OpLeaderIndex:
 		var index uint64
 		if index, err = n.cl.LeaderIndex(); err == nil {

@@ -1,0 +1,1056 @@
+package server
+
+import (
+	"cmp"
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sheepfs/sheepfs/cluster"
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/objstore"
+	"github.com/sheepfs/sheepfs/proto"
+	"github.com/sheepfs/sheepfs/recovery"
+	"github.com/sheepfs/sheepfs/vdi"
+)
+
+// healer keeps this node's copies current and complete across membership
+// changes, by the rules of package recovery:
+//
+//   - At each new epoch it plans its own copies (observe): those it is a
+//     writer of but cannot vouch for are doubted, and refreshed before
+//     they serve a read or take a write; those no longer placed here are
+//     misplaced, and deleted once every node of their placement holds
+//     them current at a version at least as new.
+//   - It asks every other up member for an inventory of what it should
+//     hold and cannot vouch for, and fetches each object (only its
+//     allocated ranges) from the best source, in the background, degraded
+//     objects first, throttled by the cluster's recovery settings. An
+//     object a client reads or writes is fetched at once (ensure).
+//   - Once every member is up, every inventory is in and nothing is left
+//     to fetch, the epoch is recorded in DIR/recovered-epoch: a restart
+//     plans from there.
+type healer struct {
+	n    *Node
+	path string
+
+	// plannedA is the epoch of the current plan, read without mu on the
+	// I/O path; ndoubt counts doubt.
+	plannedA atomic.Uint64
+	ndoubt   atomic.Int64
+	obsMu    sync.Mutex // one observe at a time
+	kick     chan struct{}
+
+	mu      sync.Mutex
+	planned ids.Epoch
+	gen     uint64    // bumped by every plan
+	from    ids.Epoch // recovered epoch; 0: vouches for nothing
+	// starts override from for single objects: fetched or created as a
+	// writer later, or misplaced copies that keep the start they are
+	// vouched from while they are still sources.
+	starts    map[ids.ObjectID]ids.Epoch
+	minStart  ids.Epoch // the earliest of starts (0: none)
+	win       *recovery.Window
+	winKey    [2]ids.Epoch
+	doubt     map[ids.ObjectID]*want
+	misplaced map[ids.ObjectID]recovery.Copy
+	garbage   []ids.ObjectID // copies of images that no longer exist
+	inflight  map[ids.ObjectID]*pull
+	invDone   map[ids.NodeID]bool // senders whose inventory is complete
+	exposed   int
+	stats     healStats
+
+	invMu    sync.Mutex // serves inventories: one computation at a time
+	invKey   [2]ids.Epoch
+	invCache map[ids.NodeID][]proto.ObjState
+}
+
+// want is an object this node must fetch or refresh at the planned epoch.
+type want struct {
+	local    proto.ObjState // own copy, if Present
+	srcs     []proto.ObjState
+	from     []ids.NodeID // from[i] sent srcs[i]
+	degraded bool
+	counted  bool
+	tries    int
+}
+
+type pull struct {
+	done chan struct{}
+	err  error
+}
+
+// healStats is the progress of the current plan.
+type healStats struct {
+	started         time.Time
+	checked, copied int   // objects settled (kept as they were / fetched)
+	bytes           int64 // fetched
+	rate            float64
+	rateAt          time.Time
+	rateBytes       int64
+	deleted         int // misplaced copies deleted
+	failed          int
+}
+
+func newHealer(n *Node) *healer {
+	h := &healer{n: n, path: filepath.Join(n.cfg.Dir, "recovered-epoch"),
+		starts: map[ids.ObjectID]ids.Epoch{}, doubt: map[ids.ObjectID]*want{},
+		misplaced: map[ids.ObjectID]recovery.Copy{}, inflight: map[ids.ObjectID]*pull{},
+		invDone: map[ids.NodeID]bool{}, kick: make(chan struct{}, 1)}
+	if b, err := os.ReadFile(h.path); err == nil {
+		if e, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil {
+			h.from = ids.Epoch(e)
+		}
+	}
+	return h
+}
+
+// copiesOf returns the replica count of oid's image (objects are named by
+// image, not by VDI handle), or 0 if the image is gone.
+func copiesOf(st *cluster.State, oid ids.ObjectID) int {
+	if img, ok := st.Image(oid.VDI()); ok {
+		return img.Copies
+	}
+	return 0
+}
+
+// catchUp plans the node's current epoch before the node serves a local
+// read or write at it: a copy the new epoch makes doubtful must never be
+// used as current, not even for the moment before the background loop
+// would have noticed. When nothing changed it costs an atomic load or two.
+func (h *healer) catchUp() {
+	if st := h.n.cl.State(); uint64(st.Epoch) > h.plannedA.Load() {
+		h.observe(st)
+	}
+}
+
+// startOf returns the epoch from which the node vouches for its copy of
+// oid. h.mu is held.
+func (h *healer) startOf(oid ids.ObjectID) ids.Epoch {
+	if e, ok := h.starts[oid]; ok {
+		return e
+	}
+	return h.from
+}
+
+// window returns the window from the earliest epoch the node vouches
+// from (and from lo, if lo is in the history) to st's epoch, and the
+// node's recovered epoch as the window can use it (0 if it fell out of the
+// history). Windows are cached. h.mu is held.
+func (h *healer) window(st *cluster.State, lo ids.Epoch) (*recovery.Window, ids.Epoch, error) {
+	if len(st.History) == 0 {
+		return nil, 0, errs.E(errs.NotReady, "no epoch history")
+	}
+	first := st.History[0].Epoch
+	from := h.from
+	if from < first {
+		from = 0
+	}
+	low := st.Epoch
+	for _, e := range []ids.Epoch{from, h.minStart, lo} {
+		if e >= first {
+			low = min(low, e)
+		}
+	}
+	if h.win != nil && h.winKey == [2]ids.Epoch{st.Epoch, low} {
+		return h.win, from, nil
+	}
+	w, err := recovery.NewWindow(st.History, low, st.Epoch)
+	if err != nil {
+		return nil, from, err
+	}
+	h.win, h.winKey = w, [2]ids.Epoch{st.Epoch, low}
+	return w, from, nil
+}
+
+// setStart records a start for oid. h.mu is held.
+func (h *healer) setStart(oid ids.ObjectID, e ids.Epoch) {
+	h.starts[oid] = e
+	if h.minStart == 0 || e < h.minStart {
+		h.minStart = e
+	}
+}
+
+// pruneStarts drops starts older than the history (nothing can be vouched
+// from them any more) and works out the earliest. h.mu is held.
+func (h *healer) pruneStarts(st *cluster.State) {
+	h.minStart = 0
+	for oid, e := range h.starts {
+		if len(st.History) == 0 || e < st.History[0].Epoch {
+			delete(h.starts, oid)
+		} else if h.minStart == 0 || e < h.minStart {
+			h.minStart = e
+		}
+	}
+}
+
+// locals lists this node's copies with their image's copies and starts.
+// Copies of images that no longer exist are returned apart. h.mu is held.
+func (h *healer) locals(st *cluster.State, from ids.Epoch) (ls []recovery.Local, garbage []ids.ObjectID) {
+	h.n.store.ForEach(func(oid ids.ObjectID, m objstore.Meta) error {
+		c := copiesOf(st, oid)
+		if c == 0 {
+			if oid.VDI() < st.NextVDI { // not an image made a moment ago
+				garbage = append(garbage, oid)
+			}
+			return nil
+		}
+		start := from
+		if e, ok := h.starts[oid]; ok {
+			start = e
+		}
+		ls = append(ls, recovery.Local{OID: oid, Version: m.Version, Copies: c, Start: start})
+		return nil
+	})
+	return ls, garbage
+}
+
+// observe plans the node's copies at st's epoch, if not done yet.
+func (h *healer) observe(st *cluster.State) {
+	h.obsMu.Lock()
+	defer h.obsMu.Unlock()
+	if uint64(st.Epoch) <= h.plannedA.Load() {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.gen++
+	h.planned = st.Epoch
+	h.doubt = map[ids.ObjectID]*want{}
+	h.misplaced = map[ids.ObjectID]recovery.Copy{}
+	h.garbage = nil
+	h.exposed = 0
+	clear(h.invDone)
+	h.stats = healStats{started: time.Now(), rateAt: time.Now()}
+	h.pruneStarts(st)
+	if _, ok := st.Member(h.n.id); ok && st.Formatted() {
+		if w, from, err := h.window(st, 0); err != nil {
+			h.n.log.Warn().Err(err).Msg("recovery: cannot plan")
+		} else {
+			ls, garbage := h.locals(st, from)
+			p := w.PlanFor(h.n.id, ls)
+			for _, c := range p.Doubt {
+				h.doubt[c.OID] = &want{local: proto.ObjState{OID: c.OID, Version: c.Version, Valid: c.Valid, Flags: proto.ObjPresent}}
+			}
+			for _, c := range p.Misplaced {
+				h.misplaced[c.OID] = c
+			}
+			h.garbage = garbage
+			h.exposed = p.Exposed
+			if len(p.Doubt) > 0 || len(p.Misplaced) > 0 || len(garbage) > 0 {
+				h.n.log.Info().Uint64("epoch", uint64(st.Epoch)).Int("doubted", len(p.Doubt)).
+					Int("misplaced", len(p.Misplaced)).Int("orphans", len(garbage)).Msg("recovery: planned")
+			}
+		}
+	}
+	h.ndoubt.Store(int64(len(h.doubt)))
+	h.plannedA.Store(uint64(st.Epoch))
+	select {
+	case h.kick <- struct{}{}:
+	default:
+	}
+}
+
+// doubted reports whether oid must be refreshed or fetched before use.
+func (h *healer) doubted(oid ids.ObjectID) bool {
+	if h.ndoubt.Load() == 0 {
+		return false
+	}
+	h.mu.Lock()
+	_, ok := h.doubt[oid]
+	h.mu.Unlock()
+	return ok
+}
+
+// settle records that this node's copy of oid is current at epoch e
+// (fetched, kept after a check, or created as a writer).
+func (h *healer) settle(oid ids.ObjectID, e ids.Epoch, fetched bool, bytes int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if e == 0 {
+		e = h.planned
+	}
+	h.setStart(oid, e)
+	delete(h.misplaced, oid)
+	if _, ok := h.doubt[oid]; ok && e >= h.planned {
+		delete(h.doubt, oid)
+		h.ndoubt.Store(int64(len(h.doubt)))
+		if fetched {
+			h.stats.copied++
+			h.stats.bytes += bytes
+		} else {
+			h.stats.checked++
+		}
+	}
+}
+
+// ensure makes the local copy of oid current if it is doubted, or if it
+// is absent and must exist (a write or punch to an existing object). Calls
+// for the same object share one pull.
+func (h *healer) ensure(ctx context.Context, oid ids.ObjectID, mustExist bool) error {
+	if !h.doubted(oid) {
+		if !mustExist {
+			return nil
+		}
+		if _, err := h.n.store.Stat(oid); err == nil {
+			return nil
+		} else if !errs.Is(err, errs.NotFound) {
+			return err
+		}
+	}
+	return h.once(ctx, oid, func() error { return h.pull(ctx, oid) })
+}
+
+// once runs fn for oid unless a run for oid is in flight, whose result it
+// then shares.
+func (h *healer) once(ctx context.Context, oid ids.ObjectID, fn func() error) error {
+	h.mu.Lock()
+	p := h.inflight[oid]
+	if p == nil {
+		p = &pull{done: make(chan struct{})}
+		h.inflight[oid] = p
+		h.mu.Unlock()
+		p.err = fn()
+		h.mu.Lock()
+		delete(h.inflight, oid)
+		h.mu.Unlock()
+		close(p.done)
+		return p.err
+	}
+	h.mu.Unlock()
+	select {
+	case <-p.done:
+		return p.err
+	case <-ctx.Done():
+		return errs.E(errs.IO, "recover %v: %w", oid, ctx.Err())
+	}
+}
+
+// validOf returns the valid epoch (see package recovery) of this node's
+// copy of oid at st, with its Meta; NotFound if it has none.
+func (h *healer) validOf(st *cluster.State, oid ids.ObjectID) (ids.Epoch, objstore.Meta, error) {
+	m, err := h.n.store.Stat(oid)
+	if err != nil {
+		return 0, m, err
+	}
+	c := copiesOf(st, oid)
+	if c == 0 {
+		return 0, m, nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.planned != st.Epoch {
+		return 0, m, nil // not planned yet: vouch for nothing
+	}
+	if _, ok := h.doubt[oid]; ok {
+		return 0, m, nil
+	}
+	w, _, err := h.window(st, 0)
+	if err != nil {
+		return 0, m, nil
+	}
+	return w.Valid(h.n.id, oid, c, h.startOf(oid)), m, nil
+}
+
+// statAll asks members for their copy of oid, writers of its placement
+// first: if one of them is current, the others need not be asked. It
+// returns the answers (this node's own copy included) and whether every
+// member answered.
+func (h *healer) statAll(ctx context.Context, st *cluster.State, oid ids.ObjectID) (answers []proto.ObjState, nodes []cluster.Member, all bool) {
+	if v, m, err := h.validOf(st, oid); err == nil {
+		self, _ := st.Member(h.n.id)
+		answers = append(answers, proto.ObjState{OID: oid, Version: m.Version, Valid: v, Flags: proto.ObjPresent})
+		nodes = append(nodes, self)
+	}
+	var mu sync.Mutex
+	all = true
+	ask := func(ms []cluster.Member) {
+		var wg sync.WaitGroup
+		for _, m := range ms {
+			if m.ID == h.n.id {
+				continue
+			}
+			if m.Down || h.n.cl.Gone(m.ID) {
+				mu.Lock()
+				all = false
+				mu.Unlock()
+				continue
+			}
+			wg.Go(func() {
+				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				defer cancel()
+				resp, err := h.n.peers.Get(m.Addr).Call(cctx, &proto.Msg{Header: proto.Header{Op: proto.OpStatObj, Epoch: st.Epoch, ID: uint64(oid)}})
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case errs.Is(err, errs.NotFound):
+				case err != nil:
+					all = false
+				default:
+					answers = append(answers, proto.ObjState{OID: oid, Version: ids.Version(resp.Aux), Valid: ids.Epoch(resp.Offset), Flags: proto.ObjPresent})
+					nodes = append(nodes, m)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	c := copiesOf(st, oid)
+	place := st.Placement(oid, c, nil)
+	ask(place)
+	for _, a := range answers {
+		if a.Valid >= st.Epoch {
+			return answers, nodes, all // a current copy: that settles it
+		}
+	}
+	var others []cluster.Member
+	for _, m := range st.Members {
+		if !slices.ContainsFunc(place, func(p cluster.Member) bool { return p.ID == m.ID }) {
+			others = append(others, m)
+		}
+	}
+	ask(others)
+	return answers, nodes, all
+}
+
+// pull makes this node's copy of oid the one to trust, asking the members
+// (see recovery.Choose): it keeps its own copy if that is the one, or
+// fetches the chosen one. It fails (retryably) while no choice is safe.
+func (h *healer) pull(ctx context.Context, oid ids.ObjectID) error {
+	st := h.n.cl.State()
+	answers, nodes, all := h.statAll(ctx, st, oid)
+	i := recovery.Choose(answers, st.Epoch, all)
+	switch {
+	case i < 0 && len(answers) == 0 && all:
+		return errs.E(errs.NotFound, "object %v: no replica has it", oid)
+	case i < 0:
+		return errs.E(errs.NotReady, "recover %v: no current copy answered, and not every member did", oid)
+	case nodes[i].ID == h.n.id:
+		h.settle(oid, st.Epoch, false, 0)
+		return nil
+	}
+	n, err := h.fetch(ctx, st, oid, nodes[i])
+	if err != nil {
+		return err
+	}
+	h.settle(oid, st.Epoch, true, n)
+	return nil
+}
+
+// sparseBufSize holds a whole object as a SparseObject.
+var sparseBufSize = vdi.ObjectSize + proto.SparseHeaderSize(proto.MaxExtents)
+
+// fetch copies node src's copy of oid here (only its allocated ranges),
+// with src's version, and returns the bytes moved.
+func (h *healer) fetch(ctx context.Context, st *cluster.State, oid ids.ObjectID, src cluster.Member) (int64, error) {
+	buf := proto.GetBuf(sparseBufSize)
+	defer proto.PutBuf(buf)
+	resp, err := h.n.peers.Get(src.Addr).CallInto(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpReadObj,
+		Flags: proto.FlagSparse, Epoch: st.Epoch, ID: uint64(oid), Length: vdi.ObjectSize}}, buf)
+	if err != nil {
+		return 0, errs.E(errs.NotReady, "recover %v from %s: %w", oid, src.ID, err)
+	}
+	exts, data, err := proto.DecodeSparse(resp.Data, vdi.ObjectSize)
+	if err != nil {
+		return 0, errs.E(errs.IO, "recover %v from %s: %w", oid, src.ID, err)
+	}
+	oe := make([]objstore.Extent, len(exts))
+	for i, e := range exts {
+		oe[i] = objstore.Extent{Off: e.Off, Len: e.Len}
+	}
+	if err := h.n.store.ReplaceSparse(oid, oe, data, ids.Version(resp.Aux), st.Epoch); err != nil {
+		return 0, err
+	}
+	return int64(len(data)), nil
+}
+
+// readSparse answers a FlagSparse OpReadObj: the whole object as a
+// SparseObject, lying in buf, a pooled buffer.
+func (h *healer) readSparse(oid ids.ObjectID) (data, buf []byte, m objstore.Meta, err error) {
+	buf = proto.GetBuf(sparseBufSize)
+	hdr := proto.SparseHeaderSize(proto.MaxExtents)
+	exts, m, err := h.n.store.ReadSparse(oid, buf[hdr:], proto.MaxExtents)
+	if err != nil {
+		proto.PutBuf(buf)
+		return nil, nil, m, err
+	}
+	var total int64
+	pe := make([]proto.Extent, len(exts))
+	for i, e := range exts {
+		pe[i] = proto.Extent{Off: e.Off, Len: e.Len}
+		total += e.Len
+	}
+	// The header goes right before the data, which starts at hdr.
+	start := hdr - proto.SparseHeaderSize(len(pe))
+	proto.PutSparseHeader(buf[start:], pe)
+	return buf[start : int64(hdr)+total], buf, m, nil
+}
+
+// run is the background loop: it plans new epochs, gathers inventories,
+// fetches what is missing, deletes misplaced and orphaned copies, and
+// records the recovered epoch.
+func (h *healer) run(stop <-chan struct{}) {
+	lastSweep := time.Time{}
+	for {
+		ch := h.n.cl.Changed()
+		st := h.n.cl.State()
+		if self, ok := st.Member(h.n.id); ok && st.Formatted() && !self.Down {
+			h.observe(st)
+			h.step(stop, st)
+			if time.Since(lastSweep) > 2*time.Second && !st.Recovery.Paused {
+				h.sweep(stop, st)
+				lastSweep = time.Now()
+			}
+		}
+		select {
+		case <-stop:
+			return
+		case <-ch:
+		case <-h.kick:
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// step gathers the inventories still missing and fetches what is known
+// to be needed, then records the epoch if everything is done.
+func (h *healer) step(stop <-chan struct{}, st *cluster.State) {
+	h.mu.Lock()
+	gen := h.gen
+	from := h.from
+	if from < st.History[0].Epoch {
+		from = 0
+	}
+	var ask []cluster.Member
+	for _, m := range st.Members {
+		if m.ID != h.n.id && !m.Down && !h.invDone[m.ID] {
+			ask = append(ask, m)
+		}
+	}
+	h.mu.Unlock()
+	if len(ask) > 0 {
+		h.gather(stop, st, gen, from, ask)
+	}
+	h.work(stop, st, gen)
+	h.record(st, gen)
+}
+
+// gather asks members for their inventories for this node (a few at a
+// time) and adds the entries to the doubts.
+func (h *healer) gather(stop <-chan struct{}, st *cluster.State, gen uint64, from ids.Epoch, ms []cluster.Member) {
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for _, m := range ms {
+		select {
+		case <-stop:
+			return
+		case sem <- struct{}{}:
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			cursor := uint64(0)
+			for {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				resp, err := h.n.peers.Get(m.Addr).Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpInventory,
+					Epoch: st.Epoch, Offset: uint64(from)}, Aux: cursor, Data: []byte(h.n.id)})
+				cancel()
+				if err != nil {
+					h.n.log.Debug().Err(err).Str("peer", string(m.ID)).Msg("recovery: inventory")
+					return
+				}
+				entries, err := proto.DecodeObjStates(resp.Data)
+				if err != nil {
+					h.n.log.Warn().Err(err).Str("peer", string(m.ID)).Msg("recovery: bad inventory")
+					return
+				}
+				if !h.addEntries(gen, m.ID, entries, resp.Flags&proto.FlagLast != 0) {
+					return
+				}
+				if resp.Flags&proto.FlagLast != 0 {
+					return
+				}
+				cursor = resp.Aux
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// addEntries merges a chunk of src's inventory into the doubts, unless a
+// new plan started meanwhile.
+func (h *healer) addEntries(gen uint64, src ids.NodeID, entries []proto.ObjState, last bool) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.gen != gen {
+		return false
+	}
+	for _, e := range entries {
+		w := h.doubt[e.OID]
+		if w == nil {
+			// A copy this node holds and vouches for needs nothing.
+			if s, ok := h.starts[e.OID]; ok && s >= h.planned {
+				continue
+			}
+			w = &want{}
+			if m, err := h.n.store.Stat(e.OID); err == nil {
+				w.local = proto.ObjState{OID: e.OID, Version: m.Version, Flags: proto.ObjPresent}
+			}
+			h.doubt[e.OID] = w
+		}
+		if !slices.Contains(w.from, src) {
+			w.srcs = append(w.srcs, e)
+			w.from = append(w.from, src)
+		}
+		w.degraded = w.degraded || e.Flags&proto.ObjDegraded != 0
+		w.counted = w.counted || e.Flags&proto.ObjCounted != 0
+	}
+	h.ndoubt.Store(int64(len(h.doubt)))
+	if last {
+		h.invDone[src] = true
+	}
+	return true
+}
+
+// complete reports whether every member is up and has sent its whole
+// inventory: only then may a choice rest on copies that are not current.
+// h.mu is held.
+func (h *healer) complete(st *cluster.State) bool {
+	for _, m := range st.Members {
+		if m.ID != h.n.id && (m.Down || !h.invDone[m.ID]) {
+			return false
+		}
+	}
+	return true
+}
+
+// work settles the doubts it can, degraded objects first, with at most
+// MaxParallel fetches at a time and MaxRate bytes per second.
+func (h *healer) work(stop <-chan struct{}, st *cluster.State, gen uint64) {
+	conf := st.Recovery
+	if conf.Paused {
+		return
+	}
+	h.mu.Lock()
+	type job struct {
+		oid      ids.ObjectID
+		degraded bool
+	}
+	var jobs []job
+	for oid, w := range h.doubt {
+		if len(w.srcs) > 0 || h.complete(st) {
+			jobs = append(jobs, job{oid, w.degraded})
+		}
+	}
+	h.mu.Unlock()
+	slices.SortFunc(jobs, func(a, b job) int {
+		switch {
+		case a.degraded && !b.degraded:
+			return -1
+		case !a.degraded && b.degraded:
+			return 1
+		case a.oid.IsIndex() != b.oid.IsIndex():
+			if a.oid.IsIndex() {
+				return -1 // an index serves every object of its VDI
+			}
+			return 1
+		}
+		return cmp.Compare(a.oid, b.oid)
+	})
+	lim := newLimiter(conf.MaxRate)
+	sem := make(chan struct{}, conf.Parallel())
+	var wg sync.WaitGroup
+	for _, j := range jobs {
+		select {
+		case <-stop:
+			wg.Wait()
+			return
+		case sem <- struct{}{}:
+		}
+		h.mu.Lock()
+		stale := h.gen != gen
+		h.mu.Unlock()
+		if stale || h.n.cl.State().Recovery.Paused {
+			break
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			err := h.once(ctx, j.oid, func() error { return h.resolve(ctx, st, gen, j.oid, lim) })
+			if err != nil {
+				h.mu.Lock()
+				h.stats.failed++
+				h.mu.Unlock()
+				h.n.log.Debug().Err(err).Str("oid", j.oid.String()).Msg("recovery: not settled yet")
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// resolve settles one doubt from the inventories (or, failing that, by
+// asking the members).
+func (h *healer) resolve(ctx context.Context, st *cluster.State, gen uint64, oid ids.ObjectID, lim *limiter) error {
+	h.mu.Lock()
+	w := h.doubt[oid]
+	if w == nil || h.gen != gen {
+		h.mu.Unlock()
+		return nil // settled meanwhile (a client asked for it), or replanned
+	}
+	answers := slices.Clone(w.srcs)
+	nodes := make([]cluster.Member, 0, len(w.from)+1)
+	for _, id := range w.from {
+		m, _ := st.Member(id)
+		nodes = append(nodes, m)
+	}
+	if w.local.Flags&proto.ObjPresent != 0 {
+		answers = append(answers, w.local)
+		self, _ := st.Member(h.n.id)
+		nodes = append(nodes, self)
+	}
+	all := h.complete(st)
+	h.mu.Unlock()
+	if recovery.Best(answers) < 0 {
+		return h.pull(ctx, oid) // nobody vouches: ask everyone
+	}
+	i := recovery.Choose(answers, st.Epoch, all)
+	switch {
+	case i < 0:
+		return errs.E(errs.NotReady, "recover %v: no current copy yet", oid)
+	case nodes[i].ID == h.n.id || w.local.Flags&proto.ObjPresent != 0 && w.local.Version == answers[i].Version && answers[i].Valid >= st.Epoch:
+		h.settle(oid, st.Epoch, false, 0)
+		return nil
+	}
+	n, err := h.fetch(ctx, st, oid, nodes[i])
+	if err != nil {
+		return err
+	}
+	h.settle(oid, st.Epoch, true, n)
+	lim.wait(n)
+	h.mu.Lock()
+	h.stats.rateBytes += n
+	if d := time.Since(h.stats.rateAt); d >= 2*time.Second {
+		r := float64(h.stats.rateBytes) / d.Seconds()
+		if h.stats.rate == 0 {
+			h.stats.rate = r
+		} else {
+			h.stats.rate = 0.5*h.stats.rate + 0.5*r
+		}
+		h.stats.rateAt, h.stats.rateBytes = time.Now(), 0
+	}
+	h.mu.Unlock()
+	return nil
+}
+
+// record saves the planned epoch as recovered once everything is done:
+// every member up, every inventory in, nothing left to fetch. Copies that
+// are not current then (misplaced ones) keep their own start.
+func (h *healer) record(st *cluster.State, gen uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.gen != gen || h.planned == h.from || len(h.doubt) > 0 || !h.complete(st) {
+		return
+	}
+	w, from, err := h.window(st, 0)
+	if err != nil {
+		return
+	}
+	for oid, c := range h.misplaced {
+		if _, ok := h.starts[oid]; !ok && c.Valid > 0 {
+			h.setStart(oid, from)
+		}
+	}
+	ls, _ := h.locals(st, from)
+	for _, l := range ls {
+		if _, ok := h.starts[l.OID]; ok && w.Valid(h.n.id, l.OID, l.Copies, l.Start) >= st.Epoch {
+			delete(h.starts, l.OID)
+		}
+	}
+	tmp := h.path + ".tmp"
+	if os.WriteFile(tmp, []byte(st.Epoch.String()+"\n"), 0o644) != nil || os.Rename(tmp, h.path) != nil {
+		return
+	}
+	h.from = st.Epoch
+	h.pruneStarts(st)
+	if h.stats.copied+h.stats.checked > 0 {
+		h.n.log.Info().Uint64("epoch", uint64(st.Epoch)).Int("fetched", h.stats.copied).Int("kept", h.stats.checked).
+			Int64("bytes", h.stats.bytes).Dur("took", time.Since(h.stats.started)).Msg("recovery: done")
+	}
+}
+
+// sweep deletes misplaced copies that every node of their placement holds
+// current at a version at least as new, and copies of images that no
+// longer exist.
+func (h *healer) sweep(stop <-chan struct{}, st *cluster.State) {
+	h.mu.Lock()
+	if h.planned != st.Epoch {
+		h.mu.Unlock()
+		return
+	}
+	garbage := h.garbage
+	h.garbage = nil
+	byNode := map[ids.NodeID][]ids.ObjectID{}
+	cands := map[ids.ObjectID]recovery.Copy{}
+	for oid, c := range h.misplaced {
+		copies := copiesOf(st, oid)
+		place := st.Placement(oid, copies, nil)
+		if len(place) == 0 || slices.ContainsFunc(place, func(m cluster.Member) bool { return m.Down || m.ID == h.n.id }) {
+			continue
+		}
+		cands[oid] = c
+		for _, m := range place {
+			byNode[m.ID] = append(byNode[m.ID], oid)
+		}
+	}
+	h.mu.Unlock()
+	for _, oid := range garbage {
+		if err := h.n.store.Remove(oid); err == nil {
+			h.n.log.Info().Str("oid", oid.String()).Msg("recovery: removed a copy of an image that no longer exists")
+		}
+	}
+	if len(cands) == 0 {
+		return
+	}
+	ok := map[ids.ObjectID]int{}
+	for id, oids := range byNode {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		m, _ := st.Member(id)
+		for len(oids) > 0 {
+			batch := oids[:min(len(oids), proto.MaxObjStates)]
+			oids = oids[len(batch):]
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			resp, err := h.n.peers.Get(m.Addr).Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpStatObjs, Epoch: st.Epoch},
+				Data: proto.AppendOIDs(nil, batch)})
+			cancel()
+			if err != nil {
+				break
+			}
+			states, err := proto.DecodeObjStates(resp.Data)
+			if err != nil {
+				break
+			}
+			for _, s := range states {
+				if c, in := cands[s.OID]; in && s.Flags&proto.ObjPresent != 0 && s.Valid >= st.Epoch && s.Version >= c.Version {
+					ok[s.OID]++
+				}
+			}
+		}
+	}
+	deleted := 0
+	for oid := range cands {
+		if ok[oid] != len(st.Placement(oid, copiesOf(st, oid), nil)) {
+			continue
+		}
+		h.mu.Lock()
+		_, still := h.misplaced[oid]
+		stale := h.planned != st.Epoch
+		h.mu.Unlock()
+		if !still || stale {
+			continue
+		}
+		if err := h.n.store.Remove(oid); err != nil {
+			continue
+		}
+		deleted++
+		h.mu.Lock()
+		delete(h.misplaced, oid)
+		delete(h.starts, oid)
+		h.stats.deleted++
+		h.mu.Unlock()
+	}
+	if deleted > 0 {
+		h.n.log.Info().Int("deleted", deleted).Uint64("epoch", uint64(st.Epoch)).Msg("recovery: removed copies no longer placed here")
+	}
+}
+
+// inventory answers receiver to's request for what it should hold at
+// epoch e and cannot vouch for from epoch start on: a chunk from cursor
+// on, and the next cursor (0 and last when done). The whole inventory of
+// every receiver with that start is computed once per epoch.
+func (h *healer) inventory(st *cluster.State, to ids.NodeID, start ids.Epoch, cursor uint64) ([]proto.ObjState, uint64, bool, error) {
+	h.invMu.Lock()
+	defer h.invMu.Unlock()
+	if h.invKey != [2]ids.Epoch{st.Epoch, start} || h.invCache == nil {
+		h.mu.Lock()
+		if h.planned != st.Epoch {
+			h.mu.Unlock()
+			return nil, 0, false, errs.E(errs.NotReady, "node %s has not planned epoch %v", h.n.id, st.Epoch)
+		}
+		w, from, err := h.window(st, start)
+		if err != nil {
+			h.mu.Unlock()
+			return nil, 0, false, err
+		}
+		ls, _ := h.locals(st, from)
+		valid := make([]ids.Epoch, len(ls))
+		for i, l := range ls {
+			if _, doubted := h.doubt[l.OID]; !doubted {
+				valid[i] = w.Valid(h.n.id, l.OID, l.Copies, l.Start)
+			}
+		}
+		h.mu.Unlock()
+		if start < w.From() {
+			start = 0
+		}
+		cache := map[ids.NodeID][]proto.ObjState{}
+		w.Inventories(h.n.id, ls, valid, start, func(dst ids.NodeID, s proto.ObjState) {
+			cache[dst] = append(cache[dst], s)
+		})
+		h.invKey, h.invCache = [2]ids.Epoch{st.Epoch, start}, cache
+	}
+	list := h.invCache[to]
+	if cursor > uint64(len(list)) {
+		return nil, 0, false, errs.E(errs.Invalid, "inventory cursor %d past %d entries", cursor, len(list))
+	}
+	end := min(uint64(len(list)), cursor+proto.MaxObjStates)
+	return list[cursor:end], end, end == uint64(len(list)), nil
+}
+
+// limiter paces background fetches to a rate in bytes per second.
+type limiter struct {
+	mu   sync.Mutex
+	rate float64
+	next time.Time
+}
+
+func newLimiter(rate int64) *limiter { return &limiter{rate: float64(rate)} }
+
+// wait accounts for n bytes moved and sleeps as long as the rate asks.
+func (l *limiter) wait(n int64) {
+	if l.rate <= 0 {
+		return
+	}
+	l.mu.Lock()
+	now := time.Now()
+	if l.next.Before(now) {
+		l.next = now
+	}
+	l.next = l.next.Add(time.Duration(float64(n) / l.rate * float64(time.Second)))
+	d := l.next.Sub(now)
+	l.mu.Unlock()
+	time.Sleep(d)
+}
+
+// The replica operations, shared by the wire handler and the gateway's
+// local fast path.
+
+func (n *Node) localRead(ctx context.Context, oid ids.ObjectID, off int64, buf []byte) (objstore.Meta, error) {
+	n.rec.catchUp()
+	if err := n.rec.ensure(ctx, oid, false); err != nil {
+		return objstore.Meta{}, err
+	}
+	return n.store.Read(oid, off, buf)
+}
+
+// localWrite and localPunch change this node's replica of oid, for a
+// replica request from a gateway or for the gateway's own replica alike.
+func (n *Node) localWrite(ctx context.Context, oid ids.ObjectID, off int64, data []byte, ver ids.Version, epoch ids.Epoch, create bool) error {
+	if err := n.checkMutable(ctx, oid); err != nil {
+		return err
+	}
+	n.rec.catchUp()
+	if create {
+		err := n.store.Replace(oid, off, data, ver, epoch)
+		if err == nil {
+			n.rec.settle(oid, epoch, false, 0)
+		}
+		return err
+	}
+	// The common case: a current copy that exists here.
+	if n.rec.ndoubt.Load() == 0 {
+		err := n.store.Update(oid, off, data, ver, epoch)
+		if !errs.Is(err, errs.NotFound) {
+			return err
+		}
+	}
+	// Doubted or absent: fetch the copy to trust first. If no replica has
+	// it, the write creates it (the first entry of an index object does).
+	if err := n.rec.ensure(ctx, oid, true); err != nil && !errs.Is(err, errs.NotFound) {
+		return err
+	}
+	err := n.store.Write(oid, off, data, ver, epoch)
+	if err == nil && !n.rec.doubted(oid) {
+		n.rec.settleNew(oid, epoch)
+	}
+	return err
+}
+
+func (n *Node) localPunch(ctx context.Context, oid ids.ObjectID, off, length int64, ver ids.Version, epoch ids.Epoch) error {
+	if err := n.checkMutable(ctx, oid); err != nil {
+		return err
+	}
+	n.rec.catchUp()
+	if err := n.rec.ensure(ctx, oid, false); err != nil {
+		return err
+	}
+	err := n.store.Punch(oid, off, length, ver, epoch)
+	if errs.Is(err, errs.NotFound) {
+		return nil // nothing to zero
+	}
+	return err
+}
+
+// settleNew records a start for an object this node just created by a
+// write as a writer, if it has none: it vouches for it from this epoch.
+func (h *healer) settleNew(oid ids.ObjectID, e ids.Epoch) {
+	h.mu.Lock()
+	if _, ok := h.starts[oid]; !ok && e > h.from {
+		h.setStart(oid, e)
+	}
+	h.mu.Unlock()
+}
+
+// progress reports this node's recovery at its planned epoch.
+func (h *healer) progress(st *cluster.State) proto.RecoveryInfo {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ri := proto.RecoveryInfo{Epoch: h.planned, Recovered: h.from, Done: h.stats.checked + h.stats.copied,
+		Fetched: h.stats.copied, Bytes: h.stats.bytes, Misplaced: len(h.misplaced), Degraded: h.exposed}
+	ri.Objects = ri.Done + len(h.doubt)
+	for _, w := range h.doubt {
+		if w.counted && w.degraded {
+			ri.Degraded++
+		}
+	}
+	ri.Rate = h.stats.rate
+	if h.stats.rate == 0 && h.stats.bytes > 0 {
+		if d := time.Since(h.stats.started).Seconds(); d > 0 {
+			ri.Rate = float64(h.stats.bytes) / d
+		}
+	}
+	left := len(h.doubt)
+	if left > 0 && ri.Rate > 0 && ri.Fetched > 0 {
+		ri.ETA = float64(left) * float64(h.stats.bytes) / float64(ri.Fetched) / ri.Rate
+	}
+	switch {
+	case left == 0 && h.from == h.planned:
+		ri.State = "idle"
+	case st.Recovery.Paused:
+		ri.State = "paused"
+	case left == 0 || !h.complete(st) && !h.anySource():
+		ri.State = "waiting"
+	default:
+		ri.State = "recovering"
+	}
+	return ri
+}
+
+// anySource reports whether some doubt has a known source. h.mu is held.
+func (h *healer) anySource() bool {
+	for _, w := range h.doubt {
+		if len(w.srcs) > 0 {
+			return true
+		}
+	}
+	return false
+}
