@@ -72,7 +72,8 @@ type DaemonCmd struct {
 	ID        string        `help:"Node ID on first start (default: random); kept in the data directory."`
 	DeadGrace time.Duration `help:"How long a node may be gone before the cluster moves on without it." default:"5s"`
 	Zone      string        `help:"Failure domain (a rack, a room): an object's copies go to distinct zones whenever there are as many zones as copies. Default: a zone of its own." placeholder:"NAME"`
-	Weight    string        `help:"Capacity to advertise for placement, e.g. 4T (default: the size of the filesystem holding the data directory). A node's share of the data follows it." placeholder:"SIZE"`
+	Weight    string        `help:"Capacity to advertise for placement, e.g. 4T (default: the size of the filesystems holding the objects). A node's share of the data follows it." placeholder:"SIZE"`
+	Disk      []string      `help:"A data disk's directory; repeatable. Objects are spread over the disks by size, metadata stays in --dir. Default: the objects stay in --dir." placeholder:"DIR" type:"path"`
 	LogLevel  string        `help:"Log level: debug, info, warn, error." default:"info" enum:"debug,info,warn,error"`
 	Pprof     string        `help:"Serve Go profiles (net/http/pprof) on this address, e.g. 127.0.0.1:6060. Off by default." placeholder:"ADDR"`
 }
@@ -93,7 +94,8 @@ func (d *DaemonCmd) Run(g *Globals) error {
 		weight = max(w>>20, 1)
 	}
 	n, err := server.Start(server.Config{Dir: d.Dir, Host: d.Host, Port: d.Port, Join: d.Join,
-		ID: ids.NodeID(d.ID), DeadGrace: d.DeadGrace, Log: log, Zone: d.Zone, Weight: weight})
+		ID: ids.NodeID(d.ID), DeadGrace: d.DeadGrace, Log: log, Zone: d.Zone, Weight: weight,
+		Disks: d.Disk, Faults: os.Getenv("SHEEP_FAULTS") == "1"})
 	if err != nil {
 		return err
 	}
@@ -161,6 +163,68 @@ func (c *ClusterInfoCmd) Run(g *Globals) error {
 // NodeCmd groups node commands.
 type NodeCmd struct {
 	List NodeListCmd `cmd:"" help:"List the nodes of the current epoch."`
+	MD   MDCmd       `cmd:"" name:"md" help:"Show and change the data disks of the node at --addr."`
+}
+
+// MDCmd groups the disk commands of one node.
+type MDCmd struct {
+	Info   MDInfoCmd   `cmd:"" help:"List the node's disks: in service or not, objects, space."`
+	Plug   MDPlugCmd   `cmd:"" help:"Put a disk in service (new, or taken out before): new objects spread onto it."`
+	Unplug MDUnplugCmd `cmd:"" help:"Take a disk out of service: its objects are recovered from other nodes onto the others."`
+	Fault  MDFaultCmd  `cmd:"" hidden:"" help:"Make a disk fail (daemons started with SHEEP_FAULTS=1; for drills and tests)."`
+}
+
+// MDInfoCmd lists a node's disks.
+type MDInfoCmd struct{}
+
+// Run prints the disks.
+func (MDInfoCmd) Run(g *Globals) error { return mdRun(g, proto.AdminRequest{Cmd: proto.AdminMDInfo}) }
+
+// MDPlugCmd plugs a disk.
+type MDPlugCmd struct {
+	Dir string `arg:"" help:"The disk's directory (absolute, as the daemon sees it)."`
+}
+
+// Run plugs the disk.
+func (c *MDPlugCmd) Run(g *Globals) error {
+	return mdRun(g, proto.AdminRequest{Cmd: proto.AdminMDPlug, Name: c.Dir})
+}
+
+// MDUnplugCmd unplugs a disk.
+type MDUnplugCmd struct {
+	Dir string `arg:"" help:"The disk's directory."`
+}
+
+// Run unplugs the disk.
+func (c *MDUnplugCmd) Run(g *Globals) error {
+	return mdRun(g, proto.AdminRequest{Cmd: proto.AdminMDUnplug, Name: c.Dir})
+}
+
+// MDFaultCmd injects a disk fault.
+type MDFaultCmd struct {
+	Dir string `arg:"" help:"The disk's directory."`
+	Op  string `arg:"" help:"What fails with EIO from now on: read, write or sync; heal stops it." enum:"read,write,sync,heal"`
+}
+
+// Run arms the fault.
+func (c *MDFaultCmd) Run(g *Globals) error {
+	return mdRun(g, proto.AdminRequest{Cmd: proto.AdminMDFault, Name: c.Dir, Tag: c.Op})
+}
+
+func mdRun(g *Globals, req proto.AdminRequest) error {
+	var disks []proto.DiskInfo
+	if err := g.admin(req, &disks); err != nil {
+		return err
+	}
+	if g.JSON {
+		return g.printJSON(disks)
+	}
+	tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PATH\tSTATE\tOBJECTS\tUSED\tFREE\tSIZE")
+	for _, d := range disks {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", d.Path, d.State, d.Objects, fs.HumanBytes(d.Used), fs.HumanBytes(d.Free), fs.HumanBytes(d.Size))
+	}
+	return tw.Flush()
 }
 
 // NodeListCmd lists nodes.

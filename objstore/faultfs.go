@@ -15,6 +15,7 @@ type FaultFS struct {
 	fs FS
 
 	mu       sync.Mutex
+	read     fault
 	write    fault
 	sync     fault
 	injected int
@@ -68,6 +69,14 @@ func (f *FaultFS) FailWrite(n int, err error, every bool) {
 	f.mu.Unlock()
 }
 
+// FailRead arms a read fault, with the same rules as FailWrite, on
+// File.ReadAt of files opened through f.
+func (f *FaultFS) FailRead(n int, err error, every bool) {
+	f.mu.Lock()
+	f.read = fault{err: err, skip: n, every: every}
+	f.mu.Unlock()
+}
+
 // FailSync arms a sync fault, with the same rules as FailWrite, on
 // File.Sync of files and directories opened through f. The failed sync
 // does not reach the wrapped file.
@@ -80,7 +89,7 @@ func (f *FaultFS) FailSync(n int, err error, every bool) {
 // Heal disarms all faults.
 func (f *FaultFS) Heal() {
 	f.mu.Lock()
-	f.write, f.sync = fault{}, fault{}
+	f.read, f.write, f.sync = fault{}, fault{}, fault{}
 	f.mu.Unlock()
 }
 
@@ -146,6 +155,13 @@ type faultFile struct {
 	File
 	fs   *FaultFS
 	name string
+}
+
+func (f *faultFile) ReadAt(p []byte, off int64) (int, error) {
+	if err := f.fs.check(&f.fs.read, "read", f.name); err != nil {
+		return 0, err
+	}
+	return f.File.ReadAt(p, off)
 }
 
 func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {

@@ -62,8 +62,13 @@ type Options struct {
 	// cache miss costs an open(2).
 	MaxOpenFiles int
 
+	// IndexPath is where the index lives; empty means dir/index.db. A
+	// node with several disks keeps each disk's index with its other
+	// metadata, off the data disks.
+	IndexPath string
+
 	// FS is the filesystem holding the object files, the seam for fault
-	// injection (see FaultFS). nil means OSFS(). The index, dir/index.db,
+	// injection (see FaultFS). nil means OSFS(). The index (IndexPath)
 	// is always opened by bbolt on the real filesystem.
 	FS FS
 }
@@ -104,6 +109,8 @@ type Store struct {
 	stale     map[ids.ObjectID]struct{}   // written since Usage last measured them
 	used      int64                       // sum of objects[*].alloc
 	batch     uint64                      // number of the batch dirty collects
+
+	missing []ids.ObjectID // in the index but without a file at Open
 
 	syncMu  sync.Mutex // serialises syncBatch; guards durable and syncErr
 	durable uint64     // every batch numbered below this is durable
@@ -298,6 +305,40 @@ func (s *Store) writeDirect(path string, off int64, data []byte) bool {
 		return false // the buffered retry rewrites all of it
 	}
 	return true
+}
+
+// Missing returns the objects that the index listed but whose files were
+// gone when the store was opened (a disk wiped or replaced behind the
+// store's back): the node no longer has them. The list is returned once.
+func (s *Store) Missing() []ids.ObjectID {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.missing
+	s.missing = nil
+	return m
+}
+
+// ListIndex returns the objects recorded in the index file at path, which
+// no Store has open: what a disk held, after the disk itself is gone.
+func ListIndex(path string) ([]ids.ObjectID, error) {
+	db, err := openIndex(path, DefaultObjectSize)
+	if err != nil {
+		// Any object size will do for listing: retry without the check.
+		db, err = bolt.Open(path, 0o644, &bolt.Options{Timeout: lockTimeout, ReadOnly: true})
+		if err != nil {
+			return nil, diskErr(err, "objstore: open index %s", path)
+		}
+	}
+	defer db.Close()
+	metas, _, err := loadIndex(db)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]ids.ObjectID, 0, len(metas))
+	for oid := range metas {
+		out = append(out, oid)
+	}
+	return out, nil
 }
 
 // ObjectSize returns the size of every object, in bytes.

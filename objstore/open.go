@@ -52,7 +52,13 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err := s.fs.MkdirAll(dir, 0o755); err != nil {
 		return nil, diskErr(err, "objstore: open %s", dir)
 	}
-	db, err := openIndex(filepath.Join(dir, "index.db"), s.objSize)
+	ipath := opts.IndexPath
+	if ipath == "" {
+		ipath = filepath.Join(dir, "index.db")
+	} else if err := os.MkdirAll(filepath.Dir(ipath), 0o755); err != nil {
+		return nil, diskErr(err, "objstore: open %s", ipath)
+	}
+	db, err := openIndex(ipath, s.objSize)
 	if err != nil {
 		return nil, err
 	}
@@ -83,6 +89,7 @@ func (s *Store) load() error {
 	for oid := range indexed {
 		if _, ok := s.objects[oid]; !ok {
 			changes[oid] = dirtyEntry{removed: true}
+			s.missing = append(s.missing, oid)
 		}
 	}
 	return commitIndex(s.db, changes, badKeys)

@@ -36,7 +36,24 @@ const (
 	// AdminRecoverySet changes the cluster-wide recovery throttle: Recovery
 	// holds the new settings, each applied if set -> ClusterInfo.
 	AdminRecoverySet = "recovery.set"
+
+	// Disks of the node that receives the request (sheep node md).
+	AdminMDInfo   = "md.info"   // -> []DiskInfo
+	AdminMDPlug   = "md.plug"   // Name: the disk's directory -> []DiskInfo
+	AdminMDUnplug = "md.unplug" // Name -> []DiskInfo
+	AdminMDFault  = "md.fault"  // Name, Tag: read, write, sync or heal (daemons started with SHEEP_FAULTS=1)
 )
+
+// DiskInfo describes one data disk of a node.
+type DiskInfo struct {
+	Path    string `json:"path"`
+	ID      string `json:"id,omitempty"`
+	State   string `json:"state"` // "in service", or why it is out of service
+	Objects int    `json:"objects"`
+	Used    int64  `json:"used"`
+	Free    int64  `json:"free"`
+	Size    int64  `json:"size"` // of its filesystem
+}
 
 // RecoverySettings is the cluster-wide throttle of background recovery.
 type RecoverySettings struct {

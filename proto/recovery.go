@@ -110,6 +110,22 @@ func DecodeOIDs(b []byte) ([]ids.ObjectID, error) {
 	return out, nil
 }
 
+// DecodeOIDsAny is DecodeOIDs without the count limit (for lists kept on
+// disk).
+func DecodeOIDsAny(b []byte) ([]ids.ObjectID, error) {
+	if len(b)%8 != 0 {
+		return nil, errs.E(errs.Invalid, "object IDs: %d bytes is not a whole number of IDs", len(b))
+	}
+	out := make([]ids.ObjectID, len(b)/8)
+	for i := range out {
+		out[i] = ids.ObjectID(binary.BigEndian.Uint64(b[i*8:]))
+		if !out[i].Valid() {
+			return nil, errs.E(errs.Invalid, "object IDs: bad object ID %v", out[i])
+		}
+	}
+	return out, nil
+}
+
 // Extent is a byte range of an object.
 type Extent struct {
 	Off, Len int64

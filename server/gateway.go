@@ -545,6 +545,12 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		default:
 		}
 		out = n.clusterInfo(ctx)
+	case proto.AdminMDInfo, proto.AdminMDPlug, proto.AdminMDUnplug, proto.AdminMDFault:
+		r, err := n.mdAdmin(a)
+		if err != nil {
+			return nil, err
+		}
+		out = r
 	case proto.AdminGC:
 		r, err := n.collect(ctx)
 		if err != nil {
@@ -690,6 +696,36 @@ func (n *Node) resizeVDI(ctx context.Context, a proto.AdminRequest) (*cluster.VD
 	}
 	_, _, _ = n.volumeFor(meta.ID) // take the new size
 	return r.VDI, nil
+}
+
+// mdAdmin serves `sheep node md`: this node's disks.
+func (n *Node) mdAdmin(a proto.AdminRequest) ([]proto.DiskInfo, error) {
+	switch a.Cmd {
+	case proto.AdminMDPlug:
+		stale, err := n.store.Plug(a.Name)
+		if err != nil {
+			return nil, err
+		}
+		n.log.Info().Str("disk", a.Name).Int("objects", len(stale)).Msg("disk plugged")
+		if len(stale) > 0 {
+			n.rec.markLost(stale) // checked against the other nodes before use
+		}
+		go n.cl.SetWeight(n.capacity())
+	case proto.AdminMDUnplug:
+		if err := n.store.Unplug(a.Name); err != nil {
+			return nil, err
+		}
+	case proto.AdminMDFault:
+		if err := n.store.Fault(a.Name, a.Tag); err != nil {
+			return nil, err
+		}
+		n.log.Warn().Str("disk", a.Name).Str("fault", a.Tag).Msg("fault injected")
+	}
+	var out []proto.DiskInfo
+	for _, d := range n.store.Info() {
+		out = append(out, proto.DiskInfo(d))
+	}
+	return out, nil
 }
 
 func (n *Node) nodeStat() proto.NodeInfo {

@@ -64,6 +64,11 @@ type healer struct {
 	garbage   []ids.ObjectID // copies of images that no longer exist
 	inflight  map[ids.ObjectID]*pull
 	invDone   map[ids.NodeID]bool // senders whose inventory is complete
+	// lost are objects whose copy went with a disk: doubted at every plan
+	// until fetched again (the history would vouch for them), and kept in
+	// DIR/lost-objects across restarts.
+	lost      map[ids.ObjectID]struct{}
+	lostDirty bool
 	exposed   int
 	stats     healStats
 
@@ -103,13 +108,66 @@ func newHealer(n *Node) *healer {
 	h := &healer{n: n, path: filepath.Join(n.cfg.Dir, "recovered-epoch"),
 		starts: map[ids.ObjectID]ids.Epoch{}, doubt: map[ids.ObjectID]*want{},
 		misplaced: map[ids.ObjectID]recovery.Copy{}, inflight: map[ids.ObjectID]*pull{},
-		invDone: map[ids.NodeID]bool{}, kick: make(chan struct{}, 1)}
+		invDone: map[ids.NodeID]bool{}, lost: map[ids.ObjectID]struct{}{}, kick: make(chan struct{}, 1)}
 	if b, err := os.ReadFile(h.path); err == nil {
 		if e, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil {
 			h.from = ids.Epoch(e)
 		}
 	}
+	if b, err := os.ReadFile(h.lostPath()); err == nil {
+		if oids, err := proto.DecodeOIDsAny(b); err == nil {
+			for _, oid := range oids {
+				h.lost[oid] = struct{}{}
+			}
+		} else {
+			n.log.Warn().Err(err).Msg("recovery: unreadable list of lost objects: planning from scratch")
+			h.from = 0
+		}
+	}
 	return h
+}
+
+func (h *healer) lostPath() string { return filepath.Join(h.n.cfg.Dir, "lost-objects") }
+
+// markLost records that this node lost its copies of oids (with a disk):
+// they are fetched again, and the node vouches for none of them until
+// then.
+func (h *healer) markLost(oids []ids.ObjectID) {
+	h.mu.Lock()
+	for _, oid := range oids {
+		h.lost[oid] = struct{}{}
+		delete(h.starts, oid)
+		delete(h.misplaced, oid)
+		if h.doubt[oid] == nil {
+			h.doubt[oid] = &want{}
+		} else {
+			h.doubt[oid].local = proto.ObjState{}
+		}
+	}
+	h.ndoubt.Store(int64(len(h.doubt)))
+	h.saveLost()
+	h.mu.Unlock()
+	select {
+	case h.kick <- struct{}{}:
+	default:
+	}
+}
+
+// saveLost writes the lost objects to DIR/lost-objects. h.mu is held.
+func (h *healer) saveLost() {
+	oids := make([]ids.ObjectID, 0, len(h.lost))
+	for oid := range h.lost {
+		oids = append(oids, oid)
+	}
+	tmp := h.lostPath() + ".tmp"
+	if len(oids) == 0 {
+		_ = os.Remove(h.lostPath())
+		h.lostDirty = false
+		return
+	}
+	if os.WriteFile(tmp, proto.AppendOIDs(nil, oids), 0o644) == nil && os.Rename(tmp, h.lostPath()) == nil {
+		h.lostDirty = false
+	}
 }
 
 // copiesOf returns the replica count of oid's image (objects are named by
@@ -244,6 +302,18 @@ func (h *healer) observe(st *cluster.State) {
 			}
 			h.garbage = garbage
 			h.exposed = p.Exposed
+			self, _ := st.Member(h.n.id)
+			for oid := range h.lost {
+				c := copiesOf(st, oid)
+				if c == 0 || self.Down || !slices.ContainsFunc(st.Placement(oid, c, nil), func(m cluster.Member) bool { return m.ID == h.n.id }) {
+					delete(h.lost, oid) // nothing to fetch here any more
+					h.lostDirty = true
+					continue
+				}
+				if h.doubt[oid] == nil {
+					h.doubt[oid] = &want{}
+				}
+			}
 			if len(p.Doubt) > 0 || len(p.Misplaced) > 0 || len(garbage) > 0 {
 				h.n.log.Info().Uint64("epoch", uint64(st.Epoch)).Int("doubted", len(p.Doubt)).
 					Int("misplaced", len(p.Misplaced)).Int("orphans", len(garbage)).Msg("recovery: planned")
@@ -279,6 +349,10 @@ func (h *healer) settle(oid ids.ObjectID, e ids.Epoch, fetched bool, bytes int64
 	}
 	h.setStart(oid, e)
 	delete(h.misplaced, oid)
+	if _, ok := h.lost[oid]; ok {
+		delete(h.lost, oid)
+		h.lostDirty = true
+	}
 	if _, ok := h.doubt[oid]; ok && e >= h.planned {
 		delete(h.doubt, oid)
 		h.ndoubt.Store(int64(len(h.doubt)))
@@ -500,6 +574,11 @@ func (h *healer) run(stop <-chan struct{}) {
 	for {
 		ch := h.n.cl.Changed()
 		st := h.n.cl.State()
+		h.mu.Lock()
+		if h.lostDirty {
+			h.saveLost()
+		}
+		h.mu.Unlock()
 		if self, ok := st.Member(h.n.id); ok && st.Formatted() && !self.Down {
 			h.observe(st)
 			h.step(stop, st)

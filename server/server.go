@@ -23,6 +23,7 @@ import (
 	"github.com/sheepfs/sheepfs/cluster"
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/md"
 	"github.com/sheepfs/sheepfs/objstore"
 	"github.com/sheepfs/sheepfs/proto"
 	"github.com/sheepfs/sheepfs/vdi"
@@ -56,8 +57,15 @@ type Config struct {
 	// a zone of its own.
 	Zone string
 	// Weight overrides the node's weight (its capacity in MiB, which by
-	// default is the size of the filesystem holding its objects).
+	// default is the size of the filesystems holding its objects).
 	Weight uint64
+	// Disks are the directories of the node's data disks; empty keeps
+	// the objects in Dir. Metadata (cluster log, disk indexes) stays in
+	// Dir either way. See package md.
+	Disks []string
+	// Faults lets `sheep node md fault` make a disk fail, for drills and
+	// tests (SHEEP_FAULTS=1 in the daemon's environment).
+	Faults bool
 	// Log receives the daemon's logs.
 	Log zerolog.Logger
 }
@@ -68,7 +76,7 @@ type Node struct {
 	log   zerolog.Logger
 	id    ids.NodeID
 	cl    *cluster.Cluster
-	store *objstore.Store
+	store *md.Set
 	peers proto.Pool
 	srv   proto.Server
 	ln    net.Listener
@@ -119,8 +127,9 @@ func Start(cfg Config) (*Node, error) {
 	n.objs = &replicated{n: n}
 	n.rec = newHealer(n)
 	n.stop = make(chan struct{})
-	n.store, err = objstore.Open(filepath.Join(cfg.Dir, "obj"), objstore.Options{ObjectSize: vdi.ObjectSize,
-		FS: cfg.FS, MaxOpenFiles: maxOpenObjects()})
+	n.store, err = md.Open(md.Options{Dir: cfg.Dir, Disks: cfg.Disks, FaultFS: cfg.Faults,
+		Store:  objstore.Options{ObjectSize: vdi.ObjectSize, FS: cfg.FS, MaxOpenFiles: maxOpenObjects()},
+		OnLost: n.diskLost})
 	if err != nil {
 		return nil, err
 	}
@@ -136,10 +145,7 @@ func Start(cfg Config) (*Node, error) {
 		n.store.Close()
 		return nil, err
 	}
-	weight := cfg.Weight
-	if weight == 0 {
-		weight = n.capacity()
-	}
+	weight := n.capacity()
 	n.cl, err = cluster.Start(cluster.Config{ID: id, Dir: filepath.Join(cfg.Dir, "cluster"),
 		Host: cfg.Host, Port: cfg.Port, Join: cfg.Join, DeadGrace: cfg.DeadGrace, Log: cfg.Log,
 		Zone: cfg.Zone, Weight: weight, Store: store,
@@ -202,14 +208,28 @@ func storeID(dir string) (string, error) {
 	return id, nil
 }
 
-// capacity is the node's weight: the size in MiB of the filesystem
-// holding its objects (at least 1).
+// capacity is the node's weight: the size in MiB of the filesystems
+// holding its objects (at least 1), unless configured.
 func (n *Node) capacity() uint64 {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(n.cfg.Dir, &st); err != nil {
-		return 1
+	if n.cfg.Weight > 0 {
+		return n.cfg.Weight
 	}
-	return max(uint64(st.Blocks)*uint64(st.Bsize)>>20, 1)
+	return max(uint64(n.store.Capacity())>>20, 1)
+}
+
+// diskLost is told by the disk set that a disk left service with the
+// objects it held: the node no longer has them and fetches them again
+// from the other nodes, and its weight follows its remaining capacity.
+func (n *Node) diskLost(disk string, lost []ids.ObjectID) {
+	if disk == "" {
+		n.log.Warn().Int("objects", len(lost)).Msg("objects gone from the disks since the last run (a disk wiped or replaced): recovering them from other nodes")
+	} else {
+		n.log.Warn().Str("disk", disk).Int("objects", len(lost)).Msg("disk out of service: its objects are recovered from other nodes")
+	}
+	n.rec.markLost(lost)
+	if n.cl != nil {
+		go n.cl.SetWeight(n.capacity())
+	}
 }
 
 // nodeID reads the persistent node ID, creating it on first start.
