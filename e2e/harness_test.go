@@ -418,10 +418,11 @@ type Node struct {
 	Index int
 	ID    string
 	Port  int
-	Dir   string // data directory
-	Log   string // stderr of every run of the daemon
-	Host  string // IP address to listen on (empty: 127.0.0.1)
-	NetNS string // network namespace to run in (empty: the test's own)
+	Dir   string   // data directory
+	Log   string   // stderr of every run of the daemon
+	Host  string   // IP address to listen on (empty: 127.0.0.1)
+	NetNS string   // network namespace to run in (empty: the test's own)
+	Args  []string // more daemon flags (--disk, --zone ...)
 	proc  *proc
 	c     *Cluster
 }
@@ -486,6 +487,7 @@ func (c *Cluster) startNode(n *Node, join []string) {
 	if n.Host != "" {
 		args = append(args, "--host", n.Host)
 	}
+	args = append(args, n.Args...)
 	name := sheepBin
 	if n.NetNS != "" {
 		// ip netns exec execs the daemon: the process is sheep itself.
