@@ -124,6 +124,11 @@ func FormatRecovery(r proto.RecoveryInfo) string {
 	if r.State == "idle" || r.State == "" {
 		return "idle"
 	}
+	if r.Objects == 0 {
+		// Nothing found to fetch yet: inventories still coming in, or a
+		// member down that may hold some.
+		return "nothing to fetch so far (" + r.State + ")"
+	}
 	pct := 100
 	if r.Objects > 0 {
 		pct = r.Done * 100 / r.Objects

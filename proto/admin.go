@@ -123,8 +123,8 @@ type AdminRequest struct {
 
 // ClusterInfo is the answer to AdminClusterInfo.
 type ClusterInfo struct {
-	// Status is "ok", "unformatted", "degraded" (members down or fewer
-	// nodes than copies) or "no quorum".
+	// Status is "ok", "unformatted", "degraded" (members down, fewer
+	// nodes than copies, or objects below their copies) or "no quorum".
 	Status     string     `json:"status"`
 	Epoch      ids.Epoch  `json:"epoch"`
 	Copies     int        `json:"copies"`

@@ -346,6 +346,7 @@ func (n *Node) writerFence(ctx context.Context, c *proto.Conn, meta *cluster.VDI
 }
 
 func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*proto.Msg, error) {
+	n.rec.clientIO()
 	if req.ID > uint64(ids.MaxVDIID) || req.ID == 0 {
 		return nil, errs.E(errs.Invalid, "bad VDI ID %d", req.ID)
 	}
@@ -811,7 +812,7 @@ func (n *Node) clusterInfo(ctx context.Context) proto.ClusterInfo {
 		ci.Status = "no quorum"
 	case !st.Formatted():
 		ci.Status = "unformatted"
-	case down > 0 || len(st.Members) < st.Copies:
+	case down > 0 || len(st.Members) < st.Copies || r.Degraded > 0:
 		ci.Status = "degraded"
 	default:
 		ci.Status = "ok"

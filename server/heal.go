@@ -72,6 +72,13 @@ type healer struct {
 	exposed   int
 	stats     healStats
 
+	// lastClient is when (unix ns) this node last served client I/O; while
+	// it does, background copies run one at a time, each followed by a
+	// pause as long as it took, so that they take at most half the disk.
+	lastClient atomic.Int64
+	slow       sync.Mutex // fetches here
+	slowSrc    sync.Mutex // sparse reads served to other nodes' fetches
+
 	invMu    sync.Mutex // serves inventories: one computation at a time
 	invKey   [2]ids.Epoch
 	invCache map[ids.NodeID][]proto.ObjState
@@ -379,7 +386,7 @@ func (h *healer) ensure(ctx context.Context, oid ids.ObjectID, mustExist bool) e
 			return err
 		}
 	}
-	return h.once(ctx, oid, func() error { return h.pull(ctx, oid) })
+	return h.once(ctx, oid, func() error { return h.pull(ctx, oid, true) })
 }
 
 // once runs fn for oid unless a run for oid is in flight, whose result it
@@ -496,7 +503,7 @@ func (h *healer) statAll(ctx context.Context, st *cluster.State, oid ids.ObjectI
 // pull makes this node's copy of oid the one to trust, asking the members
 // (see recovery.Choose): it keeps its own copy if that is the one, or
 // fetches the chosen one. It fails (retryably) while no choice is safe.
-func (h *healer) pull(ctx context.Context, oid ids.ObjectID) error {
+func (h *healer) pull(ctx context.Context, oid ids.ObjectID, urgent bool) error {
 	st := h.n.cl.State()
 	answers, nodes, all := h.statAll(ctx, st, oid)
 	i := recovery.Choose(answers, st.Epoch, all)
@@ -509,7 +516,7 @@ func (h *healer) pull(ctx context.Context, oid ids.ObjectID) error {
 		h.settle(oid, st.Epoch, false, 0)
 		return nil
 	}
-	n, err := h.fetch(ctx, st, oid, nodes[i])
+	n, err := h.fetch(ctx, st, oid, nodes[i], urgent)
 	if err != nil {
 		return err
 	}
@@ -517,16 +524,25 @@ func (h *healer) pull(ctx context.Context, oid ids.ObjectID) error {
 	return nil
 }
 
+// sparseUrgent in the Aux of a FlagSparse OpReadObj: a client waits for
+// this copy.
+const sparseUrgent = 1
+
 // sparseBufSize holds a whole object as a SparseObject.
 var sparseBufSize = vdi.ObjectSize + proto.SparseHeaderSize(proto.MaxExtents)
 
 // fetch copies node src's copy of oid here (only its allocated ranges),
 // with src's version, and returns the bytes moved.
-func (h *healer) fetch(ctx context.Context, st *cluster.State, oid ids.ObjectID, src cluster.Member) (int64, error) {
+// A client waits on an urgent fetch: the source does not pace it.
+func (h *healer) fetch(ctx context.Context, st *cluster.State, oid ids.ObjectID, src cluster.Member, urgent bool) (int64, error) {
 	buf := proto.GetBuf(sparseBufSize)
 	defer proto.PutBuf(buf)
+	aux := uint64(0)
+	if urgent {
+		aux = sparseUrgent
+	}
 	resp, err := h.n.peers.Get(src.Addr).CallInto(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpReadObj,
-		Flags: proto.FlagSparse, Epoch: st.Epoch, ID: uint64(oid), Length: vdi.ObjectSize}}, buf)
+		Flags: proto.FlagSparse, Epoch: st.Epoch, ID: uint64(oid), Length: vdi.ObjectSize}, Aux: aux}, buf)
 	if err != nil {
 		return 0, errs.E(errs.NotReady, "recover %v from %s: %w", oid, src.ID, err)
 	}
@@ -546,7 +562,20 @@ func (h *healer) fetch(ctx context.Context, st *cluster.State, oid ids.ObjectID,
 
 // readSparse answers a FlagSparse OpReadObj: the whole object as a
 // SparseObject, lying in buf, a pooled buffer.
-func (h *healer) readSparse(oid ids.ObjectID) (data, buf []byte, m objstore.Meta, err error) {
+func (h *healer) readSparse(oid ids.ObjectID, urgent bool) (data, buf []byte, m objstore.Meta, err error) {
+	if !urgent && h.clientBusy() {
+		// The disk serves clients: one recovery read at a time, and the
+		// next waits as long as this one took.
+		h.slowSrc.Lock()
+		start := time.Now()
+		defer func() {
+			d := time.Since(start)
+			go func() {
+				time.Sleep(d)
+				h.slowSrc.Unlock()
+			}()
+		}()
+	}
 	buf = proto.GetBuf(sparseBufSize)
 	hdr := proto.SparseHeaderSize(proto.MaxExtents)
 	exts, m, err := h.n.store.ReadSparse(oid, buf[hdr:], proto.MaxExtents)
@@ -796,7 +825,7 @@ func (h *healer) resolve(ctx context.Context, st *cluster.State, gen uint64, oid
 	all := h.complete(st)
 	h.mu.Unlock()
 	if recovery.Best(answers) < 0 {
-		return h.pull(ctx, oid) // nobody vouches: ask everyone
+		return h.pull(ctx, oid, false) // nobody vouches: ask everyone
 	}
 	i := recovery.Choose(answers, st.Epoch, all)
 	switch {
@@ -806,7 +835,15 @@ func (h *healer) resolve(ctx context.Context, st *cluster.State, gen uint64, oid
 		h.settle(oid, st.Epoch, false, 0)
 		return nil
 	}
-	n, err := h.fetch(ctx, st, oid, nodes[i])
+	if h.clientBusy() {
+		h.slow.Lock()
+		start := time.Now()
+		defer func() {
+			time.Sleep(time.Since(start))
+			h.slow.Unlock()
+		}()
+	}
+	n, err := h.fetch(ctx, st, oid, nodes[i], false)
 	if err != nil {
 		return err
 	}
@@ -993,6 +1030,20 @@ func (h *healer) inventory(st *cluster.State, to ids.NodeID, start ids.Epoch, cu
 	}
 	end := min(uint64(len(list)), cursor+proto.MaxObjStates)
 	return list[cursor:end], end, end == uint64(len(list)), nil
+}
+
+// clientIO notes that this node serves client I/O now.
+func (h *healer) clientIO() {
+	now := time.Now().UnixNano()
+	if now-h.lastClient.Load() > int64(time.Millisecond) { // one store per ms is plenty
+		h.lastClient.Store(now)
+	}
+}
+
+// clientBusy reports whether this node served client I/O in the last
+// 200 ms.
+func (h *healer) clientBusy() bool {
+	return time.Now().UnixNano()-h.lastClient.Load() < int64(200*time.Millisecond)
 }
 
 // limiter paces background fetches to a rate in bytes per second.

@@ -129,6 +129,9 @@ func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, e
 	if !oid.Valid() {
 		return nil, errs.E(errs.Invalid, "bad object ID %v", oid)
 	}
+	if req.Flags&proto.FlagSparse == 0 {
+		n.rec.clientIO() // a replica request on behalf of a client
+	}
 	resp := &proto.Msg{}
 	switch req.Op {
 	case proto.OpReadObj:
@@ -138,7 +141,7 @@ func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, e
 			if err := n.rec.ensure(ctx, oid, false); err != nil {
 				return nil, err
 			}
-			data, buf, m, err := n.rec.readSparse(oid)
+			data, buf, m, err := n.rec.readSparse(oid, req.Aux&sparseUrgent != 0)
 			if err != nil {
 				return nil, err
 			}
