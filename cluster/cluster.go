@@ -731,7 +731,7 @@ func (c *Cluster) reconcile(goneSince map[ids.NodeID]time.Time) error {
 
 // refusedWindow is how long a closed data port, found by the leader, marks
 // a node down although gossip still holds it alive.
-const refusedWindow = 3 * time.Second
+const refusedWindow = 5 * time.Second
 
 func (c *Cluster) refusedRecently(id ids.NodeID, now time.Time) bool {
 	v, ok := c.refused.Load(id)

@@ -3,6 +3,7 @@ package server
 import (
 	"cmp"
 	"context"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -78,6 +79,9 @@ type healer struct {
 	lastClient atomic.Int64
 	slow       sync.Mutex // fetches here
 	slowSrc    sync.Mutex // sparse reads served to other nodes' fetches
+
+	lastMu sync.Mutex
+	last   proto.RecoveryInfo // the last progress reported
 
 	invMu    sync.Mutex // serves inventories: one computation at a time
 	invKey   [2]ids.Epoch
@@ -259,6 +263,12 @@ func (h *healer) pruneStarts(st *cluster.State) {
 // locals lists this node's copies with their image's copies and starts.
 // Copies of images that no longer exist are returned apart. h.mu is held.
 func (h *healer) locals(st *cluster.State, from ids.Epoch) (ls []recovery.Local, garbage []ids.ObjectID) {
+	return h.localsWith(st, from, h.starts)
+}
+
+// localsWith is locals with the given starts (a copy, so that h.mu need
+// not be held).
+func (h *healer) localsWith(st *cluster.State, from ids.Epoch, starts map[ids.ObjectID]ids.Epoch) (ls []recovery.Local, garbage []ids.ObjectID) {
 	h.n.store.ForEach(func(oid ids.ObjectID, m objstore.Meta) error {
 		c := copiesOf(st, oid)
 		if c == 0 {
@@ -268,7 +278,7 @@ func (h *healer) locals(st *cluster.State, from ids.Epoch) (ls []recovery.Local,
 			return nil
 		}
 		start := from
-		if e, ok := h.starts[oid]; ok {
+		if e, ok := starts[oid]; ok {
 			start = e
 		}
 		ls = append(ls, recovery.Local{OID: oid, Version: m.Version, Copies: c, Start: start})
@@ -869,12 +879,13 @@ func (h *healer) resolve(ctx context.Context, st *cluster.State, gen uint64, oid
 // are not current then (misplaced ones) keep their own start.
 func (h *healer) record(st *cluster.State, gen uint64) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	if h.gen != gen || h.planned == h.from || len(h.doubt) > 0 || !h.complete(st) {
+		h.mu.Unlock()
 		return
 	}
 	w, from, err := h.window(st, 0)
 	if err != nil {
+		h.mu.Unlock()
 		return
 	}
 	for oid, c := range h.misplaced {
@@ -882,10 +893,26 @@ func (h *healer) record(st *cluster.State, gen uint64) {
 			h.setStart(oid, from)
 		}
 	}
-	ls, _ := h.locals(st, from)
+	starts := maps.Clone(h.starts)
+	h.mu.Unlock()
+	// The starts of copies now current from this epoch on are dropped;
+	// the others (misplaced copies) stay. The work is done without the
+	// lock: the I/O path takes it.
+	ls, _ := h.localsWith(st, from, starts)
+	var drop []ids.ObjectID
 	for _, l := range ls {
-		if _, ok := h.starts[l.OID]; ok && w.Valid(h.n.id, l.OID, l.Copies, l.Start) >= st.Epoch {
-			delete(h.starts, l.OID)
+		if _, ok := starts[l.OID]; ok && w.Valid(h.n.id, l.OID, l.Copies, l.Start) >= st.Epoch {
+			drop = append(drop, l.OID)
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.gen != gen || len(h.doubt) > 0 {
+		return
+	}
+	for _, oid := range drop {
+		if e, ok := h.starts[oid]; ok && e == starts[oid] {
+			delete(h.starts, oid)
 		}
 	}
 	tmp := h.path + ".tmp"
@@ -1007,14 +1034,21 @@ func (h *healer) inventory(st *cluster.State, to ids.NodeID, start ids.Epoch, cu
 			h.mu.Unlock()
 			return nil, 0, false, err
 		}
-		ls, _ := h.locals(st, from)
+		starts := maps.Clone(h.starts)
+		doubted := make(map[ids.ObjectID]bool, len(h.doubt))
+		for oid := range h.doubt {
+			doubted[oid] = true
+		}
+		h.mu.Unlock()
+		// The pass over every object runs without the lock (the I/O path
+		// takes it); a copy settled meanwhile is just not offered yet.
+		ls, _ := h.localsWith(st, from, starts)
 		valid := make([]ids.Epoch, len(ls))
 		for i, l := range ls {
-			if _, doubted := h.doubt[l.OID]; !doubted {
+			if !doubted[l.OID] {
 				valid[i] = w.Valid(h.n.id, l.OID, l.Copies, l.Start)
 			}
 		}
-		h.mu.Unlock()
 		if start < w.From() {
 			start = 0
 		}
@@ -1142,8 +1176,25 @@ func (h *healer) settleNew(oid ids.ObjectID, e ids.Epoch) {
 
 // progress reports this node's recovery at its planned epoch.
 func (h *healer) progress(st *cluster.State) proto.RecoveryInfo {
-	h.mu.Lock()
+	if !h.mu.TryLock() {
+		// Planning holds the lock for a pass over every object: answer
+		// with what was last known rather than make the asker wait.
+		h.lastMu.Lock()
+		defer h.lastMu.Unlock()
+		ri := h.last
+		ri.State = "planning"
+		return ri
+	}
 	defer h.mu.Unlock()
+	ri := h.progressLocked(st)
+	h.lastMu.Lock()
+	h.last = ri
+	h.lastMu.Unlock()
+	return ri
+}
+
+// progressLocked is progress; h.mu is held.
+func (h *healer) progressLocked(st *cluster.State) proto.RecoveryInfo {
 	ri := proto.RecoveryInfo{Epoch: h.planned, Recovered: h.from, Done: h.stats.checked + h.stats.copied,
 		Fetched: h.stats.copied, Bytes: h.stats.bytes, Misplaced: len(h.misplaced), Degraded: h.exposed}
 	ri.Objects = ri.Done + len(h.doubt)
