@@ -95,7 +95,6 @@ type want struct {
 	from     []ids.NodeID // from[i] sent srcs[i]
 	degraded bool
 	counted  bool
-	tries    int
 }
 
 type pull struct {
