@@ -364,20 +364,53 @@ func (h *healer) settle(oid ids.ObjectID, e ids.Epoch, fetched bool, bytes int64
 		e = h.planned
 	}
 	h.setStart(oid, e)
-	delete(h.misplaced, oid)
 	if _, ok := h.lost[oid]; ok {
 		delete(h.lost, oid)
 		h.lostDirty = true
 	}
-	if _, ok := h.doubt[oid]; ok && e >= h.planned {
-		delete(h.doubt, oid)
-		h.ndoubt.Store(int64(len(h.doubt)))
-		if fetched {
-			h.stats.copied++
-			h.stats.bytes += bytes
-		} else {
-			h.stats.checked++
+	done := func() {
+		if _, ok := h.doubt[oid]; ok {
+			delete(h.doubt, oid)
+			h.ndoubt.Store(int64(len(h.doubt)))
+			if fetched {
+				h.stats.copied++
+				h.stats.bytes += bytes
+			} else {
+				h.stats.checked++
+			}
 		}
+	}
+	if e >= h.planned {
+		delete(h.misplaced, oid)
+		done()
+		return
+	}
+	// Settled for an older plan than the current one, which listed this
+	// node's copies before this one existed (a fetch across an epoch
+	// change): place it now, as that plan would have.
+	st := h.n.cl.State()
+	c := copiesOf(st, oid)
+	m, err := h.n.store.Stat(oid)
+	if st.Epoch != h.planned || c == 0 || err != nil {
+		return // a newer plan will see it
+	}
+	w, _, err := h.window(st, e)
+	if err != nil {
+		return
+	}
+	valid := w.Valid(h.n.id, oid, c, e)
+	placed := slices.ContainsFunc(st.Placement(oid, c, nil), func(p cluster.Member) bool { return p.ID == h.n.id })
+	switch {
+	case !placed:
+		h.misplaced[oid] = recovery.Copy{OID: oid, Version: m.Version, Valid: valid}
+	case valid < h.planned:
+		if h.doubt[oid] == nil {
+			h.doubt[oid] = &want{local: proto.ObjState{OID: oid, Version: m.Version, Valid: valid, Flags: proto.ObjPresent}}
+			h.ndoubt.Store(int64(len(h.doubt)))
+		}
+	default:
+		delete(h.misplaced, oid)
+		done()
 	}
 }
 
