@@ -29,41 +29,19 @@ func mdInfo(t testing.TB, c *Cluster, n *Node) []diskInfo {
 	return out
 }
 
-// copiesOnDisk counts each object's files in the nodes' data directories
-// and in extra disk directories, leaving out the directories in skip.
-func copiesOnDisk(t testing.TB, c *Cluster, extra []string, skip []string) map[string]int {
-	t.Helper()
-	count := map[string]int{}
-	add := func(dir string) {
-		for _, s := range skip {
-			if dir == s {
-				return
-			}
-		}
-		for oid := range objectFilesIn(t, dir) {
-			count[oid]++
-		}
+// healedOnDisk reports whether every object has exactly 3 copies in the
+// running nodes' data directories plus the disk directories extra (as
+// node3's), and describes what is wrong if not.
+func healedOnDisk(t testing.TB, c *Cluster, extra ...string) (bool, string) {
+	dirs := liveDirs(c)
+	for i, d := range extra {
+		dirs[fmt.Sprintf("disk%d", i)] = d
 	}
-	for _, n := range c.Nodes {
-		if n.Running() {
-			add(n.Dir)
-		}
+	files := filesIn(t, dirs)
+	if bad := exactCopies(files, 3); len(bad) > 0 || len(files) == 0 {
+		return false, fmt.Sprintf("%d objects, not at 3 copies: %v", len(files), bad)
 	}
-	for _, d := range extra {
-		add(d)
-	}
-	return count
-}
-
-// allAt reports whether every object in count has exactly want copies, and
-// describes the first that does not.
-func allAt(count map[string]int, want int) (bool, string) {
-	for oid, n := range count {
-		if n != want {
-			return false, fmt.Sprintf("%s has %d copies", oid, n)
-		}
-	}
-	return len(count) > 0, "no objects"
+	return true, ""
 }
 
 // TestDiskFailure: a node with two disks. One starts failing (EIO on every
@@ -123,7 +101,7 @@ func TestDiskFailure(t *testing.T) {
 			return false
 		}
 		var done bool
-		done, why = allAt(copiesOnDisk(t, c, []string{d1}, nil), 3)
+		done, why = healedOnDisk(t, c, d1)
 		return done
 	})
 	if !ok {
@@ -148,7 +126,7 @@ func TestDiskFailure(t *testing.T) {
 	start = time.Now()
 	ok = waitFor(90*time.Second, func() bool {
 		var done bool
-		done, why = allAt(copiesOnDisk(t, c, []string{d3}, nil), 3)
+		done, why = healedOnDisk(t, c, d3)
 		return done
 	})
 	if !ok {
