@@ -110,7 +110,7 @@ func (d *DaemonCmd) Run(g *Globals) error {
 type ClusterCmd struct {
 	Format   ClusterFormatCmd   `cmd:"" help:"Format a new cluster (once)."`
 	Info     ClusterInfoCmd     `cmd:"" help:"Show the cluster's state."`
-	Recovery ClusterRecoveryCmd `cmd:"" help:"Show each node's recovery; change its throttle (--max-rate, --max-parallel, --pause, --resume) cluster-wide."`
+	Recovery ClusterRecoveryCmd `cmd:"" help:"Show recovery per node; set its throttle."`
 }
 
 // ClusterFormatCmd formats the cluster.
@@ -168,9 +168,9 @@ type NodeCmd struct {
 
 // MDCmd groups the disk commands of one node.
 type MDCmd struct {
-	Info   MDInfoCmd   `cmd:"" help:"List the node's disks: in service or not, objects, space."`
-	Plug   MDPlugCmd   `cmd:"" help:"Put a disk in service (new, or taken out before): new objects spread onto it."`
-	Unplug MDUnplugCmd `cmd:"" help:"Take a disk out of service: its objects are recovered from other nodes onto the others."`
+	Info   MDInfoCmd   `cmd:"" help:"List the node's disks, objects and space."`
+	Plug   MDPlugCmd   `cmd:"" help:"Put a disk in service (new objects spread onto it)."`
+	Unplug MDUnplugCmd `cmd:"" help:"Take a disk out of service (its objects are recovered)."`
 	Fault  MDFaultCmd  `cmd:"" hidden:"" help:"Make a disk fail (daemons started with SHEEP_FAULTS=1; for drills and tests)."`
 }
 

@@ -153,8 +153,8 @@ func TestStatusFiles(t *testing.T) {
 			inCommands = true
 			continue
 		}
-		if !inCommands || !strings.HasPrefix(line, "  ") {
-			continue
+		if !inCommands || !strings.HasPrefix(line, "  ") || strings.HasPrefix(line, "   ") {
+			continue // not a command line, or a wrapped help text
 		}
 		f := strings.Fields(line)
 		var cmd []string
