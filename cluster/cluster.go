@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -615,11 +616,19 @@ func (c *Cluster) reconcile(goneSince map[ids.NodeID]time.Time) error {
 	nowT := time.Now()
 	alive := map[ids.NodeID]nodeMeta{}
 	reachable := map[ids.NodeID]bool{} // alive and its data port not found closed
+	suspect := map[ids.NodeID]bool{}   // gossip suspects it, not yet dead
 	for _, n := range c.ml.Members() {
+		if n.State == memberlist.StateSuspect {
+			if _, ok := parseMeta(n.Meta); ok && validID(n.Name) {
+				suspect[ids.NodeID(n.Name)] = true
+			}
+		}
 		if n.State != memberlist.StateAlive {
 			continue
 		}
-		if m, ok := parseMeta(n.Meta); ok && m.Raft != "" {
+		// A member with a bad name or metadata is left out (one bad
+		// member must not make every member list unacceptable).
+		if m, ok := parseMeta(n.Meta); ok && m.Raft != "" && validID(n.Name) {
 			id := ids.NodeID(n.Name)
 			alive[id] = m
 			reachable[id] = !c.refusedRecently(id, nowT)
@@ -714,7 +723,13 @@ func (c *Cluster) reconcile(goneSince map[ids.NodeID]time.Time) error {
 	}
 	for _, m := range st.Members {
 		if _, ok := alive[m.ID]; !ok && !gone(m.ID) {
-			m.Down = true
+			// Marked down once gossip holds it dead, not while it only
+			// suspects it: a slow node (a pause, a lost probe) would
+			// cost a down/up pair of epochs and a check of everything it
+			// holds. A closed data port marks it down at once anyway.
+			if !suspect[m.ID] || c.refusedRecently(m.ID, nowT) {
+				m.Down = true
+			}
 			want = append(want, m)
 		}
 	}
@@ -727,6 +742,11 @@ func (c *Cluster) reconcile(goneSince map[ids.NodeID]time.Time) error {
 		}
 	}
 	return nil
+}
+
+// validID reports whether a gossiped member name can be a node ID.
+func validID(name string) bool {
+	return name != "" && len(name) <= 64 && !strings.ContainsAny(name, "/ \t\n")
 }
 
 // refusedWindow is how long a closed data port, found by the leader, marks

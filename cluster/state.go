@@ -291,14 +291,19 @@ func ringKey(ms []Member, unit uint64) string {
 }
 
 // ringCache keeps the last rings built, by ringKey: a State, its epoch
-// history and the recovery planner ask for the same few.
+// history and the recovery planner ask for the same few. It holds at most
+// ringCacheSize rings and ringCachePoints points (a 1000-node ring has
+// 6 M points, about 80 MB), and always the last ring built.
 var ringCache struct {
 	sync.Mutex
 	keys  []string
 	rings []*hashring.Ring
 }
 
-const ringCacheSize = 32
+const (
+	ringCacheSize   = 16
+	ringCachePoints = 16 << 20
+)
 
 // ringFor returns the ring of members ms with weight unit unit.
 func ringFor(ms []Member, unit uint64) *hashring.Ring {
@@ -320,7 +325,12 @@ func ringFor(ms []Member, unit uint64) *hashring.Ring {
 	ringCache.Lock()
 	ringCache.keys = append(ringCache.keys, key)
 	ringCache.rings = append(ringCache.rings, r)
-	if len(ringCache.keys) > ringCacheSize {
+	points := 0
+	for _, c := range ringCache.rings {
+		points += c.Points()
+	}
+	for len(ringCache.keys) > 1 && (len(ringCache.keys) > ringCacheSize || points > ringCachePoints) {
+		points -= ringCache.rings[0].Points()
 		ringCache.keys = ringCache.keys[1:]
 		ringCache.rings = ringCache.rings[1:]
 	}
@@ -758,3 +768,20 @@ var _ raft.FSM = (*fsm)(nil)
 
 // now is the clock for command timestamps.
 var now = func() int64 { return time.Now().Unix() }
+
+// StateAfter applies cmds in order to an empty state, as the cluster log
+// would, and returns the result: for tests and tools that need a State
+// without a running cluster. A command that fails is returned as the error.
+func StateAfter(cmds ...Command) (*State, error) {
+	s := &State{VDIs: map[string]*VDI{}}
+	s.derive()
+	for i := range cmds {
+		n, r := apply(s, &cmds[i])
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		n.Index = uint64(i + 1)
+		s = n
+	}
+	return s, nil
+}

@@ -307,6 +307,14 @@ func (r *Ring) ReplicaIndexes(oid ids.ObjectID, n int, dst []int32) []int32 {
 	return dst
 }
 
+// Points returns the number of points on the ring.
+func (r *Ring) Points() int {
+	if r == nil {
+		return 0
+	}
+	return len(r.points)
+}
+
 // Zones returns the number of distinct zones (a node without one counts as
 // its own).
 func (r *Ring) Zones() int {

@@ -66,6 +66,7 @@ type Set struct {
 }
 
 type disk struct {
+	ops   sync.WaitGroup // operations using st; taken under Set.mu
 	path  string
 	id    string
 	st    *objstore.Store
@@ -319,11 +320,16 @@ func (s *Set) check(d *disk, err error) error {
 func (s *Set) with(oid ids.ObjectID, op string, fn func(*objstore.Store) error) error {
 	s.mu.RLock()
 	d := s.find(oid)
+	if d != nil {
+		d.ops.Add(1)
+	}
 	s.mu.RUnlock()
 	if d == nil {
 		return errs.E(errs.NotFound, "objstore: %s: object %v", op, oid)
 	}
-	return s.check(d, fn(d.st))
+	err := fn(d.st)
+	d.ops.Done()
+	return s.check(d, err)
 }
 
 // Read is objstore.Store.Read on the disk holding oid.
@@ -385,8 +391,11 @@ func (s *Set) onDisk(oid ids.ObjectID, fn func(*objstore.Store) error) error {
 	if d == nil {
 		d = s.target(oid)
 	}
+	d.ops.Add(1)
 	s.mu.RUnlock()
-	return s.check(d, fn(d.st))
+	err := fn(d.st)
+	d.ops.Done()
+	return s.check(d, err)
 }
 
 // Write is objstore.Store.Write: a new object goes to the disk that
@@ -418,6 +427,22 @@ func (s *Set) ForEach(fn func(oid ids.ObjectID, m objstore.Meta) error) error {
 	return nil
 }
 
+// syncDisk syncs one disk, counted as an operation on it.
+func (s *Set) syncDisk(d *disk) error {
+	s.mu.RLock()
+	in := slices.Contains(s.disks, d)
+	if in {
+		d.ops.Add(1)
+	}
+	s.mu.RUnlock()
+	if !in {
+		return nil // left service meanwhile: its objects are being fetched again
+	}
+	err := d.st.Sync()
+	d.ops.Done()
+	return s.check(d, err)
+}
+
 // Sync syncs every disk in parallel. A disk whose sync fails is taken out
 // of service (its unsynced writes may be lost), and Sync fails: the
 // caller retries, and the objects it held are fetched again.
@@ -426,11 +451,11 @@ func (s *Set) Sync() error {
 	disks := slices.Clone(s.disks)
 	s.mu.RUnlock()
 	if len(disks) == 1 {
-		return s.check(disks[0], disks[0].st.Sync())
+		return s.syncDisk(disks[0])
 	}
 	errc := make(chan error, len(disks))
 	for _, d := range disks {
-		go func() { errc <- s.check(d, d.st.Sync()) }()
+		go func() { errc <- s.syncDisk(d) }()
 	}
 	var first error
 	for range disks {
@@ -495,7 +520,11 @@ func (s *Set) Close() error {
 
 // takeOut removes d from service: its objects are reported lost. clean
 // says whether its store may still be synced and closed normally (an
-// unplug) rather than abandoned (a failure).
+// unplug) rather than abandoned (a failure). New operations no longer
+// find the disk; those in flight finish before its objects are listed,
+// so that none lands on it unreported. The lost objects are reported
+// (and recorded by the node) before the disk is recorded as out of
+// service.
 func (s *Set) takeOut(d *disk, why string, clean bool) {
 	s.mu.Lock()
 	i := slices.Index(s.disks, d)
@@ -506,19 +535,26 @@ func (s *Set) takeOut(d *disk, why string, clean bool) {
 		return
 	}
 	s.disks = slices.Delete(s.disks, i, i+1)
-	s.out[d.path] = why
-	s.extra = slices.DeleteFunc(s.extra, func(p string) bool { return p == d.path })
 	s.rebuild()
-	_ = s.saveConfig()
 	s.mu.Unlock()
+	d.ops.Wait()
 	var lost []ids.ObjectID
 	_ = d.st.ForEach(func(oid ids.ObjectID, _ objstore.Meta) error {
 		lost = append(lost, oid)
 		return nil
 	})
-	go func() { _ = d.st.Close() }() // waits for operations in flight
 	if s.opts.OnLost != nil {
 		s.opts.OnLost(d.path, lost)
+	}
+	s.mu.Lock()
+	s.out[d.path] = why
+	s.extra = slices.DeleteFunc(s.extra, func(p string) bool { return p == d.path })
+	_ = s.saveConfig()
+	s.mu.Unlock()
+	if clean {
+		_ = d.st.Close()
+	} else {
+		go func() { _ = d.st.Close() }() // a failed disk may hang its syncs
 	}
 }
 
@@ -583,24 +619,26 @@ func (s *Set) Unplug(path string) error {
 
 // Plug puts the disk at path in service (a new one, or one taken out
 // before). Copies on it that another disk also holds are removed; the
-// others are returned, for the node to check (they may be stale). errs.Exists if it is in service already.
-func (s *Set) Plug(path string) ([]ids.ObjectID, error) {
+// others are given to suspect before the disk enters service, for the
+// node to check before they are used (they may be stale). errs.Exists if
+// it is in service already.
+func (s *Set) Plug(path string, suspect func([]ids.ObjectID)) error {
 	path = filepath.Clean(path)
 	if !filepath.IsAbs(path) {
-		return nil, errs.E(errs.Invalid, "disk %q: give an absolute path", path)
+		return errs.E(errs.Invalid, "disk %q: give an absolute path", path)
 	}
 	s.mu.RLock()
 	for _, d := range s.disks {
 		if d.path == path {
 			s.mu.RUnlock()
-			return nil, errs.E(errs.Exists, "disk %s is in service", path)
+			return errs.E(errs.Exists, "disk %s is in service", path)
 		}
 	}
 	n := len(s.disks)
 	s.mu.RUnlock()
 	d, err := s.openDisk(path, n+1)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	var stale []ids.ObjectID
 	var dups []ids.ObjectID
@@ -618,6 +656,9 @@ func (s *Set) Plug(path string) ([]ids.ObjectID, error) {
 	for _, oid := range dups {
 		_ = d.st.Remove(oid)
 	}
+	if len(stale) > 0 && suspect != nil {
+		suspect(stale)
+	}
 	s.mu.Lock()
 	s.disks = append(s.disks, d)
 	slices.SortFunc(s.disks, func(a, b *disk) int { return strings.Compare(a.path, b.path) })
@@ -629,7 +670,7 @@ func (s *Set) Plug(path string) ([]ids.ObjectID, error) {
 	s.rebuild()
 	err = s.saveConfig()
 	s.mu.Unlock()
-	return stale, err
+	return err
 }
 
 // Fault arms an injected fault on the disk at path (Options.FaultFS must

@@ -127,14 +127,14 @@ func TestSpreadAndFail(t *testing.T) {
 	}
 	// Plug it back: its copies that d1 has too are dropped, the others
 	// returned to be checked.
-	stale, err := s.Plug(d2)
-	if err != nil {
+	var stale []ids.ObjectID
+	if err := s.Plug(d2, func(o []ids.ObjectID) { stale = o }); err != nil {
 		t.Fatal(err)
 	}
 	if len(stale) != per[d2]-1 {
 		t.Fatalf("plug: %d copies to check, want %d", len(stale), per[d2]-1)
 	}
-	if _, err := s.Plug(d2); !errs.Is(err, errs.Exists) {
+	if err := s.Plug(d2, nil); !errs.Is(err, errs.Exists) {
 		t.Fatalf("second plug = %v, want Exists", err)
 	}
 	// Unplug d1: every object it held is reported lost.

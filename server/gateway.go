@@ -703,14 +703,12 @@ func (n *Node) resizeVDI(ctx context.Context, a proto.AdminRequest) (*cluster.VD
 func (n *Node) mdAdmin(a proto.AdminRequest) ([]proto.DiskInfo, error) {
 	switch a.Cmd {
 	case proto.AdminMDPlug:
-		stale, err := n.store.Plug(a.Name)
-		if err != nil {
+		// Copies already on the disk are checked against the other nodes
+		// before use: they may be stale.
+		if err := n.store.Plug(a.Name, n.rec.markLost); err != nil {
 			return nil, err
 		}
-		n.log.Info().Str("disk", a.Name).Int("objects", len(stale)).Msg("disk plugged")
-		if len(stale) > 0 {
-			n.rec.markLost(stale) // checked against the other nodes before use
-		}
+		n.log.Info().Str("disk", a.Name).Msg("disk plugged")
 		go n.cl.SetWeight(n.capacity())
 	case proto.AdminMDUnplug:
 		if err := n.store.Unplug(a.Name); err != nil {

@@ -70,8 +70,19 @@ type healer struct {
 	// DIR/lost-objects across restarts.
 	lost      map[ids.ObjectID]struct{}
 	lostDirty bool
-	exposed   int
-	stats     healStats
+	// lostSeq counts markLost calls, lostAt says at which one each lost
+	// object was marked: a fetch or check decided before an object was
+	// lost must not clear the mark.
+	lostSeq uint64
+	lostAt  map[ids.ObjectID]uint64
+	// gate orders replica changes against plans: a change holds it shared
+	// from its epoch check to the end of its store operation, and a new
+	// plan holds it exclusively. So a change tagged with an epoch never
+	// lands after the node planned the next one, where a new holder may
+	// already have fetched the copy without it.
+	gate    sync.RWMutex
+	exposed int
+	stats   healStats
 
 	// lastClient is when (unix ns) this node last served client I/O; while
 	// it does, background copies run one at a time, each followed by a
@@ -84,8 +95,8 @@ type healer struct {
 	last   proto.RecoveryInfo // the last progress reported
 
 	invMu    sync.Mutex // serves inventories: one computation at a time
-	invKey   [2]ids.Epoch
-	invCache map[ids.NodeID][]proto.ObjState
+	invEpoch ids.Epoch
+	invCache map[ids.Epoch]map[ids.NodeID][]proto.ObjState // by receiver start
 }
 
 // want is an object this node must fetch or refresh at the planned epoch.
@@ -118,7 +129,8 @@ func newHealer(n *Node) *healer {
 	h := &healer{n: n, path: filepath.Join(n.cfg.Dir, "recovered-epoch"),
 		starts: map[ids.ObjectID]ids.Epoch{}, doubt: map[ids.ObjectID]*want{},
 		misplaced: map[ids.ObjectID]recovery.Copy{}, inflight: map[ids.ObjectID]*pull{},
-		invDone: map[ids.NodeID]bool{}, lost: map[ids.ObjectID]struct{}{}, kick: make(chan struct{}, 1)}
+		invDone: map[ids.NodeID]bool{}, lost: map[ids.ObjectID]struct{}{}, lostAt: map[ids.ObjectID]uint64{},
+		kick: make(chan struct{}, 1)}
 	if b, err := os.ReadFile(h.path); err == nil {
 		if e, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil {
 			h.from = ids.Epoch(e)
@@ -144,8 +156,10 @@ func (h *healer) lostPath() string { return filepath.Join(h.n.cfg.Dir, "lost-obj
 // then.
 func (h *healer) markLost(oids []ids.ObjectID) {
 	h.mu.Lock()
+	h.lostSeq++
 	for _, oid := range oids {
 		h.lost[oid] = struct{}{}
+		h.lostAt[oid] = h.lostSeq
 		delete(h.starts, oid)
 		delete(h.misplaced, oid)
 		if h.doubt[oid] == nil {
@@ -169,15 +183,43 @@ func (h *healer) saveLost() {
 	for oid := range h.lost {
 		oids = append(oids, oid)
 	}
-	tmp := h.lostPath() + ".tmp"
 	if len(oids) == 0 {
 		_ = os.Remove(h.lostPath())
 		h.lostDirty = false
 		return
 	}
-	if os.WriteFile(tmp, proto.AppendOIDs(nil, oids), 0o644) == nil && os.Rename(tmp, h.lostPath()) == nil {
+	if writeDurably(h.lostPath(), proto.AppendOIDs(nil, oids)) == nil {
 		h.lostDirty = false
 	}
+}
+
+// writeDurably replaces the file at path with data: a temp file, fsynced,
+// renamed over it, and the directory fsynced.
+func writeDurably(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // copiesOf returns the replica count of oid's image (objects are named by
@@ -293,6 +335,8 @@ func (h *healer) observe(st *cluster.State) {
 	if uint64(st.Epoch) <= h.plannedA.Load() {
 		return
 	}
+	h.gate.Lock() // wait for changes tagged with the old epoch
+	defer h.gate.Unlock()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.gen++
@@ -326,9 +370,12 @@ func (h *healer) observe(st *cluster.State) {
 					h.lostDirty = true
 					continue
 				}
-				if h.doubt[oid] == nil {
-					h.doubt[oid] = &want{}
+				// Whatever copy is here, nothing vouches for it.
+				w := &want{}
+				if m, err := h.n.store.Stat(oid); err == nil {
+					w.local = proto.ObjState{OID: oid, Version: m.Version, Flags: proto.ObjPresent}
 				}
+				h.doubt[oid] = w
 			}
 			if len(p.Doubt) > 0 || len(p.Misplaced) > 0 || len(garbage) > 0 {
 				h.n.log.Info().Uint64("epoch", uint64(st.Epoch)).Int("doubted", len(p.Doubt)).
@@ -357,15 +404,21 @@ func (h *healer) doubted(oid ids.ObjectID) bool {
 
 // settle records that this node's copy of oid is current at epoch e
 // (fetched, kept after a check, or created as a writer).
-func (h *healer) settle(oid ids.ObjectID, e ids.Epoch, fetched bool, bytes int64) {
+// since is the lostSeq the decision was taken at (see seq): a copy lost
+// after it is not settled.
+func (h *healer) settle(oid ids.ObjectID, e ids.Epoch, fetched bool, bytes int64, since uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.lostAt[oid] > since {
+		return // lost with a disk since: it stays to fetch
+	}
 	if e == 0 {
 		e = h.planned
 	}
 	h.setStart(oid, e)
 	if _, ok := h.lost[oid]; ok {
 		delete(h.lost, oid)
+		delete(h.lostAt, oid)
 		h.lostDirty = true
 	}
 	done := func() {
@@ -412,6 +465,31 @@ func (h *healer) settle(oid ids.ObjectID, e ids.Epoch, fetched bool, bytes int64
 		delete(h.misplaced, oid)
 		done()
 	}
+}
+
+// seq returns the current lostSeq, for settle.
+func (h *healer) seq() uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.lostSeq
+}
+
+// forget drops everything known of oid: no replica has it any more.
+func (h *healer) forget(oid ids.ObjectID) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.doubt[oid]; ok {
+		delete(h.doubt, oid)
+		h.ndoubt.Store(int64(len(h.doubt)))
+		h.stats.checked++
+	}
+	if _, ok := h.lost[oid]; ok {
+		delete(h.lost, oid)
+		delete(h.lostAt, oid)
+		h.lostDirty = true
+	}
+	delete(h.starts, oid)
+	delete(h.misplaced, oid)
 }
 
 // ensure makes the local copy of oid current if it is doubted, or if it
@@ -469,17 +547,25 @@ func (h *healer) validOf(st *cluster.State, oid ids.ObjectID) (ids.Epoch, objsto
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	return h.validLocked(st, oid, c), m, nil
+}
+
+// validLocked is the valid epoch of this node's copy of oid (copies c)
+// at st: what the history proves, for a doubted copy too (it may be the
+// freshest there is), but 0 for a copy lost or just plugged in, which
+// nothing proves. h.mu is held.
+func (h *healer) validLocked(st *cluster.State, oid ids.ObjectID, c int) ids.Epoch {
 	if h.planned != st.Epoch {
-		return 0, m, nil // not planned yet: vouch for nothing
+		return 0 // not planned yet: vouch for nothing
 	}
-	if _, ok := h.doubt[oid]; ok {
-		return 0, m, nil
+	if _, ok := h.lost[oid]; ok {
+		return 0
 	}
 	w, _, err := h.window(st, 0)
 	if err != nil {
-		return 0, m, nil
+		return 0
 	}
-	return w.Valid(h.n.id, oid, c, h.startOf(oid)), m, nil
+	return w.Valid(h.n.id, oid, c, h.startOf(oid))
 }
 
 // statAll asks members for their copy of oid, writers of its placement
@@ -546,24 +632,32 @@ func (h *healer) statAll(ctx context.Context, st *cluster.State, oid ids.ObjectI
 // (see recovery.Choose): it keeps its own copy if that is the one, or
 // fetches the chosen one. It fails (retryably) while no choice is safe.
 func (h *healer) pull(ctx context.Context, oid ids.ObjectID, urgent bool) error {
+	_, err := h.pullN(ctx, oid, urgent)
+	return err
+}
+
+// pullN is pull, returning the bytes it fetched.
+func (h *healer) pullN(ctx context.Context, oid ids.ObjectID, urgent bool) (int64, error) {
 	st := h.n.cl.State()
+	since := h.seq()
 	answers, nodes, all := h.statAll(ctx, st, oid)
 	i := recovery.Choose(answers, st.Epoch, all)
 	switch {
 	case i < 0 && len(answers) == 0 && all:
-		return errs.E(errs.NotFound, "object %v: no replica has it", oid)
+		h.forget(oid) // removed everywhere: nothing to recover
+		return 0, errs.E(errs.NotFound, "object %v: no replica has it", oid)
 	case i < 0:
-		return errs.E(errs.NotReady, "recover %v: no current copy answered, and not every member did", oid)
+		return 0, errs.E(errs.NotReady, "recover %v: no current copy answered, and not every member did", oid)
 	case nodes[i].ID == h.n.id:
-		h.settle(oid, st.Epoch, false, 0)
-		return nil
+		h.settle(oid, st.Epoch, false, 0, since)
+		return 0, nil
 	}
 	n, err := h.fetch(ctx, st, oid, nodes[i], urgent)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	h.settle(oid, st.Epoch, true, n)
-	return nil
+	h.settle(oid, st.Epoch, true, n, since)
+	return n, nil
 }
 
 // sparseUrgent in the Aux of a FlagSparse OpReadObj: a client waits for
@@ -586,7 +680,13 @@ func (h *healer) fetch(ctx context.Context, st *cluster.State, oid ids.ObjectID,
 	resp, err := h.n.peers.Get(src.Addr).CallInto(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpReadObj,
 		Flags: proto.FlagSparse, Epoch: st.Epoch, ID: uint64(oid), Length: vdi.ObjectSize}, Aux: aux}, buf)
 	if err != nil {
+		if errs.Is(err, errs.NotFound) {
+			return 0, err // removed meanwhile: the caller asks again
+		}
 		return 0, errs.E(errs.NotReady, "recover %v from %s: %w", oid, src.ID, err)
+	}
+	if resp.Flags&proto.FlagSparse == 0 {
+		return 0, errs.E(errs.IO, "recover %v from %s: the answer is not a sparse object", oid, src.ID)
 	}
 	exts, data, err := proto.DecodeSparse(resp.Data, vdi.ObjectSize)
 	if err != nil {
@@ -641,7 +741,7 @@ func (h *healer) readSparse(oid ids.ObjectID, urgent bool) (data, buf []byte, m 
 // fetches what is missing, deletes misplaced and orphaned copies, and
 // records the recovered epoch.
 func (h *healer) run(stop <-chan struct{}) {
-	lastSweep := time.Time{}
+	go h.sweepLoop(stop)
 	for {
 		ch := h.n.cl.Changed()
 		st := h.n.cl.State()
@@ -653,10 +753,6 @@ func (h *healer) run(stop <-chan struct{}) {
 		if self, ok := st.Member(h.n.id); ok && st.Formatted() && !self.Down {
 			h.observe(st)
 			h.step(stop, st)
-			if time.Since(lastSweep) > 2*time.Second && !st.Recovery.Paused {
-				h.sweep(stop, st)
-				lastSweep = time.Now()
-			}
 		}
 		select {
 		case <-stop:
@@ -740,16 +836,19 @@ func (h *healer) addEntries(gen uint64, src ids.NodeID, entries []proto.ObjState
 	if h.gen != gen {
 		return false
 	}
+	st := h.n.cl.State()
 	for _, e := range entries {
 		w := h.doubt[e.OID]
 		if w == nil {
-			// A copy this node holds and vouches for needs nothing.
-			if s, ok := h.starts[e.OID]; ok && s >= h.planned {
-				continue
-			}
+			// The sender judged from this node's recovered epoch; a copy
+			// fetched or written since may be current, and needs nothing.
 			w = &want{}
 			if m, err := h.n.store.Stat(e.OID); err == nil {
-				w.local = proto.ObjState{OID: e.OID, Version: m.Version, Flags: proto.ObjPresent}
+				valid := h.validLocked(st, e.OID, copiesOf(st, e.OID))
+				if valid >= h.planned {
+					continue
+				}
+				w.local = proto.ObjState{OID: e.OID, Version: m.Version, Valid: valid, Flags: proto.ObjPresent}
 			}
 			h.doubt[e.OID] = w
 		}
@@ -832,7 +931,25 @@ func (h *healer) work(stop <-chan struct{}, st *cluster.State, gen uint64) {
 			defer func() { <-sem }()
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			err := h.once(ctx, j.oid, func() error { return h.resolve(ctx, st, gen, j.oid, lim) })
+			// While the node serves clients, one background copy at a
+			// time, each followed by a pause as long as it took. The
+			// pacing is outside once: a client that needs this object
+			// meanwhile shares the copy, never the pause.
+			paced := h.clientBusy()
+			if paced {
+				h.slow.Lock()
+			}
+			began := time.Now()
+			var moved int64
+			err := h.once(ctx, j.oid, func() (err error) {
+				moved, err = h.resolve(ctx, st, gen, j.oid)
+				return err
+			})
+			if paced {
+				sleep(stop, time.Since(began))
+				h.slow.Unlock()
+			}
+			lim.wait(moved, stop)
 			if err != nil {
 				h.mu.Lock()
 				h.stats.failed++
@@ -846,51 +963,47 @@ func (h *healer) work(stop <-chan struct{}, st *cluster.State, gen uint64) {
 
 // resolve settles one doubt from the inventories (or, failing that, by
 // asking the members).
-func (h *healer) resolve(ctx context.Context, st *cluster.State, gen uint64, oid ids.ObjectID, lim *limiter) error {
+func (h *healer) resolve(ctx context.Context, st *cluster.State, gen uint64, oid ids.ObjectID) (int64, error) {
 	h.mu.Lock()
 	w := h.doubt[oid]
 	if w == nil || h.gen != gen {
 		h.mu.Unlock()
-		return nil // settled meanwhile (a client asked for it), or replanned
+		return 0, nil // settled meanwhile (a client asked for it), or replanned
 	}
+	since := h.lostSeq
+	local := w.local
 	answers := slices.Clone(w.srcs)
 	nodes := make([]cluster.Member, 0, len(w.from)+1)
 	for _, id := range w.from {
 		m, _ := st.Member(id)
 		nodes = append(nodes, m)
 	}
-	if w.local.Flags&proto.ObjPresent != 0 {
-		answers = append(answers, w.local)
+	if local.Flags&proto.ObjPresent != 0 {
+		answers = append(answers, local)
 		self, _ := st.Member(h.n.id)
 		nodes = append(nodes, self)
 	}
 	all := h.complete(st)
 	h.mu.Unlock()
 	if recovery.Best(answers) < 0 {
-		return h.pull(ctx, oid, false) // nobody vouches: ask everyone
+		return h.pullN(ctx, oid, false) // nobody vouches: ask everyone
 	}
 	i := recovery.Choose(answers, st.Epoch, all)
 	switch {
 	case i < 0:
-		return errs.E(errs.NotReady, "recover %v: no current copy yet", oid)
-	case nodes[i].ID == h.n.id || w.local.Flags&proto.ObjPresent != 0 && w.local.Version == answers[i].Version && answers[i].Valid >= st.Epoch:
-		h.settle(oid, st.Epoch, false, 0)
-		return nil
-	}
-	if h.clientBusy() {
-		h.slow.Lock()
-		start := time.Now()
-		defer func() {
-			time.Sleep(time.Since(start))
-			h.slow.Unlock()
-		}()
+		return 0, errs.E(errs.NotReady, "recover %v: no current copy yet", oid)
+	case nodes[i].ID == h.n.id || local.Flags&proto.ObjPresent != 0 && local.Version == answers[i].Version && answers[i].Valid >= st.Epoch:
+		h.settle(oid, st.Epoch, false, 0, since)
+		return 0, nil
 	}
 	n, err := h.fetch(ctx, st, oid, nodes[i], false)
-	if err != nil {
-		return err
+	if errs.Is(err, errs.NotFound) {
+		return h.pullN(ctx, oid, false) // the source's copy went meanwhile
 	}
-	h.settle(oid, st.Epoch, true, n)
-	lim.wait(n)
+	if err != nil {
+		return 0, err
+	}
+	h.settle(oid, st.Epoch, true, n, since)
 	h.mu.Lock()
 	h.stats.rateBytes += n
 	if d := time.Since(h.stats.rateAt); d >= 2*time.Second {
@@ -903,7 +1016,7 @@ func (h *healer) resolve(ctx context.Context, st *cluster.State, gen uint64, oid
 		h.stats.rateAt, h.stats.rateBytes = time.Now(), 0
 	}
 	h.mu.Unlock()
-	return nil
+	return n, nil
 }
 
 // record saves the planned epoch as recovered once everything is done:
@@ -937,6 +1050,10 @@ func (h *healer) record(st *cluster.State, gen uint64) {
 			drop = append(drop, l.OID)
 		}
 	}
+	// What was fetched must be durable before the epoch says it is here.
+	if err := h.n.store.Sync(); err != nil {
+		return
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.gen != gen || len(h.doubt) > 0 {
@@ -947,8 +1064,7 @@ func (h *healer) record(st *cluster.State, gen uint64) {
 			delete(h.starts, oid)
 		}
 	}
-	tmp := h.path + ".tmp"
-	if os.WriteFile(tmp, []byte(st.Epoch.String()+"\n"), 0o644) != nil || os.Rename(tmp, h.path) != nil {
+	if writeDurably(h.path, []byte(st.Epoch.String()+"\n")) != nil {
 		return
 	}
 	h.from = st.Epoch
@@ -956,6 +1072,25 @@ func (h *healer) record(st *cluster.State, gen uint64) {
 	if h.stats.copied+h.stats.checked > 0 {
 		h.n.log.Info().Uint64("epoch", uint64(st.Epoch)).Int("fetched", h.stats.copied).Int("kept", h.stats.checked).
 			Int64("bytes", h.stats.bytes).Dur("took", time.Since(h.stats.started)).Msg("recovery: done")
+	}
+}
+
+// sweepLoop sweeps every 2 s, apart from the fetches (a long backlog of
+// them must not keep misplaced copies around).
+func (h *healer) sweepLoop(stop <-chan struct{}) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		st := h.n.cl.State()
+		if self, ok := st.Member(h.n.id); ok && st.Formatted() && !self.Down && !st.Recovery.Paused {
+			h.catchUp()
+			h.sweep(stop, h.n.cl.State())
+		}
 	}
 }
 
@@ -992,7 +1127,10 @@ func (h *healer) sweep(stop <-chan struct{}, st *cluster.State) {
 	if len(cands) == 0 {
 		return
 	}
-	ok := map[ids.ObjectID]int{}
+	// confirmed[oid] holds the placement nodes that answered for oid with
+	// a current copy at least as new: each counts once, only for what it
+	// was asked.
+	confirmed := map[ids.ObjectID]map[ids.NodeID]bool{}
 	for id, oids := range byNode {
 		select {
 		case <-stop:
@@ -1014,16 +1152,23 @@ func (h *healer) sweep(stop <-chan struct{}, st *cluster.State) {
 			if err != nil {
 				break
 			}
+			asked := make(map[ids.ObjectID]bool, len(batch))
+			for _, oid := range batch {
+				asked[oid] = true
+			}
 			for _, s := range states {
-				if c, in := cands[s.OID]; in && s.Flags&proto.ObjPresent != 0 && s.Valid >= st.Epoch && s.Version >= c.Version {
-					ok[s.OID]++
+				if c, in := cands[s.OID]; in && asked[s.OID] && s.Flags&proto.ObjPresent != 0 && s.Valid >= st.Epoch && s.Version >= c.Version {
+					if confirmed[s.OID] == nil {
+						confirmed[s.OID] = map[ids.NodeID]bool{}
+					}
+					confirmed[s.OID][id] = true
 				}
 			}
 		}
 	}
 	deleted := 0
 	for oid := range cands {
-		if ok[oid] != len(st.Placement(oid, copiesOf(st, oid), nil)) {
+		if len(confirmed[oid]) != len(st.Placement(oid, copiesOf(st, oid), nil)) {
 			continue
 		}
 		h.mu.Lock()
@@ -1049,13 +1194,20 @@ func (h *healer) sweep(stop <-chan struct{}, st *cluster.State) {
 }
 
 // inventory answers receiver to's request for what it should hold at
-// epoch e and cannot vouch for from epoch start on: a chunk from cursor
-// on, and the next cursor (0 and last when done). The whole inventory of
-// every receiver with that start is computed once per epoch.
+// epoch e and cannot vouch for from epoch start on: the entries from
+// object ID cursor on (sorted by object ID, so that pages never skip or
+// repeat an entry), the next cursor, and whether that was the last page.
+// The inventories of every receiver with that start are computed in one
+// pass over this node's objects, kept for the epoch (a few starts at a
+// time).
 func (h *healer) inventory(st *cluster.State, to ids.NodeID, start ids.Epoch, cursor uint64) ([]proto.ObjState, uint64, bool, error) {
 	h.invMu.Lock()
 	defer h.invMu.Unlock()
-	if h.invKey != [2]ids.Epoch{st.Epoch, start} || h.invCache == nil {
+	if h.invEpoch != st.Epoch {
+		h.invEpoch, h.invCache = st.Epoch, map[ids.Epoch]map[ids.NodeID][]proto.ObjState{}
+	}
+	cache := h.invCache[start]
+	if cache == nil {
 		h.mu.Lock()
 		if h.planned != st.Epoch {
 			h.mu.Unlock()
@@ -1067,36 +1219,53 @@ func (h *healer) inventory(st *cluster.State, to ids.NodeID, start ids.Epoch, cu
 			return nil, 0, false, err
 		}
 		starts := maps.Clone(h.starts)
-		doubted := make(map[ids.ObjectID]bool, len(h.doubt))
-		for oid := range h.doubt {
-			doubted[oid] = true
-		}
+		lost := maps.Clone(h.lost)
 		h.mu.Unlock()
 		// The pass over every object runs without the lock (the I/O path
 		// takes it); a copy settled meanwhile is just not offered yet.
+		// Doubted copies are offered with what the history proves of
+		// them (one may be the freshest there is); copies lost or just
+		// plugged in are not offered.
 		ls, _ := h.localsWith(st, from, starts)
 		valid := make([]ids.Epoch, len(ls))
 		for i, l := range ls {
-			if !doubted[l.OID] {
+			if _, ok := lost[l.OID]; !ok {
 				valid[i] = w.Valid(h.n.id, l.OID, l.Copies, l.Start)
 			}
 		}
-		if start < w.From() {
-			start = 0
+		rstart := start
+		if rstart < w.From() {
+			rstart = 0
 		}
-		cache := map[ids.NodeID][]proto.ObjState{}
-		w.Inventories(h.n.id, ls, valid, start, func(dst ids.NodeID, s proto.ObjState) {
+		cache = map[ids.NodeID][]proto.ObjState{}
+		w.Inventories(h.n.id, ls, valid, rstart, func(dst ids.NodeID, s proto.ObjState) {
 			cache[dst] = append(cache[dst], s)
 		})
-		h.invKey, h.invCache = [2]ids.Epoch{st.Epoch, start}, cache
+		for _, list := range cache {
+			slices.SortFunc(list, func(a, b proto.ObjState) int { return cmp.Compare(a.OID, b.OID) })
+		}
+		if len(h.invCache) >= maxInventoryStarts {
+			clear(h.invCache)
+		}
+		h.invCache[start] = cache
 	}
-	list := h.invCache[to]
-	if cursor > uint64(len(list)) {
-		return nil, 0, false, errs.E(errs.Invalid, "inventory cursor %d past %d entries", cursor, len(list))
+	list := cache[to]
+	i, _ := slices.BinarySearchFunc(list, ids.ObjectID(cursor), func(s proto.ObjState, o ids.ObjectID) int { return cmp.Compare(s.OID, o) })
+	end := min(len(list), i+inventoryPage)
+	next := uint64(0)
+	if end < len(list) {
+		next = uint64(list[end].OID)
 	}
-	end := min(uint64(len(list)), cursor+proto.MaxObjStates)
-	return list[cursor:end], end, end == uint64(len(list)), nil
+	return list[i:end], next, end == len(list), nil
 }
+
+// inventoryPage is the most entries one inventory answer carries (a
+// variable so that tests can page small inventories).
+var inventoryPage = proto.MaxObjStates
+
+// maxInventoryStarts bounds the receivers' starts whose inventories a node
+// keeps at once (most receivers share one).
+const maxInventoryStarts = 4
 
 // clientIO notes that this node serves client I/O now.
 func (h *healer) clientIO() {
@@ -1121,9 +1290,10 @@ type limiter struct {
 
 func newLimiter(rate int64) *limiter { return &limiter{rate: float64(rate)} }
 
-// wait accounts for n bytes moved and sleeps as long as the rate asks.
-func (l *limiter) wait(n int64) {
-	if l.rate <= 0 {
+// wait accounts for n bytes moved and sleeps as long as the rate asks,
+// or until stop.
+func (l *limiter) wait(n int64, stop <-chan struct{}) {
+	if l.rate <= 0 || n <= 0 {
 		return
 	}
 	l.mu.Lock()
@@ -1134,7 +1304,17 @@ func (l *limiter) wait(n int64) {
 	l.next = l.next.Add(time.Duration(float64(n) / l.rate * float64(time.Second)))
 	d := l.next.Sub(now)
 	l.mu.Unlock()
-	time.Sleep(d)
+	sleep(stop, d)
+}
+
+// sleep waits for d or until stop.
+func sleep(stop <-chan struct{}, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-stop:
+	case <-t.C:
+	}
 }
 
 // The replica operations, shared by the wire handler and the gateway's
@@ -1156,26 +1336,37 @@ func (n *Node) localWrite(ctx context.Context, oid ids.ObjectID, off int64, data
 	}
 	n.rec.catchUp()
 	if create {
-		err := n.store.Replace(oid, off, data, ver, epoch)
+		since := n.rec.seq()
+		err := n.rec.change(epoch, func() error { return n.store.Replace(oid, off, data, ver, epoch) })
 		if err == nil {
-			n.rec.settle(oid, epoch, false, 0)
+			n.rec.settle(oid, epoch, false, 0, since)
 		}
 		return err
 	}
 	// The common case: a current copy that exists here.
 	if n.rec.ndoubt.Load() == 0 {
-		err := n.store.Update(oid, off, data, ver, epoch)
+		err := n.rec.change(epoch, func() error { return n.store.Update(oid, off, data, ver, epoch) })
 		if !errs.Is(err, errs.NotFound) {
 			return err
 		}
 	}
 	// Doubted or absent: fetch the copy to trust first. If no replica has
 	// it, the write creates it (the first entry of an index object does).
-	if err := n.rec.ensure(ctx, oid, true); err != nil && !errs.Is(err, errs.NotFound) {
-		return err
+	// A pull shared with an older plan's may leave it doubted at this one:
+	// then again.
+	for tries := 0; ; tries++ {
+		if err := n.rec.ensure(ctx, oid, true); err != nil && !errs.Is(err, errs.NotFound) {
+			return err
+		}
+		if !n.rec.doubted(oid) {
+			break
+		}
+		if tries == 3 {
+			return errs.E(errs.NotReady, "write %v: the copy here is still being recovered", oid)
+		}
 	}
-	err := n.store.Write(oid, off, data, ver, epoch)
-	if err == nil && !n.rec.doubted(oid) {
+	err := n.rec.change(epoch, func() error { return n.store.Write(oid, off, data, ver, epoch) })
+	if err == nil {
 		n.rec.settleNew(oid, epoch)
 	}
 	return err
@@ -1186,14 +1377,41 @@ func (n *Node) localPunch(ctx context.Context, oid ids.ObjectID, off, length int
 		return err
 	}
 	n.rec.catchUp()
-	if err := n.rec.ensure(ctx, oid, false); err != nil {
+	// A copy this node lacks is fetched first, as for a write: a copy
+	// fetched concurrently from before the punch would bring its bytes
+	// back.
+	if err := n.rec.ensure(ctx, oid, true); errs.Is(err, errs.NotFound) {
+		return nil // no replica has it: nothing to zero
+	} else if err != nil {
 		return err
 	}
-	err := n.store.Punch(oid, off, length, ver, epoch)
+	err := n.rec.change(epoch, func() error { return n.store.Punch(oid, off, length, ver, epoch) })
 	if errs.Is(err, errs.NotFound) {
 		return nil // nothing to zero
 	}
 	return err
+}
+
+// localRemove removes this node's replica of oid (the collector frees it).
+func (n *Node) localRemove(oid ids.ObjectID, epoch ids.Epoch) error {
+	n.rec.catchUp()
+	err := n.rec.change(epoch, func() error { return n.store.Remove(oid) })
+	if err == nil {
+		n.rec.forget(oid)
+	}
+	return err
+}
+
+// change runs fn, a change of a replica tagged with epoch, unless this
+// node has planned another epoch (errs.StaleEpoch: the gateway retries on
+// the new one), and holds off the next plan until fn is done.
+func (h *healer) change(epoch ids.Epoch, fn func() error) error {
+	h.gate.RLock()
+	defer h.gate.RUnlock()
+	if p := ids.Epoch(h.plannedA.Load()); p != epoch {
+		return errs.E(errs.StaleEpoch, "change tagged with epoch %v, node %s has planned epoch %v", epoch, h.n.id, p)
+	}
+	return fn()
 }
 
 // settleNew records a start for an object this node just created by a

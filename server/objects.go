@@ -156,8 +156,8 @@ func (r *replicated) Punch(ctx context.Context, oid ids.ObjectID, copies int, of
 // Remove implements vdi.Objects.
 func (r *replicated) Remove(ctx context.Context, oid ids.ObjectID, copies int) error {
 	req := proto.Msg{Header: proto.Header{Op: proto.OpRemoveObj}}
-	return r.change(ctx, oid, copies, req, func(ids.Epoch, ids.Version) error {
-		return r.n.store.Remove(oid)
+	return r.change(ctx, oid, copies, req, func(epoch ids.Epoch, _ ids.Version) error {
+		return r.n.localRemove(oid, epoch)
 	})
 }
 

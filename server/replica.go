@@ -115,7 +115,11 @@ func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, e
 		if len(req.Data) == 0 || len(req.Data) > 64 {
 			return nil, errs.E(errs.Invalid, "inventory for a node ID of %d bytes", len(req.Data))
 		}
-		list, next, last, err := n.rec.inventory(n.cl.State(), ids.NodeID(req.Data), ids.Epoch(req.Offset), req.Aux)
+		st := n.cl.State()
+		if st.Epoch != req.Epoch {
+			return nil, errs.E(errs.StaleEpoch, "inventory for epoch %v, node %s is at epoch %v", req.Epoch, n.id, st.Epoch)
+		}
+		list, next, last, err := n.rec.inventory(st, ids.NodeID(req.Data), ids.Epoch(req.Offset), req.Aux)
 		if err != nil {
 			return nil, err
 		}
@@ -191,7 +195,7 @@ func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, e
 			resp.Flags |= proto.FlagCurrent
 		}
 	case proto.OpRemoveObj:
-		if err := n.store.Remove(oid); err != nil {
+		if err := n.localRemove(oid, req.Epoch); err != nil {
 			return nil, err
 		}
 	case proto.OpSyncObjs:
