@@ -279,32 +279,57 @@ func (s *Store) noteLocked(oid ids.ObjectID, ver ids.Version, epoch ids.Epoch) {
 const (
 	directMin   = 256 << 10
 	directAlign = 4096
+	// ioChunk bounds one read or write of a whole object's copy (a
+	// recovery's): a client's small I/O waits behind at most this much
+	// of it in the device's queue.
+	ioChunk = 512 << 10
 )
+
+// directOK reports whether a write of data at off may go with O_DIRECT.
+func (s *Store) directOK(off int64, data []byte) bool {
+	return len(data) >= directMin && off%directAlign == 0 && len(data)%directAlign == 0 &&
+		uintptr(unsafe.Pointer(unsafe.SliceData(data)))%directAlign == 0 && !s.noDirect.Load()
+}
+
+// openDirectWrite opens path for O_DIRECT writes; nil if it cannot (a
+// filesystem that refuses O_DIRECT turns the path off for the store).
+func (s *Store) openDirectWrite(path string) File {
+	f, err := s.fs.OpenFile(path, os.O_WRONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		if errors.Is(err, syscall.EINVAL) {
+			s.noDirect.Store(true)
+		}
+		return nil
+	}
+	return f
+}
+
+// writeDirectTo writes data at off through the O_DIRECT descriptor f and
+// reports whether it did (on failure the caller writes buffered).
+func (s *Store) writeDirectTo(f File, off int64, data []byte) bool {
+	if n, err := f.WriteAt(data, off); err != nil || n != len(data) {
+		if errors.Is(err, syscall.EINVAL) {
+			s.noDirect.Store(true)
+		}
+		return false
+	}
+	return true
+}
 
 // writeDirect writes data at off with O_DIRECT if the write qualifies, and
 // reports whether it did. On any failure it reports false, and the caller
 // writes through the page cache instead; a filesystem that refuses
 // O_DIRECT turns the path off for the store.
 func (s *Store) writeDirect(path string, off int64, data []byte) bool {
-	if len(data) < directMin || off%directAlign != 0 || len(data)%directAlign != 0 ||
-		uintptr(unsafe.Pointer(unsafe.SliceData(data)))%directAlign != 0 || s.noDirect.Load() {
+	if !s.directOK(off, data) {
 		return false
 	}
-	f, err := s.fs.OpenFile(path, os.O_WRONLY|syscall.O_DIRECT, 0)
-	if err != nil {
-		if errors.Is(err, syscall.EINVAL) {
-			s.noDirect.Store(true)
-		}
+	f := s.openDirectWrite(path)
+	if f == nil {
 		return false
 	}
 	defer f.Close()
-	if n, err := f.WriteAt(data, off); err != nil || n != len(data) {
-		if errors.Is(err, syscall.EINVAL) {
-			s.noDirect.Store(true)
-		}
-		return false // the buffered retry rewrites all of it
-	}
-	return true
+	return s.writeDirectTo(f, off, data) // on failure the buffered retry rewrites all of it
 }
 
 // Missing returns the objects that the index listed but whose files were
@@ -435,6 +460,7 @@ func (s *Store) createExtents(oid ids.ObjectID, exts []Extent, data []byte, ver 
 		return objErr("create", oid, err)
 	}
 	err = f.Truncate(s.objSize)
+	var direct File // opened for the first large aligned piece
 	pos := int64(0)
 	for _, e := range exts {
 		if err != nil {
@@ -442,9 +468,19 @@ func (s *Store) createExtents(oid ids.ObjectID, exts []Extent, data []byte, ver 
 		}
 		d := data[pos : pos+e.Len]
 		pos += e.Len
-		if len(d) > 0 && !s.writeDirect(tmp, e.Off, d) {
-			_, err = f.WriteAt(d, e.Off)
+		// In pieces, as ReadSparse reads.
+		for off := int64(0); off < int64(len(d)) && err == nil; off += ioChunk {
+			part := d[off:min(int64(len(d)), off+ioChunk)]
+			if direct == nil && s.directOK(e.Off+off, part) {
+				direct = s.openDirectWrite(tmp)
+			}
+			if direct == nil || !s.directOK(e.Off+off, part) || !s.writeDirectTo(direct, e.Off+off, part) {
+				_, err = f.WriteAt(part, e.Off+off)
+			}
 		}
+	}
+	if direct != nil {
+		_ = direct.Close()
 	}
 	if err == nil {
 		err = s.fs.Rename(tmp, path)

@@ -60,17 +60,22 @@ func (s *Store) ReadSparse(oid ids.ObjectID, buf []byte, maxExtents int) ([]Exte
 	for _, e := range exts {
 		dst := buf[pos : pos+e.Len]
 		pos += e.Len
-		var n int
-		if direct != nil && e.Off%directAlign == 0 && e.Len%directAlign == 0 {
-			n, err = direct.ReadAt(dst, e.Off)
-		} else {
-			n, err = h.f.ReadAt(dst, e.Off)
-		}
-		if err != nil && n == len(dst) {
-			err = nil // io.EOF at the very end
-		}
-		if err != nil {
-			return nil, Meta{}, objErr("read", oid, err)
+		// In pieces of ioChunk: a client's small read waits behind at
+		// most one of them in the device's queue, not a whole object.
+		for off := int64(0); off < e.Len; off += ioChunk {
+			part := dst[off:min(e.Len, off+ioChunk)]
+			var n int
+			if direct != nil && (e.Off+off)%directAlign == 0 && len(part)%directAlign == 0 {
+				n, err = direct.ReadAt(part, e.Off+off)
+			} else {
+				n, err = h.f.ReadAt(part, e.Off+off)
+			}
+			if err != nil && n == len(part) {
+				err = nil // io.EOF at the very end
+			}
+			if err != nil {
+				return nil, Meta{}, objErr("read", oid, err)
+			}
 		}
 	}
 	return exts, m, nil

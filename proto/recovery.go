@@ -136,12 +136,18 @@ const MaxExtents = 1024
 
 // A SparseObject is a whole object as its allocated ranges only: a count
 // n (u32) and a reserved u32, n extents (offset u32, length u32; sorted,
-// disjoint, non-empty, inside the object), then the extents' bytes one
-// after the other. Everything outside the extents reads as zeros.
+// disjoint, non-empty, inside the object), zeros up to the next multiple
+// of SparseAlign bytes, then the extents' bytes one after the other.
+// Everything outside the extents reads as zeros. The padding puts the data
+// on a block boundary of a block-aligned buffer, where both ends read and
+// write it with O_DIRECT.
+
+// SparseAlign is the alignment of a SparseObject's data.
+const SparseAlign = 4096
 
 // SparseHeaderSize returns the size of a SparseObject's header with n
-// extents.
-func SparseHeaderSize(n int) int { return 8 + 8*n }
+// extents, padding included.
+func SparseHeaderSize(n int) int { return (8 + 8*n + SparseAlign - 1) / SparseAlign * SparseAlign }
 
 // PutSparseHeader encodes the header of exts into b, which must hold
 // SparseHeaderSize(len(exts)) bytes.
@@ -152,6 +158,7 @@ func PutSparseHeader(b []byte, exts []Extent) {
 		binary.BigEndian.PutUint32(b[8+8*i:], uint32(e.Off))
 		binary.BigEndian.PutUint32(b[12+8*i:], uint32(e.Len))
 	}
+	clear(b[8+8*len(exts) : SparseHeaderSize(len(exts))])
 }
 
 // DecodeSparse splits a SparseObject of an object of objSize bytes into
@@ -168,6 +175,11 @@ func DecodeSparse(b []byte, objSize int64) ([]Extent, []byte, error) {
 	}
 	if len(b) < SparseHeaderSize(n) {
 		return nil, nil, errs.E(errs.Invalid, "sparse object: %d bytes for %d extents", len(b), n)
+	}
+	for _, c := range b[8+8*n : SparseHeaderSize(n)] {
+		if c != 0 {
+			return nil, nil, errs.E(errs.Invalid, "sparse object: padding is not zeros")
+		}
 	}
 	exts := make([]Extent, n)
 	var end, total int64

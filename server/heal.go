@@ -3,6 +3,7 @@ package server
 import (
 	"cmp"
 	"context"
+	"errors"
 	"maps"
 	"os"
 	"path/filepath"
@@ -94,6 +95,8 @@ type healer struct {
 	lastMu sync.Mutex
 	last   proto.RecoveryInfo // the last progress reported
 
+	hurryQ chan ids.ObjectID // doubted objects clients read
+
 	invMu    sync.Mutex // serves inventories: one computation at a time
 	invEpoch ids.Epoch
 	invCache map[ids.Epoch]map[ids.NodeID][]proto.ObjState // by receiver start
@@ -130,7 +133,7 @@ func newHealer(n *Node) *healer {
 		starts: map[ids.ObjectID]ids.Epoch{}, doubt: map[ids.ObjectID]*want{},
 		misplaced: map[ids.ObjectID]recovery.Copy{}, inflight: map[ids.ObjectID]*pull{},
 		invDone: map[ids.NodeID]bool{}, lost: map[ids.ObjectID]struct{}{}, lostAt: map[ids.ObjectID]uint64{},
-		kick: make(chan struct{}, 1)}
+		kick: make(chan struct{}, 1), hurryQ: make(chan ids.ObjectID, 64)}
 	if b, err := os.ReadFile(h.path); err == nil {
 		if e, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil {
 			h.from = ids.Epoch(e)
@@ -742,6 +745,9 @@ func (h *healer) readSparse(oid ids.ObjectID, urgent bool) (data, buf []byte, m 
 // records the recovered epoch.
 func (h *healer) run(stop <-chan struct{}) {
 	go h.sweepLoop(stop)
+	for range 2 {
+		go h.hurryLoop(stop)
+	}
 	for {
 		ch := h.n.cl.Changed()
 		st := h.n.cl.State()
@@ -1320,12 +1326,61 @@ func sleep(stop <-chan struct{}, d time.Duration) {
 // The replica operations, shared by the wire handler and the gateway's
 // local fast path.
 
-func (n *Node) localRead(ctx context.Context, oid ids.ObjectID, off int64, buf []byte) (objstore.Meta, error) {
+// localRead reads this node's replica of oid. A copy in doubt is made
+// current first if wait is set; otherwise the read fails at once with
+// errNotHere, the object jumps the recovery queue, and the gateway reads
+// another replica (a client read then never waits for a whole object's
+// copy when a current one is elsewhere).
+func (n *Node) localRead(ctx context.Context, oid ids.ObjectID, off int64, buf []byte, wait bool) (objstore.Meta, error) {
 	n.rec.catchUp()
+	if !wait && n.rec.doubted(oid) {
+		n.rec.hurry(oid)
+		return objstore.Meta{}, errs.E(errs.NotReady, "%v: %w", oid, errNotHere)
+	}
 	if err := n.rec.ensure(ctx, oid, false); err != nil {
 		return objstore.Meta{}, err
 	}
 	return n.store.Read(oid, off, buf)
+}
+
+// errNotHere: the replica's copy is being recovered.
+var errNotHere = errors.New("the copy here is being recovered")
+
+// hurry puts oid at the head of the recovery queue: a client reads it.
+func (h *healer) hurry(oid ids.ObjectID) {
+	select {
+	case h.hurryQ <- oid:
+	default: // full: the background work gets to it
+	}
+}
+
+// hurryLoop recovers the objects clients asked for, a few at a time,
+// unpaced.
+func (h *healer) hurryLoop(stop <-chan struct{}) {
+	for {
+		var oid ids.ObjectID
+		select {
+		case <-stop:
+			return
+		case oid = <-h.hurryQ:
+		}
+		if !h.doubted(oid) {
+			continue
+		}
+		st := h.n.cl.State()
+		h.mu.Lock()
+		gen, planned := h.gen, h.planned
+		h.mu.Unlock()
+		if planned != st.Epoch {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		_ = h.once(ctx, oid, func() error {
+			_, err := h.resolve(ctx, st, gen, oid)
+			return err
+		})
+		cancel()
+	}
 }
 
 // localWrite and localPunch change this node's replica of oid, for a

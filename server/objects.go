@@ -226,7 +226,13 @@ func (r *replicated) Read(ctx context.Context, oid ids.ObjectID, copies int, off
 			return 1
 		}
 		slices.SortStableFunc(ts, func(a, b cluster.Member) int { return rank(a) - rank(b) })
-		found, err := r.readAny(ctx, st, oid, off, buf, ts)
+		// First the replicas that can answer at once; a replica whose
+		// copy is being recovered is asked to wait for it only if none
+		// can.
+		found, err := r.readAny(ctx, st, oid, off, buf, ts, false)
+		if !found && !errs.Is(err, errs.StaleEpoch) && err != nil {
+			found, err = r.readAny(ctx, st, oid, off, buf, ts, true)
+		}
 		if !found && !errs.Is(err, errs.StaleEpoch) && len(ts) < len(st.Members) {
 			var others []cluster.Member
 			for _, m := range st.Members {
@@ -235,7 +241,7 @@ func (r *replicated) Read(ctx context.Context, oid ids.ObjectID, copies int, off
 				}
 			}
 			var oerr error
-			if found, oerr = r.readAny(ctx, st, oid, off, buf, others); err == nil {
+			if found, oerr = r.readAny(ctx, st, oid, off, buf, others, true); err == nil {
 				err = oerr
 			}
 		}
@@ -252,16 +258,22 @@ func (r *replicated) Read(ctx context.Context, oid ids.ObjectID, copies int, off
 // readAny reads from the first of ms that has the object. It reports
 // found = false with no error when every one of them said NotFound, and
 // the last failure otherwise.
-func (r *replicated) readAny(ctx context.Context, st *cluster.State, oid ids.ObjectID, off int64, buf []byte, ms []cluster.Member) (found bool, err error) {
+// Without wait, a replica whose copy is being recovered answers NotReady at
+// once instead of recovering it first.
+func (r *replicated) readAny(ctx context.Context, st *cluster.State, oid ids.ObjectID, off int64, buf []byte, ms []cluster.Member, wait bool) (found bool, err error) {
 	var lastErr error
+	aux := uint64(readNoWait)
+	if wait {
+		aux = 0
+	}
 	for _, m := range ms {
 		var err error
 		if m.ID == r.n.id {
-			_, err = r.n.localRead(ctx, oid, off, buf)
+			_, err = r.n.localRead(ctx, oid, off, buf, wait)
 		} else {
 			var resp *proto.Msg
 			resp, err = r.n.peers.Get(m.Addr).CallInto(ctx, &proto.Msg{Header: proto.Header{
-				Op: proto.OpReadObj, Epoch: st.Epoch, ID: uint64(oid), Offset: uint64(off), Length: uint32(len(buf))}}, buf)
+				Op: proto.OpReadObj, Epoch: st.Epoch, ID: uint64(oid), Offset: uint64(off), Length: uint32(len(buf))}, Aux: aux}, buf)
 			r.n.unreachable(m.ID, err)
 			if err == nil {
 				if len(resp.Data) != len(buf) {

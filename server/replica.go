@@ -81,6 +81,10 @@ func mutable(st *cluster.State, oid ids.ObjectID) error {
 	return nil
 }
 
+// readNoWait in the Aux of an OpReadObj: fail at once (NotReady) rather
+// than recover a copy in doubt first; the gateway reads another replica.
+const readNoWait = 1
+
 // statObjs answers OpStatObjs: this node's copy of each object asked for,
 // with its valid epoch (see package recovery).
 func (n *Node) statObjs(req *proto.Msg) (*proto.Msg, error) {
@@ -157,7 +161,7 @@ func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, e
 			return nil, err
 		}
 		buf := proto.GetBuf(int(req.Length))
-		m, err := n.localRead(ctx, oid, int64(req.Offset), buf)
+		m, err := n.localRead(ctx, oid, int64(req.Offset), buf, req.Aux&readNoWait == 0)
 		if err != nil {
 			proto.PutBuf(buf)
 			return nil, err
