@@ -575,7 +575,11 @@ func (c *Cluster) joinLoop() {
 				}
 			}
 		}
-		if len(targets) > 0 && (len(alive) <= 1 || len(alive) < len(c.State().Members)) {
+		// Until it is a member, a node keeps joining its seeds: started
+		// together, the others may have found each other and not yet the
+		// node that runs the cluster.
+		_, member := c.State().Member(c.cfg.ID)
+		if len(targets) > 0 && (!member || len(alive) <= 1 || len(alive) < len(c.State().Members)) {
 			if _, err := c.ml.Join(targets); err != nil {
 				c.log.Debug().Err(err).Strs("targets", targets).Msg("join")
 			}
