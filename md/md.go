@@ -592,21 +592,26 @@ func (s *Set) Info() []DiskInfo {
 	return list
 }
 
+// diskAt returns the disk in service at path (nil if none) and how many
+// disks are in service.
+func (s *Set) diskAt(path string) (*disk, int) {
+	path = filepath.Clean(path)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, d := range s.disks {
+		if d.path == path {
+			return d, len(s.disks)
+		}
+	}
+	return nil, len(s.disks)
+}
+
 // Unplug takes the disk at path out of service, as if it had failed: the
 // objects it held are reported lost and fetched again from other nodes.
 // errs.NotFound if no disk in service is at path; errs.Invalid for the
 // last one.
 func (s *Set) Unplug(path string) error {
-	path = filepath.Clean(path)
-	s.mu.RLock()
-	var d *disk
-	for _, x := range s.disks {
-		if x.path == path {
-			d = x
-		}
-	}
-	n := len(s.disks)
-	s.mu.RUnlock()
+	d, n := s.diskAt(path)
 	switch {
 	case d == nil:
 		return errs.E(errs.NotFound, "no disk in service at %s", path)
@@ -677,15 +682,7 @@ func (s *Set) Plug(path string, suspect func([]ids.ObjectID)) error {
 // be set): every read, write or sync (as op says) from now on fails with
 // EIO, or, for op "heal", nothing does any more.
 func (s *Set) Fault(path, op string) error {
-	path = filepath.Clean(path)
-	s.mu.RLock()
-	var d *disk
-	for _, x := range s.disks {
-		if x.path == path {
-			d = x
-		}
-	}
-	s.mu.RUnlock()
+	d, _ := s.diskAt(path)
 	switch {
 	case d == nil:
 		return errs.E(errs.NotFound, "no disk in service at %s", path)

@@ -841,6 +841,11 @@ func (s *Store) Replace(oid ids.ObjectID, off int64, data []byte, ver ids.Versio
 	if err := s.checkRange("replace", oid, off, int64(len(data))); err != nil {
 		return err
 	}
+	return s.replace(oid, []Extent{{Off: off, Len: int64(len(data))}}, data, ver, epoch)
+}
+
+// replace is Replace and ReplaceSparse once their arguments are checked.
+func (s *Store) replace(oid ids.ObjectID, exts []Extent, data []byte, ver ids.Version, epoch ids.Epoch) error {
 	if err := s.begin("replace"); err != nil {
 		return err
 	}
@@ -849,7 +854,7 @@ func (s *Store) Replace(oid ids.ObjectID, off int64, data []byte, ver ids.Versio
 	l.Lock()
 	defer l.Unlock()
 	old, existed := s.forget(oid)
-	if err := s.create(oid, off, data, ver, epoch); err != nil {
+	if err := s.createExtents(oid, exts, data, ver, epoch); err != nil {
 		return err
 	}
 	if existed {

@@ -144,21 +144,5 @@ func (s *Store) ReplaceSparse(oid ids.ObjectID, exts []Extent, data []byte, ver 
 	if total != int64(len(data)) {
 		return errs.E(errs.Invalid, "objstore: replace %v: %d bytes for ranges of %d", oid, len(data), total)
 	}
-	if err := s.begin("replace"); err != nil {
-		return err
-	}
-	defer s.end()
-	l := s.lock(oid)
-	l.Lock()
-	defer l.Unlock()
-	old, existed := s.forget(oid)
-	if err := s.createExtents(oid, exts, data, ver, epoch); err != nil {
-		return err
-	}
-	if existed {
-		s.mu.Lock()
-		s.used -= old.alloc
-		s.mu.Unlock()
-	}
-	return nil
+	return s.replace(oid, exts, data, ver, epoch)
 }
