@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 	"testing"
@@ -185,4 +187,82 @@ func first(list []string, n int) []string {
 		return append(list[:n:n], fmt.Sprintf("... (%d more)", len(list)-n))
 	}
 	return list
+}
+
+// allocScript writes 4 KiB into each of n objects of a new VDI (at i*4 MiB)
+// from n threads at once, fsyncs, and prints the errors as JSON. Each
+// write allocates its object and sets its entry in the one index object
+// that the VDI starts without, so the replicas see n writes race to
+// create that index object.
+const allocScript = `
+import json, os, sys, threading
+path, n = sys.argv[1], int(sys.argv[2])
+fd = os.open(path, os.O_RDWR)
+errors = []
+def w(i):
+    try:
+        os.pwrite(fd, bytes([i + 1]) * 4096, i << 22)
+    except OSError as e:
+        errors.append("pwrite at object %d: %s" % (i, e.strerror))
+ts = [threading.Thread(target=w, args=(i,)) for i in range(n)]
+for t in ts: t.start()
+for t in ts: t.join()
+try:
+    os.fsync(fd)
+except OSError as e:
+    errors.append("fsync: " + e.strerror)
+os.close(fd)
+print(json.dumps(errors))
+`
+
+// TestConcurrentAllocationsReplicasAgree: writes that allocate objects of
+// a new VDI in parallel all set their index entries on every replica. The
+// replicas must hold the same bytes: a copy one replica fetched while
+// another write to the same object was landing there must not undo that
+// write (the gateway acknowledged it, so nothing would ever repair it, and
+// the VDI would lose data once the other replicas were gone).
+func TestConcurrentAllocationsReplicasAgree(t *testing.T) {
+	requireEnv(t, "python3")
+	c := NewCluster(t, 3, 3)
+	m := c.Mount()
+	const n, rounds = 24, 12
+	var vids []uint32
+	for round := 0; round < rounds; round++ {
+		name := fmt.Sprintf("alloc%d", round)
+		run(t, quickTimeout, "truncate", "-s", "1G", m.VDI(name))
+		r := run(t, cmdTimeout, "python3", "-c", allocScript, m.VDI(name), fmt.Sprint(n))
+		var errs []string
+		if err := json.Unmarshal([]byte(r.Stdout), &errs); err != nil {
+			t.Fatalf("alloc script printed %q: %v", r.Stdout, err)
+		}
+		if len(errs) > 0 {
+			t.Errorf("round %d: parallel allocating writes failed: %s", round, strings.Join(errs, "; "))
+		}
+		vids = append(vids, c.VDI(name).ID)
+	}
+	files := c.ObjectFiles()
+	for _, vid := range vids {
+		reps := files[indexOID(vid, 0)]
+		if len(reps) != 3 {
+			t.Errorf("index object of VDI %d has %d copies, want 3", vid, len(reps))
+		}
+		for id, p := range reps {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var missing []int
+			for i := 0; i < n; i++ {
+				if len(b) < 4*i+4 || binary.LittleEndian.Uint32(b[4*i:]) != vid {
+					missing = append(missing, i)
+				}
+			}
+			if len(missing) > 0 {
+				t.Errorf("%s's copy of the index of VDI %d lacks the entries of objects %v", id, vid, missing)
+			}
+		}
+	}
+	if bad := replicaMismatches(files, nil); len(bad) > 0 {
+		t.Errorf("replicas differ:\n%s", strings.Join(bad, "\n"))
+	}
 }

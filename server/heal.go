@@ -65,6 +65,7 @@ type healer struct {
 	misplaced map[ids.ObjectID]recovery.Copy
 	garbage   []ids.ObjectID // copies of images that no longer exist
 	inflight  map[ids.ObjectID]*pull
+	locks     objLocks            // per object: its changes and recoveries, one at a time
 	invDone   map[ids.NodeID]bool // senders whose inventory is complete
 	// lost are objects whose copy went with a disk: doubted at every plan
 	// until fetched again (the history would vouch for them), and kept in
@@ -509,11 +510,20 @@ func (h *healer) ensure(ctx context.Context, oid ids.ObjectID, mustExist bool) e
 			return err
 		}
 	}
-	return h.once(ctx, oid, func() error { return h.pull(ctx, oid, true) })
+	return h.once(ctx, oid, func() error {
+		// A write may have created the copy since the check above: then
+		// it stays (a fetched copy could lack that write).
+		if !h.doubted(oid) {
+			if _, err := h.n.store.Stat(oid); err == nil {
+				return nil
+			}
+		}
+		return h.pull(ctx, oid, true)
+	})
 }
 
-// once runs fn for oid unless a run for oid is in flight, whose result it
-// then shares.
+// once runs fn for oid, holding the object's lock, unless a run for oid is
+// in flight, whose result it then shares.
 func (h *healer) once(ctx context.Context, oid ids.ObjectID, fn func() error) error {
 	h.mu.Lock()
 	p := h.inflight[oid]
@@ -521,7 +531,12 @@ func (h *healer) once(ctx context.Context, oid ids.ObjectID, fn func() error) er
 		p = &pull{done: make(chan struct{})}
 		h.inflight[oid] = p
 		h.mu.Unlock()
-		p.err = fn()
+		if unlock, err := h.locks.lock(ctx, oid); err != nil {
+			p.err = err
+		} else {
+			p.err = fn()
+			unlock()
+		}
 		h.mu.Lock()
 		delete(h.inflight, oid)
 		h.mu.Unlock()
@@ -1100,6 +1115,19 @@ func (h *healer) sweepLoop(stop <-chan struct{}) {
 	}
 }
 
+// removeLocked runs remove, a removal of this node's copy of oid, under
+// the object's lock.
+func (h *healer) removeLocked(oid ids.ObjectID, remove func() error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	unlock, err := h.locks.lock(ctx, oid)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return remove()
+}
+
 // sweep deletes misplaced copies that every node of their placement holds
 // current at a version at least as new, and copies of images that no
 // longer exist.
@@ -1126,7 +1154,7 @@ func (h *healer) sweep(stop <-chan struct{}, st *cluster.State) {
 	}
 	h.mu.Unlock()
 	for _, oid := range garbage {
-		if err := h.n.store.Remove(oid); err == nil {
+		if err := h.removeLocked(oid, func() error { return h.n.store.Remove(oid) }); err == nil {
 			h.n.log.Info().Str("oid", oid.String()).Msg("recovery: removed a copy of an image that no longer exists")
 		}
 	}
@@ -1177,14 +1205,20 @@ func (h *healer) sweep(stop <-chan struct{}, st *cluster.State) {
 		if len(confirmed[oid]) != len(st.Placement(oid, copiesOf(st, oid), nil)) {
 			continue
 		}
-		h.mu.Lock()
-		_, still := h.misplaced[oid]
-		stale := h.planned != st.Epoch
-		h.mu.Unlock()
-		if !still || stale {
-			continue
-		}
-		if err := h.n.store.Remove(oid); err != nil {
+		// Under the object's lock and the plan gate: a plan meanwhile may
+		// have placed it here again.
+		err := h.removeLocked(oid, func() error {
+			return h.change(st.Epoch, func() error {
+				h.mu.Lock()
+				_, still := h.misplaced[oid]
+				h.mu.Unlock()
+				if !still {
+					return errs.E(errs.NotFound, "%v is no longer misplaced", oid)
+				}
+				return h.n.store.Remove(oid)
+			})
+		})
+		if err != nil {
 			continue
 		}
 		deleted++
@@ -1390,7 +1424,12 @@ func (n *Node) localWrite(ctx context.Context, oid ids.ObjectID, off int64, data
 		return err
 	}
 	n.rec.catchUp()
+	unlock, err := n.rec.locks.lock(ctx, oid)
+	if err != nil {
+		return err
+	}
 	if create {
+		defer unlock()
 		since := n.rec.seq()
 		err := n.rec.change(epoch, func() error { return n.store.Replace(oid, off, data, ver, epoch) })
 		if err == nil {
@@ -1402,9 +1441,11 @@ func (n *Node) localWrite(ctx context.Context, oid ids.ObjectID, off int64, data
 	if n.rec.ndoubt.Load() == 0 {
 		err := n.rec.change(epoch, func() error { return n.store.Update(oid, off, data, ver, epoch) })
 		if !errs.Is(err, errs.NotFound) {
+			unlock()
 			return err
 		}
 	}
+	unlock()
 	// Doubted or absent: fetch the copy to trust first. If no replica has
 	// it, the write creates it (the first entry of an index object does).
 	// A pull shared with an older plan's may leave it doubted at this one:
@@ -1413,18 +1454,23 @@ func (n *Node) localWrite(ctx context.Context, oid ids.ObjectID, off int64, data
 		if err := n.rec.ensure(ctx, oid, true); err != nil && !errs.Is(err, errs.NotFound) {
 			return err
 		}
-		if !n.rec.doubted(oid) {
-			break
+		unlock, err := n.rec.locks.lock(ctx, oid)
+		if err != nil {
+			return err
 		}
+		if !n.rec.doubted(oid) {
+			err := n.rec.change(epoch, func() error { return n.store.Write(oid, off, data, ver, epoch) })
+			if err == nil {
+				n.rec.settleNew(oid, epoch)
+			}
+			unlock()
+			return err
+		}
+		unlock()
 		if tries == 3 {
 			return errs.E(errs.NotReady, "write %v: the copy here is still being recovered", oid)
 		}
 	}
-	err := n.rec.change(epoch, func() error { return n.store.Write(oid, off, data, ver, epoch) })
-	if err == nil {
-		n.rec.settleNew(oid, epoch)
-	}
-	return err
 }
 
 func (n *Node) localPunch(ctx context.Context, oid ids.ObjectID, off, length int64, ver ids.Version, epoch ids.Epoch) error {
@@ -1440,7 +1486,12 @@ func (n *Node) localPunch(ctx context.Context, oid ids.ObjectID, off, length int
 	} else if err != nil {
 		return err
 	}
-	err := n.rec.change(epoch, func() error { return n.store.Punch(oid, off, length, ver, epoch) })
+	unlock, err := n.rec.locks.lock(ctx, oid)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	err = n.rec.change(epoch, func() error { return n.store.Punch(oid, off, length, ver, epoch) })
 	if errs.Is(err, errs.NotFound) {
 		return nil // nothing to zero
 	}
@@ -1448,9 +1499,14 @@ func (n *Node) localPunch(ctx context.Context, oid ids.ObjectID, off, length int
 }
 
 // localRemove removes this node's replica of oid (the collector frees it).
-func (n *Node) localRemove(oid ids.ObjectID, epoch ids.Epoch) error {
+func (n *Node) localRemove(ctx context.Context, oid ids.ObjectID, epoch ids.Epoch) error {
 	n.rec.catchUp()
-	err := n.rec.change(epoch, func() error { return n.store.Remove(oid) })
+	unlock, err := n.rec.locks.lock(ctx, oid)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	err = n.rec.change(epoch, func() error { return n.store.Remove(oid) })
 	if err == nil {
 		n.rec.forget(oid)
 	}

@@ -157,7 +157,7 @@ func (r *replicated) Punch(ctx context.Context, oid ids.ObjectID, copies int, of
 func (r *replicated) Remove(ctx context.Context, oid ids.ObjectID, copies int) error {
 	req := proto.Msg{Header: proto.Header{Op: proto.OpRemoveObj}}
 	return r.change(ctx, oid, copies, req, func(epoch ids.Epoch, _ ids.Version) error {
-		return r.n.localRemove(oid, epoch)
+		return r.n.localRemove(ctx, oid, epoch)
 	})
 }
 
