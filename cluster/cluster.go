@@ -191,6 +191,7 @@ func Start(cfg Config) (*Cluster, error) {
 		c.logs.Close()
 		return nil, errs.E(errs.IO, "open raft snapshots: %w", err)
 	}
+	c.setAsideBadSnapshots(snaps)
 	raftAddr := net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port+RaftPortOffset))
 	adv, err := net.ResolveTCPAddr("tcp", raftAddr)
 	if err != nil {
@@ -251,6 +252,39 @@ func Start(cfg Config) (*Cluster, error) {
 	go c.joinLoop()
 	go c.leaderLoop()
 	return c, nil
+}
+
+// setAsideBadSnapshots moves saved raft snapshots whose state does not
+// validate out of raft's way, into DIR/snapshots-rejected: raft saves a
+// snapshot a peer installs before it restores it, and would otherwise try
+// the refused one again at every start (and not start without another).
+// raft then starts from the newest good snapshot and the log after it,
+// which the refused install left in place; the leader sends what is
+// missing.
+func (c *Cluster) setAsideBadSnapshots(snaps *raft.FileSnapshotStore) {
+	list, err := snaps.List()
+	if err != nil {
+		return
+	}
+	for _, m := range list {
+		_, rc, err := snaps.Open(m.ID)
+		if err != nil {
+			continue
+		}
+		_, err = decodeSnapshot(rc)
+		rc.Close()
+		if err == nil {
+			continue
+		}
+		dst := filepath.Join(c.cfg.Dir, "snapshots-rejected")
+		if merr := os.MkdirAll(dst, 0o755); merr == nil {
+			merr = os.Rename(filepath.Join(c.cfg.Dir, "snapshots", m.ID), filepath.Join(dst, m.ID))
+			if merr != nil {
+				err = fmt.Errorf("%w (and moving it aside: %v)", err, merr)
+			}
+		}
+		c.log.Warn().Err(err).Str("snapshot", m.ID).Msg("refused a saved cluster state snapshot; set aside in snapshots-rejected")
+	}
 }
 
 // self is this node's metadata.
@@ -522,6 +556,28 @@ func (c *Cluster) ApplyLocal(data []byte) (Result, uint64, error) {
 	}
 	r, _ := f.Response().(Result)
 	return r, f.Index(), r.Err
+}
+
+// ApplyForwarded applies a command another node forwarded to this one, the
+// leader. Membership is not among them: only the leader changes it, from
+// its own view of gossip. The command goes into the log as decoded, so
+// nothing it carried beyond the known fields is kept.
+func (c *Cluster) ApplyForwarded(data []byte) (Result, uint64, error) {
+	var cmd Command
+	if err := json.Unmarshal(data, &cmd); err != nil {
+		return Result{}, 0, errs.E(errs.Invalid, "undecodable cluster command: %w", err)
+	}
+	if cmd.Op == CmdMembers {
+		return Result{}, 0, errs.E(errs.Invalid, "membership changes only by the leader's view of gossip, not by a forwarded command")
+	}
+	if err := checkCommand(&cmd); err != nil {
+		return Result{}, 0, err
+	}
+	data, err := json.Marshal(cmd)
+	if err != nil {
+		return Result{}, 0, errs.E(errs.Invalid, "encode command: %w", err)
+	}
+	return c.ApplyLocal(data)
 }
 
 // addrOf returns a node's data address from gossip or the agreed members.

@@ -251,7 +251,7 @@ func TestApplyUndecodable(t *testing.T) {
 	if f.state.Load() != old {
 		t.Errorf("undecodable commands published a state")
 	}
-	if err := newFSM().Restore(io.NopCloser(bytes.NewReader([]byte("{not json")))); !errs.Is(err, errs.IO) {
-		t.Errorf("Restore of garbage: %v, want an I/O error", err)
+	if err := newFSM().Restore(io.NopCloser(bytes.NewReader([]byte("{not json")))); !errs.Is(err, errs.Invalid) {
+		t.Errorf("Restore of garbage: %v, want an invalid error", err)
 	}
 }

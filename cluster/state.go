@@ -505,6 +505,9 @@ type Done struct {
 // token is among the last maxRecent that changed the state is a retry of
 // one already applied: it changes nothing and answers what that one did.
 func apply(s *State, c *Command) (*State, Result) {
+	if err := checkCommand(c); err != nil {
+		return s, Result{Err: err}
+	}
 	if c.Token != "" {
 		for _, d := range s.Recent {
 			if d.Token == c.Token {
@@ -726,20 +729,13 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	return &fsmSnapshot{s: &s}, nil
 }
 
-// Restore implements raft.FSM.
+// Restore implements raft.FSM. A snapshot whose state does not validate
+// is refused: nothing of it is applied.
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	var s State
-	if err := json.NewDecoder(rc).Decode(&s); err != nil {
-		return errs.E(errs.IO, "restore cluster state: %w", err)
-	}
-	if s.VDIs == nil {
-		s.VDIs = map[string]*VDI{}
-	}
-	for _, v := range s.VDIs {
-		if v.Image == 0 { // written before images existed
-			v.Image = v.ID
-		}
+	s, err := decodeSnapshot(rc)
+	if err != nil {
+		return err
 	}
 	// The snapshot's own index is not given to Restore: it records the
 	// last command applied (older snapshots only the last change, which
@@ -747,9 +743,33 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	applied := max(s.Index, s.Applied)
 	s.Applied = 0
 	s.derive()
-	f.publish(&s)
+	f.publish(s)
 	f.applied.Store(applied)
 	return nil
+}
+
+// decodeSnapshot reads and validates the state in a raft snapshot.
+func decodeSnapshot(r io.Reader) (*State, error) {
+	var s State
+	lr := &io.LimitedReader{R: r, N: maxSnapshotBytes + 1}
+	if err := json.NewDecoder(lr).Decode(&s); err != nil {
+		if lr.N <= 0 {
+			return nil, errs.E(errs.TooLarge, "cluster state snapshot exceeds %d bytes", maxSnapshotBytes)
+		}
+		return nil, errs.E(errs.Invalid, "undecodable cluster state snapshot: %w", err)
+	}
+	if s.VDIs == nil {
+		s.VDIs = map[string]*VDI{}
+	}
+	for _, v := range s.VDIs {
+		if v != nil && v.Image == 0 { // written before images existed
+			v.Image = v.ID
+		}
+	}
+	if err := s.validate(); err != nil {
+		return nil, err
+	}
+	return &s, nil
 }
 
 type fsmSnapshot struct{ s *State }

@@ -59,8 +59,11 @@ import (
 // 614,400 points, about 8 MiB, and builds in a few tens of milliseconds.
 const DefaultVNodes = 6144
 
-// maxPoints bounds the points of one ring, so offsets fit in uint32.
-const maxPoints = 1 << 31
+// maxPoints bounds the points of one ring (about 200 MiB), so that no
+// member list, however weighted, makes a node build a ring that exhausts
+// its memory: past it every node's count is lowered, which still places
+// well (4096 nodes of equal weight get about 2,000 points each).
+const maxPoints = 1 << 24
 
 // Node is one node of a ring built with NewNodes.
 type Node struct {
@@ -99,7 +102,7 @@ type Ring struct {
 //
 // The ring holds P = (distinct nodes)×vnodes points and takes about 13.5
 // bytes per point (12 for the point, the rest for the lookup index) and
-// O(P) time to build. vnodes is capped so that P <= 2^31; a larger value is
+// O(P) time to build. vnodes is capped so that P <= 2^24; a larger value is
 // a configuration error and is silently reduced.
 func New(nodes []ids.NodeID, vnodes int) *Ring {
 	ns := make([]Node, len(nodes))
@@ -118,7 +121,7 @@ func New(nodes []ids.NodeID, vnodes int) *Ring {
 // node's. Order is irrelevant; of two entries with one ID, the one that
 // sorts first by (zone, weight) is kept. With equal weights, no zones and
 // unit 0 (or the common weight) it places exactly as New. The total of
-// points is capped at 2^31 by lowering every node's count.
+// points is capped at 2^24 by lowering every node's count.
 func NewNodes(nodes []Node, vnodes int, unit uint64) *Ring {
 	if vnodes <= 0 {
 		vnodes = DefaultVNodes

@@ -303,7 +303,7 @@ func (n *Node) handle(ctx context.Context, conn *proto.Conn, req *proto.Msg) *pr
 	case proto.OpApply:
 		var r cluster.Result
 		var index uint64
-		r, index, err = n.cl.ApplyLocal(req.Data)
+		r, index, err = n.cl.ApplyForwarded(req.Data)
 		if err == nil {
 			resp = &proto.Msg{Aux: index}
 			resp.Data, err = jsonMarshal(r)
