@@ -27,6 +27,7 @@ const (
 	Unsupported             // the operation is not supported
 	TooLarge                // the request or result exceeds a limit
 	Closed                  // the connection or node is shutting down
+	Denied                  // not authorized: wrong key, or not allowed to this role
 	maxKind
 )
 
@@ -44,6 +45,7 @@ var kindNames = [...]string{
 	Unsupported: "not supported",
 	TooLarge:    "too large",
 	Closed:      "closed",
+	Denied:      "not authorized",
 }
 
 func (k Kind) String() string {

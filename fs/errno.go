@@ -21,6 +21,7 @@ var errnoOf = map[errs.Kind]syscall.Errno{
 	errs.Unsupported: syscall.EOPNOTSUPP,
 	errs.TooLarge:    syscall.EFBIG,
 	errs.Closed:      syscall.EIO,
+	errs.Denied:      syscall.EACCES,
 }
 
 // toErrno maps err to the errno the kernel should see.

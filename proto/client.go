@@ -22,13 +22,23 @@ const DialTimeout = 3 * time.Second
 // Safe for concurrent use.
 type Client struct {
 	addr string
+	dial DialFunc
 
 	mu   sync.Mutex
 	conn *clientConn
 }
 
-// NewClient returns a client for addr (host:port). It does not dial yet.
+// DialFunc connects to addr: over TLS with the cluster's key (see package
+// auth), or plain TCP when nil.
+type DialFunc func(ctx context.Context, addr string) (net.Conn, error)
+
+// NewClient returns a client for addr (host:port) over plain TCP. It does
+// not dial yet.
 func NewClient(addr string) *Client { return &Client{addr: addr} }
+
+// NewClientDial returns a client for addr that connects with dial (nil:
+// plain TCP).
+func NewClientDial(addr string, dial DialFunc) *Client { return &Client{addr: addr, dial: dial} }
 
 // Addr returns the address the client talks to.
 func (c *Client) Addr() string { return c.addr }
@@ -66,9 +76,13 @@ func (c *Client) get(ctx context.Context) (*clientConn, error) {
 		}
 		c.conn = nil
 	}
-	d := net.Dialer{Timeout: DialTimeout}
-	nc, err := d.DialContext(ctx, "tcp", c.addr)
+	nc, err := c.connect(ctx)
 	if err != nil {
+		if errs.Is(err, errs.Denied) {
+			// The other side is not of this cluster (or this side has
+			// the wrong key): retrying will not help.
+			return nil, errs.E(errs.Denied, "connect to %s: %w", c.addr, err)
+		}
 		return nil, errs.E(errs.IO, "dial %s: %w", c.addr, transportError{err})
 	}
 	if tc, ok := nc.(*net.TCPConn); ok {
@@ -223,6 +237,10 @@ func IsTransport(err error) bool {
 
 // Pool keeps one Client per address. Safe for concurrent use.
 type Pool struct {
+	// Dial connects the pool's clients (nil: plain TCP). Set it before
+	// the first Get.
+	Dial DialFunc
+
 	mu      sync.Mutex
 	clients map[string]*Client
 }
@@ -236,7 +254,7 @@ func (p *Pool) Get(addr string) *Client {
 	}
 	c := p.clients[addr]
 	if c == nil {
-		c = NewClient(addr)
+		c = NewClientDial(addr, p.Dial)
 		p.clients[addr] = c
 	}
 	return c
@@ -250,4 +268,16 @@ func (p *Pool) Close() {
 		c.Close()
 	}
 	p.clients = nil
+}
+
+// connect opens the connection: with the client's dial function, or plain
+// TCP within DialTimeout.
+func (c *Client) connect(ctx context.Context) (net.Conn, error) {
+	if c.dial != nil {
+		ctx, cancel := context.WithTimeout(ctx, DialTimeout)
+		defer cancel()
+		return c.dial(ctx, c.addr)
+	}
+	d := net.Dialer{Timeout: DialTimeout}
+	return d.DialContext(ctx, "tcp", c.addr)
 }

@@ -59,6 +59,10 @@ type Conn struct {
 	closed  bool
 }
 
+// NetConn is the underlying connection (an authenticated one, on a
+// daemon: see package auth).
+func (c *Conn) NetConn() net.Conn { return c.nc }
+
 // OnClose registers f to run (once, in its own goroutine) when the
 // connection ends. If it has ended already f runs at once.
 func (c *Conn) OnClose(f func()) {
