@@ -7,8 +7,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -17,6 +19,7 @@ import (
 	"github.com/alecthomas/kong"
 	"github.com/rs/zerolog"
 
+	"github.com/sheepfs/sheepfs/auth"
 	"github.com/sheepfs/sheepfs/client"
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/fs"
@@ -30,15 +33,35 @@ type Globals struct {
 	Addr    string        `help:"Address of a sheep daemon (host:port)." default:"127.0.0.1:7000" env:"SHEEP_ADDR"`
 	Timeout time.Duration `help:"How long to wait for the cluster." default:"60s"`
 	JSON    bool          `help:"Print JSON instead of tables." name:"json"`
+	KeyFile string        `help:"The cluster key (or a client key), from sheep keygen. Default: $SHEEP_KEY_FILE, else /etc/sheepfs/cluster.key." placeholder:"FILE" type:"path"`
 	out     io.Writer
+	keys    *auth.Keys
 }
 
-func (g *Globals) client() *client.Client {
-	return client.New([]string{g.Addr}, client.Options{RetryFor: g.Timeout})
+func (g *Globals) client() *client.Client { return g.clientAs(auth.RoleClient) }
+
+// clientAs is a client presenting the identity of role as: RolePeer for
+// what only the cluster key allows.
+func (g *Globals) clientAs(as auth.Role) *client.Client {
+	return client.New([]string{g.Addr}, client.Options{RetryFor: g.Timeout, Dial: dialer(g.keys, as)})
+}
+
+// dialer connects with keys as role as; a connection fails with the
+// reason when keys cannot (a client key asked for the peer role).
+func dialer(keys *auth.Keys, as auth.Role) proto.DialFunc {
+	d, err := keys.NewDialer(as, proto.DialTimeout)
+	if err != nil {
+		return func(context.Context, string) (net.Conn, error) { return nil, err }
+	}
+	return d.DialContext
 }
 
 func (g *Globals) admin(req proto.AdminRequest, out any) error {
-	c := g.client()
+	return g.adminAs(auth.RoleClient, req, out)
+}
+
+func (g *Globals) adminAs(as auth.Role, req proto.AdminRequest, out any) error {
+	c := g.clientAs(as)
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), g.Timeout)
 	defer cancel()
@@ -58,6 +81,7 @@ func (g *Globals) printJSON(v any) error {
 type Sheep struct {
 	Globals
 	Daemon  DaemonCmd  `cmd:"" help:"Run a sheep daemon (one per node)."`
+	Keygen  KeygenCmd  `cmd:"" help:"Print a new cluster key (or, with --client, the client key of one)."`
 	Cluster ClusterCmd `cmd:"" help:"Format the cluster or show its state."`
 	Node    NodeCmd    `cmd:"" help:"Show nodes."`
 	VDI     VDICmd     `cmd:"" name:"vdi" help:"Create, list, resize and delete VDIs."`
@@ -66,7 +90,8 @@ type Sheep struct {
 // DaemonCmd runs a node.
 type DaemonCmd struct {
 	Dir       string        `help:"Data directory (objects, cluster log, node ID)." default:"/var/lib/sheep" type:"path"`
-	Host      string        `help:"IP address to listen on and advertise." default:"127.0.0.1"`
+	Listen    string        `help:"IP address to listen on and advertise to the other nodes, or IP:PORT (then the data port). Use an address the other nodes reach; every port speaks TLS with the cluster key." default:"127.0.0.1" placeholder:"ADDR"`
+	Host      string        `hidden:"" help:"Old name of --listen."`
 	Port      int           `help:"Data port; gossip uses port+1 and raft port+2." default:"7000"`
 	Join      []string      `help:"Data address (host:port) of a running node to join; repeatable." placeholder:"ADDR"`
 	ID        string        `help:"Node ID on first start (default: random); kept in the data directory."`
@@ -93,9 +118,18 @@ func (d *DaemonCmd) Run(g *Globals) error {
 		}
 		weight = max(w>>20, 1)
 	}
-	n, err := server.Start(server.Config{Dir: d.Dir, Host: d.Host, Port: d.Port, Join: d.Join,
+	keys, err := auth.Load(g.KeyFile)
+	if err != nil {
+		return err
+	}
+	host, port, err := listenAddr(d.Listen, d.Host, d.Port)
+	if err != nil {
+		return err
+	}
+	log.Info().Str("key", keys.Current().ID()).Str("file", keys.Source()).Msg("cluster key")
+	n, err := server.Start(server.Config{Dir: d.Dir, Host: host, Port: port, Join: d.Join,
 		ID: ids.NodeID(d.ID), DeadGrace: d.DeadGrace, Log: log, Zone: d.Zone, Weight: weight,
-		Disks: d.Disk, Faults: os.Getenv("SHEEP_FAULTS") == "1"})
+		Disks: d.Disk, Faults: os.Getenv("SHEEP_FAULTS") == "1", Keys: keys})
 	if err != nil {
 		return err
 	}
@@ -104,6 +138,60 @@ func (d *DaemonCmd) Run(g *Globals) error {
 	s := <-sig
 	log.Info().Str("signal", s.String()).Msg("stopping")
 	return n.Close()
+}
+
+// listenAddr works out the daemon's address from --listen (IP or IP:PORT),
+// the old --host, and --port.
+func listenAddr(listen, host string, port int) (string, int, error) {
+	if host != "" {
+		listen = host
+	}
+	if h, p, err := net.SplitHostPort(listen); err == nil {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65533 {
+			return "", 0, errs.E(errs.Invalid, "--listen %s: bad port", listen)
+		}
+		listen, port = h, n
+	}
+	if net.ParseIP(listen) == nil {
+		return "", 0, errs.E(errs.Invalid, "--listen %s: give an IP address (the other nodes reach this node there)", listen)
+	}
+	return listen, port, nil
+}
+
+// KeygenCmd prints a key.
+type KeygenCmd struct {
+	Client bool `help:"Print the client key of the cluster key read from --key-file (or $SHEEP_KEY_FILE, /etc/sheepfs/cluster.key): it mounts VDIs and runs admin commands, but cannot act as a node."`
+}
+
+// Run prints the key. Printed to a file (sheep keygen > FILE), the file
+// is made readable by its owner only.
+func (k *KeygenCmd) Run(g *Globals) error {
+	var key *auth.Key
+	if k.Client {
+		keys, err := auth.Load(g.KeyFile)
+		if err != nil {
+			return err
+		}
+		if !keys.IsCluster() {
+			return errs.E(errs.Invalid, "%s holds a client key already", keys.Source())
+		}
+		key = keys.Current().Client()
+	} else {
+		var err error
+		if key, err = auth.Generate(); err != nil {
+			return err
+		}
+	}
+	if f, ok := g.out.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
+			if err := f.Chmod(0o600); err != nil {
+				return errs.E(errs.IO, "make the key file private: %w", err)
+			}
+		}
+	}
+	_, err := g.out.Write(auth.File(key))
+	return err
 }
 
 // ClusterCmd groups cluster commands.
@@ -213,7 +301,11 @@ func (c *MDFaultCmd) Run(g *Globals) error {
 
 func mdRun(g *Globals, req proto.AdminRequest) error {
 	var disks []proto.DiskInfo
-	if err := g.admin(req, &disks); err != nil {
+	as := auth.RolePeer // a node's disks: the cluster key only
+	if req.Cmd == proto.AdminMDInfo {
+		as = auth.RoleClient
+	}
+	if err := g.adminAs(as, req, &disks); err != nil {
 		return err
 	}
 	if g.JSON {
@@ -249,6 +341,7 @@ type VDICmd struct {
 	List   VDIListCmd   `cmd:"" help:"List VDIs."`
 	Delete VDIDeleteCmd `cmd:"" help:"Delete a VDI and free its objects."`
 	Resize VDIResizeCmd `cmd:"" help:"Grow (or shrink) a VDI."`
+	Unlock VDIUnlockCmd `cmd:"" help:"Release a VDI's write lock whoever holds it (when its holder cannot; needs the cluster key)."`
 
 	Snapshot  VDISnapshotCmd  `cmd:"" help:"Snapshot a VDI as NAME@TAG, also while written."`
 	Snapshots VDISnapshotsCmd `cmd:"" help:"List snapshots (of one VDI, or all)."`
@@ -258,6 +351,23 @@ type VDICmd struct {
 	GC        VDIGCCmd        `cmd:"gc" help:"Free what deleted VDIs left (after a failed delete)."`
 	Backup    VDIBackupCmd    `cmd:"" help:"Stream a snapshot (or changes since FROM) to stdout."`
 	Restore   VDIRestoreCmd   `cmd:"" help:"Restore a full backup and increments into a new VDI."`
+}
+
+// VDIUnlockCmd releases a lock by force.
+type VDIUnlockCmd struct {
+	Name  string `arg:"" help:"VDI name."`
+	Force bool   `help:"Required: the lock is taken from whoever holds it, whose next write then fails." required:""`
+}
+
+// Run releases the lock.
+func (c *VDIUnlockCmd) Run(g *Globals) error {
+	if err := g.adminAs(auth.RolePeer, proto.AdminRequest{Cmd: proto.AdminVDIUnlock, Name: c.Name, Force: c.Force}, nil); err != nil {
+		return err
+	}
+	if !g.JSON {
+		fmt.Fprintf(g.out, "released the write lock of %s\n", c.Name)
+	}
+	return nil
 }
 
 // VDICreateCmd creates a VDI.
@@ -350,6 +460,7 @@ type Sheepfs struct {
 	Debug       bool     `help:"Log every FUSE request."`
 	NoWriteback bool     `help:"Turn off the kernel writeback cache: every write(2) reaches the cluster before it returns (slower)."`
 	Pprof       string   `help:"Serve Go profiles (net/http/pprof) on this address. Off by default." placeholder:"ADDR"`
+	KeyFile     string   `help:"The cluster key or a client key (sheep keygen). Default: $SHEEP_KEY_FILE, else /etc/sheepfs/cluster.key." placeholder:"FILE" type:"path"`
 }
 
 // Run mounts and serves until unmounted or signalled.
@@ -357,7 +468,11 @@ func (s *Sheepfs) Run() error {
 	if err := servePprof(s.Pprof); err != nil {
 		return err
 	}
-	c := client.New(s.Addr, client.Options{})
+	keys, err := auth.Load(s.KeyFile)
+	if err != nil {
+		return err
+	}
+	c := client.New(s.Addr, client.Options{Dial: dialer(keys, auth.RoleClient)})
 	f, err := fs.Mount(s.Mountpoint, c, fs.Options{Debug: s.Debug, AllowOther: s.AllowOther, NoWritebackCache: s.NoWriteback})
 	if err != nil {
 		return errs.E(errs.IO, "mount %s: %w", s.Mountpoint, err)
@@ -392,6 +507,12 @@ func Main(name string, cmd any, args []string, stdout io.Writer) int {
 	}
 	if s, ok := cmd.(*Sheep); ok {
 		s.Globals.out = stdout
+		if c := ctx.Command(); !strings.HasPrefix(c, "keygen") && !strings.HasPrefix(c, "daemon") {
+			if s.Globals.keys, err = auth.Load(s.KeyFile); err != nil {
+				fmt.Fprintf(os.Stderr, "%s: %s\n", name, err)
+				return 1
+			}
+		}
 		err = ctx.Run(&s.Globals)
 	} else {
 		err = ctx.Run()

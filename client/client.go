@@ -25,6 +25,9 @@ type Options struct {
 	RetryFor time.Duration
 	// Mount names this client's write locks (default: random).
 	Mount ids.MountID
+	// Dial connects to a gateway: over TLS with the cluster's key (see
+	// auth.Keys.NewDialer). nil: plain TCP, which a daemon refuses.
+	Dial proto.DialFunc
 }
 
 // Client is a connection to the cluster through one gateway at a time.
@@ -53,7 +56,7 @@ func New(addrs []string, opts Options) *Client {
 		rand.Read(b[:])
 		opts.Mount = ids.MountID("m" + hex.EncodeToString(b[:]))
 	}
-	return &Client{addrs: addrs, opts: opts, pc: proto.NewClient(addrs[0]), locks: map[string]bool{}}
+	return &Client{addrs: addrs, opts: opts, pc: proto.NewClientDial(addrs[0], opts.Dial), locks: map[string]bool{}}
 }
 
 // Mount returns the client's mount ID.
@@ -88,7 +91,7 @@ func (c *Client) failover(gen uint64) {
 	}
 	c.pc.Close()
 	c.cur = (c.cur + 1) % len(c.addrs)
-	c.pc = proto.NewClient(c.addrs[c.cur])
+	c.pc = proto.NewClientDial(c.addrs[c.cur], c.opts.Dial)
 	c.gen++
 }
 

@@ -30,6 +30,7 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/rs/zerolog"
 
+	"github.com/sheepfs/sheepfs/auth"
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/ids"
 	"github.com/sheepfs/sheepfs/proto"
@@ -72,6 +73,12 @@ type Config struct {
 	Weight uint64
 	// Store names the node's data directory (see Member.Store).
 	Store string
+	// Keys are the cluster's keys: raft and gossip admit only nodes
+	// holding them. Required.
+	Keys *auth.Keys
+	// Dial connects to other nodes' data ports (nil: plain TCP, for
+	// tests that run without keys).
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
 	// Log receives the node's logs.
 	Log zerolog.Logger
 }
@@ -167,6 +174,7 @@ func Start(cfg Config) (*Cluster, error) {
 	}
 	c := &Cluster{cfg: cfg, log: cfg.Log.With().Str("node", string(cfg.ID)).Logger(),
 		fsm: newFSM(), events: make(chan struct{}, 1), stop: make(chan struct{})}
+	c.pool.Dial = cfg.Dial
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, errs.E(errs.IO, "cluster dir: %w", err)
 	}
@@ -198,7 +206,14 @@ func Start(cfg Config) (*Cluster, error) {
 		c.logs.Close()
 		return nil, errs.E(errs.Invalid, "raft address %s: %w", raftAddr, err)
 	}
-	c.tr, err = raft.NewTCPTransportWithLogger(raftAddr, adv, 4, 10*time.Second, hlog)
+	if cfg.Keys == nil || !cfg.Keys.IsCluster() {
+		c.logs.Close()
+		return nil, errs.E(errs.Invalid, "a node needs the cluster key (not a client key)")
+	}
+	stream, err := newTLSStream(raftAddr, adv, cfg.Keys, c.refusedPeer("raft"))
+	if err == nil {
+		c.tr = raft.NewNetworkTransportWithLogger(stream, 4, 10*time.Second, hlog)
+	}
 	if err != nil {
 		c.logs.Close()
 		return nil, errs.E(errs.IO, "raft transport on %s: %w", raftAddr, err)
@@ -242,6 +257,17 @@ func Start(cfg Config) (*Cluster, error) {
 	mc.ProbeTimeout = 300 * time.Millisecond
 	mc.GossipInterval = 100 * time.Millisecond
 	mc.SuspicionMult = 3
+	// Gossip is encrypted and authenticated with keys derived from the
+	// cluster key: a node without it is not heard, and cannot hear.
+	gk := cfg.Keys.Gossip()
+	mc.SecretKey = gk[0]
+	mc.Keyring, err = memberlist.NewKeyring(gk, gk[0])
+	if err != nil {
+		c.raft.Shutdown()
+		c.shutdownPartial()
+		return nil, errs.E(errs.Invalid, "gossip keys: %w", err)
+	}
+	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
 	c.ml, err = memberlist.Create(mc)
 	if err != nil {
 		c.raft.Shutdown()
@@ -284,6 +310,24 @@ func (c *Cluster) setAsideBadSnapshots(snaps *raft.FileSnapshotStore) {
 			}
 		}
 		c.log.Warn().Err(err).Str("snapshot", m.ID).Msg("refused a saved cluster state snapshot; set aside in snapshots-rejected")
+	}
+}
+
+// refusedPeer returns a callback that logs connections to port refused for
+// a failed handshake (a wrong key, or not TLS), at most one a second.
+func (c *Cluster) refusedPeer(port string) func(remote string, err error) {
+	var mu sync.Mutex
+	var last time.Time
+	var quiet int
+	return func(remote string, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if time.Since(last) < time.Second {
+			quiet++
+			return
+		}
+		c.log.Warn().Str("port", port).Str("remote", remote).Int("more", quiet).Err(err).Msg("refused a connection: not a peer of this cluster")
+		last, quiet = time.Now(), 0
 	}
 }
 
@@ -613,6 +657,7 @@ func (c *Cluster) joinLoop() {
 	defer c.wg.Done()
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
+	var warned time.Time
 	for {
 		alive := map[ids.NodeID]bool{}
 		for _, m := range c.Alive() {
@@ -637,7 +682,14 @@ func (c *Cluster) joinLoop() {
 		_, member := c.State().Member(c.cfg.ID)
 		if len(targets) > 0 && (!member || len(alive) <= 1 || len(alive) < len(c.State().Members)) {
 			if _, err := c.ml.Join(targets); err != nil {
-				c.log.Debug().Err(err).Strs("targets", targets).Msg("join")
+				if !member && time.Since(warned) > 30*time.Second {
+					// Gossip is encrypted with the cluster key: a node
+					// with another key reaches nobody.
+					c.log.Warn().Err(err).Strs("targets", targets).Msg("cannot join the cluster yet (its nodes down or unreachable, or they hold another cluster key)")
+					warned = time.Now()
+				} else {
+					c.log.Debug().Err(err).Strs("targets", targets).Msg("join")
+				}
 			}
 		}
 		select {

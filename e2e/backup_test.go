@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sheepfs/sheepfs/auth"
 	"github.com/sheepfs/sheepfs/client"
 	"github.com/sheepfs/sheepfs/ids"
 	"github.com/sheepfs/sheepfs/proto"
@@ -21,7 +22,7 @@ import (
 // before anything is created.
 func TestBackupRestore(t *testing.T) {
 	c := NewCluster(t, 3, 2)
-	cl := client.New(c.Addrs(), client.Options{RetryFor: 30 * time.Second})
+	cl := client.New(c.Addrs(), client.Options{Dial: keyDial(auth.RoleClient), RetryFor: 30 * time.Second})
 	defer cl.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	defer cancel()

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sheepfs/sheepfs/auth"
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/proto"
 )
@@ -27,7 +29,15 @@ type wireConn struct {
 
 func dialWire(t *testing.T, addr string) *wireConn {
 	t.Helper()
-	nc, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	return dialWireAs(t, addr, auth.RoleClient)
+}
+
+// dialWireAs is dialWire with the test key's identity of role as.
+func dialWireAs(t *testing.T, addr string, as auth.Role) *wireConn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, err := keyDial(as)(ctx, addr)
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
 	}

@@ -35,6 +35,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sheepfs/sheepfs/auth"
+	"github.com/sheepfs/sheepfs/proto"
 )
 
 // Timeouts of subprocesses. They bound how long a broken product can hang a
@@ -78,7 +81,34 @@ func testMain(m *testing.M) int {
 	}
 	sheepBin = filepath.Join(binDir, "sheep")
 	sheepfsBin = filepath.Join(binDir, "sheepfs")
+	// One cluster key for every daemon, mount and command the tests run
+	// (they inherit the environment).
+	keyFile = filepath.Join(binDir, "cluster.key")
+	if out, err := exec.Command("bash", "-c", q(sheepBin)+" keygen > "+q(keyFile)).CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: sheep keygen: %v\n%s", err, out)
+		return 1
+	}
+	os.Setenv(auth.EnvFile, keyFile)
+	if testKeys, err = auth.Load(keyFile); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+		return 1
+	}
 	return m.Run()
+}
+
+// keyFile is the cluster key of every test cluster; testKeys its keys.
+var (
+	keyFile  string
+	testKeys *auth.Keys
+)
+
+// keyDial connects to a daemon with the test key, as role as.
+func keyDial(as auth.Role) proto.DialFunc {
+	d, err := testKeys.NewDialer(as, proto.DialTimeout)
+	if err != nil {
+		panic(err) // the test key is a cluster key: every role works
+	}
+	return d.DialContext
 }
 
 // requireEnv skips (or, with CI=true, fails) a test that cannot run here:

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sheepfs/sheepfs/auth"
 	"github.com/sheepfs/sheepfs/client"
 	"github.com/sheepfs/sheepfs/proto"
 )
@@ -265,7 +266,7 @@ func upCount(ci ClusterInfo) int {
 // objects at once, each read bounded by timeout. It returns the bytes
 // read and the indexes of the objects it could not read.
 func readVia(addr, full string, timeout time.Duration) ([]byte, []int, error) {
-	cl := client.New([]string{addr}, client.Options{RetryFor: timeout})
+	cl := client.New([]string{addr}, client.Options{Dial: keyDial(auth.RoleClient), RetryFor: timeout})
 	defer cl.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	var v proto.VDIInfo
@@ -822,7 +823,7 @@ print(i, worst)
 
 // exists reports whether VDI or snapshot full exists.
 func exists(c *Cluster, full string) bool {
-	cl := client.New(c.Addrs(), client.Options{RetryFor: 10 * time.Second})
+	cl := client.New(c.Addrs(), client.Options{Dial: keyDial(auth.RoleClient), RetryFor: 10 * time.Second})
 	defer cl.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sheepfs/sheepfs/auth"
 	"github.com/sheepfs/sheepfs/client"
 	"github.com/sheepfs/sheepfs/proto"
 )
@@ -52,7 +53,7 @@ func TestAbandonedSnapshotRequests(t *testing.T) {
 		}
 	}()
 	for i := 0; i < 200 && werr == nil; i++ {
-		a := client.New([]string{gw.Addr()}, client.Options{RetryFor: time.Second})
+		a := client.New([]string{gw.Addr()}, client.Options{Dial: keyDial(auth.RoleClient), RetryFor: time.Second})
 		done := make(chan struct{})
 		go func() {
 			defer close(done)

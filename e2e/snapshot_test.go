@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sheepfs/sheepfs/auth"
 	"github.com/sheepfs/sheepfs/client"
 	"github.com/sheepfs/sheepfs/ids"
 	"github.com/sheepfs/sheepfs/proto"
@@ -21,7 +22,7 @@ import (
 
 // newClient returns a cluster client through addrs, closed at the end.
 func newClient(t testing.TB, addrs ...string) *client.Client {
-	cl := client.New(addrs, client.Options{RetryFor: 30 * time.Second})
+	cl := client.New(addrs, client.Options{Dial: keyDial(auth.RoleClient), RetryFor: 30 * time.Second})
 	t.Cleanup(cl.Close)
 	return cl
 }

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sheepfs/sheepfs/auth"
 	"github.com/sheepfs/sheepfs/client"
 	"github.com/sheepfs/sheepfs/proto"
 )
@@ -20,7 +21,7 @@ func TestLockOfARestartedGateway(t *testing.T) {
 	for _, name := range []string{"gone", "back"} {
 		createVDI(t, admin, name, 1<<30)
 	}
-	gone := client.New([]string{c.Nodes[1].Addr()}, client.Options{RetryFor: 5 * time.Second})
+	gone := client.New([]string{c.Nodes[1].Addr()}, client.Options{Dial: keyDial(auth.RoleClient), RetryFor: 5 * time.Second})
 	if _, err := gone.Lock(ctx, "gone"); err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sheepfs/sheepfs/auth"
 	"github.com/sheepfs/sheepfs/client"
 	"github.com/sheepfs/sheepfs/ids"
 	"github.com/sheepfs/sheepfs/proto"
@@ -66,12 +67,12 @@ func TestOldGatewayReleasesMovedLock(t *testing.T) {
 	ctx := testCtx(t)
 	admin := newClient(t, c.Nodes[2].Addr())
 	v := createVDI(t, admin, "v", 8<<20)
-	old := client.New([]string{c.Nodes[0].Addr()}, client.Options{RetryFor: 30 * time.Second, Mount: "mfailover"})
+	old := client.New([]string{c.Nodes[0].Addr()}, client.Options{Dial: keyDial(auth.RoleClient), RetryFor: 30 * time.Second, Mount: "mfailover"})
 	if _, err := old.Lock(ctx, "v"); err != nil {
 		t.Fatal(err)
 	}
 	// The same mount, now through node 1, before node 0 saw the close.
-	moved := client.New([]string{c.Nodes[1].Addr()}, client.Options{RetryFor: 30 * time.Second, Mount: "mfailover"})
+	moved := client.New([]string{c.Nodes[1].Addr()}, client.Options{Dial: keyDial(auth.RoleClient), RetryFor: 30 * time.Second, Mount: "mfailover"})
 	t.Cleanup(moved.Close)
 	if _, err := moved.Lock(ctx, "v"); err != nil {
 		t.Fatal(err)
@@ -96,12 +97,12 @@ func TestWriteThroughOldGatewayRefused(t *testing.T) {
 	ctx := testCtx(t)
 	admin := newClient(t, c.Nodes[2].Addr())
 	v := createVDI(t, admin, "v", 8<<20)
-	old := client.New([]string{c.Nodes[0].Addr()}, client.Options{RetryFor: 30 * time.Second, Mount: "mfailover"})
+	old := client.New([]string{c.Nodes[0].Addr()}, client.Options{Dial: keyDial(auth.RoleClient), RetryFor: 30 * time.Second, Mount: "mfailover"})
 	t.Cleanup(old.Close)
 	if _, err := old.Lock(ctx, "v"); err != nil {
 		t.Fatal(err)
 	}
-	moved := client.New([]string{c.Nodes[1].Addr()}, client.Options{RetryFor: 30 * time.Second, Mount: "mfailover"})
+	moved := client.New([]string{c.Nodes[1].Addr()}, client.Options{Dial: keyDial(auth.RoleClient), RetryFor: 30 * time.Second, Mount: "mfailover"})
 	t.Cleanup(moved.Close)
 	if _, err := moved.Lock(ctx, "v"); err != nil {
 		t.Fatal(err)
@@ -132,7 +133,7 @@ func TestWriteHeldBySnapshotFenceAfterLockMoved(t *testing.T) {
 	const size = 256 << 20
 	admin := newClient(t, other.Addr())
 	v := createVDI(t, admin, "v", size)
-	old := client.New([]string{gw.Addr()}, client.Options{RetryFor: 30 * time.Second, Mount: "mfailover"})
+	old := client.New([]string{gw.Addr()}, client.Options{Dial: keyDial(auth.RoleClient), RetryFor: 30 * time.Second, Mount: "mfailover"})
 	t.Cleanup(old.Close)
 	if _, err := old.Lock(ctx, "v"); err != nil {
 		t.Fatal(err)
@@ -153,7 +154,7 @@ func TestWriteHeldBySnapshotFenceAfterLockMoved(t *testing.T) {
 	held := make(chan error, 1)
 	go func() { held <- old.WriteAt(ctx, v.ID, []byte("old!"), 0, false) }()
 	time.Sleep(20 * time.Millisecond)
-	moved := client.New([]string{other.Addr()}, client.Options{RetryFor: 30 * time.Second, Mount: "mfailover"})
+	moved := client.New([]string{other.Addr()}, client.Options{Dial: keyDial(auth.RoleClient), RetryFor: 30 * time.Second, Mount: "mfailover"})
 	t.Cleanup(moved.Close)
 	if _, err := moved.Lock(ctx, "v"); err != nil {
 		t.Fatal(err)

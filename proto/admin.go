@@ -16,7 +16,7 @@ const (
 	AdminVDIList       = "vdi.list"       // -> []VDIInfo
 	AdminVDILookup     = "vdi.lookup"     // Name -> VDIInfo
 	AdminVDILock       = "vdi.lock"       // Name, Mount: open for writing
-	AdminVDIUnlock     = "vdi.unlock"     // Name, Mount
+	AdminVDIUnlock     = "vdi.unlock"     // Name, Mount: only the holder, through the connection that locked it; Force: anyone's
 	AdminVDIObjects    = "vdi.objects"    // Name -> []string (object IDs it owns)
 
 	// Snapshots and clones. Name is NAME for a writable VDI and NAME@TAG
@@ -119,6 +119,9 @@ type AdminRequest struct {
 	Forwarded bool `json:"forwarded,omitempty"`
 	// Recovery changes the recovery throttle (AdminRecoverySet).
 	Recovery *RecoveryChange `json:"recovery,omitempty"`
+	// Force makes vdi.unlock release the lock whoever holds it (an
+	// admin clearing a lock its holder cannot; needs the cluster key).
+	Force bool `json:"force,omitempty"`
 }
 
 // ClusterInfo is the answer to AdminClusterInfo.

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sheepfs/sheepfs/auth"
 	"github.com/sheepfs/sheepfs/cluster"
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/ids"
@@ -416,10 +417,34 @@ func (n *Node) vdiInfo(v *cluster.VDI) proto.VDIInfo {
 	return out
 }
 
+// needsPeer reports whether an admin request needs a connection holding the
+// cluster key: a node's disks, a lock released by force, and requests one
+// node forwards to another.
+func needsPeer(a *proto.AdminRequest) bool {
+	switch a.Cmd {
+	case proto.AdminMDPlug, proto.AdminMDUnplug, proto.AdminMDFault:
+		return true
+	}
+	return a.Forwarded || a.Force
+}
+
+func adminWhat(a *proto.AdminRequest) string {
+	switch {
+	case a.Forwarded:
+		return "a forwarded " + a.Cmd
+	case a.Force:
+		return a.Cmd + " --force"
+	}
+	return a.Cmd
+}
+
 func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (*proto.Msg, error) {
 	var a proto.AdminRequest
 	if err := json.Unmarshal(req.Data, &a); err != nil {
 		return nil, errs.E(errs.Invalid, "undecodable admin request: %w", err)
+	}
+	if needsPeer(&a) && auth.RoleOf(c.NetConn()) != auth.RolePeer {
+		return nil, errs.E(errs.Denied, "%s needs the cluster key: a client key does not allow it", adminWhat(&a))
 	}
 	var out any
 	switch a.Cmd {
@@ -591,10 +616,27 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		out = n.vdiInfo(r.VDI)
 	case proto.AdminVDIUnlock:
 		cs := n.connState(c)
+		if a.Force {
+			if _, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDIUnlock, Name: a.Name}); err != nil {
+				return nil, err
+			}
+			n.log.Warn().Str("vdi", a.Name).Str("remote", c.Remote).Msg("write lock released by force")
+			out = struct{}{}
+			break
+		}
+		// Only the holder releases its lock, through the connection it
+		// took it through (a mount that moved to this gateway took it
+		// again here first).
 		cs.mu.Lock()
-		delete(cs.locks, a.Name)
+		held := cs.locks != nil && a.Mount != "" && cs.locks[a.Name] == a.Mount
+		if held {
+			delete(cs.locks, a.Name)
+		}
 		cs.mu.Unlock()
-		if _, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDIUnlock, Name: a.Name, Mount: a.Mount}); err != nil {
+		if !held {
+			return nil, errs.E(errs.Denied, "VDI %q is not locked through this connection by mount %q: only its holder unlocks it (`sheep vdi unlock --force %s` releases anyone's lock)", a.Name, a.Mount, a.Name)
+		}
+		if _, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDIUnlock, Name: a.Name, Mount: a.Mount, Node: n.id, Session: cs.session}); err != nil {
 			return nil, err
 		}
 		out = struct{}{}

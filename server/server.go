@@ -20,6 +20,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/sheepfs/sheepfs/auth"
 	"github.com/sheepfs/sheepfs/cluster"
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/ids"
@@ -66,6 +67,10 @@ type Config struct {
 	// Faults lets `sheep node md fault` make a disk fail, for drills and
 	// tests (SHEEP_FAULTS=1 in the daemon's environment).
 	Faults bool
+	// Keys are the cluster's keys (see package auth): every port speaks
+	// TLS with identities derived from them, and gossip is encrypted with
+	// them. Required; a client key will not do.
+	Keys *auth.Keys
 	// Log receives the daemon's logs.
 	Log zerolog.Logger
 }
@@ -133,12 +138,30 @@ func Start(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Keys == nil || !cfg.Keys.IsCluster() {
+		n.store.Close()
+		return nil, errs.E(errs.Invalid, "a daemon needs the cluster key (not a client key)")
+	}
+	tlsCfg, err := cfg.Keys.ServerConfig(auth.RoleClient)
+	if err != nil {
+		n.store.Close()
+		return nil, err
+	}
+	dialer, err := cfg.Keys.NewDialer(auth.RolePeer, proto.DialTimeout)
+	if err != nil {
+		n.store.Close()
+		return nil, err
+	}
+	n.peers.Dial = dialer.DialContext
 	addr := net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port))
-	n.ln, err = net.Listen("tcp", addr)
+	raw, err := net.Listen("tcp", addr)
 	if err != nil {
 		n.store.Close()
 		return nil, errs.E(errs.IO, "listen on %s: %w", addr, err)
 	}
+	ln := auth.Listen(raw, tlsCfg, cfg.Keys)
+	ln.OnRefused = refusedLog(n.log)
+	n.ln = ln
 	store, err := storeID(cfg.Dir)
 	if err != nil {
 		n.ln.Close()
@@ -148,7 +171,7 @@ func Start(cfg Config) (*Node, error) {
 	weight := n.capacity()
 	n.cl, err = cluster.Start(cluster.Config{ID: id, Dir: filepath.Join(cfg.Dir, "cluster"),
 		Host: cfg.Host, Port: cfg.Port, Join: cfg.Join, DeadGrace: cfg.DeadGrace, Log: cfg.Log,
-		Zone: cfg.Zone, Weight: weight, Store: store,
+		Zone: cfg.Zone, Weight: weight, Store: store, Keys: cfg.Keys, Dial: dialer.DialContext,
 		// Requests waiting on a node gossip holds dead fail (and are
 		// retried elsewhere or later) instead of waiting on a connection
 		// whose packets a partition drops, which does not break for
@@ -289,12 +312,52 @@ func (n *Node) nextVersion() ids.Version {
 	}
 }
 
+// refusedLog logs connections refused for a failed handshake (a wrong key,
+// or not TLS), at most one a second with a count of the others.
+func refusedLog(log zerolog.Logger) func(remote string, err error) {
+	var mu sync.Mutex
+	var last time.Time
+	var quiet int
+	return func(remote string, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if time.Since(last) < time.Second {
+			quiet++
+			return
+		}
+		log.Warn().Str("remote", remote).Int("more", quiet).Err(err).Msg("refused a connection: not authorized by this cluster's key")
+		last, quiet = time.Now(), 0
+	}
+}
+
+// peerOnly reports whether op is for other daemons of the cluster only:
+// replica operations, recovery, and the cluster log's plumbing. A client
+// connection (sheepfs, the CLI) may not send them.
+func peerOnly(op proto.Op) bool {
+	switch op {
+	case proto.OpReadObj, proto.OpWriteObj, proto.OpPunchObj, proto.OpStatObj,
+		proto.OpRemoveObj, proto.OpSyncObjs, proto.OpListObjs, proto.OpStatObjs, proto.OpInventory,
+		proto.OpApply, proto.OpReportDown, proto.OpLeaderIndex:
+		return true
+	}
+	return false
+}
+
 func (n *Node) handle(ctx context.Context, conn *proto.Conn, req *proto.Msg) *proto.Msg {
 	var resp *proto.Msg
 	var err error
+	if peerOnly(req.Op) && auth.RoleOf(conn.NetConn()) != auth.RolePeer {
+		return proto.ErrorResponse(req, errs.E(errs.Denied, "%v is for the cluster's nodes only, not for a client connection", req.Op))
+	}
 	switch req.Op {
 	case proto.OpReadObj, proto.OpWriteObj, proto.OpPunchObj, proto.OpStatObj,
 		proto.OpRemoveObj, proto.OpSyncObjs, proto.OpListObjs, proto.OpStatObjs, proto.OpInventory:
+		if req.Op == proto.OpReadObj && req.Flags&proto.FlagSparse != 0 && req.Length < vdi.ObjectSize {
+			// The answer is a whole object, and the connection has
+			// room for an answer of Length bytes only.
+			err = errs.E(errs.Invalid, "sparse read of %d bytes, want the object size %d", req.Length, vdi.ObjectSize)
+			break
+		}
 		resp, err = n.handleReplica(ctx, req)
 	case proto.OpVDIRead, proto.OpVDIWrite, proto.OpVDIFlush, proto.OpVDIDiscard, proto.OpVDIAllocMap:
 		resp, err = n.handleVDI(ctx, conn, req)

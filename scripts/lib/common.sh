@@ -6,6 +6,9 @@
 #   SHEEP_DATA   data root; node i keeps its data in $SHEEP_DATA/node$i
 #   SHEEP_MNT    mount point of sheepfs
 #   SHEEP_COPIES copies when formatting a new cluster (default min(3, nodes))
+#   SHEEP_KEY_FILE    the cluster key (default $SHEEP_DATA/cluster.key, made by
+#                scripts/up when missing); every sheep and sheepfs the scripts
+#                run uses it
 #   SHEEP_GOMAXPROCS  GOMAXPROCS of each sheep and of sheepfs (default: the
 #                machine's cores shared among the nodes+1 processes, at least
 #                1; on one machine, Go runtimes that each think they own every
@@ -16,6 +19,8 @@ SHEEP_NODES=${SHEEP_NODES:-3}
 SHEEP_PORT=${SHEEP_PORT:-7000}
 SHEEP_DATA=${SHEEP_DATA:-/var/lib/sheepfs-local}
 SHEEP_MNT=${SHEEP_MNT:-/mnt/sheep}
+SHEEP_KEY_FILE=${SHEEP_KEY_FILE:-$SHEEP_DATA/cluster.key}
+export SHEEP_KEY_FILE
 SHEEP_COPIES=${SHEEP_COPIES:-$(( SHEEP_NODES < 3 ? SHEEP_NODES : 3 ))}
 SHEEP_GOMAXPROCS=${SHEEP_GOMAXPROCS:-$(( $(nproc) / (SHEEP_NODES + 1) > 1 ? $(nproc) / (SHEEP_NODES + 1) : 1 ))}
 BIN=$ROOT/bin

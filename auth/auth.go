@@ -1,0 +1,374 @@
+// Package auth is how sheepfs knows who it talks to. A cluster has one
+// secret, the cluster key (`sheep keygen`); from it every node derives the
+// same identities:
+//
+//   - a peer identity (an Ed25519 key and a self-signed certificate) that
+//     daemons present to each other and to clients, on the data port and
+//     on raft, over TLS 1.3 with certificates required on both sides;
+//   - a client identity that sheepfs and the CLI present: a daemon serves
+//     a client connection's client requests and nothing else (no replica
+//     operations, no forwarded cluster commands);
+//   - the gossip keys of memberlist, which encrypts and authenticates
+//     every gossip packet and stream with them.
+//
+// Certificates are pinned, not chained: a connection is accepted when the
+// other side's certificate key is one this side derives itself, so there
+// is no CA to run or expire. A client key (`sheep keygen --client`) holds
+// only the client identity and the peer identity's public half: a machine
+// that only mounts VDIs can be given one, and cannot act as a peer.
+//
+// A key file holds one key per line; the first is the one presented, all
+// of them are accepted (room for rolling a new key through a cluster).
+package auth
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ed25519"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"fmt"
+	"math/big"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/sheepfs/sheepfs/errs"
+)
+
+// Role is what an authenticated connection may do.
+type Role int
+
+const (
+	// RoleNone: not authenticated.
+	RoleNone Role = iota
+	// RoleClient: client requests only (sheepfs, the CLI).
+	RoleClient
+	// RolePeer: another daemon of the cluster, or an admin holding the
+	// cluster key.
+	RolePeer
+)
+
+func (r Role) String() string {
+	switch r {
+	case RoleClient:
+		return "client"
+	case RolePeer:
+		return "peer"
+	}
+	return "none"
+}
+
+// DefaultFile is where daemons, sheepfs and the CLI look for the key when
+// neither --key-file nor $SHEEP_KEY_FILE names one.
+const DefaultFile = "/etc/sheepfs/cluster.key"
+
+// EnvFile names the environment variable with the key file's path.
+const EnvFile = "SHEEP_KEY_FILE"
+
+const (
+	clusterPrefix = "cluster-key:"
+	clientPrefix  = "client-key:"
+	secretSize    = 32
+)
+
+// Key is one cluster key, or the client's part of one.
+type Key struct {
+	secret     []byte // the cluster secret; nil in a client key
+	clientSeed []byte
+	peerPub    ed25519.PublicKey
+	clientPub  ed25519.PublicKey
+	peerPriv   ed25519.PrivateKey // nil in a client key
+}
+
+// derive returns the n bytes of the cluster secret's subkey for purpose.
+func derive(secret []byte, purpose string, n int) []byte {
+	b, err := hkdf.Key(sha256.New, secret, nil, "sheepfs "+purpose, n)
+	if err != nil {
+		panic(err) // only for n beyond 255 hash lengths
+	}
+	return b
+}
+
+func fromSecret(secret []byte) *Key {
+	k := &Key{secret: secret, clientSeed: derive(secret, "client identity", ed25519.SeedSize)}
+	k.peerPriv = ed25519.NewKeyFromSeed(derive(secret, "peer identity", ed25519.SeedSize))
+	k.peerPub = k.peerPriv.Public().(ed25519.PublicKey)
+	k.clientPub = ed25519.NewKeyFromSeed(k.clientSeed).Public().(ed25519.PublicKey)
+	return k
+}
+
+func fromClient(seed []byte, peerPub []byte) *Key {
+	return &Key{clientSeed: seed, peerPub: ed25519.PublicKey(peerPub),
+		clientPub: ed25519.NewKeyFromSeed(seed).Public().(ed25519.PublicKey)}
+}
+
+// Generate makes a new cluster key from the system's random source.
+func Generate() (*Key, error) {
+	secret := make([]byte, secretSize)
+	if _, err := rand.Read(secret); err != nil {
+		return nil, errs.E(errs.IO, "random key: %w", err)
+	}
+	return fromSecret(secret), nil
+}
+
+// IsCluster reports whether k is a whole cluster key (not a client key).
+func (k *Key) IsCluster() bool { return k.secret != nil }
+
+// Client returns the client key of k: what a machine that only mounts
+// VDIs or runs admin commands needs.
+func (k *Key) Client() *Key { return fromClient(k.clientSeed, k.peerPub) }
+
+// ID is a short fingerprint of the key (the same for a cluster key and its
+// client key), safe to print.
+func (k *Key) ID() string {
+	h := sha256.Sum256(k.peerPub)
+	return fmt.Sprintf("%x", h[:6])
+}
+
+// Line is the key as one line of a key file.
+func (k *Key) Line() string {
+	if k.secret != nil {
+		return clusterPrefix + base64.StdEncoding.EncodeToString(k.secret)
+	}
+	return clientPrefix + base64.StdEncoding.EncodeToString(append(append([]byte(nil), k.clientSeed...), k.peerPub...))
+}
+
+// File is the text of a key file holding keys, first the one in use.
+func File(keys ...*Key) []byte {
+	var b bytes.Buffer
+	b.WriteString("# sheepfs key: keep it secret (mode 0600). See `sheep keygen --help`.\n")
+	for _, k := range keys {
+		b.WriteString(k.Line())
+		b.WriteByte('\n')
+	}
+	return b.Bytes()
+}
+
+// Keys are the keys of a key file: the first is presented, all are
+// accepted.
+type Keys struct {
+	list []*Key
+	path string
+}
+
+// Parse reads a key file's text.
+func Parse(b []byte) (*Keys, error) {
+	ks := &Keys{}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for line := 1; sc.Scan(); line++ {
+		s := strings.TrimSpace(sc.Text())
+		if s == "" || strings.HasPrefix(s, "#") {
+			continue
+		}
+		var k *Key
+		switch {
+		case strings.HasPrefix(s, clusterPrefix):
+			raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(strings.TrimPrefix(s, clusterPrefix)))
+			if err != nil || len(raw) != secretSize {
+				return nil, errs.E(errs.Invalid, "key file line %d: not a cluster key", line)
+			}
+			k = fromSecret(raw)
+		case strings.HasPrefix(s, clientPrefix):
+			raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(strings.TrimPrefix(s, clientPrefix)))
+			if err != nil || len(raw) != ed25519.SeedSize+ed25519.PublicKeySize {
+				return nil, errs.E(errs.Invalid, "key file line %d: not a client key", line)
+			}
+			k = fromClient(raw[:ed25519.SeedSize], raw[ed25519.SeedSize:])
+		default:
+			return nil, errs.E(errs.Invalid, "key file line %d: neither %q nor %q", line, clusterPrefix, clientPrefix)
+		}
+		ks.list = append(ks.list, k)
+		if len(ks.list) > 8 {
+			return nil, errs.E(errs.Invalid, "key file holds more than 8 keys")
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, errs.E(errs.Invalid, "key file: %w", err)
+	}
+	if len(ks.list) == 0 {
+		return nil, errs.E(errs.Invalid, "key file holds no key")
+	}
+	return ks, nil
+}
+
+// New returns the keys ks, first the one in use.
+func New(keys ...*Key) *Keys { return &Keys{list: keys} }
+
+// Path finds the key file: flag if set, else $SHEEP_KEY_FILE, else
+// DefaultFile.
+func Path(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if p := os.Getenv(EnvFile); p != "" {
+		return p
+	}
+	return DefaultFile
+}
+
+// Load reads the key file that Path(flag) names.
+func Load(flag string) (*Keys, error) {
+	p := Path(flag)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil, errs.E(errs.NotFound, "no cluster key at %s: make one with `sheep keygen > %s` (mode 0600) and give every node and client the same one, via --key-file or $%s", p, p, EnvFile)
+		}
+		return nil, errs.E(errs.IO, "read key file: %w", err)
+	}
+	ks, err := Parse(b)
+	if err != nil {
+		return nil, errs.E(errs.Invalid, "%s: %w", p, err)
+	}
+	ks.path = p
+	return ks, nil
+}
+
+// Source is the file the keys came from ("" if none).
+func (ks *Keys) Source() string { return ks.path }
+
+// Current is the key in use.
+func (ks *Keys) Current() *Key { return ks.list[0] }
+
+// All are the keys, first the one in use.
+func (ks *Keys) All() []*Key { return ks.list }
+
+// IsCluster reports whether the key in use is a whole cluster key, which a
+// daemon needs.
+func (ks *Keys) IsCluster() bool { return ks.list[0].IsCluster() }
+
+// Gossip returns memberlist's keys, the one in use first (nil for a client
+// key, which does not gossip).
+func (ks *Keys) Gossip() [][]byte {
+	var out [][]byte
+	for _, k := range ks.list {
+		if k.secret != nil {
+			out = append(out, derive(k.secret, "gossip", 32))
+		}
+	}
+	return out
+}
+
+// cert makes the self-signed certificate of an identity. Its fields do not
+// matter (keys are pinned); Ed25519 signatures are deterministic, so the
+// same key always gives the same certificate.
+func cert(priv ed25519.PrivateKey, name string) tls.Certificate {
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: name},
+		NotBefore:             time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC),
+		NotAfter:              time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, priv.Public(), priv)
+	if err != nil {
+		panic(err) // cannot fail for a well-formed template and key
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv}
+}
+
+// roleOf returns the role of a certificate chain's leaf under keys ks.
+func (ks *Keys) roleOf(raw [][]byte) Role {
+	if len(raw) == 0 {
+		return RoleNone
+	}
+	c, err := x509.ParseCertificate(raw[0])
+	if err != nil {
+		return RoleNone
+	}
+	pub, ok := c.PublicKey.(ed25519.PublicKey)
+	if !ok {
+		return RoleNone
+	}
+	for _, k := range ks.list {
+		if pub.Equal(k.peerPub) {
+			return RolePeer
+		}
+	}
+	for _, k := range ks.list {
+		if pub.Equal(k.clientPub) {
+			return RoleClient
+		}
+	}
+	return RoleNone
+}
+
+// RoleOf is the role of an established TLS connection's other side.
+func (ks *Keys) RoleOf(cs tls.ConnectionState) Role { return ks.roleOf(rawCerts(cs)) }
+
+func rawCerts(cs tls.ConnectionState) [][]byte {
+	out := make([][]byte, len(cs.PeerCertificates))
+	for i, c := range cs.PeerCertificates {
+		out[i] = c.Raw
+	}
+	return out
+}
+
+// errNotAuthorized is what the other side of a refused handshake is told
+// (as a TLS alert) and what this side logs.
+func errNotAuthorized(what string) error {
+	return errs.E(errs.Denied, "%s does not hold this cluster's key (a key file of another cluster?)", what)
+}
+
+// ServerConfig is the TLS configuration of a daemon's listener: it
+// presents the peer identity and admits connections presenting an
+// identity of at least role min.
+func (ks *Keys) ServerConfig(min Role) (*tls.Config, error) {
+	k := ks.Current()
+	if k.peerPriv == nil {
+		return nil, errs.E(errs.Invalid, "a daemon needs the cluster key, not a client key")
+	}
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cert(k.peerPriv, "sheepfs peer")},
+		ClientAuth:   tls.RequireAnyClientCert,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if ks.roleOf(raw) < min {
+				return errNotAuthorized("the connecting side")
+			}
+			return nil
+		},
+	}, nil
+}
+
+// DialConfig is the TLS configuration to connect to a daemon, presenting
+// the identity of role as (RolePeer needs the cluster key). It accepts only
+// a daemon of this cluster.
+func (ks *Keys) DialConfig(as Role) (*tls.Config, error) {
+	k := ks.Current()
+	var id tls.Certificate
+	switch {
+	case as == RolePeer && k.peerPriv != nil:
+		id = cert(k.peerPriv, "sheepfs peer")
+	case as == RolePeer:
+		return nil, errs.E(errs.Denied, "this needs the cluster key; %s holds a client key", ks.describe())
+	default:
+		id = cert(ed25519.NewKeyFromSeed(k.clientSeed), "sheepfs client")
+	}
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		Certificates:       []tls.Certificate{id},
+		InsecureSkipVerify: true, // the daemon's key is pinned below instead
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if ks.roleOf(raw) != RolePeer {
+				return errNotAuthorized("the daemon")
+			}
+			return nil
+		},
+	}, nil
+}
+
+func (ks *Keys) describe() string {
+	if ks.path != "" {
+		return ks.path
+	}
+	return "the key given"
+}

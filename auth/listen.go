@@ -1,0 +1,185 @@
+package auth
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/sheepfs/sheepfs/errs"
+)
+
+// Limits of a Listener.
+const (
+	// HandshakeTimeout bounds a TLS handshake: a connection that does
+	// not finish one in time is dropped.
+	HandshakeTimeout = 10 * time.Second
+	// maxHandshakes bounds the handshakes in progress at once; a
+	// connection beyond it is dropped at once.
+	maxHandshakes = 256
+)
+
+// Conn is an authenticated connection: the TLS connection and the role of
+// the other side.
+type Conn struct {
+	*tls.Conn
+	role Role
+}
+
+// Role is the other side's role.
+func (c *Conn) Role() Role { return c.role }
+
+// Listener accepts TLS connections whose handshake completed with an
+// identity of this cluster. Handshakes run in their own goroutines, at
+// most maxHandshakes at once and each for at most HandshakeTimeout, so a
+// connection that stalls or never speaks TLS holds up nobody else's. It
+// keeps accepting after errors such as running out of file descriptors.
+type Listener struct {
+	ln   net.Listener
+	cfg  *tls.Config
+	keys *Keys
+	// OnRefused, if set, is told of connections dropped for a failed
+	// handshake (rate-limited by the caller if it logs).
+	OnRefused func(remote string, err error)
+
+	ready chan *Conn
+	sem   chan struct{}
+	done  chan struct{}
+	once  sync.Once
+	err   error
+}
+
+// Listen wraps ln: connections are admitted with cfg (from ServerConfig)
+// and their role is worked out with keys.
+func Listen(ln net.Listener, cfg *tls.Config, keys *Keys) *Listener {
+	l := &Listener{ln: ln, cfg: cfg, keys: keys, ready: make(chan *Conn),
+		sem: make(chan struct{}, maxHandshakes), done: make(chan struct{})}
+	go l.acceptLoop()
+	return l
+}
+
+func (l *Listener) acceptLoop() {
+	var backoff time.Duration
+	for {
+		nc, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				l.close(err)
+				return
+			}
+			// Out of descriptors, or a connection aborted before it
+			// was accepted: wait a little and go on.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			select {
+			case <-time.After(backoff):
+				continue
+			case <-l.done:
+				return
+			}
+		}
+		backoff = 0
+		select {
+		case l.sem <- struct{}{}:
+		default:
+			nc.Close()
+			continue
+		}
+		go l.handshake(nc)
+	}
+}
+
+func (l *Listener) handshake(nc net.Conn) {
+	defer func() { <-l.sem }()
+	tc := tls.Server(nc, l.cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), HandshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		if l.OnRefused != nil {
+			l.OnRefused(nc.RemoteAddr().String(), err)
+		}
+		nc.Close()
+		return
+	}
+	c := &Conn{Conn: tc, role: l.keys.RoleOf(tc.ConnectionState())}
+	select {
+	case l.ready <- c:
+	case <-l.done:
+		nc.Close()
+	}
+}
+
+func (l *Listener) close(err error) {
+	l.once.Do(func() {
+		l.err = err
+		close(l.done)
+	})
+}
+
+// Accept returns the next authenticated connection.
+func (l *Listener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ready:
+		return c, nil
+	case <-l.done:
+		return nil, errs.E(errs.Closed, "listener closed: %w", net.ErrClosed)
+	}
+}
+
+// Close stops accepting.
+func (l *Listener) Close() error {
+	err := l.ln.Close()
+	l.close(net.ErrClosed)
+	return err
+}
+
+// Addr is the listening address.
+func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
+
+// RoleOf returns the role of a connection a Listener accepted (RoleNone
+// for any other).
+func RoleOf(c net.Conn) Role {
+	if ac, ok := c.(*Conn); ok {
+		return ac.role
+	}
+	return RoleNone
+}
+
+// Dialer connects to daemons over TLS with one identity.
+type Dialer struct {
+	cfg     *tls.Config
+	Timeout time.Duration
+}
+
+// NewDialer returns a Dialer presenting the identity of role as.
+func (ks *Keys) NewDialer(as Role, timeout time.Duration) (*Dialer, error) {
+	cfg, err := ks.DialConfig(as)
+	if err != nil {
+		return nil, err
+	}
+	return &Dialer{cfg: cfg, Timeout: timeout}, nil
+}
+
+// DialContext connects to addr and completes the handshake (within the
+// dialer's timeout, if ctx allows as long).
+func (d *Dialer) DialContext(ctx context.Context, addr string) (net.Conn, error) {
+	if d.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d.Timeout)
+		defer cancel()
+	}
+	td := tls.Dialer{Config: d.cfg}
+	c, err := td.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := c.(*tls.Conn); ok {
+		if raw := tc.NetConn(); raw != nil {
+			if t, ok := raw.(*net.TCPConn); ok {
+				_ = t.SetNoDelay(true)
+			}
+		}
+	}
+	return c, nil
+}
