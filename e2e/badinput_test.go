@@ -125,9 +125,14 @@ func wantOK(t *testing.T, what string, m *proto.Msg) {
 // sendJunk writes b to addr, half-closes, and checks that the daemon
 // answers with at most error frames and then closes the connection
 // (rather than hanging or crashing).
+// The connection is authenticated as a peer, so that the junk reaches
+// every handler; junk from a connection without the key never gets past
+// the TLS handshake (sendJunkUnauthenticated).
 func sendJunk(t *testing.T, addr, what string, b []byte, allowOK bool) {
 	t.Helper()
-	nc, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, err := keyDial(auth.RolePeer)(ctx, addr)
 	if err != nil {
 		t.Fatalf("%s: dial %s: %v", what, addr, err)
 	}
@@ -136,7 +141,7 @@ func sendJunk(t *testing.T, addr, what string, b []byte, allowOK bool) {
 	if _, err := nc.Write(b); err != nil && !errors.Is(err, net.ErrClosed) {
 		t.Logf("%s: write: %v (the daemon may have closed the connection already)", what, err)
 	}
-	nc.(*net.TCPConn).CloseWrite()
+	nc.(interface{ CloseWrite() error }).CloseWrite()
 	for {
 		var m proto.Msg
 		err := proto.ReadMsg(nc, &m, nil, nil)
@@ -151,6 +156,29 @@ func sendJunk(t *testing.T, addr, what string, b []byte, allowOK bool) {
 			t.Errorf("%s: the daemon neither answered nor closed the connection", what)
 		}
 		return // EOF or reset: the daemon dropped the connection
+	}
+}
+
+// sendJunkUnauthenticated writes b to addr over plain TCP and checks that
+// the daemon drops the connection without answering a frame.
+func sendJunkUnauthenticated(t *testing.T, addr, what string, b []byte) {
+	t.Helper()
+	nc, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatalf("%s: dial %s: %v", what, addr, err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(30 * time.Second))
+	nc.Write(b)
+	nc.(*net.TCPConn).CloseWrite()
+	var m proto.Msg
+	err = proto.ReadMsg(nc, &m, nil, nil)
+	var ne net.Error
+	switch {
+	case err == nil:
+		t.Errorf("%s: the daemon answered a connection without the key with a frame %v", what, m.Op)
+	case errors.As(err, &ne) && ne.Timeout():
+		t.Errorf("%s: the daemon neither answered nor closed the connection", what)
 	}
 }
 
@@ -343,6 +371,13 @@ func TestBadInput(t *testing.T) {
 		if uc, err := net.Dial("udp", "127.0.0.1:"+strconv.Itoa(n.Port+1)); err == nil {
 			uc.Write(junk[:1400])
 			uc.Close()
+		}
+	}
+	// The same junk without the key: the daemon drops the connection
+	// at the handshake and answers nothing.
+	for _, n := range c.Nodes {
+		for _, tc := range cases {
+			sendJunkUnauthenticated(t, n.Addr(), tc.what+" without a key to "+n.ID, tc.b)
 		}
 	}
 	checkIntact("after junk frames")

@@ -1,0 +1,208 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/sheepfs/sheepfs/auth"
+	"github.com/sheepfs/sheepfs/client"
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/proto"
+)
+
+// sheepWithKey runs the sheep CLI against addr with the key file key
+// ("" for none at all).
+func sheepWithKey(key, addr string, args ...string) Result {
+	env := []string{auth.EnvFile + "=" + key}
+	if key == "" {
+		env = []string{auth.EnvFile + "=" + filepath.Join(os.TempDir(), "no-such-sheep-key")}
+	}
+	return runCmd(quickTimeout, env, nil, sheepBin, append([]string{"--addr", addr, "--timeout", "5s"}, args...)...)
+}
+
+func writeKey(t *testing.T, keys ...*auth.Key) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(p, auth.File(keys...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestTrust: without the cluster key nothing works and nothing changes;
+// a client connection cannot do what only nodes do; a lock is released
+// only by its holder (or by force with the cluster key); a daemon with
+// another key is not admitted and is given no data; the data port speaks
+// TLS 1.3.
+func TestTrust(t *testing.T) {
+	requireEnv(t, "openssl")
+	c := newCluster(t, 3, 3, freeBase(t, 4), nil)
+	addr := c.Nodes[0].Addr()
+	other, err := auth.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrong := writeKey(t, other)
+	clientKey := writeKey(t, testKeys.Current().Client())
+
+	// The CLI without a key, or with another cluster's: a clear error,
+	// and nothing created.
+	if r := sheepWithKey("", addr, "vdi", "create", "nokey", "1G"); r.Code == 0 || !strings.Contains(r.Stderr, "no cluster key") {
+		t.Errorf("vdi create without a key: %v, want a failure saying there is no cluster key", r)
+	}
+	start := time.Now()
+	if r := sheepWithKey(wrong, addr, "vdi", "create", "wrongkey", "1G"); r.Code == 0 || !strings.Contains(r.Stderr, "not authorized") {
+		t.Errorf("vdi create with another cluster's key: %v, want a failure saying not authorized", r)
+	}
+	t.Logf("refused with another cluster's key in %v", time.Since(start).Round(time.Millisecond))
+	for _, v := range c.VDIs() {
+		if v.Name == "nokey" || v.Name == "wrongkey" {
+			t.Errorf("VDI %s was created without the key", v.Name)
+		}
+	}
+
+	// openssl sees TLS 1.3 on the data port, and the handshake without a
+	// certificate of this cluster fails.
+	r := runCmd(quickTimeout, nil, strings.NewReader(""), "openssl", "s_client", "-connect", addr, "-brief")
+	if !strings.Contains(r.Stdout+r.Stderr, "TLSv1.3") {
+		t.Errorf("openssl s_client does not see TLS 1.3 on the data port: %v", r)
+	}
+
+	// A client key works for client things, not for a node's disks or a
+	// forced unlock.
+	if r := sheepWithKey(clientKey, addr, "vdi", "create", "v", "64M"); r.Code != 0 {
+		t.Fatalf("vdi create with the client key: %v", r)
+	}
+	if r := sheepWithKey(clientKey, addr, "node", "md", "plug", filepath.Join(t.TempDir(), "evil")); r.Code == 0 || !strings.Contains(r.Stderr, "not authorized") {
+		t.Errorf("md plug with a client key: %v, want not authorized", r)
+	}
+
+	// Replica operations and cluster commands on a client connection are
+	// refused, and change nothing.
+	ctx := testCtx(t)
+	holder := client.New([]string{addr}, client.Options{Dial: keyDial(auth.RoleClient), RetryFor: 10 * time.Second, Mount: "mholder"})
+	defer holder.Close()
+	v, err := holder.Lock(ctx, "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := []byte(strings.Repeat("the holder's data ", 200))
+	if err := holder.WriteAt(ctx, v.ID, data, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	w := dialWire(t, addr)
+	oid := uint64(v.ID) << 32
+	wantErr(t, "write_obj on a client connection", w.call(proto.Header{Op: proto.OpWriteObj, ID: oid, Epoch: ids.Epoch(c.Info().Epoch)}, 1<<62, []byte("intruder")), errs.Denied)
+	wantErr(t, "remove_obj on a client connection", w.call(proto.Header{Op: proto.OpRemoveObj, ID: oid, Epoch: ids.Epoch(c.Info().Epoch)}, 0, nil), errs.Denied)
+	evil, _ := json.Marshal(map[string]any{"op": "members", "members": []map[string]string{{"id": "evil", "addr": "127.0.0.1:1"}}})
+	wantErr(t, "a members command on a client connection", w.call(proto.Header{Op: proto.OpApply}, 0, evil), errs.Denied)
+	wantErr(t, "a forced unlock on a client connection", w.admin(proto.AdminRequest{Cmd: proto.AdminVDIUnlock, Name: "v", Force: true}), errs.Denied)
+	// Not even with the cluster key does a command change membership.
+	p := dialWireAs(t, addr, auth.RolePeer)
+	wantErr(t, "a forwarded members command", p.call(proto.Header{Op: proto.OpApply}, 0, evil), errs.Invalid)
+	var many []map[string]string
+	for i := range 20000 {
+		many = append(many, map[string]string{"id": fmt.Sprintf("fake%05d", i), "addr": "127.0.0.1:1"})
+	}
+	big, _ := json.Marshal(map[string]any{"op": "members", "members": many})
+	wantErr(t, "a forwarded members command with 20,000 members", p.call(proto.Header{Op: proto.OpApply}, 0, big), errs.Invalid)
+
+	// Another client cannot release the holder's lock, even naming its
+	// mount; the holder's writes go on.
+	wantErr(t, "unlock by a non-holder", w.admin(proto.AdminRequest{Cmd: proto.AdminVDIUnlock, Name: "v", Mount: "mholder"}), errs.Denied)
+	if r := sheepWithKey(keyFile, addr, "vdi", "unlock", "v"); r.Code == 0 {
+		t.Errorf("sheep vdi unlock without --force succeeded: %v", r)
+	}
+	if err := holder.WriteAt(ctx, v.ID, data, 1<<20, true); err != nil {
+		t.Errorf("the holder's write after others tried to unlock: %v", err)
+	}
+	got := make([]byte, len(data))
+	if err := holder.ReadAt(ctx, v.ID, got, 0); err != nil || string(got) != string(data) {
+		t.Errorf("the holder's data reads back %q... (%v)", got[:min(len(got), 40)], err)
+	}
+	for _, n := range c.Info().Nodes {
+		if n.ID == "evil" || strings.HasPrefix(n.ID, "fake") {
+			t.Errorf("a forged member %s is listed", n.ID)
+		}
+	}
+	// The admin's forced unlock works, with the cluster key.
+	if r := sheepWithKey(keyFile, addr, "vdi", "unlock", "--force", "v"); r.Code != 0 {
+		t.Errorf("sheep vdi unlock --force: %v", r)
+	}
+	for _, vi := range c.VDIs() {
+		if vi.Name == "v" && vi.Locked {
+			t.Errorf("VDI v still locked after a forced unlock")
+		}
+	}
+
+	// A daemon with another cluster's key is not admitted and holds no
+	// object written afterwards.
+	rogue := addNode(c, 3, "--key-file", wrong)
+	m := c.Mount()
+	run(t, quickTimeout, "truncate", "-s", "64M", m.VDI("after"))
+	shell(t, cmdTimeout, fmt.Sprintf("dd if=/dev/urandom of=%s bs=1M count=32 conv=notrunc,fsync status=none", q(m.VDI("after"))))
+	time.Sleep(3 * time.Second) // a few gossip and join rounds
+	for _, n := range c.Info().Nodes {
+		if n.ID == rogue.ID {
+			t.Errorf("the daemon with another key is listed: %+v", n)
+		}
+	}
+	if files := objectFilesIn(t, rogue.Dir); len(files) > 0 {
+		t.Errorf("the daemon with another key holds %d objects", len(files))
+	}
+	if b, err := os.ReadFile(rogue.Log); err == nil && !strings.Contains(string(b), "another cluster key") {
+		t.Errorf("the daemon with another key does not say why it cannot join; its log:\n%s", b)
+	}
+	c.WaitOK()
+}
+
+// TestBadSnapshotAtRestart: a cluster state snapshot that does not
+// validate (a null VDI, as a forged install could leave) in a node's data
+// directory is set aside when the node starts, and the node comes back as
+// a member.
+func TestBadSnapshotAtRestart(t *testing.T) {
+	c := NewCluster(t, 3, 3)
+	c.Sheep("vdi", "create", "v", "1G")
+	c.Kill(2)
+	store, err := raft.NewFileSnapshotStore(filepath.Join(c.Nodes[2].Dir, "cluster"), 2, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink, err := store.Create(raft.SnapshotVersionMax, 1<<40, 1<<20, raft.Configuration{}, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink.Write([]byte(`{"vdis":{"x":null},"snaps":{"y@t":null},"dead":{"3":null}}`))
+	if err := sink.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c.Restart(2)
+	if !waitFor(readyTimeout, func() bool {
+		var nodes []NodeInfo
+		r := c.SheepAt(c.Nodes[2].Addr(), "--json", "node", "list")
+		return r.Code == 0 && json.Unmarshal([]byte(r.Stdout), &nodes) == nil && stateOf(nodes, "node2") == "up"
+	}) {
+		logTail(t, c.Nodes[2].Log, 30)
+		t.Fatal("node2 does not come back up with a bad snapshot in its data directory")
+	}
+	b, _ := os.ReadFile(c.Nodes[2].Log)
+	if !strings.Contains(string(b), "refused a saved cluster state snapshot") {
+		t.Errorf("node2 does not say it set the bad snapshot aside")
+	}
+	if _, err := os.Stat(filepath.Join(c.Nodes[2].Dir, "cluster", "snapshots-rejected", sink.ID())); err != nil {
+		t.Errorf("the bad snapshot is not in snapshots-rejected: %v", err)
+	}
+	var vdis []VDIInfo
+	r := c.SheepAt(c.Nodes[2].Addr(), "--json", "vdi", "list")
+	if json.Unmarshal([]byte(r.Stdout), &vdis) != nil || len(vdis) != 1 || vdis[0].Name != "v" {
+		t.Errorf("node2 lists VDIs %s, want only v", r.Stdout)
+	}
+}
