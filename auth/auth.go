@@ -35,7 +35,9 @@ import (
 	"fmt"
 	"math/big"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sheepfs/sheepfs/errs"
@@ -84,6 +86,10 @@ type Key struct {
 	peerPub    ed25519.PublicKey
 	clientPub  ed25519.PublicKey
 	peerPriv   ed25519.PrivateKey // nil in a client key
+
+	certOnce   sync.Once
+	peerCert   *tls.Certificate
+	clientCert *tls.Certificate
 }
 
 // derive returns the n bytes of the cluster secret's subkey for purpose.
@@ -151,15 +157,38 @@ func File(keys ...*Key) []byte {
 }
 
 // Keys are the keys of a key file: the first is presented, all are
-// accepted.
+// accepted. They change while in use: Set (a key roll on a daemon) and
+// Reload (a client whose key file was changed) take effect for the next
+// handshake. Safe for concurrent use.
 type Keys struct {
-	list []*Key
-	path string
+	mu       sync.Mutex
+	list     []*Key
+	path     string
+	stamp    fileStamp
+	checked  time.Time
+	onChange []func()
 }
+
+// fileStamp is what tells that a key file changed.
+type fileStamp struct {
+	mod  time.Time
+	size int64
+}
+
+// maxKeys bounds the keys of one file.
+const maxKeys = 8
 
 // Parse reads a key file's text.
 func Parse(b []byte) (*Keys, error) {
-	ks := &Keys{}
+	list, err := parseList(b)
+	if err != nil {
+		return nil, err
+	}
+	return &Keys{list: list}, nil
+}
+
+func parseList(b []byte) ([]*Key, error) {
+	var list []*Key
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for line := 1; sc.Scan(); line++ {
 		s := strings.TrimSpace(sc.Text())
@@ -183,22 +212,34 @@ func Parse(b []byte) (*Keys, error) {
 		default:
 			return nil, errs.E(errs.Invalid, "key file line %d: neither %q nor %q", line, clusterPrefix, clientPrefix)
 		}
-		ks.list = append(ks.list, k)
-		if len(ks.list) > 8 {
-			return nil, errs.E(errs.Invalid, "key file holds more than 8 keys")
+		list = append(list, k)
+		if len(list) > maxKeys {
+			return nil, errs.E(errs.Invalid, "key file holds more than %d keys", maxKeys)
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return nil, errs.E(errs.Invalid, "key file: %w", err)
 	}
-	if len(ks.list) == 0 {
+	if len(list) == 0 {
 		return nil, errs.E(errs.Invalid, "key file holds no key")
 	}
-	return ks, nil
+	return list, nil
 }
 
 // New returns the keys ks, first the one in use.
 func New(keys ...*Key) *Keys { return &Keys{list: keys} }
+
+// ParseLine reads one key, as Line writes it.
+func ParseLine(line string) (*Key, error) {
+	list, err := parseList([]byte(line))
+	if err != nil {
+		return nil, err
+	}
+	if len(list) != 1 {
+		return nil, errs.E(errs.Invalid, "%d keys where one was expected", len(list))
+	}
+	return list[0], nil
+}
 
 // Path finds the key file: flag if set, else $SHEEP_KEY_FILE, else
 // DefaultFile.
@@ -227,27 +268,123 @@ func Load(flag string) (*Keys, error) {
 		return nil, errs.E(errs.Invalid, "%s: %w", p, err)
 	}
 	ks.path = p
+	ks.stamp, _ = stampOf(p)
+	ks.checked = time.Now()
 	return ks, nil
 }
 
+func stampOf(path string) (fileStamp, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return fileStamp{}, err
+	}
+	return fileStamp{mod: st.ModTime(), size: st.Size()}, nil
+}
+
+// reloadEvery bounds how often Reload looks at the key file.
+const reloadEvery = time.Second
+
+// Reload reads the key file again if it changed since it was read (looked
+// at most once a second): a client given a new key file while it runs
+// uses it from its next connection. A file that no longer parses is
+// ignored (the keys stay), so a half-edited file breaks nothing.
+func (ks *Keys) Reload() {
+	ks.mu.Lock()
+	if ks.path == "" || time.Since(ks.checked) < reloadEvery {
+		ks.mu.Unlock()
+		return
+	}
+	ks.checked = time.Now()
+	path, old := ks.path, ks.stamp
+	ks.mu.Unlock()
+	st, err := stampOf(path)
+	if err != nil || st == old {
+		return
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	list, err := parseList(b)
+	if err != nil {
+		return
+	}
+	ks.mu.Lock()
+	ks.stamp = st
+	ks.mu.Unlock()
+	ks.Set(list)
+}
+
+// Set replaces the keys, first the one in use, and tells those that asked
+// (OnChange).
+func (ks *Keys) Set(list []*Key) {
+	ks.mu.Lock()
+	ks.list = slices.Clone(list)
+	fns := slices.Clone(ks.onChange)
+	ks.mu.Unlock()
+	for _, f := range fns {
+		f()
+	}
+}
+
+// OnChange registers f to run after every Set.
+func (ks *Keys) OnChange(f func()) {
+	ks.mu.Lock()
+	ks.onChange = append(ks.onChange, f)
+	ks.mu.Unlock()
+}
+
+// Save writes the keys to the file they came from, atomically and
+// readable by its owner only.
+func (ks *Keys) Save() error {
+	ks.mu.Lock()
+	path, list := ks.path, slices.Clone(ks.list)
+	ks.mu.Unlock()
+	if path == "" {
+		return errs.E(errs.Invalid, "the keys came from no file")
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, File(list...), 0o600); err != nil {
+		return errs.E(errs.IO, "write key file: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return errs.E(errs.IO, "write key file: %w", err)
+	}
+	st, _ := stampOf(path)
+	ks.mu.Lock()
+	ks.stamp = st
+	ks.mu.Unlock()
+	return nil
+}
+
 // Source is the file the keys came from ("" if none).
-func (ks *Keys) Source() string { return ks.path }
+func (ks *Keys) Source() string {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	return ks.path
+}
+
+func (ks *Keys) snapshot() []*Key {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	return ks.list
+}
 
 // Current is the key in use.
-func (ks *Keys) Current() *Key { return ks.list[0] }
+func (ks *Keys) Current() *Key { return ks.snapshot()[0] }
 
 // All are the keys, first the one in use.
-func (ks *Keys) All() []*Key { return ks.list }
+func (ks *Keys) All() []*Key { return slices.Clone(ks.snapshot()) }
 
 // IsCluster reports whether the key in use is a whole cluster key, which a
 // daemon needs.
-func (ks *Keys) IsCluster() bool { return ks.list[0].IsCluster() }
+func (ks *Keys) IsCluster() bool { return ks.Current().IsCluster() }
 
 // Gossip returns memberlist's keys, the one in use first (nil for a client
 // key, which does not gossip).
 func (ks *Keys) Gossip() [][]byte {
 	var out [][]byte
-	for _, k := range ks.list {
+	for _, k := range ks.snapshot() {
 		if k.secret != nil {
 			out = append(out, derive(k.secret, "gossip", 32))
 		}
@@ -288,12 +425,13 @@ func (ks *Keys) roleOf(raw [][]byte) Role {
 	if !ok {
 		return RoleNone
 	}
-	for _, k := range ks.list {
+	list := ks.snapshot()
+	for _, k := range list {
 		if pub.Equal(k.peerPub) {
 			return RolePeer
 		}
 	}
-	for _, k := range ks.list {
+	for _, k := range list {
 		if pub.Equal(k.clientPub) {
 			return RoleClient
 		}
@@ -321,15 +459,17 @@ func errNotAuthorized(what string) error {
 // ServerConfig is the TLS configuration of a daemon's listener: it
 // presents the peer identity and admits connections presenting an
 // identity of at least role min.
+// The identity presented is that of the key in use at each handshake.
 func (ks *Keys) ServerConfig(min Role) (*tls.Config, error) {
-	k := ks.Current()
-	if k.peerPriv == nil {
+	if !ks.IsCluster() {
 		return nil, errs.E(errs.Invalid, "a daemon needs the cluster key, not a client key")
 	}
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{cert(k.peerPriv, "sheepfs peer")},
-		ClientAuth:   tls.RequireAnyClientCert,
+		MinVersion: tls.VersionTLS13,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return ks.Current().identity(RolePeer)
+		},
+		ClientAuth: tls.RequireAnyClientCert,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			if ks.roleOf(raw) < min {
 				return errNotAuthorized("the connecting side")
@@ -339,36 +479,81 @@ func (ks *Keys) ServerConfig(min Role) (*tls.Config, error) {
 	}, nil
 }
 
-// DialConfig is the TLS configuration to connect to a daemon, presenting
-// the identity of role as (RolePeer needs the cluster key). It accepts only
-// a daemon of this cluster.
-func (ks *Keys) DialConfig(as Role) (*tls.Config, error) {
-	k := ks.Current()
-	var id tls.Certificate
-	switch {
-	case as == RolePeer && k.peerPriv != nil:
-		id = cert(k.peerPriv, "sheepfs peer")
-	case as == RolePeer:
-		return nil, errs.E(errs.Denied, "this needs the cluster key; %s holds a client key", ks.describe())
-	default:
-		id = cert(ed25519.NewKeyFromSeed(k.clientSeed), "sheepfs client")
+// peerKey returns the key whose peer identity signed a certificate
+// chain's leaf, nil if none of ks.
+func (ks *Keys) peerKey(raw [][]byte) *Key {
+	if len(raw) == 0 {
+		return nil
 	}
+	c, err := x509.ParseCertificate(raw[0])
+	if err != nil {
+		return nil
+	}
+	pub, ok := c.PublicKey.(ed25519.PublicKey)
+	if !ok {
+		return nil
+	}
+	for _, k := range ks.snapshot() {
+		if pub.Equal(k.peerPub) {
+			return k
+		}
+	}
+	return nil
+}
+
+// dialConfig is the TLS configuration of one connection to a daemon,
+// presenting the identity of role as (RolePeer needs the cluster key). It
+// accepts only a daemon holding one of ks, and answers with the identity
+// of the key that daemon presented: during a key roll, whichever of the
+// old and the new key a daemon uses, a side holding both gets in.
+func (ks *Keys) dialConfig(as Role) (*tls.Config, error) {
+	if as == RolePeer && !ks.IsCluster() {
+		return nil, errs.E(errs.Denied, "this needs the cluster key; %s holds a client key", ks.describe())
+	}
+	var matched *Key
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS13,
-		Certificates:       []tls.Certificate{id},
 		InsecureSkipVerify: true, // the daemon's key is pinned below instead
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if ks.roleOf(raw) != RolePeer {
+			if matched = ks.peerKey(raw); matched == nil {
 				return errNotAuthorized("the daemon")
 			}
 			return nil
+		},
+		// TLS 1.3 asks for the client's certificate after the server's
+		// was verified.
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			k := matched
+			if k == nil || (as == RolePeer && !k.IsCluster()) {
+				k = ks.Current()
+			}
+			return k.identity(as)
 		},
 	}, nil
 }
 
 func (ks *Keys) describe() string {
-	if ks.path != "" {
-		return ks.path
+	if p := ks.Source(); p != "" {
+		return p
 	}
 	return "the key given"
+}
+
+// identity is k's certificate for role as, made once.
+func (k *Key) identity(as Role) (*tls.Certificate, error) {
+	k.certOnce.Do(func() {
+		if k.peerPriv != nil {
+			c := cert(k.peerPriv, "sheepfs peer")
+			k.peerCert = &c
+		}
+		c := cert(ed25519.NewKeyFromSeed(k.clientSeed), "sheepfs client")
+		k.clientCert = &c
+	})
+	if as == RolePeer {
+		if k.peerCert == nil {
+			return nil, errs.E(errs.Denied, "this needs the cluster key, not a client key")
+		}
+		return k.peerCert, nil
+	}
+	return k.clientCert, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -176,3 +177,59 @@ func TestListenerNotHeldUp(t *testing.T) {
 		c.Close()
 	}
 }
+
+// TestRoll: through a key roll (servers holding old, then old and new,
+// then using new, then new only), a side that holds both keys, in either
+// order, gets in at every step, answering with the key the daemon
+// presents; a side with only the old key is out once the daemon uses the
+// new one; Reload picks up a key file changed on disk.
+func TestRoll(t *testing.T) {
+	old, nu := mustKey(t), mustKey(t)
+	server := New(old)
+	addr := serve(t, server, RoleClient)
+	both := New(old.Client(), nu.Client())
+	bothRev := New(nu.Client(), old.Client())
+	oldOnly := New(old.Client())
+	for _, st := range []struct {
+		name    string
+		keys    []*Key
+		oldOnly bool
+	}{
+		{"old", []*Key{old}, true},
+		{"old, new accepted", []*Key{old, nu}, true},
+		{"new in use, old accepted", []*Key{nu, old}, false},
+		{"new only", []*Key{nu}, false},
+	} {
+		server.Set(st.keys)
+		for name, ks := range map[string]*Keys{"old+new": both, "new+old": bothRev} {
+			if got, err := roleVia(ks, addr, RoleClient); err != nil || got != "client" {
+				t.Errorf("server %s, client holding %s: %q, %v", st.name, name, got, err)
+			}
+		}
+		got, err := roleVia(oldOnly, addr, RoleClient)
+		if ok := err == nil && got == "client"; ok != st.oldOnly {
+			t.Errorf("server %s, client holding the old key only: %q, %v", st.name, got, err)
+		}
+	}
+
+	p := t.TempDir() + "/key"
+	if err := osWriteFile(p, File(old.Client())); err != nil {
+		t.Fatal(err)
+	}
+	ks, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := roleVia(ks, addr, RoleClient); err == nil {
+		t.Fatal("the old key got in after the roll")
+	}
+	time.Sleep(reloadEvery + 10*time.Millisecond)
+	if err := osWriteFile(p, File(nu.Client())); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := roleVia(ks, addr, RoleClient); err != nil || got != "client" {
+		t.Fatalf("after the key file was changed: %q, %v", got, err)
+	}
+}
+
+func osWriteFile(p string, b []byte) error { return os.WriteFile(p, b, 0o600) }

@@ -148,37 +148,41 @@ func RoleOf(c net.Conn) Role {
 
 // Dialer connects to daemons over TLS with one identity.
 type Dialer struct {
-	cfg     *tls.Config
+	keys    *Keys
+	as      Role
 	Timeout time.Duration
 }
 
 // NewDialer returns a Dialer presenting the identity of role as.
 func (ks *Keys) NewDialer(as Role, timeout time.Duration) (*Dialer, error) {
-	cfg, err := ks.DialConfig(as)
-	if err != nil {
+	if _, err := ks.dialConfig(as); err != nil {
 		return nil, err
 	}
-	return &Dialer{cfg: cfg, Timeout: timeout}, nil
+	return &Dialer{keys: ks, as: as, Timeout: timeout}, nil
 }
 
 // DialContext connects to addr and completes the handshake (within the
-// dialer's timeout, if ctx allows as long).
+// dialer's timeout, if ctx allows as long). A key file changed since it
+// was read is read again first.
 func (d *Dialer) DialContext(ctx context.Context, addr string) (net.Conn, error) {
+	d.keys.Reload()
+	cfg, err := d.keys.dialConfig(d.as)
+	if err != nil {
+		return nil, err
+	}
 	if d.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, d.Timeout)
 		defer cancel()
 	}
-	td := tls.Dialer{Config: d.cfg}
+	td := tls.Dialer{Config: cfg}
 	c, err := td.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
 	if tc, ok := c.(*tls.Conn); ok {
-		if raw := tc.NetConn(); raw != nil {
-			if t, ok := raw.(*net.TCPConn); ok {
-				_ = t.SetNoDelay(true)
-			}
+		if t, ok := tc.NetConn().(*net.TCPConn); ok {
+			_ = t.SetNoDelay(true)
 		}
 	}
 	return c, nil

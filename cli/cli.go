@@ -61,7 +61,12 @@ func (g *Globals) admin(req proto.AdminRequest, out any) error {
 }
 
 func (g *Globals) adminAs(as auth.Role, req proto.AdminRequest, out any) error {
-	c := g.clientAs(as)
+	return g.adminAt(g.Addr, as, req, out)
+}
+
+// adminAt sends an admin request to the node at addr.
+func (g *Globals) adminAt(addr string, as auth.Role, req proto.AdminRequest, out any) error {
+	c := client.New([]string{addr}, client.Options{RetryFor: g.Timeout, Dial: dialer(g.keys, as)})
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), g.Timeout)
 	defer cancel()
@@ -199,6 +204,7 @@ type ClusterCmd struct {
 	Format   ClusterFormatCmd   `cmd:"" help:"Format a new cluster (once)."`
 	Info     ClusterInfoCmd     `cmd:"" help:"Show the cluster's state."`
 	Recovery ClusterRecoveryCmd `cmd:"" help:"Show recovery per node; set its throttle."`
+	Key      ClusterKeyCmd      `cmd:"" help:"Show the nodes' keys; roll a new cluster key through the running cluster."`
 }
 
 // ClusterFormatCmd formats the cluster.

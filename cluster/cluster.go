@@ -7,6 +7,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -93,6 +94,8 @@ type Cluster struct {
 	logs *raftboltdb.BoltStore
 	tr   *raft.NetworkTransport
 	pool proto.Pool
+	// keyring is memberlist's: it follows cfg.Keys through a key roll.
+	keyring *memberlist.Keyring
 
 	events chan struct{}
 	gone   sync.Map // node name -> true while gossip holds it dead or gone
@@ -268,6 +271,8 @@ func Start(cfg Config) (*Cluster, error) {
 		return nil, errs.E(errs.Invalid, "gossip keys: %w", err)
 	}
 	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	c.keyring = mc.Keyring
+	cfg.Keys.OnChange(c.syncGossipKeys)
 	c.ml, err = memberlist.Create(mc)
 	if err != nil {
 		c.raft.Shutdown()
@@ -310,6 +315,29 @@ func (c *Cluster) setAsideBadSnapshots(snaps *raft.FileSnapshotStore) {
 			}
 		}
 		c.log.Warn().Err(err).Str("snapshot", m.ID).Msg("refused a saved cluster state snapshot; set aside in snapshots-rejected")
+	}
+}
+
+// syncGossipKeys makes gossip use the keys in use now: every one of them
+// decrypts, the first encrypts. During a key roll every node accepts the
+// old key and the new one before any node sends with the new one.
+func (c *Cluster) syncGossipKeys() {
+	want := c.cfg.Keys.Gossip()
+	if len(want) == 0 {
+		return
+	}
+	for _, k := range want {
+		if err := c.keyring.AddKey(k); err != nil {
+			c.log.Warn().Err(err).Msg("gossip key")
+		}
+	}
+	if err := c.keyring.UseKey(want[0]); err != nil {
+		c.log.Warn().Err(err).Msg("gossip key")
+	}
+	for _, k := range c.keyring.GetKeys() {
+		if !slices.ContainsFunc(want, func(w []byte) bool { return bytes.Equal(w, k) }) {
+			_ = c.keyring.RemoveKey(k)
+		}
 	}
 }
 

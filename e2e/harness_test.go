@@ -441,6 +441,9 @@ type Cluster struct {
 	Base   int
 	Nodes  []*Node
 	mounts []*Mount
+	// KeyFile, if set, is the key file of the CLI and the mounts the
+	// harness runs (default: the tests' shared key, $SHEEP_KEY_FILE).
+	KeyFile string
 }
 
 // Node is one sheep daemon.
@@ -556,7 +559,11 @@ func (c *Cluster) Sheep(args ...string) Result {
 
 // SheepAt runs the sheep admin CLI against addr.
 func (c *Cluster) SheepAt(addr string, args ...string) Result {
-	return runCmd(cmdTimeout, nil, nil, sheepBin, append([]string{"--addr", addr, "--timeout", "60s"}, args...)...)
+	var env []string
+	if c.KeyFile != "" {
+		env = []string{auth.EnvFile + "=" + c.KeyFile}
+	}
+	return runCmd(cmdTimeout, env, nil, sheepBin, append([]string{"--addr", addr, "--timeout", "60s"}, args...)...)
 }
 
 // SheepJSON runs a sheep admin command with --json and decodes its output.
@@ -821,7 +828,11 @@ func (c *Cluster) Mount(addrs ...string) *Mount {
 	if err := os.MkdirAll(m.Dir, 0o755); err != nil {
 		c.t.Fatal(err)
 	}
-	p, err := startProc(m.Log, sheepfsBin, m.Dir, "--addr", strings.Join(addrs, ","))
+	margs := []string{m.Dir, "--addr", strings.Join(addrs, ",")}
+	if c.KeyFile != "" {
+		margs = append(margs, "--key-file", c.KeyFile)
+	}
+	p, err := startProc(m.Log, sheepfsBin, margs...)
 	if err != nil {
 		c.t.Fatalf("start sheepfs: %v", err)
 	}

@@ -206,3 +206,110 @@ func TestBadSnapshotAtRestart(t *testing.T) {
 		t.Errorf("node2 lists VDIs %s, want only v", r.Stdout)
 	}
 }
+
+// TestKeyRotation: a new cluster key rolled through a running cluster
+// while fio writes and verifies through a mount loses nothing: every node
+// ends up with only the new key (in its own key file), the old key gets
+// in nowhere, a node killed and restarted afterwards rejoins with the
+// new key, and the mount (given a key file with both keys before the
+// roll) never sees an error.
+func TestKeyRotation(t *testing.T) {
+	requireEnv(t, "fio")
+	dir := t.TempDir()
+	old := testKeys.Current()
+	nodeKey := func(i int) string { return filepath.Join(dir, fmt.Sprintf("node%d.key", i)) }
+	for i := 0; i < 3; i++ {
+		if err := os.WriteFile(nodeKey(i), auth.File(old), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := newCluster(t, 3, 3, freeBase(t, 3), func(n *Node) { n.Args = []string{"--key-file", nodeKey(n.Index)} })
+	nu, err := auth.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	newFile := writeKey(t, nu)
+	// Clients get both keys before the roll (a client key of each).
+	clientFile := writeKey(t, old.Client(), nu.Client())
+	c.KeyFile = clientFile
+	m := c.Mount(c.Nodes[1].Addr(), c.Nodes[0].Addr()) // node1, killed after the roll, is the gateway
+	vdi := m.VDI("w")
+	run(t, quickTimeout, "truncate", "-s", "128M", vdi)
+	common := []string{"--name=roll", "--filename=" + vdi, "--size=128M", "--ioengine=libaio", "--iodepth=8",
+		"--direct=1", "--fallocate=none", "--verify=crc32c", "--verify_interval=4k", "--verify_fatal=1", "--verify_state_save=0"}
+	if _, _, err := runFio(append(common, "--rw=write", "--bs=1M", "--do_verify=0", "--end_fsync=1")...); err != nil {
+		t.Fatalf("filling the VDI: %v", err)
+	}
+	stop := make(chan struct{})
+	errc := make(chan error, 1)
+	rounds := 0
+	go func() {
+		defer close(errc)
+		for seed := 1; ; seed++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, _, err := runFio(append(common, "--rw=randwrite", "--bsrange=4k-64k", "--io_size=8M",
+				"--do_verify=1", "--fsync=8", fmt.Sprintf("--randseed=%d", seed))...); err != nil {
+				errc <- fmt.Errorf("fio round %d: %w", seed, err)
+				return
+			}
+			rounds++
+		}
+	}()
+
+	addr := c.Nodes[0].Addr()
+	r := sheepWithKey(keyFile, addr, "cluster", "key", "rotate", newFile)
+	if r.Code != 0 {
+		t.Fatalf("sheep cluster key rotate: %v", r)
+	}
+	t.Logf("rotate:\n%s", r.Stdout)
+	for i := 0; i < 3; i++ {
+		ks, err := auth.Load(nodeKey(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ids := keyIDsOf(ks); len(ids) != 1 || ids[0] != nu.ID() {
+			t.Errorf("node%d's key file holds %v after the roll, want only %s", i, ids, nu.ID())
+		}
+	}
+	if r := sheepWithKey(keyFile, addr, "node", "list"); r.Code == 0 || !strings.Contains(r.Stderr, "not authorized") {
+		t.Errorf("the old key after the roll: %v, want not authorized", r)
+	}
+	// The gateway, killed and started again, comes back with the new key;
+	// the mount fails over meanwhile, with the new key.
+	c.KeyFile = newFile
+	c.Kill(1)
+	time.Sleep(2 * time.Second)
+	c.Restart(1)
+	if !waitFor(readyTimeout, func() bool {
+		var nodes []NodeInfo
+		r := c.SheepAt(addr, "--json", "node", "list")
+		return r.Code == 0 && json.Unmarshal([]byte(r.Stdout), &nodes) == nil && stateOf(nodes, "node1") == "up"
+	}) {
+		logTail(t, c.Nodes[1].Log, 30)
+		t.Fatal("node1 does not come back up after the roll")
+	}
+	time.Sleep(5 * time.Second) // more fio rounds with every node back
+	close(stop)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if rounds == 0 {
+		t.Fatal("no fio round completed")
+	}
+	if _, _, err := runFio(append(common, "--rw=read", "--bs=1M", "--do_verify=1")...); err != nil {
+		t.Fatalf("verifying the whole VDI after the roll: %v", err)
+	}
+	t.Logf("%d fio rounds verified during the roll and the restart", rounds)
+}
+
+func keyIDsOf(ks *auth.Keys) []string {
+	var out []string
+	for _, k := range ks.All() {
+		out = append(out, k.ID())
+	}
+	return out
+}

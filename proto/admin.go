@@ -42,6 +42,13 @@ const (
 	AdminMDPlug   = "md.plug"   // Name: the disk's directory -> []DiskInfo
 	AdminMDUnplug = "md.unplug" // Name -> []DiskInfo
 	AdminMDFault  = "md.fault"  // Name, Tag: read, write, sync or heal (daemons started with SHEEP_FAULTS=1)
+
+	// A key roll (sheep cluster key rotate), on one node at a time; all but
+	// key.info need the cluster key. The node rewrites its key file.
+	AdminKeyInfo    = "key.info"    // -> KeyInfo
+	AdminKeyInstall = "key.install" // Name: a key line (auth.Key.Line); accepted from now on -> KeyInfo
+	AdminKeyUse     = "key.use"     // Name: a key ID; presented from now on -> KeyInfo
+	AdminKeyDrop    = "key.drop"    // Name: a key ID, not the one in use; no longer accepted -> KeyInfo
 )
 
 // DiskInfo describes one data disk of a node.
@@ -213,4 +220,11 @@ type GCResult struct {
 	Freed  int `json:"freed"`  // objects removed
 	Purged int `json:"purged"` // deleted images forgotten
 	Left   int `json:"left"`   // deleted images still needed by descendants
+}
+
+// KeyInfo is a node's keys during a key roll: their IDs (auth.Key.ID),
+// the one in use first.
+type KeyInfo struct {
+	Node ids.NodeID `json:"node"`
+	Keys []string   `json:"keys"`
 }

@@ -422,7 +422,8 @@ func (n *Node) vdiInfo(v *cluster.VDI) proto.VDIInfo {
 // node forwards to another.
 func needsPeer(a *proto.AdminRequest) bool {
 	switch a.Cmd {
-	case proto.AdminMDPlug, proto.AdminMDUnplug, proto.AdminMDFault:
+	case proto.AdminMDPlug, proto.AdminMDUnplug, proto.AdminMDFault,
+		proto.AdminKeyInstall, proto.AdminKeyUse, proto.AdminKeyDrop:
 		return true
 	}
 	return a.Forwarded || a.Force
@@ -640,6 +641,12 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 			return nil, err
 		}
 		out = struct{}{}
+	case proto.AdminKeyInfo, proto.AdminKeyInstall, proto.AdminKeyUse, proto.AdminKeyDrop:
+		info, err := n.changeKeys(a.Cmd, a.Name)
+		if err != nil {
+			return nil, err
+		}
+		out = info
 	case proto.AdminVDIObjects:
 		meta, err := n.find(ctx, a.Name)
 		if err != nil {

@@ -90,6 +90,7 @@ type Node struct {
 	hlc   atomic.Uint64
 	stop  chan struct{}
 
+	keyMu     sync.Mutex         // one key roll step at a time
 	run       string             // random, new at every start: names this run's lock sessions
 	gcMu      sync.Mutex         // one collect at a time
 	gcQueueMu sync.Mutex         // guards gcPending
