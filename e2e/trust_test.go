@@ -1,11 +1,15 @@
 package e2e
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -313,3 +317,92 @@ func keyIDsOf(ks *auth.Keys) []string {
 	}
 	return out
 }
+
+// TestGossipEncrypted: gossip captured on the loopback interface (UDP
+// packets and TCP segments to and from the gossip ports) never carries a
+// node's name or address in the clear, as memberlist's plaintext messages
+// do; and the data and raft ports carry no frame magic in the clear.
+func TestGossipEncrypted(t *testing.T) {
+	requireEnv(t)
+	// A raw socket on lo sees every packet of every port.
+	fd, err := syscall.Socket(syscall.AF_PACKET, syscall.SOCK_RAW, int(htons(syscall.ETH_P_ALL)))
+	if err != nil {
+		t.Skipf("no raw socket: %v", err)
+	}
+	defer syscall.Close(fd)
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Bind(fd, &syscall.SockaddrLinklayer{Protocol: htons(syscall.ETH_P_ALL), Ifindex: lo.Index}); err != nil {
+		t.Fatal(err)
+	}
+	tv := syscall.NsecToTimeval(int64(200 * time.Millisecond))
+	syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
+
+	c := NewCluster(t, 3, 3)
+	ports := map[uint16]string{}
+	for _, n := range c.Nodes {
+		ports[uint16(n.Port)] = "data"
+		ports[uint16(n.Port+1)] = "gossip"
+		ports[uint16(n.Port+2)] = "raft"
+	}
+	// Traffic of every kind while capturing: gossip runs by itself;
+	// an admin command and a VDI write cross the data and raft ports.
+	go func() {
+		c.Sheep("vdi", "create", "cap", "64M")
+	}()
+	seen := map[string]int{}
+	deadline := time.Now().Add(4 * time.Second)
+	buf := make([]byte, 65536)
+	for time.Now().Before(deadline) {
+		n, _, err := syscall.Recvfrom(fd, buf, 0)
+		if err != nil || n < 14+20 {
+			continue
+		}
+		pkt := buf[14:n] // after the Ethernet header
+		if pkt[0]>>4 != 4 {
+			continue
+		}
+		ihl := int(pkt[0]&0x0f) * 4
+		proto, l4 := pkt[9], pkt[ihl:]
+		var payload []byte
+		var sport, dport uint16
+		switch {
+		case proto == syscall.IPPROTO_UDP && len(l4) >= 8:
+			sport, dport, payload = binary.BigEndian.Uint16(l4), binary.BigEndian.Uint16(l4[2:]), l4[8:]
+		case proto == syscall.IPPROTO_TCP && len(l4) >= 20:
+			off := int(l4[12]>>4) * 4
+			if off > len(l4) {
+				continue
+			}
+			sport, dport, payload = binary.BigEndian.Uint16(l4), binary.BigEndian.Uint16(l4[2:]), l4[off:]
+		default:
+			continue
+		}
+		kind := ports[sport]
+		if kind == "" {
+			kind = ports[dport]
+		}
+		if kind == "" || len(payload) == 0 {
+			continue
+		}
+		seen[kind]++
+		for _, nd := range c.Nodes {
+			if bytes.Contains(payload, []byte(nd.ID)) || bytes.Contains(payload, []byte(nd.Addr())) {
+				t.Errorf("a %s packet carries %q in the clear: %q", kind, nd.ID, payload[:min(len(payload), 80)])
+				return
+			}
+		}
+		if bytes.Contains(payload, []byte("vdi.create")) || bytes.Contains(payload, []byte(`"op"`)) {
+			t.Errorf("a %s packet carries a command in the clear: %q", kind, payload[:min(len(payload), 80)])
+			return
+		}
+	}
+	t.Logf("packets with payload seen: %v", seen)
+	if seen["gossip"] == 0 || seen["data"] == 0 {
+		t.Fatalf("captured no gossip or data traffic (%v): the capture proves nothing", seen)
+	}
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
