@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 )
@@ -18,7 +19,18 @@ import (
 // sheepfs talks to (it must fail over to its next address).
 func TestDataSurvivesCacheDropRestartAndKill(t *testing.T) {
 	sc := NewScriptCluster(t, 3)
-	sc.Up()
+	sc.OwnKey = true // as a new user: scripts/up makes the key
+	r := sc.script("up")
+	if r.Code != 0 {
+		t.Fatalf("scripts/up: %v", r)
+	}
+	key := filepath.Join(sc.Data, "cluster.key")
+	if st, err := os.Stat(key); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("scripts/up left no private cluster key at %s: %v %v", key, st, err)
+	}
+	if !strings.Contains(r.Stdout+r.Stderr, "export SHEEP_KEY_FILE="+key) {
+		t.Errorf("scripts/up does not print the line that uses its key:\n%s", r.Stdout)
+	}
 	vdi := sc.VDI("d")
 	run(t, quickTimeout, "truncate", "-s", "1G", vdi)
 

@@ -1023,6 +1023,10 @@ type ScriptCluster struct {
 	Mnt   string
 	Port  int
 	Nodes int
+	// OwnKey runs the scripts without $SHEEP_KEY_FILE, so that scripts/up
+	// makes the cluster's key in SHEEP_DATA as for a new user; Sheep uses
+	// it.
+	OwnKey bool
 }
 
 // NewScriptCluster prepares (but does not start) a script-managed cluster
@@ -1053,12 +1057,16 @@ func NewScriptCluster(t testing.TB, n int) *ScriptCluster {
 }
 
 func (sc *ScriptCluster) env() []string {
-	return []string{
+	env := []string{
 		"SHEEP_NODES=" + strconv.Itoa(sc.Nodes),
 		"SHEEP_PORT=" + strconv.Itoa(sc.Port),
 		"SHEEP_DATA=" + sc.Data,
 		"SHEEP_MNT=" + sc.Mnt,
 	}
+	if sc.OwnKey {
+		env = append(env, auth.EnvFile+"=") // scripts/up makes $SHEEP_DATA/cluster.key
+	}
+	return env
 }
 
 func (sc *ScriptCluster) script(name string) Result {
@@ -1132,7 +1140,11 @@ func pidAlive(pid int) bool {
 
 // Sheep runs the admin CLI against node i.
 func (sc *ScriptCluster) Sheep(i int, args ...string) Result {
-	return runCmd(cmdTimeout, nil, nil, sheepBin, append([]string{"--addr", sc.Addr(i), "--timeout", "60s"}, args...)...)
+	var env []string
+	if sc.OwnKey {
+		env = []string{auth.EnvFile + "=" + filepath.Join(sc.Data, "cluster.key")}
+	}
+	return runCmd(cmdTimeout, env, nil, sheepBin, append([]string{"--addr", sc.Addr(i), "--timeout", "60s"}, args...)...)
 }
 
 func (sc *ScriptCluster) cleanup() {
