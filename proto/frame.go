@@ -105,7 +105,9 @@ const (
 	// FlagLast on OpInventory: the sender's last chunk for this epoch.
 	FlagLast
 	// FlagSparse on OpReadObj asks for the whole object as a SparseObject
-	// (only its allocated ranges); the answer carries it too.
+	// (only its allocated ranges); the answer carries it too. Length is
+	// the object size: the server has room for an answer of Length bytes
+	// plus a SparseObject header (see Handler).
 	FlagSparse
 	flagsAll = FlagError | FlagCreate | FlagSync | FlagZeroKeep | FlagCurrent | FlagLast | FlagSparse
 )
@@ -223,8 +225,10 @@ func AppendMsg(b []byte, m *Msg) []byte {
 
 // ReadMsg reads one frame from r into m. The payload goes into a buffer from
 // alloc (which must return a slice of length n), so that callers can pool
-// payload buffers; alloc nil means make. On error m is unusable; the
-// connection should be dropped, since framing is lost.
+// payload buffers; alloc nil means make. alloc is called once, when a share
+// of the payload has arrived (see readPayload), not on the strength of the
+// header alone. On error m is unusable; the connection should be dropped,
+// since framing is lost.
 func ReadMsg(r io.Reader, m *Msg, hdr []byte, alloc func(n int) []byte) error {
 	if len(hdr) < HeaderSize+auxSize {
 		hdr = make([]byte, HeaderSize+auxSize)
@@ -241,19 +245,60 @@ func ReadMsg(r io.Reader, m *Msg, hdr []byte, alloc func(n int) []byte) error {
 	m.Aux = binary.BigEndian.Uint64(hdr[HeaderSize:])
 	m.Data = nil
 	if h.DLen > 0 {
-		if alloc != nil {
-			m.Data = alloc(int(h.DLen))
-		} else {
-			m.Data = make([]byte, h.DLen)
+		if alloc == nil {
+			alloc = func(n int) []byte { return make([]byte, n) }
 		}
-		if _, err := io.ReadFull(r, m.Data); err != nil {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return err
+		m.Data, err = readPayload(r, int(h.DLen), alloc)
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
 		}
+		return err
 	}
 	return nil
+}
+
+// How a payload is staged before its buffer is taken. A header is cheap to
+// send and can announce MaxPayload bytes that never come: were the whole
+// buffer taken at the header, a peer could pin 8 MiB per connection for 56
+// bytes. So the payload's first bytes are read into small pooled staging
+// buffers, and its buffer is taken only once 1/payloadShare of it has
+// arrived: what a peer pins is at most payloadShare times what it has sent
+// (stageSize before it sends anything). A real payload pays for this with
+// one more copy of its first 1/payloadShare (256 KiB of a 4 MiB write).
+const (
+	stageSize    = 64 << 10
+	payloadShare = 16
+)
+
+// readPayload reads an n-byte payload from r into a buffer from alloc,
+// staged as described above. On error the buffer from alloc, if it was
+// taken, is returned with what was read.
+func readPayload(r io.Reader, n int, alloc func(n int) []byte) ([]byte, error) {
+	if n <= stageSize {
+		buf := alloc(n)
+		_, err := io.ReadFull(r, buf)
+		return buf, err
+	}
+	stage := GetBuf(stageSize)
+	defer func() { PutBuf(stage) }()
+	if _, err := io.ReadFull(r, stage); err != nil {
+		return nil, err
+	}
+	// The share is of the buffer alloc will likely give (a pool class),
+	// which may be larger than n.
+	if want := min(n, bufSize(n)/payloadShare); want > len(stage) {
+		more := GetBuf(want)
+		copy(more, stage)
+		PutBuf(stage)
+		stage = more
+		if _, err := io.ReadFull(r, stage[stageSize:]); err != nil {
+			return nil, err
+		}
+	}
+	buf := alloc(n)
+	got := copy(buf, stage)
+	_, err := io.ReadFull(r, buf[got:])
+	return buf, err
 }
 
 // ErrorResponse turns err into a response to req: FlagError, the error's

@@ -17,6 +17,14 @@ func classOf(n int) int {
 	return -1
 }
 
+// bufSize is the capacity of a buffer from GetBuf(n).
+func bufSize(n int) int {
+	if c := classOf(n); c >= 0 {
+		return classes[c]
+	}
+	return n
+}
+
 // GetBuf returns a buffer of length n, from the pool when one fits.
 func GetBuf(n int) []byte {
 	c := classOf(n)

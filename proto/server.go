@@ -2,9 +2,11 @@ package proto
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -19,8 +21,11 @@ import (
 // stops reading from that connection until answers go out (backpressure), so
 // memory stays bounded whatever the client sends.
 const (
-	// MaxInflightBytes is the payload bytes of requests in flight on one
-	// connection.
+	// MaxInflightBytes bounds, per connection, the payload of the
+	// requests in flight plus the room reserved for their answers (see
+	// Handler), held until each answer is written: a client that asks
+	// and never reads holds at most this much of the server's memory in
+	// answers, besides the one request read and waiting for room.
 	MaxInflightBytes = 32 << 20
 	// MaxInflightRequests is the number of requests in flight on one
 	// connection.
@@ -31,6 +36,14 @@ const (
 // must return a response (use ErrorResponse for failures); Op and ReqID
 // are filled in by the server. A response whose Data came from GetBuf may
 // be marked with SetPooled, and the buffer is returned once sent.
+//
+// An answer's payload must fit the room the server reserved for it before
+// running the request: Length bytes for OpReadObj and OpVDIRead (plus a
+// SparseObject header of MaxExtents extents for a FlagSparse read),
+// MaxPayload for the ops whose answers the server's state sizes (list_objs,
+// stat_objs, inventory, admin, vdi_allocmap), 4 KiB for the others. A larger
+// answer goes out as an errs.TooLarge error instead (an error message is cut
+// short).
 type Handler interface {
 	Handle(ctx context.Context, conn *Conn, req *Msg) *Msg
 }
@@ -49,10 +62,17 @@ type Conn struct {
 	Remote string
 
 	nc      net.Conn
+	srv     *Server
+	ip      string // the remote address, as MaxConnsPerIP counts it
 	wmu     sync.Mutex
-	bw      *bufio.Writer
+	bw      *bufio.Writer // made at the first answer
 	waiting atomic.Int32
 	hdr     []byte
+
+	// What the reader looks at when its deadline fires (see awaitFrame).
+	inflight   atomic.Int32 // requests read and not yet answered
+	lastActive atomic.Int64 // when a frame last started or an answer went out (Unix ns)
+	keepIdle   atomic.Bool  // see KeepWhenIdle
 
 	mu      sync.Mutex
 	onClose []func()
@@ -76,6 +96,70 @@ func (c *Conn) OnClose(f func()) {
 	c.mu.Unlock()
 }
 
+// KeepWhenIdle exempts the connection from the server's IdleTimeout while
+// keep is true: for a client that holds state through it (write locks)
+// that closing the connection would give up.
+func (c *Conn) KeepWhenIdle(keep bool) { c.keepIdle.Store(keep) }
+
+// awaitFrame waits, with peek, for the first byte of the next frame. It
+// returns false when the connection ends, or when it has been idle (no
+// request in flight, nothing sent or answered) for IdleTimeout. The read
+// deadline is not moved at every frame, which would cost a timer update per
+// request: when it fires, awaitFrame looks at what happened meanwhile, and
+// unless the connection was idle all along it sets the deadline again and
+// goes on waiting.
+func (c *Conn) awaitFrame(peek func() error) bool {
+	for {
+		err := peek()
+		if err == nil {
+			return true
+		}
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			return false
+		}
+		next, idle := c.idleUntil(time.Now())
+		if idle || c.nc.SetReadDeadline(next) != nil {
+			return false
+		}
+	}
+}
+
+// idleUntil reports whether the connection has been idle for IdleTimeout
+// at now, and if not, when it would be at the earliest.
+func (c *Conn) idleUntil(now time.Time) (time.Time, bool) {
+	// inflight is read first: finished records the activity before it
+	// counts the request done.
+	if c.inflight.Load() > 0 || c.keepIdle.Load() {
+		return now.Add(c.srv.idleTimeout()), false
+	}
+	at := time.Unix(0, c.lastActive.Load()).Add(c.srv.idleTimeout())
+	return at, !now.Before(at)
+}
+
+// frameStarted is called once a frame's first byte is here: the rest of
+// the frame must follow within FrameTimeout, so that a peer cannot hold a
+// half-sent frame (and the buffer it fills) forever. A frame already
+// whole in br needs no deadline.
+func (c *Conn) frameStarted(br *bufio.Reader) {
+	c.lastActive.Store(time.Now().UnixNano())
+	if n := br.Buffered(); n >= HeaderSize+auxSize {
+		hdr, _ := br.Peek(HeaderSize)
+		if n-HeaderSize-auxSize >= int(binary.BigEndian.Uint32(hdr[44:])) { // dlen
+			return
+		}
+	}
+	_ = c.nc.SetReadDeadline(time.Now().Add(c.srv.frameTimeout()))
+}
+
+// started counts a request read; finished counts one answered.
+func (c *Conn) started() { c.inflight.Add(1) }
+
+func (c *Conn) finished() {
+	c.lastActive.Store(time.Now().UnixNano())
+	c.inflight.Add(-1)
+}
+
 func (c *Conn) close() {
 	c.mu.Lock()
 	fs := c.onClose
@@ -93,6 +177,15 @@ func (c *Conn) send(m *Msg) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.waiting.Add(-1)
+	if c.bw == nil {
+		c.bw = bufio.NewWriterSize(c.nc, 256<<10)
+	}
+	// A client that does not read its answers must not hold them, and
+	// the worker writing them, forever: the write fails, and the
+	// connection with it.
+	if err := c.nc.SetWriteDeadline(time.Now().Add(c.srv.writeTimeout())); err != nil {
+		return err
+	}
 	m.DLen = uint32(len(m.Data))
 	PutHeader(c.hdr, &m.Header)
 	putAux(c.hdr, m.Aux)
@@ -108,21 +201,80 @@ func (c *Conn) send(m *Msg) error {
 func putAux(hdr []byte, aux uint64) { binary.BigEndian.PutUint64(hdr[HeaderSize:], aux) }
 
 // Server accepts connections and runs a Handler for each request, many at a
-// time per connection.
+// time per connection. Its fields must be set before Serve.
 type Server struct {
 	Handler Handler
 	// OnBadFrame, if set, is told about connections dropped for a malformed
-	// frame (for logging).
+	// frame, or for one that did not arrive within FrameTimeout (for
+	// logging).
 	OnBadFrame func(remote string, err error)
+	// OnRefuse, if set, is told when the server turns connections away:
+	// one closed at once because MaxConns or MaxConnsPerIP was reached,
+	// or an accept that failed (out of file descriptors; remote is then
+	// empty). It is called at most once a second, with n the number
+	// turned away since the last call, this one included, so that a
+	// flood does not flood the log.
+	OnRefuse func(remote string, err error, n int)
 
-	nextID atomic.Uint64
-	mu     sync.Mutex
-	conns  map[*Conn]struct{}
-	lns    []net.Listener
-	done   bool
+	// MaxConns is the most connections kept open at once (0:
+	// DefaultMaxConns); one more is closed as soon as it is accepted.
+	MaxConns int
+	// MaxConnsPerIP is the most connections kept open at once from one
+	// remote IP address (0: DefaultMaxConnsPerIP).
+	MaxConnsPerIP int
+	// IdleTimeout closes a connection that has no request in flight and
+	// sends nothing for this long (0: DefaultIdleTimeout), unless a
+	// handler made it KeepWhenIdle. Clients redial on their next call.
+	IdleTimeout time.Duration
+	// FrameTimeout drops a connection whose frame has not fully arrived
+	// this long after its first byte (0: DefaultFrameTimeout).
+	FrameTimeout time.Duration
+	// WriteTimeout drops a connection when writing one answer to it
+	// takes longer than this (0: DefaultWriteTimeout), which frees the
+	// answers queued for it.
+	WriteTimeout time.Duration
+
+	nextID  atomic.Uint64
+	refused reportLimiter
+	mu      sync.Mutex
+	conns   map[*Conn]struct{}
+	perIP   map[string]int // open connections by remote address
+	lns     []net.Listener
+	done    bool
+	quit    chan struct{} // closed by Close
 }
 
-// Serve accepts connections on ln until it is closed or Close is called.
+func (s *Server) maxConns() int {
+	if s.MaxConns > 0 {
+		return s.MaxConns
+	}
+	return DefaultMaxConns
+}
+
+func (s *Server) maxConnsPerIP() int {
+	if s.MaxConnsPerIP > 0 {
+		return s.MaxConnsPerIP
+	}
+	return DefaultMaxConnsPerIP
+}
+
+func (s *Server) idleTimeout() time.Duration  { return orDefault(s.IdleTimeout, DefaultIdleTimeout) }
+func (s *Server) frameTimeout() time.Duration { return orDefault(s.FrameTimeout, DefaultFrameTimeout) }
+func (s *Server) writeTimeout() time.Duration { return orDefault(s.WriteTimeout, DefaultWriteTimeout) }
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+// Serve accepts connections on ln until ln is closed or Close is called,
+// and returns the error that ended it. Other accept errors (out of file
+// descriptors, a connection aborted) do not end it: as net/http does, it
+// waits a little, longer each time up to a second, and accepts again, so
+// that a server that ran out of descriptors serves again once some are
+// free.
 func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	if s.done {
@@ -133,31 +285,76 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.lns = append(s.lns, ln)
 	if s.conns == nil {
 		s.conns = make(map[*Conn]struct{})
+		s.perIP = make(map[string]int)
+		s.quit = make(chan struct{})
 	}
+	quit := s.quit
 	s.mu.Unlock()
+	var backoff time.Duration
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if errors.Is(err, net.ErrClosed) || s.closing() {
+				return err
 			}
-			return err
-		}
-		if tc, ok := nc.(*net.TCPConn); ok {
-			_ = tc.SetNoDelay(true)
-		}
-		c := &Conn{ID: s.nextID.Add(1), Remote: nc.RemoteAddr().String(), nc: nc,
-			bw: bufio.NewWriterSize(nc, 256<<10), hdr: make([]byte, HeaderSize+auxSize)}
-		s.mu.Lock()
-		if s.done {
-			s.mu.Unlock()
-			nc.Close()
+			s.refuse("", errs.E(errs.IO, "accept: %w", err))
+			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
+			select {
+			case <-time.After(backoff):
+			case <-quit:
+			}
 			continue
 		}
-		s.conns[c] = struct{}{}
+		backoff = 0
+		s.accept(nc)
+	}
+}
+
+func (s *Server) closing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.done
+}
+
+// accept serves nc, or closes it at once if a cap on connections is
+// reached.
+func (s *Server) accept(nc net.Conn) {
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	c := &Conn{ID: s.nextID.Add(1), Remote: nc.RemoteAddr().String(), nc: nc, srv: s, ip: remoteIP(nc),
+		hdr: make([]byte, HeaderSize+auxSize)}
+	var err error
+	s.mu.Lock()
+	switch {
+	case s.done:
 		s.mu.Unlock()
-		go s.serveConn(c)
+		nc.Close()
+		return
+	case len(s.conns) >= s.maxConns():
+		err = errs.E(errs.TooLarge, "%d connections open, the most this server keeps", len(s.conns))
+	case s.perIP[c.ip] >= s.maxConnsPerIP():
+		err = errs.E(errs.TooLarge, "%d connections open from %s, the most this server keeps from one address", s.perIP[c.ip], c.ip)
+	default:
+		s.conns[c] = struct{}{}
+		s.perIP[c.ip]++
+	}
+	s.mu.Unlock()
+	if err != nil {
+		nc.Close()
+		s.refuse(c.Remote, err)
+		return
+	}
+	go s.serveConn(c)
+}
+
+// refuse tells OnRefuse about a connection turned away, rate-limited.
+func (s *Server) refuse(remote string, err error) {
+	if s.OnRefuse == nil {
+		return
+	}
+	if n, ok := s.refused.event(time.Now()); ok {
+		s.OnRefuse(remote, err, n)
 	}
 }
 
@@ -165,17 +362,27 @@ func (s *Server) Serve(ln net.Listener) error {
 // exits.
 const workerIdle = 5 * time.Second
 
+// job is a request handed to a worker, with what the reader reserved for
+// it against MaxInflightBytes.
+type job struct {
+	m    *Msg
+	cost int64
+}
+
 // worker runs requests of one connection until it has been idle for
 // workerIdle or the connection ends.
-func (s *Server) worker(ctx context.Context, c *Conn, work <-chan *Msg, bytesSem, reqSem *semaphore.Weighted) {
+func (s *Server) worker(ctx context.Context, c *Conn, work <-chan job, bytesSem, reqSem *semaphore.Weighted) {
 	idle := time.NewTimer(workerIdle)
 	defer idle.Stop()
 	for {
 		select {
-		case m := <-work:
-			s.run(ctx, c, m)
-			bytesSem.Release(int64(len(m.Data)) + int64(m.Length))
+		case j := <-work:
+			s.run(ctx, c, j.m)
+			// The answer is written (or the connection failed): its
+			// room and the request's payload are free again.
+			bytesSem.Release(j.cost)
 			reqSem.Release(1)
+			c.finished()
 			idle.Reset(workerIdle)
 		case <-idle.C:
 			return
@@ -191,14 +398,11 @@ func (s *Server) run(ctx context.Context, c *Conn, m *Msg) {
 	if resp == nil {
 		resp = ErrorResponse(m, errs.E(errs.Other, "no answer"))
 	}
+	resp = fitAnswer(m, resp)
 	resp.Op = m.Op | RespBit
 	resp.ReqID = m.ReqID
 	err := c.send(resp)
-	if resp.pool != nil {
-		PutBuf(resp.pool)
-	} else if resp.pooled {
-		PutBuf(resp.Data)
-	}
+	resp.releaseBuf()
 	if m.Data != nil {
 		PutBuf(m.Data)
 	}
@@ -207,9 +411,38 @@ func (s *Server) run(ctx context.Context, c *Conn, m *Msg) {
 	}
 }
 
+// fitAnswer makes resp fit the room reserved for the answer to req (see
+// Handler): an error message is cut short, and any other answer too large
+// becomes an errs.TooLarge error, its buffer given back.
+func fitAnswer(req, resp *Msg) *Msg {
+	room := replyRoom(&req.Header)
+	n := int64(len(resp.Data))
+	if n <= room {
+		return resp
+	}
+	if resp.Flags&FlagError != 0 {
+		resp.Data = resp.Data[:room]
+		return resp
+	}
+	resp.releaseBuf()
+	return ErrorResponse(req, errs.E(errs.TooLarge, "answer of %d bytes to %v exceeds the %d bytes reserved for it", n, req.Op, room))
+}
+
+// releaseBuf gives m's pooled buffer, if any, back to the pool.
+func (m *Msg) releaseBuf() {
+	if m.pool != nil {
+		PutBuf(m.pool)
+	} else if m.pooled {
+		PutBuf(m.Data)
+	}
+}
+
 // Close stops accepting and drops every connection.
 func (s *Server) Close() {
 	s.mu.Lock()
+	if !s.done && s.quit != nil {
+		close(s.quit)
+	}
 	s.done = true
 	lns := s.lns
 	conns := make([]*Conn, 0, len(s.conns))
@@ -231,17 +464,41 @@ func (s *Server) serveConn(c *Conn) {
 		cancel()
 		s.mu.Lock()
 		delete(s.conns, c)
+		if s.perIP[c.ip]--; s.perIP[c.ip] <= 0 {
+			delete(s.perIP, c.ip)
+		}
 		s.mu.Unlock()
 		c.close()
 	}()
-	br := bufio.NewReaderSize(c.nc, 256<<10)
+	var br *bufio.Reader
 	hdr := make([]byte, HeaderSize+auxSize)
 	bytesSem := semaphore.NewWeighted(MaxInflightBytes)
 	reqSem := semaphore.NewWeighted(MaxInflightRequests)
-	work := make(chan *Msg)
+	work := make(chan job)
+	c.lastActive.Store(time.Now().UnixNano())
+	_ = c.nc.SetReadDeadline(time.Now().Add(s.idleTimeout()))
 	for {
+		switch {
+		case br == nil:
+			// The read buffer is made when the first byte arrives:
+			// a connection that never sends costs no buffers.
+			first := make([]byte, 1)
+			if !c.awaitFrame(func() error { _, err := io.ReadFull(c.nc, first); return err }) {
+				return
+			}
+			br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(first), c.nc), 256<<10)
+		case br.Buffered() == 0:
+			if !c.awaitFrame(func() error { _, err := br.Peek(1); return err }) {
+				return
+			}
+		}
+		c.frameStarted(br)
 		m := new(Msg)
 		if err := ReadMsg(br, m, hdr, GetBuf); err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				err = errs.E(errs.IO, "frame not received within %v: %w", s.frameTimeout(), err)
+			}
 			if s.OnBadFrame != nil && errs.KindOf(err) != errs.Other {
 				s.OnBadFrame(c.Remote, err)
 			}
@@ -253,20 +510,21 @@ func (s *Server) serveConn(c *Conn) {
 			}
 			return
 		}
-		w := int64(len(m.Data)) + int64(m.Length)
+		cost := int64(len(m.Data)) + replyRoom(&m.Header)
 		if err := reqSem.Acquire(ctx, 1); err != nil {
 			return
 		}
-		if err := bytesSem.Acquire(ctx, w); err != nil {
+		if err := bytesSem.Acquire(ctx, cost); err != nil {
 			return
 		}
+		c.started()
 		// Hand the request to an idle worker, or start one. Workers
 		// live on for a while, so their grown stacks are reused.
 		select {
-		case work <- m:
+		case work <- job{m, cost}:
 		default:
 			go s.worker(ctx, c, work, bytesSem, reqSem)
-			work <- m
+			work <- job{m, cost}
 		}
 	}
 }
