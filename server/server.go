@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -188,7 +189,17 @@ func Start(cfg Config) (*Node, error) {
 	n.srv.OnBadFrame = func(remote string, err error) {
 		n.log.Warn().Str("remote", remote).Err(err).Msg("dropped connection after a malformed frame")
 	}
-	go n.srv.Serve(n.ln)
+	n.srv.MaxConns = maxConns()
+	n.srv.OnRefuse = func(remote string, err error, count int) {
+		n.log.Warn().Str("remote", remote).Int("count", count).Err(err).Msg("turned connections away")
+	}
+	go func() {
+		// Serve goes on after accept errors; it ends when Close closes
+		// the listener.
+		if err := n.srv.Serve(n.ln); err != nil && !errors.Is(err, net.ErrClosed) && !errs.Is(err, errs.Closed) {
+			n.log.Error().Err(err).Msg("data port no longer accepts connections")
+		}
+	}()
 	go n.rec.run(n.stop)
 	go n.collectLoop()
 	go n.releaseStaleLocks()
@@ -206,6 +217,31 @@ func maxOpenObjects() int {
 		return 256
 	}
 	return int(max(64, min(8192, lim.Cur/2)))
+}
+
+// maxConns is how many connections the data port keeps open: proto's
+// default, within a quarter of the fd limit (object files may take half).
+func maxConns() int {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 256
+	}
+	return int(max(64, min(proto.DefaultMaxConns, lim.Cur/4)))
+}
+
+// keepIfLocked exempts a connection through which a client holds write
+// locks from the idle timeout: closing it would release them, and another
+// mount could take them before the client is back.
+func (n *Node) keepIfLocked(c *proto.Conn) {
+	n.mu.RLock()
+	cs := n.conns[c]
+	n.mu.RUnlock()
+	if cs == nil {
+		return
+	}
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	c.KeepWhenIdle(len(cs.locks) > 0)
 }
 
 // storeID reads the random name of the data directory's contents,
@@ -364,6 +400,7 @@ func (n *Node) handle(ctx context.Context, conn *proto.Conn, req *proto.Msg) *pr
 		resp, err = n.handleVDI(ctx, conn, req)
 	case proto.OpAdmin:
 		resp, err = n.handleAdmin(ctx, conn, req)
+		n.keepIfLocked(conn)
 	case proto.OpApply:
 		var r cluster.Result
 		var index uint64
