@@ -16,9 +16,12 @@ const (
 	// HandshakeTimeout bounds a TLS handshake: a connection that does
 	// not finish one in time is dropped.
 	HandshakeTimeout = 10 * time.Second
-	// maxHandshakes bounds the handshakes in progress at once; a
-	// connection beyond it is dropped at once.
-	maxHandshakes = 256
+	// maxHandshakes bounds the handshakes in progress at once, and
+	// maxHandshakesPerIP those from one address: a connection beyond
+	// either is dropped at once. The second keeps one flooding host from
+	// taking every slot from the others.
+	maxHandshakes      = 1024
+	maxHandshakesPerIP = 64
 )
 
 // Conn is an authenticated connection: the TLS connection and the role of
@@ -45,17 +48,20 @@ type Listener struct {
 	OnRefused func(remote string, err error)
 
 	ready chan *Conn
-	sem   chan struct{}
 	done  chan struct{}
 	once  sync.Once
 	err   error
+
+	mu    sync.Mutex
+	total int
+	perIP map[string]int
 }
 
 // Listen wraps ln: connections are admitted with cfg (from ServerConfig)
 // and their role is worked out with keys.
 func Listen(ln net.Listener, cfg *tls.Config, keys *Keys) *Listener {
 	l := &Listener{ln: ln, cfg: cfg, keys: keys, ready: make(chan *Conn),
-		sem: make(chan struct{}, maxHandshakes), done: make(chan struct{})}
+		done: make(chan struct{}), perIP: map[string]int{}}
 	go l.acceptLoop()
 	return l
 }
@@ -80,18 +86,45 @@ func (l *Listener) acceptLoop() {
 			}
 		}
 		backoff = 0
-		select {
-		case l.sem <- struct{}{}:
-		default:
+		ip := hostOf(nc.RemoteAddr())
+		if !l.take(ip) {
 			nc.Close()
 			continue
 		}
-		go l.handshake(nc)
+		go l.handshake(nc, ip)
 	}
 }
 
-func (l *Listener) handshake(nc net.Conn) {
-	defer func() { <-l.sem }()
+// take reserves a handshake slot for a connection from ip.
+func (l *Listener) take(ip string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.total >= maxHandshakes || l.perIP[ip] >= maxHandshakesPerIP {
+		return false
+	}
+	l.total++
+	l.perIP[ip]++
+	return true
+}
+
+func (l *Listener) release(ip string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.total--
+	if l.perIP[ip]--; l.perIP[ip] <= 0 {
+		delete(l.perIP, ip)
+	}
+}
+
+func hostOf(a net.Addr) string {
+	if t, ok := a.(*net.TCPAddr); ok {
+		return t.IP.String()
+	}
+	return a.String()
+}
+
+func (l *Listener) handshake(nc net.Conn, ip string) {
+	defer l.release(ip)
 	tc := tls.Server(nc, l.cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), HandshakeTimeout)
 	defer cancel()

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -406,3 +408,93 @@ func TestGossipEncrypted(t *testing.T) {
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// TestConnectionFlood: thousands of idle connections to a daemon's data
+// port (plain TCP that never speaks, from one address) and hundreds that
+// authenticate and then say nothing (from another) neither exhaust its
+// descriptors nor keep it from serving: an admin command and a write
+// through a mount work meanwhile, and after the flood.
+func TestConnectionFlood(t *testing.T) {
+	requireEnv(t)
+	c := NewCluster(t, 3, 3)
+	n0 := c.Nodes[0]
+	var lim syscall.Rlimit
+	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	want := int(lim.Cur) - 1000 // room for the test's own files
+	if want < 2000 {
+		t.Skipf("fd limit %d is too low for a flood", lim.Cur)
+	}
+	want = min(want, 10000)
+	var held []net.Conn
+	defer func() {
+		for _, nc := range held {
+			nc.Close()
+		}
+	}()
+	flood := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 2 * time.Second}
+	var mu sync.Mutex
+	failed := 0
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for {
+				mu.Lock()
+				done := len(held) >= want || failed >= 1000
+				mu.Unlock()
+				if done {
+					return
+				}
+				nc, err := flood.Dial("tcp", n0.Addr())
+				mu.Lock()
+				if err != nil {
+					failed++
+				} else {
+					held = append(held, nc)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	idleTLS := 0
+	dial := keyDial(auth.RoleClient)
+	for range 300 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		nc, err := dial(ctx, n0.Addr())
+		cancel()
+		if err == nil {
+			held = append(held, nc)
+			idleTLS++
+		}
+	}
+	t.Logf("%d idle connections open (%d authenticated) in %v, %d dials failed", len(held), idleTLS, time.Since(start).Round(time.Millisecond), failed)
+	if len(held) < 2000 {
+		t.Fatalf("only %d connections could be opened", len(held))
+	}
+	fds := func() int {
+		ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", n0.proc.cmd.Process.Pid))
+		return len(ents)
+	}
+	check := func(when string) {
+		t.Helper()
+		if r := c.SheepAt(n0.Addr(), "node", "list"); r.Code != 0 {
+			t.Fatalf("%s: sheep node list through the flooded node: %v", when, r)
+		}
+		m := c.Mount(n0.Addr())
+		vdi := m.VDI("f" + strings.ReplaceAll(when, " ", ""))
+		run(t, quickTimeout, "truncate", "-s", "16M", vdi)
+		shell(t, cmdTimeout, fmt.Sprintf("dd if=/dev/urandom of=%s bs=1M count=8 conv=notrunc,fsync status=none", q(vdi)))
+		m.Unmount()
+	}
+	check("during")
+	t.Logf("the flooded daemon holds %d descriptors", fds())
+	if n := fds(); n > 3000 {
+		t.Errorf("the flooded daemon holds %d descriptors", n)
+	}
+	for _, nc := range held {
+		nc.Close()
+	}
+	held = nil
+	check("after")
+}
