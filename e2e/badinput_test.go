@@ -397,6 +397,11 @@ func TestBadInput(t *testing.T) {
 	if r.Code == 0 || !strings.Contains(r.Stderr, "File too large") {
 		t.Errorf("dd past 64 TiB: want \"File too large\", got %v", r)
 	}
+	// The kernel had grown the file for the cached write; the mount shows
+	// the size the cluster has again (TestWritePastMaxSize has more).
+	if st := statFile(t, good); st.Size != 16*miB {
+		t.Errorf("after dd past 64 TiB, good shows %d bytes, want %d", st.Size, 16*miB)
+	}
 	if r := runCmd(quickTimeout, nil, nil, "truncate", "-s", "65T", good); r.Code == 0 {
 		t.Errorf("truncate -s 65T succeeded")
 	}

@@ -68,6 +68,9 @@ type FS struct {
 	srv *fuse.Server
 	dir string // the mount point, absolute
 
+	writeback bool      // the kernel's writeback cache is on
+	fixers    threadSet // the threads fixing the kernel's size of a file (size.go)
+
 	mu       sync.Mutex
 	writers  map[string]*writers // per VDI name, while it has writers or a lock change is under way
 	snapDirs map[string]uint64   // inode numbers of the directories of /snapshot
@@ -77,7 +80,7 @@ type FS struct {
 
 // Mount mounts sheepfs at dir, served through c. Call Wait or Unmount.
 func Mount(dir string, c *client.Client, opts Options) (*FS, error) {
-	f := &FS{c: c, writers: map[string]*writers{}, snapDirs: map[string]uint64{}}
+	f := &FS{c: c, writers: map[string]*writers{}, snapDirs: map[string]uint64{}, writeback: !opts.NoWritebackCache}
 	if abs, err := filepath.Abs(dir); err == nil {
 		f.dir = abs
 	}

@@ -24,7 +24,7 @@ type image struct {
 	// map, once fetched, stays true.
 	fixed bool
 
-	mu        sync.Mutex // guards the fields below, and vdiNode.cacheGen
+	mu        sync.Mutex // guards the fields below, and vdiNode.cacheGen and fix
 	allocAt   time.Time
 	allocBits []byte
 	allocN    uint32

@@ -62,7 +62,13 @@ func (d *vdiDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 		}
 		return nil, toErrno(err)
 	}
-	return d.child(ctx, info, out), 0
+	ch := d.child(ctx, info, out)
+	// A stat whose entry has expired asks here, not Getattr, and is then
+	// told the size the kernel holds: it waits for a fix of it too.
+	if vn, ok := ch.Operations().(*vdiNode); ok {
+		vn.waitSizeFix(ctx)
+	}
+	return ch, 0
 }
 
 // Readdir lists the VDIs.
@@ -116,8 +122,9 @@ type vdiNode struct {
 	gofs.Inode
 	image
 	name     string
-	created  uint64 // unix seconds
-	cacheGen uint64 // the VDI's WriteGen when the page cache was last valid (under mu)
+	created  uint64   // unix seconds
+	cacheGen uint64   // the VDI's WriteGen when the page cache was last valid (under mu)
+	fix      *sizeFix // a fix of the kernel's size of the file under way (size.go; under mu)
 }
 
 var (
@@ -176,6 +183,7 @@ func (n *vdiNode) refresh(ctx context.Context) syscall.Errno {
 func (n *vdiNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	ctx, cancel := n.fs.ctx(ctx)
 	defer cancel()
+	n.waitSizeFix(ctx)
 	if errno := n.refresh(ctx); errno != 0 {
 		return errno
 	}
@@ -298,7 +306,9 @@ func (n *vdiNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 }
 
 // Write writes to the VDI, growing it when the write ends past the end
-// (as a regular file does).
+// (as a regular file does). A write that ends past the largest VDI size
+// fails whole with EFBIG and changes nothing (size.go says what the kernel
+// makes of that).
 func (n *vdiNode) Write(ctx context.Context, fh gofs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
 	ctx, cancel := n.fs.ctx(ctx)
 	defer cancel()
@@ -310,6 +320,10 @@ func (n *vdiNode) Write(ctx context.Context, fh gofs.FileHandle, data []byte, of
 		return 0, syscall.EINVAL
 	}
 	end := uint64(off) + uint64(len(data))
+	if err := checkSize(n.name, end); err != nil {
+		n.sizeRefused()
+		return 0, toErrno(err)
+	}
 	if end > n.size.Load() {
 		if errno := n.grow(ctx, end); errno != 0 {
 			return 0, errno
@@ -325,6 +339,9 @@ func (n *vdiNode) Write(ctx context.Context, fh gofs.FileHandle, data []byte, of
 // grow makes the VDI at least size bytes. Writes past the end may arrive
 // in any order, so a grow never shrinks.
 func (n *vdiNode) grow(ctx context.Context, size uint64) syscall.Errno {
+	if err := checkSize(n.name, size); err != nil {
+		return toErrno(err)
+	}
 	var info proto.VDIInfo
 	err := n.fs.c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDIResize, Name: n.name, Size: size, Grow: true}, &info)
 	if err != nil {
@@ -362,17 +379,64 @@ func (n *vdiNode) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) s
 	return toErrno(n.fs.c.Flush(ctx, n.id))
 }
 
-// Setattr changes the size (grow, or shrink discarding the tail); other
-// attributes are fixed and silently kept.
+// Setattr changes the size (grow, or shrink discarding the tail). Mode,
+// owner and times are kept nowhere (fill makes them up): a change of them
+// fails with EPERM, as vfat refuses what it cannot store, where success
+// would claim a change that is not there (fixedAttrs). The truncate of a
+// size fix (size.go) resizes nothing and answers with the cluster's size.
 func (n *vdiNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	ctx, cancel := n.fs.ctx(ctx)
 	defer cancel()
+	if _, ok := in.GetSize(); ok && n.fs.fixers.caller(ctx) {
+		if errno := n.refresh(ctx); errno != 0 {
+			return errno
+		}
+		n.fill(&out.Attr)
+		return 0
+	}
+	var cur fuse.Attr
+	n.fill(&cur)
+	if errno := fixedAttrs(in, &cur); errno != 0 {
+		return errno
+	}
 	if size, ok := in.GetSize(); ok {
 		if errno := n.resize(ctx, size); errno != 0 {
 			return errno
 		}
 	}
 	n.fill(&out.Attr)
+	return 0
+}
+
+// fixedAttrs refuses (EPERM) a setattr that would change what a VDI file
+// cannot keep: its mode and owner, unless to what cur has already, and its
+// times, unless to now.
+//
+// Times set to now (touch) succeed and change nothing: touch makes a file
+// exist, and calls utimensat on one that exists. Times set to given values
+// (touch -d, cp -p, rsync -t) fail, like chmod and chown (cp
+// --preserve=mode fails at its fchmod); plain cp, dd, truncate and
+// qemu-img set no mode, owner or time. Under the writeback cache the
+// kernel itself sends the mtime it keeps, with the ctime and never the
+// atime (FUSE files are noatime), when it writes the inode back (fsync,
+// close): that must succeed, so a utimensat that sets only the mtime,
+// which looks the same there, succeeds too and changes nothing.
+func fixedAttrs(in *fuse.SetAttrIn, cur *fuse.Attr) syscall.Errno {
+	if mode, ok := in.GetMode(); ok && mode&0o7777 != cur.Mode&0o7777 {
+		return syscall.EPERM
+	}
+	if uid, ok := in.GetUID(); ok && uid != cur.Uid {
+		return syscall.EPERM
+	}
+	if gid, ok := in.GetGID(); ok && gid != cur.Gid {
+		return syscall.EPERM
+	}
+	v := in.Valid
+	givenAtime := v&fuse.FATTR_ATIME != 0 && v&fuse.FATTR_ATIME_NOW == 0
+	givenMtime := v&fuse.FATTR_MTIME != 0 && v&fuse.FATTR_MTIME_NOW == 0 && v&fuse.FATTR_CTIME == 0
+	if givenAtime || givenMtime {
+		return syscall.EPERM
+	}
 	return 0
 }
 
