@@ -498,3 +498,82 @@ func TestConnectionFlood(t *testing.T) {
 	held = nil
 	check("after")
 }
+
+// rssKiB is a process's resident set, from /proc.
+func rssKiB(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			var v int64
+			fmt.Sscan(f[1], &v)
+			return v
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
+
+// TestPeersThatDoNotRead: authenticated connections that ask for 8 MiB
+// reads and never read the answers, or announce 8 MiB frames and withhold
+// them, pin a bounded amount of the daemon's memory (measured as a bound
+// on its resident set, not a time), and it keeps serving.
+func TestPeersThatDoNotRead(t *testing.T) {
+	requireEnv(t)
+	c := NewCluster(t, 3, 3)
+	n0 := c.Nodes[0]
+	m := c.Mount(n0.Addr())
+	vdi := m.VDI("big")
+	run(t, quickTimeout, "truncate", "-s", "64M", vdi)
+	shell(t, cmdTimeout, fmt.Sprintf("dd if=/dev/urandom of=%s bs=1M count=64 conv=notrunc,fsync status=none", q(vdi)))
+	v := c.VDI("big")
+	pid := n0.proc.cmd.Process.Pid
+	before := rssKiB(t, pid)
+	dial := keyDial(auth.RoleClient)
+	var conns []net.Conn
+	defer func() {
+		for _, nc := range conns {
+			nc.Close()
+		}
+	}()
+	const perKind = 40
+	for i := 0; i < 2*perKind; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		nc, err := dial(ctx, n0.Addr())
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, nc)
+		nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		if i < perKind {
+			// Four 8 MiB reads whose answers are never read.
+			for j := 0; j < 4; j++ {
+				nc.Write(frame(proto.Header{Op: proto.OpVDIRead, ReqID: uint64(j + 1), ID: uint64(v.ID), Offset: uint64(j) << 23, Length: 8 << 20}, 0, nil))
+			}
+		} else {
+			// A write announcing 8 MiB, of which 4 KiB come.
+			b := frame(proto.Header{Op: proto.OpVDIWrite, ReqID: 1, ID: uint64(v.ID), DLen: 8 << 20}, 0, nil)
+			binary.BigEndian.PutUint32(b[44:], 8<<20)
+			nc.Write(append(b, make([]byte, 4096)...))
+		}
+	}
+	time.Sleep(3 * time.Second) // the reads are served into buffers nobody drains
+	during := rssKiB(t, pid)
+	t.Logf("daemon RSS %d MiB before, %d MiB with %d connections not reading and %d withholding 8 MiB frames",
+		before>>10, during>>10, perKind, perKind)
+	// Before the bounds: +960 MiB for the reads and +312 MiB for the
+	// withheld frames.
+	if grew := (during - before) >> 10; grew > 400 {
+		t.Errorf("the daemon's RSS grew by %d MiB", grew)
+	}
+	if r := c.SheepAt(n0.Addr(), "node", "list"); r.Code != 0 {
+		t.Errorf("sheep node list through the node meanwhile: %v", r)
+	}
+	if got := sha256Range(t, vdi, 0, 64); got == "" {
+		t.Error("reading the VDI meanwhile failed")
+	}
+}

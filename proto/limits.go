@@ -27,6 +27,11 @@ const (
 	DefaultFrameTimeout = 60 * time.Second
 	// DefaultWriteTimeout is how long writing one answer may take.
 	DefaultWriteTimeout = 30 * time.Second
+	// DefaultSharedBytes is the server-wide budget of request payloads
+	// and reserved answers of the connections that share one (see
+	// Server.Shared): with MaxInflightBytes per connection alone, forty
+	// connections that never read their answers could pin 1.25 GiB.
+	DefaultSharedBytes = 256 << 20
 )
 
 // Backoff of the accept loop after an error (out of file descriptors): as

@@ -634,3 +634,65 @@ func TestDeadlines(t *testing.T) {
 		}
 	})
 }
+
+// TestSharedBudget: connections that share the server-wide budget and do
+// not read their answers hold at most that budget in all (measured as
+// answers built and not written), and an honest client on another
+// connection is served meanwhile, because the worst non-reader is
+// dropped once it stalls others; connections outside the budget are not
+// held back by it.
+func TestSharedBudget(t *testing.T) {
+	const budget = 24 << 20
+	var built atomic.Int64
+	srv := &proto.Server{SharedBytes: budget, Shared: func(net.Conn) bool { return true },
+		Handler: proto.HandlerFunc(func(ctx context.Context, c *proto.Conn, req *proto.Msg) *proto.Msg {
+			if req.ID != 0 {
+				return &proto.Msg{Aux: req.ID + 1} // a ping
+			}
+			built.Add(int64(req.Length))
+			m := &proto.Msg{Data: proto.GetBuf(int(req.Length))}
+			m.SetPooled()
+			return m
+		})}
+	sl := serveSpied(t, srv)
+	var stuck []net.Conn
+	for range 6 {
+		nc, err := net.Dial("tcp", sl.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		_ = nc.(*net.TCPConn).SetReadBuffer(64 << 10)
+		var reqs []byte
+		for i := range 4 {
+			reqs = append(reqs, encode(&proto.Msg{Header: proto.Header{Op: proto.OpVDIRead, ReqID: uint64(i + 1), Length: proto.MaxPayload}})...)
+		}
+		if _, err := nc.Write(reqs); err != nil {
+			t.Fatal(err)
+		}
+		stuck = append(stuck, nc)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if b := built.Load(); b > budget+proto.MaxPayload {
+		t.Errorf("%d bytes of answers built for connections that do not read, with a shared budget of %d", b, budget)
+	}
+	c := proto.NewClient(sl.Addr().String())
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := ping(ctx, c, 7); err != nil {
+		t.Fatalf("an honest client while others do not read: %v", err)
+	}
+	t.Logf("an honest client answered in %v while 6 connections held the budget", time.Since(start).Round(time.Millisecond))
+	dropped := 0
+	for _, nc := range stuck {
+		nc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, err := io.Copy(io.Discard, nc); err == nil {
+			dropped++ // EOF: the server closed it
+		}
+	}
+	if dropped == 0 {
+		t.Errorf("no connection that does not read was dropped")
+	}
+}

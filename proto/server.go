@@ -73,6 +73,11 @@ type Conn struct {
 	inflight   atomic.Int32 // requests read and not yet answered
 	lastActive atomic.Int64 // when a frame last started or an answer went out (Unix ns)
 	keepIdle   atomic.Bool  // see KeepWhenIdle
+	// For the shared budget (Server.Shared): what this connection holds
+	// of it, and since when an answer has been stuck in a write (Unix
+	// ns; 0: none is).
+	sharedHeld   atomic.Int64
+	writingSince atomic.Int64
 
 	mu      sync.Mutex
 	onClose []func()
@@ -189,6 +194,8 @@ func (c *Conn) send(m *Msg) error {
 	m.DLen = uint32(len(m.Data))
 	PutHeader(c.hdr, &m.Header)
 	putAux(c.hdr, m.Aux)
+	c.writingSince.Store(time.Now().UnixNano())
+	defer c.writingSince.Store(0)
 	if err := writeFrame(c.bw, c.nc, c.hdr, m.Data); err != nil {
 		return err
 	}
@@ -233,8 +240,19 @@ type Server struct {
 	// takes longer than this (0: DefaultWriteTimeout), which frees the
 	// answers queued for it.
 	WriteTimeout time.Duration
+	// Shared, if set, says which connections also count their requests
+	// against a server-wide budget of SharedBytes (0:
+	// DefaultSharedBytes), on top of MaxInflightBytes each: a daemon's
+	// client connections, so that many clients that do not read their
+	// answers pin a bounded amount in all. Connections among the
+	// cluster's own nodes stay out of it: a gateway's request waits on
+	// replica requests to other nodes, and a budget they shared could
+	// fill with requests that each wait on another node's.
+	Shared      func(nc net.Conn) bool
+	SharedBytes int64
 
 	nextID  atomic.Uint64
+	shared  *semaphore.Weighted // made by the first Serve
 	refused reportLimiter
 	mu      sync.Mutex
 	conns   map[*Conn]struct{}
@@ -365,8 +383,9 @@ const workerIdle = 5 * time.Second
 // job is a request handed to a worker, with what the reader reserved for
 // it against MaxInflightBytes.
 type job struct {
-	m    *Msg
-	cost int64
+	m      *Msg
+	cost   int64
+	shared bool // cost is held of the shared budget too
 }
 
 // worker runs requests of one connection until it has been idle for
@@ -381,6 +400,9 @@ func (s *Server) worker(ctx context.Context, c *Conn, work <-chan job, bytesSem,
 			// The answer is written (or the connection failed): its
 			// room and the request's payload are free again.
 			bytesSem.Release(j.cost)
+			if j.shared {
+				s.releaseShared(c, j.cost)
+			}
 			reqSem.Release(1)
 			c.finished()
 			idle.Reset(workerIdle)
@@ -437,6 +459,80 @@ func (m *Msg) releaseBuf() {
 	}
 }
 
+// sharedWait is how long a request waits for the shared budget before the
+// connection that holds most of it with an answer stuck that long is
+// dropped (stallAfter).
+const (
+	sharedWait = time.Second
+	stallAfter = time.Second
+)
+
+// acquireShared takes n of the shared budget for c. While it waits, a
+// connection whose answers are not being read (one stuck in a write for
+// stallAfter) and that holds the most of the budget is dropped, which
+// frees what it held: honest clients wait about a second for a client
+// that stopped reading, not the whole WriteTimeout.
+func (s *Server) acquireShared(ctx context.Context, c *Conn, n int64) error {
+	budget := s.sharedBudget()
+	for {
+		wctx, cancel := context.WithTimeout(ctx, sharedWait)
+		err := budget.Acquire(wctx, n)
+		cancel()
+		if err == nil {
+			c.sharedHeld.Add(n)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		s.dropStalled(c)
+	}
+}
+
+func (s *Server) releaseShared(c *Conn, n int64) {
+	c.sharedHeld.Add(-n)
+	s.sharedBudget().Release(n)
+}
+
+// dropStalled closes the connection (other than c) holding the most of
+// the shared budget whose answer has been stuck in a write for stallAfter.
+func (s *Server) dropStalled(c *Conn) {
+	now := time.Now().UnixNano()
+	var worst *Conn
+	s.mu.Lock()
+	for o := range s.conns {
+		since := o.writingSince.Load()
+		if o == c || since == 0 || now-since < int64(stallAfter) || o.sharedHeld.Load() == 0 {
+			continue
+		}
+		if worst == nil || o.sharedHeld.Load() > worst.sharedHeld.Load() {
+			worst = o
+		}
+	}
+	s.mu.Unlock()
+	if worst == nil {
+		return
+	}
+	if s.OnBadFrame != nil {
+		s.OnBadFrame(worst.Remote, errs.E(errs.Busy, "dropped: it holds %d bytes of answers it does not read while others wait", worst.sharedHeld.Load()))
+	}
+	worst.close()
+}
+
+// sharedBudget is the server-wide budget of shared connections.
+func (s *Server) sharedBudget() *semaphore.Weighted {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shared == nil {
+		n := s.SharedBytes
+		if n <= 0 {
+			n = DefaultSharedBytes
+		}
+		s.shared = semaphore.NewWeighted(n)
+	}
+	return s.shared
+}
+
 // Close stops accepting and drops every connection.
 func (s *Server) Close() {
 	s.mu.Lock()
@@ -474,6 +570,10 @@ func (s *Server) serveConn(c *Conn) {
 	hdr := make([]byte, HeaderSize+auxSize)
 	bytesSem := semaphore.NewWeighted(MaxInflightBytes)
 	reqSem := semaphore.NewWeighted(MaxInflightRequests)
+	var shared *semaphore.Weighted
+	if s.Shared != nil && s.Shared(c.nc) {
+		shared = s.sharedBudget()
+	}
 	work := make(chan job)
 	c.lastActive.Store(time.Now().UnixNano())
 	_ = c.nc.SetReadDeadline(time.Now().Add(s.idleTimeout()))
@@ -494,7 +594,23 @@ func (s *Server) serveConn(c *Conn) {
 		}
 		c.frameStarted(br)
 		m := new(Msg)
-		if err := ReadMsg(br, m, hdr, GetBuf); err != nil {
+		// A shared budget is taken for the payload before its buffer
+		// is (once a sixteenth of it has arrived, see ReadMsg), and for
+		// the answer's room below.
+		var took int64
+		alloc := GetBuf
+		if shared != nil {
+			alloc = func(n int) []byte {
+				if s.acquireShared(ctx, c, int64(n)) == nil {
+					took = int64(n)
+				}
+				return GetBuf(n)
+			}
+		}
+		if err := ReadMsg(br, m, hdr, alloc); err != nil {
+			if took > 0 {
+				s.releaseShared(c, took)
+			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				err = errs.E(errs.IO, "frame not received within %v: %w", s.frameTimeout(), err)
@@ -517,14 +633,21 @@ func (s *Server) serveConn(c *Conn) {
 		if err := bytesSem.Acquire(ctx, cost); err != nil {
 			return
 		}
+		if shared != nil {
+			if err := s.acquireShared(ctx, c, cost-took); err != nil {
+				s.releaseShared(c, took)
+				return
+			}
+		}
 		c.started()
+		j := job{m: m, cost: cost, shared: shared != nil}
 		// Hand the request to an idle worker, or start one. Workers
 		// live on for a while, so their grown stacks are reused.
 		select {
-		case work <- job{m, cost}:
+		case work <- j:
 		default:
 			go s.worker(ctx, c, work, bytesSem, reqSem)
-			work <- job{m, cost}
+			work <- j
 		}
 	}
 }

@@ -190,6 +190,9 @@ func Start(cfg Config) (*Node, error) {
 		n.log.Warn().Str("remote", remote).Err(err).Msg("dropped connection after a malformed frame")
 	}
 	n.srv.MaxConns = maxConns()
+	// Clients share one budget of requests in flight; nodes do not (see
+	// proto.Server.Shared).
+	n.srv.Shared = func(nc net.Conn) bool { return auth.RoleOf(nc) != auth.RolePeer }
 	n.srv.OnRefuse = func(remote string, err error, count int) {
 		n.log.Warn().Str("remote", remote).Int("count", count).Err(err).Msg("turned connections away")
 	}
