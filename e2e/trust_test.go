@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -81,6 +82,20 @@ func TestTrust(t *testing.T) {
 	if !strings.Contains(r.Stdout+r.Stderr, "TLSv1.3") {
 		t.Errorf("openssl s_client does not see TLS 1.3 on the data port: %v", r)
 	}
+
+	// A forged raft RPC (once: a RequestVote that moved the leader's term
+	// from 3 to 1003) does not get through without the key.
+	tr, err := raft.NewTCPTransport("127.0.0.1:0", nil, 1, 5*time.Second, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	raftAddr := raft.ServerAddress(fmt.Sprintf("127.0.0.1:%d", c.Nodes[0].Port+2))
+	var vote raft.RequestVoteResponse
+	if err := tr.RequestVote("node0", raftAddr, &raft.RequestVoteRequest{RPCHeader: raft.RPCHeader{Addr: []byte("evil")}, Term: 1003, LastLogIndex: 1 << 40, LastLogTerm: 1003}, &vote); err == nil {
+		t.Errorf("a RequestVote without the key was answered: %+v", vote)
+	}
+	c.WaitOK()
 
 	// A client key works for client things, not for a node's disks or a
 	// forced unlock.
