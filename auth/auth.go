@@ -466,6 +466,9 @@ func (ks *Keys) ServerConfig(min Role) (*tls.Config, error) {
 	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
+		// Full records from the first byte: connections live long
+		// and carry megabytes.
+		DynamicRecordSizingDisabled: true,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return ks.Current().identity(RolePeer)
 		},
@@ -512,8 +515,9 @@ func (ks *Keys) dialConfig(as Role) (*tls.Config, error) {
 	}
 	var matched *Key
 	return &tls.Config{
-		MinVersion:         tls.VersionTLS13,
-		InsecureSkipVerify: true, // the daemon's key is pinned below instead
+		MinVersion:                  tls.VersionTLS13,
+		DynamicRecordSizingDisabled: true,
+		InsecureSkipVerify:          true, // the daemon's key is pinned below instead
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			if matched = ks.peerKey(raw); matched == nil {
 				return errNotAuthorized("the daemon")

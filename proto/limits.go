@@ -30,8 +30,10 @@ const (
 	// DefaultSharedBytes is the server-wide budget of request payloads
 	// and reserved answers of the connections that share one (see
 	// Server.Shared): with MaxInflightBytes per connection alone, forty
-	// connections that never read their answers could pin 1.25 GiB.
-	DefaultSharedBytes = 256 << 20
+	// connections that never read their answers could pin 1.25 GiB. A
+	// daemon's resident set may hold about twice this (the garbage
+	// collector lets the heap grow to twice what is live).
+	DefaultSharedBytes = 128 << 20
 )
 
 // Backoff of the accept loop after an error (out of file descriptors): as
