@@ -136,6 +136,14 @@ func TestTrust(t *testing.T) {
 	big, _ := json.Marshal(map[string]any{"op": "members", "members": many})
 	wantErr(t, "a forwarded members command with 20,000 members", p.call(proto.Header{Op: proto.OpApply}, 0, big), errs.Invalid)
 
+	// Nobody is shown the holder's mount ID (whoever knew it could take
+	// the lock over): a lock under what is shown is refused.
+	if r := sheepWithKey(clientKey, addr, "--json", "vdi", "list"); r.Code != 0 || strings.Contains(r.Stdout, "mholder") {
+		t.Errorf("vdi list shows the holder's mount ID: %v", r)
+	}
+	shown := lookupWire(t, w, "v").Mount
+	wantErr(t, "a lock under the mount shown for the holder", w.admin(proto.AdminRequest{Cmd: proto.AdminVDILock, Name: "v", Mount: shown}), errs.Busy)
+
 	// Another client cannot release the holder's lock, even naming its
 	// mount; the holder's writes go on.
 	wantErr(t, "unlock by a non-holder", w.admin(proto.AdminRequest{Cmd: proto.AdminVDIUnlock, Name: "v", Mount: "mholder"}), errs.Denied)

@@ -178,7 +178,7 @@ type VDIInfo struct {
 	Copies  int         `json:"copies"`
 	Created int64       `json:"created"`
 	Locked  bool        `json:"locked"`
-	Mount   ids.MountID `json:"mount,omitempty"`
+	Mount   ids.MountID `json:"mount,omitempty"` // a fingerprint of the holder's mount ID, not the ID
 	Node    ids.NodeID  `json:"node,omitempty"`
 	// WriteGen counts the write locks granted on the VDI so far (and
 	// its rollbacks).
