@@ -35,6 +35,7 @@ import (
 	"fmt"
 	"math/big"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -343,11 +344,31 @@ func (ks *Keys) Save() error {
 	if path == "" {
 		return errs.E(errs.Invalid, "the keys came from no file")
 	}
+	// Durably: a node that loses power mid-roll must come back with the
+	// old or the new file, never an empty one.
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, File(list...), 0o600); err != nil {
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
 		return errs.E(errs.IO, "write key file: %w", err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	_, err = f.Write(File(list...))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		if d, derr := os.Open(filepath.Dir(path)); derr == nil {
+			err = d.Sync()
+			d.Close()
+		}
+	}
+	if err != nil {
+		os.Remove(tmp)
 		return errs.E(errs.IO, "write key file: %w", err)
 	}
 	st, _ := stampOf(path)
@@ -412,42 +433,48 @@ func cert(priv ed25519.PrivateKey, name string) tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv}
 }
 
-// roleOf returns the role of a certificate chain's leaf under keys ks.
-func (ks *Keys) roleOf(raw [][]byte) Role {
+// leafKey is the Ed25519 key of a certificate chain's leaf (nil if it has
+// none): what a pinned identity is recognised by.
+func leafKey(raw [][]byte) ed25519.PublicKey {
 	if len(raw) == 0 {
-		return RoleNone
+		return nil
 	}
 	c, err := x509.ParseCertificate(raw[0])
 	if err != nil {
-		return RoleNone
+		return nil
 	}
-	pub, ok := c.PublicKey.(ed25519.PublicKey)
-	if !ok {
-		return RoleNone
+	pub, _ := c.PublicKey.(ed25519.PublicKey)
+	return pub
+}
+
+// roleOf returns the role that public key pub proves under keys ks, and
+// for a peer, the key it belongs to.
+func (ks *Keys) roleOf(pub ed25519.PublicKey) (Role, *Key) {
+	if pub == nil {
+		return RoleNone, nil
 	}
 	list := ks.snapshot()
 	for _, k := range list {
 		if pub.Equal(k.peerPub) {
-			return RolePeer
+			return RolePeer, k
 		}
 	}
 	for _, k := range list {
 		if pub.Equal(k.clientPub) {
-			return RoleClient
+			return RoleClient, nil
 		}
 	}
-	return RoleNone
+	return RoleNone, nil
 }
 
 // RoleOf is the role of an established TLS connection's other side.
-func (ks *Keys) RoleOf(cs tls.ConnectionState) Role { return ks.roleOf(rawCerts(cs)) }
-
-func rawCerts(cs tls.ConnectionState) [][]byte {
-	out := make([][]byte, len(cs.PeerCertificates))
-	for i, c := range cs.PeerCertificates {
-		out[i] = c.Raw
+func (ks *Keys) RoleOf(cs tls.ConnectionState) Role {
+	if len(cs.PeerCertificates) == 0 {
+		return RoleNone
 	}
-	return out
+	pub, _ := cs.PeerCertificates[0].PublicKey.(ed25519.PublicKey)
+	r, _ := ks.roleOf(pub)
+	return r
 }
 
 // errNotAuthorized is what the other side of a refused handshake is told
@@ -474,34 +501,12 @@ func (ks *Keys) ServerConfig(min Role) (*tls.Config, error) {
 		},
 		ClientAuth: tls.RequireAnyClientCert,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if ks.roleOf(raw) < min {
+			if r, _ := ks.roleOf(leafKey(raw)); r < min {
 				return errNotAuthorized("the connecting side")
 			}
 			return nil
 		},
 	}, nil
-}
-
-// peerKey returns the key whose peer identity signed a certificate
-// chain's leaf, nil if none of ks.
-func (ks *Keys) peerKey(raw [][]byte) *Key {
-	if len(raw) == 0 {
-		return nil
-	}
-	c, err := x509.ParseCertificate(raw[0])
-	if err != nil {
-		return nil
-	}
-	pub, ok := c.PublicKey.(ed25519.PublicKey)
-	if !ok {
-		return nil
-	}
-	for _, k := range ks.snapshot() {
-		if pub.Equal(k.peerPub) {
-			return k
-		}
-	}
-	return nil
 }
 
 // dialConfig is the TLS configuration of one connection to a daemon,
@@ -519,7 +524,7 @@ func (ks *Keys) dialConfig(as Role) (*tls.Config, error) {
 		DynamicRecordSizingDisabled: true,
 		InsecureSkipVerify:          true, // the daemon's key is pinned below instead
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if matched = ks.peerKey(raw); matched == nil {
+			if _, matched = ks.roleOf(leafKey(raw)); matched == nil {
 				return errNotAuthorized("the daemon")
 			}
 			return nil

@@ -43,18 +43,22 @@ type Listener struct {
 	ln   net.Listener
 	cfg  *tls.Config
 	keys *Keys
-	// OnRefused, if set, is told of connections dropped for a failed
-	// handshake (rate-limited by the caller if it logs).
-	OnRefused func(remote string, err error)
+	// OnRefused, if set, is told of connections dropped: a failed
+	// handshake, or one beyond the handshakes in progress. It is called at
+	// most once a second, with n the connections dropped since the last
+	// call, this one included, so that a flood does not flood the log.
+	OnRefused func(remote string, err error, n int)
 
 	ready chan *Conn
 	done  chan struct{}
 	once  sync.Once
 	err   error
 
-	mu    sync.Mutex
-	total int
-	perIP map[string]int
+	mu      sync.Mutex
+	total   int
+	perIP   map[string]int
+	lastRef time.Time // when OnRefused was last called
+	heldRef int       // refusals since
 }
 
 // Listen wraps ln: connections are admitted with cfg (from ServerConfig)
@@ -88,11 +92,31 @@ func (l *Listener) acceptLoop() {
 		backoff = 0
 		ip := hostOf(nc.RemoteAddr())
 		if !l.take(ip) {
+			l.refused(nc.RemoteAddr().String(), errs.E(errs.Busy, "too many handshakes in progress"))
 			nc.Close()
 			continue
 		}
 		go l.handshake(nc, ip)
 	}
+}
+
+// refused tells OnRefused of a dropped connection, at most once a second.
+func (l *Listener) refused(remote string, err error) {
+	if l.OnRefused == nil {
+		return
+	}
+	l.mu.Lock()
+	l.heldRef++
+	now := time.Now()
+	if now.Sub(l.lastRef) < time.Second {
+		l.mu.Unlock()
+		return
+	}
+	l.lastRef = now
+	n := l.heldRef
+	l.heldRef = 0
+	l.mu.Unlock()
+	l.OnRefused(remote, err, n)
 }
 
 // take reserves a handshake slot for a connection from ip.
@@ -129,9 +153,7 @@ func (l *Listener) handshake(nc net.Conn, ip string) {
 	ctx, cancel := context.WithTimeout(context.Background(), HandshakeTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
-		if l.OnRefused != nil {
-			l.OnRefused(nc.RemoteAddr().String(), err)
-		}
+		l.refused(nc.RemoteAddr().String(), err)
 		nc.Close()
 		return
 	}

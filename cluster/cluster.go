@@ -213,7 +213,7 @@ func Start(cfg Config) (*Cluster, error) {
 		c.logs.Close()
 		return nil, errs.E(errs.Invalid, "a node needs the cluster key (not a client key)")
 	}
-	stream, err := newTLSStream(raftAddr, adv, cfg.Keys, c.refusedPeer("raft"))
+	stream, err := newTLSStream(raftAddr, adv, cfg.Keys, c.refusedPeer)
 	if err == nil {
 		c.tr = raft.NewNetworkTransportWithLogger(stream, 4, 10*time.Second, hlog)
 	}
@@ -341,22 +341,10 @@ func (c *Cluster) syncGossipKeys() {
 	}
 }
 
-// refusedPeer returns a callback that logs connections to port refused for
-// a failed handshake (a wrong key, or not TLS), at most one a second.
-func (c *Cluster) refusedPeer(port string) func(remote string, err error) {
-	var mu sync.Mutex
-	var last time.Time
-	var quiet int
-	return func(remote string, err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if time.Since(last) < time.Second {
-			quiet++
-			return
-		}
-		c.log.Warn().Str("port", port).Str("remote", remote).Int("more", quiet).Err(err).Msg("refused a connection: not a peer of this cluster")
-		last, quiet = time.Now(), 0
-	}
+// refusedPeer logs connections to the raft port refused (see
+// auth.Listener.OnRefused).
+func (c *Cluster) refusedPeer(remote string, err error, n int) {
+	c.log.Warn().Str("port", "raft").Str("remote", remote).Int("count", n).Err(err).Msg("refused connections: not peers of this cluster")
 }
 
 // self is this node's metadata.

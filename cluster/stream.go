@@ -20,7 +20,7 @@ type tlsStream struct {
 	dial *auth.Dialer
 }
 
-func newTLSStream(addr string, adv net.Addr, keys *auth.Keys, onRefused func(string, error)) (*tlsStream, error) {
+func newTLSStream(addr string, adv net.Addr, keys *auth.Keys, onRefused func(string, error, int)) (*tlsStream, error) {
 	cfg, err := keys.ServerConfig(auth.RolePeer)
 	if err != nil {
 		return nil, err

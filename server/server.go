@@ -162,7 +162,9 @@ func Start(cfg Config) (*Node, error) {
 		return nil, errs.E(errs.IO, "listen on %s: %w", addr, err)
 	}
 	ln := auth.Listen(raw, tlsCfg, cfg.Keys)
-	ln.OnRefused = refusedLog(n.log)
+	ln.OnRefused = func(remote string, err error, count int) {
+		n.log.Warn().Str("remote", remote).Int("count", count).Err(err).Msg("refused connections: not authorized by this cluster's key")
+	}
 	n.ln = ln
 	store, err := storeID(cfg.Dir)
 	if err != nil {
@@ -349,24 +351,6 @@ func (n *Node) nextVersion() ids.Version {
 		if n.hlc.CompareAndSwap(last, v) {
 			return ids.Version(v)
 		}
-	}
-}
-
-// refusedLog logs connections refused for a failed handshake (a wrong key,
-// or not TLS), at most one a second with a count of the others.
-func refusedLog(log zerolog.Logger) func(remote string, err error) {
-	var mu sync.Mutex
-	var last time.Time
-	var quiet int
-	return func(remote string, err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if time.Since(last) < time.Second {
-			quiet++
-			return
-		}
-		log.Warn().Str("remote", remote).Int("more", quiet).Err(err).Msg("refused a connection: not authorized by this cluster's key")
-		last, quiet = time.Now(), 0
 	}
 }
 
