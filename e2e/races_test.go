@@ -11,19 +11,19 @@ import (
 	"time"
 )
 
-// extendScript writes 64 KiB at i MiB for i < n from n threads at once into
-// a new file (each write extends it, as qcow2 and other image formats do),
-// fsyncs, and prints the errors as JSON.
-const extendScript = `
+// parallelWriteScript PATH N SIZE SHIFT CREATE writes SIZE bytes of
+// value i+1 at i<<SHIFT for i < N, from N threads at once (opening PATH
+// with O_CREAT if CREATE is 1), fsyncs, and prints the errors as JSON.
+const parallelWriteScript = `
 import json, os, sys, threading
-path, n = sys.argv[1], int(sys.argv[2])
-fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+path, n, size, shift = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+fd = os.open(path, os.O_RDWR | (os.O_CREAT if sys.argv[5] == "1" else 0), 0o644)
 errors = []
 def w(i):
     try:
-        os.pwrite(fd, bytes([i + 1]) * 65536, i << 20)
+        os.pwrite(fd, bytes([i + 1]) * size, i << shift)
     except OSError as e:
-        errors.append("pwrite at %d MiB: %s" % (i, e.strerror))
+        errors.append("pwrite %d at %d: %s" % (size, i << shift, e.strerror))
 ts = [threading.Thread(target=w, args=(i,)) for i in range(n)]
 for t in ts: t.start()
 for t in ts: t.join()
@@ -35,8 +35,9 @@ os.close(fd)
 print(json.dumps(errors))
 `
 
-// checkExtendScript checks what extendScript wrote, after caches are
-// dropped: the size and every region.
+// checkExtendScript checks what parallelWriteScript wrote for
+// TestConcurrentWritesPastEOF, after caches are dropped: the size and
+// every region.
 const checkExtendScript = `
 import json, os, sys
 path, n = sys.argv[1], int(sys.argv[2])
@@ -57,7 +58,9 @@ func TestConcurrentWritesPastEOF(t *testing.T) {
 	const n = 16
 	for round := 0; round < 3; round++ {
 		vdi := m.VDI(fmt.Sprintf("grow%d", round))
-		r := run(t, cmdTimeout, "python3", "-c", extendScript, vdi, fmt.Sprint(n))
+		// 64 KiB at i MiB into a new file: each write extends it, as
+		// qcow2 and other image formats do.
+		r := run(t, cmdTimeout, "python3", "-c", parallelWriteScript, vdi, fmt.Sprint(n), "65536", "20", "1")
 		var errs []string
 		if err := json.Unmarshal([]byte(r.Stdout), &errs); err != nil {
 			t.Fatalf("extend script printed %q: %v", r.Stdout, err)
@@ -189,32 +192,6 @@ func first(list []string, n int) []string {
 	return list
 }
 
-// allocScript writes 4 KiB into each of n objects of a new VDI (at i*4 MiB)
-// from n threads at once, fsyncs, and prints the errors as JSON. Each
-// write allocates its object and sets its entry in the one index object
-// that the VDI starts without, so the replicas see n writes race to
-// create that index object.
-const allocScript = `
-import json, os, sys, threading
-path, n = sys.argv[1], int(sys.argv[2])
-fd = os.open(path, os.O_RDWR)
-errors = []
-def w(i):
-    try:
-        os.pwrite(fd, bytes([i + 1]) * 4096, i << 22)
-    except OSError as e:
-        errors.append("pwrite at object %d: %s" % (i, e.strerror))
-ts = [threading.Thread(target=w, args=(i,)) for i in range(n)]
-for t in ts: t.start()
-for t in ts: t.join()
-try:
-    os.fsync(fd)
-except OSError as e:
-    errors.append("fsync: " + e.strerror)
-os.close(fd)
-print(json.dumps(errors))
-`
-
 // TestConcurrentAllocationsReplicasAgree: writes that allocate objects of
 // a new VDI in parallel all set their index entries on every replica. The
 // replicas must hold the same bytes: a copy one replica fetched while
@@ -230,7 +207,11 @@ func TestConcurrentAllocationsReplicasAgree(t *testing.T) {
 	for round := 0; round < rounds; round++ {
 		name := fmt.Sprintf("alloc%d", round)
 		run(t, quickTimeout, "truncate", "-s", "1G", m.VDI(name))
-		r := run(t, cmdTimeout, "python3", "-c", allocScript, m.VDI(name), fmt.Sprint(n))
+		// 4 KiB into each of n objects (at i*4 MiB): each write allocates
+		// its object and sets its entry in the one index object that the
+		// new VDI starts without, so the replicas see n writes race to
+		// create that index object.
+		r := run(t, cmdTimeout, "python3", "-c", parallelWriteScript, m.VDI(name), fmt.Sprint(n), "4096", "22", "0")
 		var errs []string
 		if err := json.Unmarshal([]byte(r.Stdout), &errs); err != nil {
 			t.Fatalf("alloc script printed %q: %v", r.Stdout, err)
