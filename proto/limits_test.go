@@ -338,21 +338,8 @@ func TestUnreadAnswers(t *testing.T) {
 				})}
 			sl := serveSpied(t, srv)
 
-			nc, err := net.Dial("tcp", sl.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
+			nc := sendUnread(t, sl.Addr().String(), tt.req, 64)
 			defer nc.Close()
-			_ = nc.(*net.TCPConn).SetReadBuffer(64 << 10)
-			var reqs []byte
-			for i := range 64 {
-				h := tt.req
-				h.ReqID = uint64(i + 1)
-				reqs = append(reqs, encode(&proto.Msg{Header: h})...)
-			}
-			if _, err := nc.Write(reqs); err != nil {
-				t.Fatal(err)
-			}
 			sc := <-sl.conns
 			select {
 			case held := <-over:
@@ -657,19 +644,8 @@ func TestSharedBudget(t *testing.T) {
 	sl := serveSpied(t, srv)
 	var stuck []net.Conn
 	for range 6 {
-		nc, err := net.Dial("tcp", sl.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
+		nc := sendUnread(t, sl.Addr().String(), proto.Header{Op: proto.OpVDIRead, Length: proto.MaxPayload}, 4)
 		defer nc.Close()
-		_ = nc.(*net.TCPConn).SetReadBuffer(64 << 10)
-		var reqs []byte
-		for i := range 4 {
-			reqs = append(reqs, encode(&proto.Msg{Header: proto.Header{Op: proto.OpVDIRead, ReqID: uint64(i + 1), Length: proto.MaxPayload}})...)
-		}
-		if _, err := nc.Write(reqs); err != nil {
-			t.Fatal(err)
-		}
 		stuck = append(stuck, nc)
 	}
 	time.Sleep(500 * time.Millisecond)
@@ -695,4 +671,25 @@ func TestSharedBudget(t *testing.T) {
 	if dropped == 0 {
 		t.Errorf("no connection that does not read was dropped")
 	}
+}
+
+// sendUnread connects to addr with a small receive buffer and sends n
+// requests like h (request IDs 1..n), whose answers it never reads.
+func sendUnread(t *testing.T, addr string, h proto.Header, n int) net.Conn {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.(*net.TCPConn).SetReadBuffer(64 << 10)
+	var reqs []byte
+	for i := range n {
+		h.ReqID = uint64(i + 1)
+		reqs = append(reqs, encode(&proto.Msg{Header: h})...)
+	}
+	if _, err := nc.Write(reqs); err != nil {
+		nc.Close()
+		t.Fatal(err)
+	}
+	return nc
 }
