@@ -188,13 +188,14 @@ func (c *Conn) send(m *Msg) error {
 	// A client that does not read its answers must not hold them, and
 	// the worker writing them, forever: the write fails, and the
 	// connection with it.
-	if err := c.nc.SetWriteDeadline(time.Now().Add(c.srv.writeTimeout())); err != nil {
+	now := time.Now()
+	if err := c.nc.SetWriteDeadline(now.Add(c.srv.writeTimeout())); err != nil {
 		return err
 	}
 	m.DLen = uint32(len(m.Data))
 	PutHeader(c.hdr, &m.Header)
 	putAux(c.hdr, m.Aux)
-	c.writingSince.Store(time.Now().UnixNano())
+	c.writingSince.Store(now.UnixNano())
 	defer c.writingSince.Store(0)
 	if err := writeFrame(c.bw, c.nc, c.hdr, m.Data); err != nil {
 		return err
