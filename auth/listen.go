@@ -27,8 +27,8 @@ const (
 // Conn is an authenticated connection: the TLS connection and the role of
 // the other side.
 type Conn struct {
-	*tls.Conn
-	role Role
+	net.Conn // a *tls.Conn, or a unix connection for the local channel
+	role     Role
 }
 
 // Role is the other side's role.
@@ -40,9 +40,10 @@ func (c *Conn) Role() Role { return c.role }
 // connection that stalls or never speaks TLS holds up nobody else's. It
 // keeps accepting after errors such as running out of file descriptors.
 type Listener struct {
-	ln   net.Listener
-	cfg  *tls.Config
-	keys *Keys
+	ln    net.Listener
+	cfg   *tls.Config
+	keys  *Keys
+	local bool // the local channel (ListenLocal)
 	// OnRefused, if set, is told of connections dropped: a failed
 	// handshake, or one beyond the handshakes in progress. It is called at
 	// most once a second, with n the connections dropped since the last
@@ -52,6 +53,7 @@ type Listener struct {
 	ready chan *Conn
 	done  chan struct{}
 	once  sync.Once
+	start sync.Once // the accept loop, from the first Accept
 	err   error
 
 	mu      sync.Mutex
@@ -64,9 +66,12 @@ type Listener struct {
 // Listen wraps ln: connections are admitted with cfg (from ServerConfig)
 // and their role is worked out with keys.
 func Listen(ln net.Listener, cfg *tls.Config, keys *Keys) *Listener {
-	l := &Listener{ln: ln, cfg: cfg, keys: keys, ready: make(chan *Conn),
+	return listen(ln, cfg, keys, false)
+}
+
+func listen(ln net.Listener, cfg *tls.Config, keys *Keys, local bool) *Listener {
+	l := &Listener{ln: ln, cfg: cfg, keys: keys, local: local, ready: make(chan *Conn),
 		done: make(chan struct{}), perIP: map[string]int{}}
-	go l.acceptLoop()
 	return l
 }
 
@@ -149,6 +154,16 @@ func hostOf(a net.Addr) string {
 
 func (l *Listener) handshake(nc net.Conn, ip string) {
 	defer l.release(ip)
+	if l.local {
+		c, err := l.serverLocal(nc)
+		if err != nil {
+			l.refused("local", err)
+			nc.Close()
+			return
+		}
+		l.deliver(c)
+		return
+	}
 	tc := tls.Server(nc, l.cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), HandshakeTimeout)
 	defer cancel()
@@ -157,11 +172,14 @@ func (l *Listener) handshake(nc net.Conn, ip string) {
 		nc.Close()
 		return
 	}
-	c := &Conn{Conn: tc, role: l.keys.RoleOf(tc.ConnectionState())}
+	l.deliver(&Conn{Conn: tc, role: l.keys.RoleOf(tc.ConnectionState())})
+}
+
+func (l *Listener) deliver(c *Conn) {
 	select {
 	case l.ready <- c:
 	case <-l.done:
-		nc.Close()
+		c.Close()
 	}
 }
 
@@ -172,8 +190,10 @@ func (l *Listener) close(err error) {
 	})
 }
 
-// Accept returns the next authenticated connection.
+// Accept returns the next authenticated connection. Connections are taken
+// from the socket from the first call on (so OnRefused may be set before).
 func (l *Listener) Accept() (net.Conn, error) {
+	l.start.Do(func() { go l.acceptLoop() })
 	select {
 	case c := <-l.ready:
 		return c, nil
@@ -206,6 +226,9 @@ type Dialer struct {
 	keys    *Keys
 	as      Role
 	Timeout time.Duration
+	// Local: try the daemon's local channel first (see ListenLocal), and
+	// fall back to TLS over TCP when there is none this process may use.
+	Local bool
 }
 
 // NewDialer returns a Dialer presenting the identity of role as.
@@ -229,6 +252,11 @@ func (d *Dialer) DialContext(ctx context.Context, addr string) (net.Conn, error)
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, d.Timeout)
 		defer cancel()
+	}
+	if d.Local {
+		if c, err := dialLocal(ctx, addr, cfg); err == nil {
+			return c, nil
+		}
 	}
 	td := tls.Dialer{Config: cfg}
 	c, err := td.DialContext(ctx, "tcp", addr)

@@ -467,6 +467,7 @@ type Sheepfs struct {
 	NoWriteback bool     `help:"Turn off the kernel writeback cache: every write(2) reaches the cluster before it returns (slower)."`
 	Pprof       string   `help:"Serve Go profiles (net/http/pprof) on this address. Off by default." placeholder:"ADDR"`
 	KeyFile     string   `help:"The cluster key or a client key (sheep keygen). Default: $SHEEP_KEY_FILE, else /etc/sheepfs/cluster.key." placeholder:"FILE" type:"path"`
+	NoLocal     bool     `help:"Use TLS over the data port also to a daemon on this machine, instead of its local channel (a unix socket)." env:"SHEEPFS_NO_LOCAL"`
 }
 
 // Run mounts and serves until unmounted or signalled.
@@ -478,7 +479,12 @@ func (s *Sheepfs) Run() error {
 	if err != nil {
 		return err
 	}
-	c := client.New(s.Addr, client.Options{Dial: dialer(keys, auth.RoleClient)})
+	d, err := keys.NewDialer(auth.RoleClient, proto.DialTimeout)
+	if err != nil {
+		return err
+	}
+	d.Local = !s.NoLocal
+	c := client.New(s.Addr, client.Options{Dial: d.DialContext})
 	f, err := fs.Mount(s.Mountpoint, c, fs.Options{Debug: s.Debug, AllowOther: s.AllowOther, NoWritebackCache: s.NoWriteback})
 	if err != nil {
 		return errs.E(errs.IO, "mount %s: %w", s.Mountpoint, err)

@@ -820,6 +820,18 @@ func (m *Mount) VDI(name string) string { return m.Path("vdi", name) }
 // node, in order), and waits until cluster/info is readable.
 func (c *Cluster) Mount(addrs ...string) *Mount {
 	c.t.Helper()
+	return c.mount(nil, addrs...)
+}
+
+// MountTLS is Mount with sheepfs talking TLS over the data port also to
+// daemons on this machine (--no-local), as it does to remote ones.
+func (c *Cluster) MountTLS(addrs ...string) *Mount {
+	c.t.Helper()
+	return c.mount([]string{"--no-local"}, addrs...)
+}
+
+func (c *Cluster) mount(extra []string, addrs ...string) *Mount {
+	c.t.Helper()
 	if len(addrs) == 0 {
 		addrs = c.Addrs()
 	}
@@ -832,6 +844,7 @@ func (c *Cluster) Mount(addrs ...string) *Mount {
 	if c.KeyFile != "" {
 		margs = append(margs, "--key-file", c.KeyFile)
 	}
+	margs = append(margs, extra...)
 	p, err := startProc(m.Log, sheepfsBin, margs...)
 	if err != nil {
 		c.t.Fatalf("start sheepfs: %v", err)

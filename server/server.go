@@ -198,6 +198,16 @@ func Start(cfg Config) (*Node, error) {
 	n.srv.OnRefuse = func(remote string, err error, count int) {
 		n.log.Warn().Str("remote", remote).Int("count", count).Err(err).Msg("turned connections away")
 	}
+	// The local channel for mounts and commands on this machine; without
+	// it (its name taken) they use the data port.
+	local, err := auth.ListenLocal(addr, tlsCfg, cfg.Keys)
+	if err != nil {
+		n.log.Warn().Err(err).Msg("no local channel; clients on this machine use TLS over the data port")
+	} else {
+		local.OnRefused = func(_ string, err error, count int) {
+			n.log.Warn().Int("count", count).Err(err).Msg("refused connections on the local channel")
+		}
+	}
 	go func() {
 		// Serve goes on after accept errors; it ends when Close closes
 		// the listener.
@@ -205,6 +215,13 @@ func Start(cfg Config) (*Node, error) {
 			n.log.Error().Err(err).Msg("data port no longer accepts connections")
 		}
 	}()
+	if local != nil {
+		go func() {
+			if err := n.srv.Serve(local); err != nil && !errors.Is(err, net.ErrClosed) && !errs.Is(err, errs.Closed) {
+				n.log.Error().Err(err).Msg("local channel no longer accepts connections")
+			}
+		}()
+	}
 	go n.rec.run(n.stop)
 	go n.collectLoop()
 	go n.releaseStaleLocks()
