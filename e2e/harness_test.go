@@ -61,6 +61,9 @@ func TestMain(m *testing.M) {
 }
 
 func testMain(m *testing.M) int {
+	if spec := os.Getenv("SHEEP_E2E_FLOOD"); spec != "" {
+		floodHelper(spec)
+	}
 	out, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil || strings.TrimSpace(string(out)) == "" || strings.TrimSpace(string(out)) == os.DevNull {
 		fmt.Fprintf(os.Stderr, "e2e: cannot find the module root (go env GOMOD): %v\n", err)

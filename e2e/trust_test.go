@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -439,51 +440,44 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 // through a mount work meanwhile, and after the flood.
 func TestConnectionFlood(t *testing.T) {
 	requireEnv(t)
-	// 20,000 connections and the test's own files: raise this process's
-	// descriptor limit (root may). The daemons keep the limit they
-	// inherit.
-	const want = 20000
-	var lim, saved syscall.Rlimit
-	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &saved)
-	lim.Cur, lim.Max = max(saved.Cur, want+2000), max(saved.Max, want+2000)
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		t.Fatalf("raise the descriptor limit to %d: %v", lim.Cur, err)
-	}
 	c := NewCluster(t, 3, 3)
 	n0 := c.Nodes[0]
-	defer syscall.Setrlimit(syscall.RLIMIT_NOFILE, &saved)
+	// 20,000 plain connections from two helper processes (each within
+	// the descriptor limit, which root may not raise here), from
+	// 127.0.0.2.
+	const want, helpers = 20000, 2
+	start := time.Now()
+	opened, failed := 0, 0
+	var stdins []io.Closer
+	var procs []*exec.Cmd
+	defer func() {
+		for i, in := range stdins {
+			in.Close()
+			procs[i].Wait()
+		}
+	}()
+	for range helpers {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), fmt.Sprintf("SHEEP_E2E_FLOOD=%s %d", n0.Addr(), want/helpers))
+		in, _ := cmd.StdinPipe()
+		out, _ := cmd.StdoutPipe()
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		stdins, procs = append(stdins, in), append(procs, cmd)
+		var o, f int
+		if _, err := fmt.Fscanf(out, "opened %d failed %d\n", &o, &f); err != nil {
+			t.Fatalf("flood helper: %v", err)
+		}
+		opened, failed = opened+o, failed+f
+	}
 	var held []net.Conn
 	defer func() {
 		for _, nc := range held {
 			nc.Close()
 		}
 	}()
-	flood := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 2 * time.Second}
-	var mu sync.Mutex
-	failed := 0
-	start := time.Now()
-	var wg sync.WaitGroup
-	for range 16 {
-		wg.Go(func() {
-			for {
-				mu.Lock()
-				done := len(held) >= want || failed >= 1000
-				mu.Unlock()
-				if done {
-					return
-				}
-				nc, err := flood.Dial("tcp", n0.Addr())
-				mu.Lock()
-				if err != nil {
-					failed++
-				} else {
-					held = append(held, nc)
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
 	idleTLS := 0
 	dial := keyDial(auth.RoleClient)
 	for range 300 {
@@ -495,9 +489,9 @@ func TestConnectionFlood(t *testing.T) {
 			idleTLS++
 		}
 	}
-	t.Logf("%d idle connections open (%d authenticated) in %v, %d dials failed", len(held), idleTLS, time.Since(start).Round(time.Millisecond), failed)
-	if len(held) < want {
-		t.Fatalf("only %d connections could be opened", len(held))
+	t.Logf("%d idle connections opened (and %d authenticated) in %v, %d dials failed", opened, idleTLS, time.Since(start).Round(time.Millisecond), failed)
+	if opened < want {
+		t.Fatalf("only %d connections could be opened", opened)
 	}
 	fds := func() int {
 		ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", n0.proc.cmd.Process.Pid))
@@ -523,6 +517,11 @@ func TestConnectionFlood(t *testing.T) {
 		nc.Close()
 	}
 	held = nil
+	for i, in := range stdins {
+		in.Close()
+		procs[i].Wait()
+	}
+	stdins = nil
 	check("after")
 }
 
@@ -603,4 +602,45 @@ func TestPeersThatDoNotRead(t *testing.T) {
 	if got := sha256Range(t, vdi, 0, 64); got == "" {
 		t.Error("reading the VDI meanwhile failed")
 	}
+}
+
+// floodHelper is a helper process of TestConnectionFlood: it opens n
+// plain TCP connections to addr from 127.0.0.2, says how many, and holds
+// them until its standard input closes.
+func floodHelper(spec string) {
+	var addr string
+	var n int
+	if _, err := fmt.Sscanf(spec, "%s %d", &addr, &n); err != nil {
+		fmt.Fprintln(os.Stderr, "flood helper:", err)
+		os.Exit(2)
+	}
+	flood := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 2 * time.Second}
+	var mu sync.Mutex
+	var held []net.Conn
+	failed := 0
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for {
+				mu.Lock()
+				done := len(held) >= n || failed >= 1000
+				mu.Unlock()
+				if done {
+					return
+				}
+				nc, err := flood.Dial("tcp", addr)
+				mu.Lock()
+				if err != nil {
+					failed++
+				} else {
+					held = append(held, nc)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	fmt.Printf("opened %d failed %d\n", len(held), failed)
+	io.Copy(io.Discard, os.Stdin)
+	os.Exit(0)
 }
