@@ -176,7 +176,7 @@ func replicaProblems(c *Cluster, vid uint32, wantData map[string]int, image []by
 		}
 		var first, firstPath string
 		for _, p := range replicas {
-			b, err := os.ReadFile(p)
+			b, err := readObjectData(p)
 			if err != nil {
 				out = append(out, fmt.Sprintf("read replica %s: %v", p, err))
 				continue

@@ -780,6 +780,16 @@ func objectFilesIn(t testing.TB, dir string) map[string]string {
 	return out
 }
 
+// readObjectData reads the data part of an object file: its first 4 MiB
+// (the block checksums follow them).
+func readObjectData(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if len(b) > 4<<20 {
+		b = b[:4<<20]
+	}
+	return b, err
+}
+
 func isObjectName(s string) bool {
 	if len(s) != 16 {
 		return false

@@ -283,7 +283,7 @@ func replicaMismatches(files map[string]map[string]string, want map[string][]byt
 		var first []byte
 		var firstID string
 		for _, id := range holders(reps) {
-			b, err := os.ReadFile(reps[id])
+			b, err := readObjectData(reps[id])
 			if err != nil {
 				out = append(out, fmt.Sprintf("read %s's copy of %s: %v", id, oid, err))
 				continue

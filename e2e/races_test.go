@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"os"
 	"sort"
 	"strings"
 	"testing"
@@ -228,7 +227,7 @@ func TestConcurrentAllocationsReplicasAgree(t *testing.T) {
 			t.Errorf("index object of VDI %d has %d copies, want 3", vid, len(reps))
 		}
 		for id, p := range reps {
-			b, err := os.ReadFile(p)
+			b, err := readObjectData(p)
 			if err != nil {
 				t.Fatal(err)
 			}

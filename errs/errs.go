@@ -28,6 +28,7 @@ const (
 	TooLarge                // the request or result exceeds a limit
 	Closed                  // the connection or node is shutting down
 	Denied                  // not authorized: wrong key, or not allowed to this role
+	Corrupt                 // stored data failed its checksum, or a copy is damaged
 	maxKind
 )
 
@@ -46,6 +47,7 @@ var kindNames = [...]string{
 	TooLarge:    "too large",
 	Closed:      "closed",
 	Denied:      "not authorized",
+	Corrupt:     "data corrupt",
 }
 
 func (k Kind) String() string {

@@ -22,6 +22,7 @@ var errnoOf = map[errs.Kind]syscall.Errno{
 	errs.TooLarge:    syscall.EFBIG,
 	errs.Closed:      syscall.EIO,
 	errs.Denied:      syscall.EACCES,
+	errs.Corrupt:     syscall.EIO,
 }
 
 // toErrno maps err to the errno the kernel should see.

@@ -16,6 +16,7 @@ import (
 // The index is a bbolt database, dir/index.db, with two buckets:
 //
 //	config   "format" -> uint64 formatVersion, "objectSize" -> uint64 bytes
+//	         (format 1: object files without checksums; Open adds them)
 //	objects  8-byte big-endian ObjectID -> 16 bytes: Version, Epoch
 //	         (big-endian uint64 each)
 //
@@ -28,7 +29,8 @@ var (
 )
 
 const (
-	formatVersion = 1
+	formatVersion = 2 // object files end with their checksums
+	formatNoSums  = 1
 	keySize       = 8
 	metaSize      = 16
 )
@@ -52,14 +54,15 @@ func decodeMeta(b []byte) Meta {
 func encodeUint(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
 
 // openIndex opens (creating if needed) the index at path and checks that
-// it belongs to a store of objSize-byte objects.
-func openIndex(path string, objSize int64) (*bolt.DB, error) {
-	db, err := bolt.Open(path, 0o644, &bolt.Options{Timeout: lockTimeout})
+// it belongs to a store of objSize-byte objects. noSums: the store's object
+// files have no checksums yet (format 1).
+func openIndex(path string, objSize int64) (db *bolt.DB, noSums bool, err error) {
+	db, err = bolt.Open(path, 0o644, &bolt.Options{Timeout: lockTimeout})
 	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, errs.E(errs.Busy, "objstore: open index %s: in use by another process", path)
+		return nil, false, errs.E(errs.Busy, "objstore: open index %s: in use by another process", path)
 	}
 	if err != nil {
-		return nil, diskErr(err, "objstore: open index %s", path)
+		return nil, false, diskErr(err, "objstore: open index %s", path)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		cfg, err := tx.CreateBucketIfNotExists(configBucket)
@@ -73,6 +76,8 @@ func openIndex(path string, objSize int64) (*bolt.DB, error) {
 			if err := cfg.Put(keyFormat, encodeUint(formatVersion)); err != nil {
 				return err
 			}
+		} else if len(v) == 8 && binary.BigEndian.Uint64(v) == formatNoSums {
+			noSums = true
 		} else if len(v) != 8 || binary.BigEndian.Uint64(v) != formatVersion {
 			return errs.E(errs.Invalid, "objstore: index %s: unknown format %x", path, v)
 		}
@@ -86,11 +91,22 @@ func openIndex(path string, objSize int64) (*bolt.DB, error) {
 	if err != nil {
 		_ = db.Close() // the Update error is the one to report
 		if errs.KindOf(err) != errs.Other {
-			return nil, err
+			return nil, false, err
 		}
-		return nil, diskErr(err, "objstore: init index %s", path)
+		return nil, false, diskErr(err, "objstore: init index %s", path)
 	}
-	return db, nil
+	return db, noSums, nil
+}
+
+// setFormat records that every object file has its checksums.
+func setFormat(db *bolt.DB) error {
+	err := db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(configBucket).Put(keyFormat, encodeUint(formatVersion))
+	})
+	if err != nil {
+		return diskErr(err, "objstore: index format")
+	}
+	return nil
 }
 
 // loadIndex reads every entry of the objects bucket. Entries of the wrong

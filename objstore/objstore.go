@@ -25,7 +25,6 @@ package objstore
 
 import (
 	"errors"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -111,6 +110,9 @@ type Store struct {
 	batch     uint64                      // number of the batch dirty collects
 
 	missing []ids.ObjectID // in the index but without a file at Open
+	damaged []ids.ObjectID // files Open found damaged and removed
+	noSums  bool           // Open: the files have no checksums yet (format 1)
+	corrupt atomic.Uint64  // damaged copies found (Corruptions)
 
 	syncMu  sync.Mutex // serialises syncBatch; guards durable and syncErr
 	durable uint64     // every batch numbered below this is durable
@@ -120,7 +122,8 @@ type Store struct {
 // objInfo is what the Store keeps in memory for each object.
 type objInfo struct {
 	Meta
-	alloc int64 // bytes allocated on disk when last measured
+	alloc   int64 // bytes allocated on disk when last measured
+	settled bool  // its checksum entries are settled (see settle)
 }
 
 // dirtyEntry is a change to the index awaiting Sync.
@@ -182,6 +185,9 @@ func diskErr(err error, format string, args ...any) error {
 }
 
 func objErr(op string, oid ids.ObjectID, err error) error {
+	if errs.Is(err, errs.Corrupt) {
+		return err
+	}
 	return diskErr(err, "objstore: %s %v", op, oid)
 }
 
@@ -226,6 +232,10 @@ func (s *Store) acquire(oid ids.ObjectID) (*handle, Meta, error) {
 	}
 	s.mu.Unlock()
 	f, err := s.fs.OpenFile(s.objPath(oid), os.O_RDWR, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Removed behind the store's back: the copy is damaged.
+		return nil, Meta{}, s.corruptErr(oid, "file missing")
+	}
 	if err != nil {
 		return nil, Meta{}, err
 	}
@@ -346,7 +356,7 @@ func (s *Store) Missing() []ids.ObjectID {
 // ListIndex returns the objects recorded in the index file at path, which
 // no Store has open: what a disk held, after the disk itself is gone.
 func ListIndex(path string) ([]ids.ObjectID, error) {
-	db, err := openIndex(path, DefaultObjectSize)
+	db, _, err := openIndex(path, DefaultObjectSize)
 	if err != nil {
 		// Any object size will do for listing: retry without the check.
 		db, err = bolt.Open(path, 0o644, &bolt.Options{Timeout: lockTimeout, ReadOnly: true})
@@ -403,30 +413,29 @@ func (s *Store) write(oid ids.ObjectID, off int64, data []byte, ver ids.Version,
 		return err
 	}
 	defer s.end()
+	// Exclusively: a write changes checksum entries that a read of the
+	// same blocks must see together with the data (see sums.go).
 	l := s.lock(oid)
-	l.RLock()
+	l.Lock()
+	defer l.Unlock()
 	h, _, err := s.acquire(oid)
-	if err == errAbsent && !create {
-		l.RUnlock()
-		return errs.E(errs.NotFound, "object %v", oid)
-	}
 	if err == errAbsent {
-		l.RUnlock()
-		l.Lock()
-		defer l.Unlock()
-		if h, _, err = s.acquire(oid); err == errAbsent {
-			return s.create(oid, off, data, ver, epoch)
+		if !create {
+			return errs.E(errs.NotFound, "object %v", oid)
 		}
-	} else {
-		defer l.RUnlock()
+		return s.create(oid, off, data, ver, epoch)
 	}
 	if err != nil {
 		return objErr("write", oid, err)
 	}
 	if len(data) > 0 {
-		if !s.writeDirect(s.objPath(oid), off, data) {
-			_, err = h.f.WriteAt(data, off)
-		}
+		err = s.changeSummed(oid, h.f, off, int64(len(data)), data, func() error {
+			if s.writeDirect(s.objPath(oid), off, data) {
+				return nil
+			}
+			_, err := h.f.WriteAt(data, off)
+			return err
+		})
 	}
 	s.mu.Lock()
 	last := s.fds.release(h)
@@ -437,9 +446,89 @@ func (s *Store) write(oid ids.ObjectID, off int64, data []byte, ver ids.Version,
 	if last {
 		closeFiles(h.f, nil)
 	}
+	return err
+}
+
+// changeSummed changes [off, off+n) of oid's file f with do (which writes
+// data there, or zeros if data is nil), checksum entries first. Blocks the
+// range covers in part are read and verified first: a change never
+// blesses rot. The caller holds oid's stripe lock exclusively.
+func (s *Store) changeSummed(oid ids.ObjectID, f File, off, n int64, data []byte, do func() error) error {
+	if err := s.settleOnce(oid, f); err != nil {
+		return err
+	}
+	b0, b1 := off/SumBlock, (off+n+SumBlock-1)/SumBlock
+	es, err := s.readEntries(oid, f, b0, b1)
 	if err != nil {
+		return err
+	}
+	// bytes returns the new content of whole block b.
+	var edge [2][]byte
+	for i, b := range []int64{b0, b1 - 1} {
+		bs := b * SumBlock
+		if bs >= off && bs+SumBlock <= off+n || (i == 1 && b == b0) {
+			continue
+		}
+		blk := make([]byte, SumBlock)
+		if err := s.readBlocks(oid, f, b, b+1, blk); err != nil {
+			return err
+		}
+		lo, hi := max(bs, off), min(bs+SumBlock, off+n)
+		if data != nil {
+			copy(blk[lo-bs:hi-bs], data[lo-off:hi-off])
+		} else {
+			clear(blk[lo-bs : hi-bs])
+		}
+		edge[i] = blk
+	}
+	ne := make([]entry, b1-b0)
+	for b := b0; b < b1; b++ {
+		var v uint32
+		switch {
+		case b == b0 && edge[0] != nil:
+			v = blockSum(oid, b, edge[0])
+		case b == b1-1 && edge[1] != nil:
+			v = blockSum(oid, b, edge[1])
+		case data != nil:
+			v = blockSum(oid, b, data[b*SumBlock-off:(b+1)*SumBlock-off])
+		}
+		ne[b-b0] = entry{prev: es[b-b0].cur, cur: v}
+	}
+	if err := s.writeEntries(f, b0, ne); err != nil {
+		return objErr("write checksums of", oid, err)
+	}
+	if err := do(); err != nil {
+		// The blocks may hold the old bytes or the new: settle again
+		// before the next change counts on cur.
+		s.mu.Lock()
+		if info, ok := s.objects[oid]; ok {
+			info.settled = false
+			s.objects[oid] = info
+		}
+		s.mu.Unlock()
 		return objErr("write", oid, err)
 	}
+	return nil
+}
+
+// settleOnce settles oid's entries (see settle) on its first change since
+// the store was opened. The caller holds oid's stripe lock exclusively.
+func (s *Store) settleOnce(oid ids.ObjectID, f File) error {
+	s.mu.Lock()
+	done := s.objects[oid].settled
+	s.mu.Unlock()
+	if done {
+		return nil
+	}
+	if err := s.settle(oid, f); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if info, ok := s.objects[oid]; ok {
+		info.settled = true
+		s.objects[oid] = info
+	}
+	s.mu.Unlock()
 	return nil
 }
 
@@ -459,7 +548,17 @@ func (s *Store) createExtents(oid ids.ObjectID, exts []Extent, data []byte, ver 
 	if err != nil {
 		return objErr("create", oid, err)
 	}
-	err = f.Truncate(s.objSize)
+	err = f.Truncate(s.fileSize())
+	if err == nil {
+		// The checksums, before the data: the new copy is renamed into
+		// place only whole.
+		sums := s.extentSums(oid, exts, data)
+		es := make([]entry, len(sums))
+		for i, v := range sums {
+			es[i] = entry{v, v}
+		}
+		err = s.writeEntries(f, 0, es)
+	}
 	var direct File // opened for the first large aligned piece
 	pos := int64(0)
 	for _, e := range exts {
@@ -492,7 +591,7 @@ func (s *Store) createExtents(oid ids.ObjectID, exts []Extent, data []byte, ver 
 		return objErr("create", oid, err)
 	}
 	s.mu.Lock()
-	s.objects[oid] = objInfo{}
+	s.objects[oid] = objInfo{settled: true}
 	s.noteLocked(oid, ver, epoch)
 	s.dirtyDirs[fanout(oid)] = true
 	h, dup, victim := s.fds.add(oid, f)
@@ -531,18 +630,33 @@ func (s *Store) Read(oid ids.ObjectID, off int64, buf []byte) (Meta, error) {
 	if err != nil {
 		return Meta{}, objErr("read", oid, err)
 	}
-	n, err := h.f.ReadAt(buf, off)
+	err = s.readVerified(oid, h.f, off, buf)
 	s.release(h)
-	if err == io.EOF {
-		// The file is shorter than the object, which only happens if it
-		// was changed behind our back; the missing part reads as zeros.
-		clear(buf[n:])
-		err = nil
-	}
 	if err != nil {
-		return Meta{}, objErr("read", oid, err)
+		return Meta{}, err
 	}
 	return m, nil
+}
+
+// readVerified reads buf at off from oid's file f, verifying every block
+// it touches: a block-aligned read goes straight into buf, another through
+// a scratch buffer of whole blocks.
+func (s *Store) readVerified(oid ids.ObjectID, f File, off int64, buf []byte) error {
+	n := int64(len(buf))
+	if n == 0 {
+		return nil
+	}
+	b0, b1 := off/SumBlock, (off+n+SumBlock-1)/SumBlock
+	if off%SumBlock == 0 && n%SumBlock == 0 {
+		return s.readBlocks(oid, f, b0, b1, buf)
+	}
+	tmp, put := scratch((b1 - b0) * SumBlock)
+	defer put()
+	if err := s.readBlocks(oid, f, b0, b1, tmp); err != nil {
+		return err
+	}
+	copy(buf, tmp[off-b0*SumBlock:])
+	return nil
 }
 
 // Stat returns the Meta of object oid: errs.NotFound if it does not
@@ -583,8 +697,8 @@ func (s *Store) Punch(oid ids.ObjectID, off, length int64, ver ids.Version, epoc
 	}
 	defer s.end()
 	l := s.lock(oid)
-	l.RLock()
-	defer l.RUnlock()
+	l.Lock()
+	defer l.Unlock()
 	h, _, err := s.acquire(oid)
 	if err == errAbsent {
 		return notFound("punch", oid)
@@ -594,14 +708,19 @@ func (s *Store) Punch(oid ids.ObjectID, off, length int64, ver ids.Version, epoc
 	}
 	alloc := int64(-1)
 	if length > 0 {
-		err = h.f.Punch(off, length)
-		if errors.Is(err, unix.EOPNOTSUPP) {
-			err = writeZeros(h.f, off, length)
-		}
+		err = s.changeSummed(oid, h.f, off, length, nil, func() error {
+			err := h.f.Punch(off, length)
+			if errors.Is(err, unix.EOPNOTSUPP) {
+				err = writeZeros(h.f, off, length)
+			}
+			return err
+		})
 		if err == nil {
 			var fi os.FileInfo
 			if fi, err = h.f.Stat(); err == nil {
 				alloc = allocOf(fi)
+			} else {
+				err = objErr("punch", oid, err)
 			}
 		}
 	}
@@ -617,10 +736,7 @@ func (s *Store) Punch(oid ids.ObjectID, off, length int64, ver ids.Version, epoc
 	if last {
 		closeFiles(h.f, nil)
 	}
-	if err != nil {
-		return objErr("punch", oid, err)
-	}
-	return nil
+	return err
 }
 
 // setAllocLocked records a fresh measure of oid's allocated bytes. s.mu is

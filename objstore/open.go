@@ -2,6 +2,7 @@ package objstore
 
 import (
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -58,11 +59,15 @@ func Open(dir string, opts Options) (*Store, error) {
 	} else if err := os.MkdirAll(filepath.Dir(ipath), 0o755); err != nil {
 		return nil, diskErr(err, "objstore: open %s", ipath)
 	}
-	db, err := openIndex(ipath, s.objSize)
+	if s.objSize%SumBlock != 0 {
+		return nil, errs.E(errs.Invalid, "objstore: open %s: object size %d is not a multiple of %d", dir, s.objSize, SumBlock)
+	}
+	db, noSums, err := openIndex(ipath, s.objSize)
 	if err != nil {
 		return nil, err
 	}
 	s.db = db
+	s.noSums = noSums
 	if err := s.load(); err != nil {
 		_ = db.Close() // the load error is the one to report
 		return nil, err
@@ -92,7 +97,14 @@ func (s *Store) load() error {
 			s.missing = append(s.missing, oid)
 		}
 	}
-	return commitIndex(s.db, changes, badKeys)
+	if err := commitIndex(s.db, changes, badKeys); err != nil {
+		return err
+	}
+	if s.noSums {
+		s.noSums = false
+		return setFormat(s.db)
+	}
+	return nil
 }
 
 // makeDirs creates obj/ and its 256 fan-out directories, durably, if any
@@ -160,14 +172,26 @@ func (s *Store) reconcileDir(i int, indexed map[ids.ObjectID]Meta, changes map[i
 		if err != nil {
 			return diskErr(err, "objstore: open %s: stat object %v", s.dir, oid)
 		}
-		if fi.Size() > s.objSize {
-			return errs.E(errs.Invalid, "objstore: open %s: object %v has %d bytes, more than the object size %d",
-				s.dir, oid, fi.Size(), s.objSize)
-		}
-		if fi.Size() < s.objSize {
-			if fi, err = s.extend(path); err != nil {
-				return diskErr(err, "objstore: open %s: repair object %v", s.dir, oid)
+		switch {
+		case s.noSums && fi.Size() < s.fileSize():
+			// A store from before checksums: add them.
+			if fi, err = s.addSums(path, oid); err != nil {
+				return err
 			}
+		case fi.Size() > s.fileSize():
+			return errs.E(errs.Invalid, "objstore: open %s: object %v has %d bytes, more than the %d of an object and its checksums",
+				s.dir, oid, fi.Size(), s.fileSize())
+		case fi.Size() < s.fileSize():
+			// Truncated behind our back, or made just before a crash
+			// that lost its size (never synced, so never counted on):
+			// the node does not have this object. Recovery fetches it
+			// again if it should.
+			if err := s.fs.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return diskErr(err, "objstore: open %s: remove damaged object %v", s.dir, oid)
+			}
+			s.corrupt.Add(1)
+			s.damaged = append(s.damaged, oid)
+			continue
 		}
 		m, ok := indexed[oid]
 		if !ok {
@@ -180,14 +204,34 @@ func (s *Store) reconcileDir(i int, indexed map[ids.ObjectID]Meta, changes map[i
 	return nil
 }
 
-// extend makes a short object file (a crash during creation, before its
-// size was durable) full-size, durably, and returns its new metadata.
-func (s *Store) extend(path string) (os.FileInfo, error) {
+// addSums gives an object file of a store from before checksums (data
+// only, perhaps short) its checksums, durably, and returns its new
+// metadata. The data it holds is taken as good: nothing checked it before.
+func (s *Store) addSums(path string, oid ids.ObjectID) (os.FileInfo, error) {
 	f, err := s.fs.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
-		return nil, err
+		return nil, diskErr(err, "objstore: open %s: add checksums to %v", s.dir, oid)
 	}
-	err = f.Truncate(s.objSize)
+	defer f.Close()
+	nb := s.objSize / SumBlock
+	es := make([]entry, nb)
+	buf := make([]byte, min(s.objSize, 1<<20))
+	for off := int64(0); off < s.objSize; off += int64(len(buf)) {
+		n, err := f.ReadAt(buf, off)
+		if err != nil && err != io.EOF {
+			return nil, diskErr(err, "objstore: open %s: add checksums to %v", s.dir, oid)
+		}
+		clear(buf[n:]) // past the end: zeros
+		for i := int64(0); i < int64(len(buf))/SumBlock; i++ {
+			b := off/SumBlock + i
+			v := blockSum(oid, b, buf[i*SumBlock:(i+1)*SumBlock])
+			es[b] = entry{v, v}
+		}
+	}
+	err = f.Truncate(s.fileSize())
+	if err == nil {
+		err = s.writeEntries(f, 0, es)
+	}
 	if err == nil {
 		err = f.Sync()
 	}
@@ -195,8 +239,19 @@ func (s *Store) extend(path string) (os.FileInfo, error) {
 	if err == nil {
 		fi, err = f.Stat()
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	if err != nil {
+		return nil, diskErr(err, "objstore: open %s: add checksums to %v", s.dir, oid)
 	}
-	return fi, err
+	return fi, nil
+}
+
+// Damaged returns the objects whose files Open found damaged (shorter than
+// an object with its checksums) and removed: the node no longer has them.
+// Those the index listed are in Missing too. The list is returned once.
+func (s *Store) Damaged() []ids.ObjectID {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d := s.damaged
+	s.damaged = nil
+	return d
 }

@@ -1,0 +1,240 @@
+package objstore
+
+import (
+	"encoding/binary"
+	"hash/crc32"
+	"io"
+	"sync"
+	"unsafe"
+
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/ids"
+)
+
+// Checksums. Every 4 KiB block of an object has a CRC-32C, kept in a
+// trailer at the end of the object's own file, after its ObjectSize bytes
+// of data: 8 bytes per block (1024 blocks, 8 KiB for a 4 MiB object).
+// Read verifies every block it returns, and a block that fails is
+// errs.Corrupt, never data. See docs/ARCHITECTURE.md, "Checksums".
+//
+// Why 4 KiB: it is the page and the guest's usual block. A 4 KiB read or
+// write then checksums exactly its own bytes, and only writes that are not
+// block-aligned read anything back to checksum a whole block. Why in the
+// object's file: one fdatasync makes data and checksums durable together,
+// and a 4 KiB overwrite rewrites 8 bytes of trailer, not a large record.
+//
+// A trailer entry holds two sums, prev and cur; a block is good if it
+// matches either. A write stores {prev: the block's sum before, cur: its
+// new sum} before it writes the data, so a process killed between the two
+// (or during the data write, which the kernel tears only at page
+// boundaries) leaves every block matching one of them: a crash never
+// looks like rot. The first change to an object after Open settles its
+// entries (each becomes {m, m}, m the sum its block matches) so that
+// "the sum before" is known for every block without reading it.
+//
+// A sum covers the block's index and the object's ID as well as its
+// bytes, so a block written to the wrong place, or another object's file
+// put in this one's place, fails too. A block of zeros sums to 0 wherever
+// it is: holes and never-written blocks, whose trailer is a hole too,
+// need no entry.
+
+// SumBlock is the size of a checksummed block.
+const SumBlock = 4096
+
+// entrySize is the bytes of one trailer entry: prev and cur, little-endian.
+const entrySize = 8
+
+var (
+	castagnoli = crc32.MakeTable(crc32.Castagnoli)
+	zeroSum    = crc32.Checksum(make([]byte, SumBlock), castagnoli)
+)
+
+// blockSum is the sum of block idx of object oid holding b (SumBlock
+// bytes): 0 for zeros, and otherwise a CRC-32C mixed with where the block
+// belongs.
+func blockSum(oid ids.ObjectID, idx int64, b []byte) uint32 {
+	v := crc32.Checksum(b, castagnoli) ^ zeroSum
+	if v == 0 {
+		return 0
+	}
+	return v ^ placeMix(oid, idx)
+}
+
+// placeMix is a hash of a block's place (object and index).
+func placeMix(oid ids.ObjectID, idx int64) uint32 {
+	x := uint64(oid)*0x9e3779b97f4a7c15 ^ uint64(idx)*0xbf58476d1ce4e5b9
+	x ^= x >> 31
+	x *= 0x94d049bb133111eb
+	x ^= x >> 29
+	return uint32(x) | 1
+}
+
+// entry is a block's trailer entry.
+type entry struct{ prev, cur uint32 }
+
+func (e entry) matches(v uint32) bool { return v == e.cur || v == e.prev }
+
+// trailerSize is the bytes of an object's trailer.
+func (s *Store) trailerSize() int64 { return s.objSize / SumBlock * entrySize }
+
+// fileSize is the size of an object's file: data and trailer.
+func (s *Store) fileSize() int64 { return s.objSize + s.trailerSize() }
+
+// corruptErr reports a damaged copy of oid.
+func (s *Store) corruptErr(oid ids.ObjectID, format string, args ...any) error {
+	s.corrupt.Add(1)
+	return errs.E(errs.Corrupt, "objstore: object %v: "+format, append([]any{oid}, args...)...)
+}
+
+// Corruptions returns how many times a read or write found a damaged copy
+// since the store was opened.
+func (s *Store) Corruptions() uint64 { return s.corrupt.Load() }
+
+// readEntries reads the trailer entries of blocks [b0, b1) of f. A short
+// trailer (the file was truncated) is errs.Corrupt.
+func (s *Store) readEntries(oid ids.ObjectID, f File, b0, b1 int64) ([]entry, error) {
+	raw := make([]byte, (b1-b0)*entrySize)
+	n, err := f.ReadAt(raw, s.objSize+b0*entrySize)
+	if n < len(raw) {
+		if err == io.EOF || err == nil {
+			return nil, s.corruptErr(oid, "file truncated (checksums of blocks %d-%d missing)", b0, b1-1)
+		}
+		return nil, objErr("read checksums of", oid, err)
+	}
+	es := make([]entry, b1-b0)
+	for i := range es {
+		es[i] = entry{binary.LittleEndian.Uint32(raw[i*entrySize:]), binary.LittleEndian.Uint32(raw[i*entrySize+4:])}
+	}
+	return es, nil
+}
+
+// writeEntries writes the trailer entries of blocks b0... of f.
+func (s *Store) writeEntries(f File, b0 int64, es []entry) error {
+	raw := make([]byte, len(es)*entrySize)
+	for i, e := range es {
+		binary.LittleEndian.PutUint32(raw[i*entrySize:], e.prev)
+		binary.LittleEndian.PutUint32(raw[i*entrySize+4:], e.cur)
+	}
+	_, err := f.WriteAt(raw, s.objSize+b0*entrySize)
+	return err
+}
+
+// verify checks data, the whole blocks b0... of oid, against their
+// entries.
+func (s *Store) verify(oid ids.ObjectID, b0 int64, data []byte, es []entry) error {
+	for i := range es {
+		b := data[int64(i)*SumBlock : int64(i+1)*SumBlock]
+		if v := blockSum(oid, b0+int64(i), b); !es[i].matches(v) {
+			return s.corruptErr(oid, "block %d (bytes %d-%d) fails its checksum", b0+int64(i),
+				(b0+int64(i))*SumBlock, (b0+int64(i)+1)*SumBlock-1)
+		}
+	}
+	return nil
+}
+
+// blockBufs holds SumBlock-aligned scratch buffers for reads and writes
+// that are not block-aligned.
+var blockBufs sync.Pool
+
+// scratch returns a buffer of n bytes (a multiple of SumBlock) and the
+// function that gives it back.
+func scratch(n int64) ([]byte, func()) {
+	if p, ok := blockBufs.Get().(*[]byte); ok && int64(cap(*p)) >= n {
+		b := (*p)[:n]
+		return b, func() { blockBufs.Put(p) }
+	}
+	b := alignedBlocks(int(max(n, 64<<10)))
+	p := &b
+	return b[:n], func() { blockBufs.Put(p) }
+}
+
+// readBlocks reads whole blocks [b0, b1) of oid's file f into dst and
+// verifies them. A read past the end of the file (truncated) is
+// errs.Corrupt.
+func (s *Store) readBlocks(oid ids.ObjectID, f File, b0, b1 int64, dst []byte) error {
+	n, err := f.ReadAt(dst, b0*SumBlock)
+	if n < len(dst) {
+		if err == io.EOF || err == nil {
+			return s.corruptErr(oid, "file truncated (data at %d missing)", b0*SumBlock+int64(n))
+		}
+		return objErr("read", oid, err)
+	}
+	es, err := s.readEntries(oid, f, b0, b1)
+	if err != nil {
+		return err
+	}
+	return s.verify(oid, b0, dst, es)
+}
+
+// settle makes every entry of oid's file f hold one sum, the one its block
+// matches, so that a change may take an entry's cur as the block's sum
+// before it. Blocks that match neither are left as they are: reads find
+// them. The caller holds oid's stripe lock.
+func (s *Store) settle(oid ids.ObjectID, f File) error {
+	nb := s.objSize / SumBlock
+	es, err := s.readEntries(oid, f, 0, nb)
+	if err != nil {
+		return err
+	}
+	var block [SumBlock]byte
+	changed := false
+	for i, e := range es {
+		if e.prev == e.cur {
+			continue
+		}
+		if _, err := f.ReadAt(block[:], int64(i)*SumBlock); err != nil {
+			return objErr("read", oid, err)
+		}
+		if v := blockSum(oid, int64(i), block[:]); e.matches(v) {
+			es[i] = entry{v, v}
+			changed = true
+		}
+	}
+	if changed {
+		if err := s.writeEntries(f, 0, es); err != nil {
+			return objErr("write checksums of", oid, err)
+		}
+	}
+	return nil
+}
+
+// extentSums returns the sum of every block of object oid holding the
+// extents exts (sorted, disjoint), whose bytes are data one after the
+// other, and zeros elsewhere.
+func (s *Store) extentSums(oid ids.ObjectID, exts []Extent, data []byte) []uint32 {
+	sums := make([]uint32, s.objSize/SumBlock) // holes sum to 0
+	var partial map[int64][]byte
+	pos := int64(0)
+	for _, e := range exts {
+		d := data[pos : pos+e.Len]
+		pos += e.Len
+		for b := e.Off / SumBlock; b*SumBlock < e.Off+e.Len; b++ {
+			bs, be := b*SumBlock, (b+1)*SumBlock
+			if bs >= e.Off && be <= e.Off+e.Len {
+				sums[b] = blockSum(oid, b, d[bs-e.Off:be-e.Off])
+				continue
+			}
+			if partial == nil {
+				partial = make(map[int64][]byte)
+			}
+			pb := partial[b]
+			if pb == nil {
+				pb = make([]byte, SumBlock)
+				partial[b] = pb
+			}
+			lo, hi := max(bs, e.Off), min(be, e.Off+e.Len)
+			copy(pb[lo-bs:], d[lo-e.Off:hi-e.Off])
+		}
+	}
+	for b, pb := range partial {
+		sums[b] = blockSum(oid, b, pb)
+	}
+	return sums
+}
+
+// alignedBlocks returns n zeroed bytes aligned for O_DIRECT.
+func alignedBlocks(n int) []byte {
+	b := make([]byte, n+directAlign)
+	skip := (directAlign - int(uintptr(unsafe.Pointer(unsafe.SliceData(b)))%directAlign)) % directAlign
+	return b[skip : skip+n : skip+n]
+}

@@ -1,0 +1,282 @@
+package objstore
+
+import (
+	"bytes"
+	"encoding/binary"
+	"os"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/ids"
+)
+
+// flip inverts one byte of oid's file at off, behind the store's back.
+func flip(t testing.TB, s *Store, oid ids.ObjectID, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(s.objPath(oid), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := []byte{0}
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x5a
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustCorrupt(t testing.TB, what string, err error) {
+	t.Helper()
+	wantKind(t, what, err, errs.Corrupt)
+}
+
+// TestRotIsFound: a byte changed in an object's data or in its checksums
+// fails every read of that block, aligned or not, sparse or not, and a
+// change that covers the block in part, while other blocks still read;
+// a whole-block overwrite makes the block good again.
+func TestRotIsFound(t *testing.T) {
+	s := open(t, t.TempDir(), Options{ObjectSize: testObjSize})
+	const oid = ids.ObjectID(0x77)
+	data := pattern(oid, 0, testObjSize, 1)
+	mustWrite(t, s, oid, 0, data, 1, 1)
+	flip(t, s, oid, 3*SumBlock+100) // block 3
+	buf := make([]byte, testObjSize)
+	for _, r := range []struct{ off, n int64 }{{0, testObjSize}, {3 * SumBlock, SumBlock}, {3*SumBlock + 100, 1}, {3*SumBlock - 10, 20}} {
+		_, err := s.Read(oid, r.off, buf[:r.n])
+		mustCorrupt(t, "read of a rotten block", err)
+	}
+	if got, _ := mustRead(t, s, oid, 4*SumBlock, SumBlock); !bytes.Equal(got, data[4*SumBlock:5*SumBlock]) {
+		t.Fatal("a good block reads wrong")
+	}
+	_, _, err := s.ReadSparse(oid, make([]byte, testObjSize), 64)
+	mustCorrupt(t, "sparse read of a rotten object", err)
+	mustCorrupt(t, "partial write over a rotten block", s.Write(oid, 3*SumBlock+8, []byte("x"), 2, 1))
+	mustCorrupt(t, "partial punch over a rotten block", s.Punch(oid, 3*SumBlock+8, 8, 2, 1))
+	if s.Corruptions() == 0 {
+		t.Fatal("no corruption counted")
+	}
+	mustWrite(t, s, oid, 3*SumBlock, data[3*SumBlock:4*SumBlock], 3, 1)
+	if got, _ := mustRead(t, s, oid, 0, testObjSize); !bytes.Equal(got, data) {
+		t.Fatal("overwritten block reads wrong")
+	}
+
+	// The checksums themselves.
+	flip(t, s, oid, testObjSize+5*entrySize+1) // block 5's prev
+	flip(t, s, oid, testObjSize+5*entrySize+5) // and cur
+	_, err = s.Read(oid, 5*SumBlock, buf[:SumBlock])
+	mustCorrupt(t, "read of a block whose checksum changed", err)
+}
+
+// TestHolesAndZeros: never-written blocks, punched blocks and blocks
+// written with zeros all read as zeros and verify; a block that lost its
+// data behind the store's back (punched) does not.
+func TestHolesAndZeros(t *testing.T) {
+	s := open(t, t.TempDir(), Options{ObjectSize: testObjSize})
+	const oid = ids.ObjectID(0x78)
+	mustWrite(t, s, oid, SumBlock, pattern(oid, SumBlock, 2*SumBlock, 1), 1, 1)
+	mustWrite(t, s, oid, 5*SumBlock, make([]byte, SumBlock), 2, 1)
+	if err := s.Punch(oid, SumBlock+100, 200, 3, 1); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := mustRead(t, s, oid, 0, testObjSize)
+	want := make([]byte, testObjSize)
+	copy(want[SumBlock:], pattern(oid, SumBlock, 2*SumBlock, 1))
+	clear(want[SumBlock+100 : SumBlock+300])
+	if !bytes.Equal(got, want) {
+		t.Fatal("object reads wrong")
+	}
+	if _, _, err := s.ReadSparse(oid, make([]byte, testObjSize), 64); err != nil {
+		t.Fatal(err)
+	}
+	// Block 2's data punched away behind the store's back.
+	f, err := os.OpenFile(s.objPath(oid), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, SumBlock), 2*SumBlock); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	_, err = s.Read(oid, 2*SumBlock, make([]byte, SumBlock))
+	mustCorrupt(t, "read of a block zeroed behind the store's back", err)
+	_, _, err = s.ReadSparse(oid, make([]byte, testObjSize), 64)
+	mustCorrupt(t, "sparse read", err)
+}
+
+// TestMisplacedData: another object's file in this one's place, a block
+// copied to another place in its object, and a truncated file all fail.
+func TestMisplacedData(t *testing.T) {
+	s := open(t, t.TempDir(), Options{ObjectSize: testObjSize})
+	const a, b = ids.ObjectID(0x100), ids.ObjectID(0x201)
+	mustWrite(t, s, a, 0, pattern(a, 0, testObjSize, 1), 1, 1)
+	mustWrite(t, s, b, 0, pattern(b, 0, testObjSize, 1), 1, 1)
+	buf := make([]byte, testObjSize)
+
+	// a's block 1 copied over its block 2, checksum entry and all.
+	raw, _ := os.ReadFile(s.objPath(a))
+	copy(raw[2*SumBlock:3*SumBlock], raw[SumBlock:2*SumBlock])
+	copy(raw[testObjSize+2*entrySize:testObjSize+3*entrySize], raw[testObjSize+entrySize:testObjSize+2*entrySize])
+	if err := os.WriteFile(s.objPath(a), raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Read(a, 2*SumBlock, buf[:SumBlock])
+	mustCorrupt(t, "a block in another block's place", err)
+
+	// b's whole file replaced by a copy of a's, reopened.
+	mustWrite(t, s, a, 0, pattern(a, 0, testObjSize, 2), 2, 1)
+	raw, _ = os.ReadFile(s.objPath(a))
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(s.objPath(b), raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, s.dir, Options{ObjectSize: testObjSize})
+	_, err = s.Read(b, 0, buf)
+	mustCorrupt(t, "another object's file", err)
+
+	// a truncated while open: its data and its checksums are gone.
+	if err := os.Truncate(s.objPath(a), testObjSize/2); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Read(a, 0, buf[:SumBlock])
+	mustCorrupt(t, "a truncated file", err)
+	_, err = s.Read(a, testObjSize-SumBlock, buf[:SumBlock])
+	mustCorrupt(t, "a truncated file, past its end", err)
+}
+
+// TestChecksumsAcrossCrashes: a process killed between a write's checksum
+// entries and its data (or with the data written in part, at page
+// boundaries) leaves every block matching one of its two sums: nothing
+// reads as rot after the restart, and a second crash in the same place,
+// after more writes, does not either.
+func TestChecksumsAcrossCrashes(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{ObjectSize: testObjSize})
+	const oid = ids.ObjectID(0x99)
+	old := pattern(oid, 0, testObjSize, 1)
+	mustWrite(t, s, oid, 0, old, 1, 1)
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	for round := range 3 {
+		// What a write does, stopped after the entries and the first
+		// of its four blocks: the process dies there.
+		h, _, err := s.acquire(oid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		next := pattern(oid, 0, 4*SumBlock, byte(10+round))
+		if err := s.changeSummed(oid, h.f, 2*SumBlock, 4*SumBlock, next, func() error {
+			_, err := h.f.WriteAt(next[:SumBlock], 2*SumBlock)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		s.release(h)
+		s.crash()
+		s = open(t, dir, Options{ObjectSize: testObjSize})
+		got, _ := mustRead(t, s, oid, 0, testObjSize)
+		want := bytes.Clone(old)
+		copy(want[2*SumBlock:], next[:SumBlock])
+		if !bytes.Equal(got, want) {
+			t.Fatalf("round %d: object reads wrong after the crash", round)
+		}
+		old = want
+		// A write elsewhere settles the entries before counting on them.
+		mustWrite(t, s, oid, 0, old[:SumBlock], ids.Version(round+2), 1)
+	}
+}
+
+// TestOldStoreGainsChecksums: a store from before checksums (format 1,
+// files of data only) opens with every object checksummed, durably.
+func TestOldStoreGainsChecksums(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{ObjectSize: testObjSize})
+	const a, b = ids.ObjectID(0x300), ids.ObjectID(0x401)
+	da := pattern(a, 0, testObjSize, 1)
+	mustWrite(t, s, a, 0, da, 1, 1)
+	mustWrite(t, s, b, 100, []byte("short"), 1, 1)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Make it an old store: no trailers (b even shorter), format 1.
+	os.Truncate(s.objPath(a), testObjSize)
+	os.Truncate(s.objPath(b), 105)
+	db, err := bolt.Open(dir+"/index.db", 0o644, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(configBucket).Put(keyFormat, binary.BigEndian.AppendUint64(nil, formatNoSums))
+	})
+	db.Close()
+
+	s = open(t, dir, Options{ObjectSize: testObjSize})
+	if got, _ := mustRead(t, s, a, 0, testObjSize); !bytes.Equal(got, da) {
+		t.Fatal("a reads wrong")
+	}
+	if got, _ := mustRead(t, s, b, 100, 5); string(got) != "short" {
+		t.Fatalf("b reads %q", got)
+	}
+	for _, oid := range []ids.ObjectID{a, b} {
+		if fi, err := os.Stat(s.objPath(oid)); err != nil || fi.Size() != s.fileSize() {
+			t.Fatalf("%v: %v, %v", oid, fi, err)
+		}
+	}
+	flip(t, s, a, 7)
+	_, err = s.Read(a, 0, make([]byte, 8))
+	mustCorrupt(t, "rot after the upgrade", err)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The format is recorded: reopening checks, it does not recompute.
+	s = open(t, dir, Options{ObjectSize: testObjSize})
+	_, err = s.Read(a, 0, make([]byte, 8))
+	mustCorrupt(t, "rot after a reopen", err)
+}
+
+// FuzzTrailer: whatever the checksum entries hold, a read returns the
+// object's data or errs.Corrupt, never other bytes, and nothing panics.
+func FuzzTrailer(f *testing.F) {
+	f.Add([]byte{}, uint16(0))
+	f.Add(bytes.Repeat([]byte{0xff}, 64), uint16(3))
+	f.Add(make([]byte, 8), uint16(1))
+	f.Fuzz(func(t *testing.T, junk []byte, at uint16) {
+		s := open(t, t.TempDir(), Options{ObjectSize: testObjSize})
+		const oid = ids.ObjectID(0x5)
+		data := pattern(oid, 0, testObjSize, 1)
+		mustWrite(t, s, oid, 0, data, 1, 1)
+		fl, err := os.OpenFile(s.objPath(oid), os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		off := testObjSize + int64(at)%s.trailerSize()
+		junk = junk[:min(int64(len(junk)), s.fileSize()-off)]
+		if _, err := fl.WriteAt(junk, off); err != nil {
+			t.Fatal(err)
+		}
+		fl.Close()
+		blk := make([]byte, SumBlock)
+		for b := int64(0); b < testObjSize/SumBlock; b++ {
+			_, err := s.Read(oid, b*SumBlock, blk)
+			switch {
+			case err != nil && !errs.Is(err, errs.Corrupt):
+				t.Fatalf("block %d: %v", b, err)
+			case err == nil && !bytes.Equal(blk, data[b*SumBlock:(b+1)*SumBlock]):
+				t.Fatalf("block %d: a read returned bytes that are not the object's", b)
+			}
+		}
+		buf := make([]byte, testObjSize)
+		if _, err := s.Read(oid, 0, buf); err == nil && !bytes.Equal(buf, data) {
+			t.Fatal("a read returned bytes that are not the object's")
+		} else if err != nil && !errs.Is(err, errs.Corrupt) {
+			t.Fatal(err)
+		}
+	})
+}
