@@ -645,12 +645,13 @@ func isTerminal(f *os.File) bool {
 // progress draws a progress line on stderr while stderr is a terminal.
 // A nil *progress draws nothing.
 type progress struct {
-	what  string
-	total int64 // -1: unknown
-	done  atomic.Int64
-	start time.Time
-	stop  chan struct{}
-	ended chan struct{}
+	what    string
+	objects bool  // counts objects, not bytes
+	total   int64 // -1: unknown
+	done    atomic.Int64
+	start   time.Time
+	stop    chan struct{}
+	ended   chan struct{}
 }
 
 // startProgress starts a progress line for what, of total bytes (-1:
@@ -684,6 +685,10 @@ func (p *progress) add(n int64) {
 
 func (p *progress) draw() {
 	done := p.done.Load()
+	if p.objects {
+		fmt.Fprintf(os.Stderr, "\r%s: %s of %s objects\x1b[K", p.what, fs.Count(int(done)), fs.Count(int(p.total)))
+		return
+	}
 	el := time.Since(p.start).Seconds()
 	rate := ""
 	if el > 0 {

@@ -205,6 +205,8 @@ type ClusterCmd struct {
 	Info     ClusterInfoCmd     `cmd:"" help:"Show the cluster's state."`
 	Recovery ClusterRecoveryCmd `cmd:"" help:"Show recovery per node; set its throttle."`
 	Key      ClusterKeyCmd      `cmd:"" help:"Show the nodes' keys; roll a new cluster key through the running cluster."`
+	Check    ClusterCheckCmd    `cmd:"" help:"Check every object of every VDI and snapshot on all its copies, and repair what differs."`
+	Scrub    ClusterScrubCmd    `cmd:"" help:"Show the background scrub per node; set its rate, interval, pause; start a pass."`
 }
 
 // ClusterFormatCmd formats the cluster.
@@ -297,7 +299,7 @@ func (c *MDUnplugCmd) Run(g *Globals) error {
 // MDFaultCmd injects a disk fault.
 type MDFaultCmd struct {
 	Dir string `arg:"" help:"The disk's directory."`
-	Op  string `arg:"" help:"What fails with EIO from now on: read, write or sync; heal stops it." enum:"read,write,sync,heal"`
+	Op  string `arg:"" help:"What fails from now on: read, write or sync (EIO); corrupt: every read returns damaged data; tear: the next large write is torn and the daemon killed; heal stops it." enum:"read,write,sync,corrupt,tear,heal"`
 }
 
 // Run arms the fault.
@@ -348,6 +350,7 @@ type VDICmd struct {
 	Delete VDIDeleteCmd `cmd:"" help:"Delete a VDI and free its objects."`
 	Resize VDIResizeCmd `cmd:"" help:"Grow (or shrink) a VDI."`
 	Unlock VDIUnlockCmd `cmd:"" help:"Release a VDI's write lock whoever holds it (when its holder cannot; needs the cluster key)."`
+	Check  VDICheckCmd  `cmd:"" help:"Check every object of a VDI or snapshot on all its copies, and repair what differs."`
 
 	Snapshot  VDISnapshotCmd  `cmd:"" help:"Snapshot a VDI as NAME@TAG, also while written."`
 	Snapshots VDISnapshotsCmd `cmd:"" help:"List snapshots (of one VDI, or all)."`

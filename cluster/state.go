@@ -105,6 +105,45 @@ func (c RecoveryConf) Parallel() int {
 	return c.MaxParallel
 }
 
+// ScrubConf is the cluster-wide setting of the background scrub, set by
+// `sheep cluster scrub`.
+type ScrubConf struct {
+	// MaxRate is the most bytes per second one node's scrub reads; 0
+	// means DefaultScrubRate.
+	MaxRate int64 `json:"max_rate,omitempty"`
+	// Paused stops the scrub until resumed.
+	Paused bool `json:"paused,omitempty"`
+	// Every is the seconds from the start of one pass to the start of
+	// the next; 0 means DefaultScrubEvery.
+	Every int64 `json:"every,omitempty"`
+	// Start is bumped to start a pass now on every node.
+	Start uint64 `json:"start,omitempty"`
+}
+
+// Defaults of ScrubConf.
+const (
+	DefaultScrubRate  = 16 << 20
+	DefaultScrubEvery = 7 * 24 * 3600
+)
+
+// Rate returns MaxRate, or its default.
+func (c ScrubConf) Rate() int64 {
+	if c.MaxRate <= 0 {
+		return DefaultScrubRate
+	}
+	return c.MaxRate
+}
+
+// Interval returns Every, or its default, in seconds.
+func (c ScrubConf) Interval() int64 {
+	if c.Every <= 0 {
+		return DefaultScrubEvery
+	}
+	return c.Every
+}
+
+func (c ScrubConf) valid() bool { return c.MaxRate >= 0 && c.Every >= 0 }
+
 // Lock is a VDI's write lock: who holds it and through which node.
 type Lock struct {
 	Mount ids.MountID `json:"mount"`
@@ -175,9 +214,11 @@ type State struct {
 	// share of the data.
 	WeightUnit uint64 `json:"weight_unit,omitempty"`
 	// Recovery is the throttle of background recovery.
-	Recovery RecoveryConf    `json:"recovery,omitempty"`
-	Format   int64           `json:"format_time"`
-	VDIs     map[string]*VDI `json:"vdis"`
+	Recovery RecoveryConf `json:"recovery,omitempty"`
+	// Scrub is the setting of the background scrub.
+	Scrub  ScrubConf       `json:"scrub,omitempty"`
+	Format int64           `json:"format_time"`
+	VDIs   map[string]*VDI `json:"vdis"`
 	// Snaps are the snapshots, by NAME@TAG.
 	Snaps map[string]*VDI `json:"snaps,omitempty"`
 	// Dead are images no VDI uses any more whose index or objects a
@@ -401,6 +442,8 @@ type Command struct {
 	Image   ids.VDIID `json:"image,omitempty"` // purge
 	// Recovery is the new throttle (CmdRecovery).
 	Recovery *RecoveryConf `json:"recovery,omitempty"`
+	// Scrub is the new scrub setting (CmdScrub).
+	Scrub *ScrubConf `json:"scrub,omitempty"`
 	// Grow makes a resize grow-only: a size at or below the current one
 	// changes nothing (for writes past the end, which may arrive out of
 	// order).
@@ -423,6 +466,7 @@ const (
 	CmdSnapDelete = "snap.delete"  // Name, Tag
 	CmdPurge      = "image.purge"  // Image: forget a dead image without children
 	CmdRecovery   = "recovery"     // Recovery: the background recovery throttle
+	CmdScrub      = "scrub"        // Scrub: the background scrub's setting
 )
 
 // Result is what applying a command returns.
@@ -665,6 +709,14 @@ func applyCmd(s *State, c *Command) (*State, Result) {
 			return s, Result{}
 		}
 		n.Recovery = r
+	case CmdScrub:
+		if c.Scrub == nil || !c.Scrub.valid() {
+			return s, Result{Err: errs.E(errs.Invalid, "scrub: settings missing, or a negative rate or interval")}
+		}
+		if *c.Scrub == s.Scrub {
+			return s, Result{}
+		}
+		n.Scrub = *c.Scrub
 	default:
 		return s, Result{Err: errs.E(errs.Invalid, "unknown cluster command %q", c.Op)}
 	}

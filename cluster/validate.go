@@ -54,6 +54,9 @@ func (s *State) validate() error {
 	if r := s.Recovery; r.MaxRate < 0 || r.MaxParallel < 0 || r.MaxParallel > MaxRecoveryParallel {
 		return bad("recovery settings %+v", r)
 	}
+	if !s.Scrub.valid() {
+		return bad("scrub settings %+v", s.Scrub)
+	}
 	sorted := func(ms []Member) error {
 		if !slices.IsSortedFunc(ms, func(a, b Member) int { return cmpID(a.ID, b.ID) }) {
 			return bad("members not sorted by ID")

@@ -605,6 +605,12 @@ type NodeInfo struct {
 	Objects int    `json:"objects"`
 	Used    int64  `json:"used"`
 	Free    int64  `json:"free"`
+	// Integrity counts damaged copies found and repaired.
+	Integrity struct {
+		Damaged    uint64 `json:"damaged"`
+		Repaired   uint64 `json:"repaired"`
+		Unrepaired uint64 `json:"unrepaired"`
+	} `json:"integrity"`
 }
 
 // VDIInfo is one VDI in `sheep --json vdi list`.

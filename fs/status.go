@@ -112,6 +112,17 @@ func FormatClusterInfo(ci proto.ClusterInfo) []byte {
 			fmt.Fprintf(&b, "misplaced:  %s copies to delete once their new holders have them\n", Count(ci.Recovery.Misplaced))
 		}
 		fmt.Fprintf(&b, "throttle:   %s\n", FormatThrottle(ci.Throttle))
+		fmt.Fprintf(&b, "scrub:      %s\n", FormatScrubSummary(ci))
+		var found proto.IntegrityInfo
+		for _, n := range ci.Nodes {
+			found.Damaged += n.Integrity.Damaged
+			found.Repaired += n.Integrity.Repaired
+			found.Unrepaired += n.Integrity.Unrepaired
+		}
+		if found.Damaged+found.Repaired+found.Unrepaired > 0 {
+			fmt.Fprintf(&b, "integrity:  %d damaged copies found since the nodes started, %d repaired, %d with no good copy to repair from\n",
+				found.Damaged, found.Repaired, found.Unrepaired)
+		}
 	}
 	fmt.Fprintf(&b, "nodes:   %d\n\n", len(ci.Nodes))
 	b.Write(FormatNodes(ci.Nodes))
@@ -274,4 +285,52 @@ func (d *nodeDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		return dir, 0
 	}
 	return nil, syscall.ENOENT
+}
+
+// FormatScrubSummary renders the scrub in one line: the oldest last pass
+// over the nodes, and what the last passes found.
+func FormatScrubSummary(ci proto.ClusterInfo) string {
+	var oldest int64 = -1
+	never, scrubbing, repaired, lost, orphans := 0, 0, 0, 0, 0
+	for _, n := range ci.Nodes {
+		sc := n.Scrub
+		if sc.State == "scrubbing" {
+			scrubbing++
+		}
+		if sc.Finished == 0 {
+			never++
+			continue
+		}
+		if oldest < 0 || sc.Finished < oldest {
+			oldest = sc.Finished
+		}
+		repaired += sc.Repaired
+		lost += sc.Lost
+		orphans += sc.Orphans
+	}
+	var b strings.Builder
+	switch {
+	case ci.ScrubSettings.Paused:
+		b.WriteString("paused; ")
+	case scrubbing > 0:
+		fmt.Fprintf(&b, "scrubbing on %d of %d nodes; ", scrubbing, len(ci.Nodes))
+	}
+	if never == len(ci.Nodes) {
+		b.WriteString("no pass finished yet")
+		return b.String()
+	}
+	fmt.Fprintf(&b, "last passes finished by %s", FormatWhen(oldest))
+	if never > 0 {
+		fmt.Fprintf(&b, " (never on %d nodes)", never)
+	}
+	fmt.Fprintf(&b, ", found %d objects repaired, %d lost, %d orphan copies removed", repaired, lost, orphans)
+	return b.String()
+}
+
+// FormatWhen renders a unix time as UTC, or "never" for 0.
+func FormatWhen(unix int64) string {
+	if unix == 0 {
+		return "never"
+	}
+	return time.Unix(unix, 0).UTC().Format("2006-01-02 15:04:05 UTC")
 }

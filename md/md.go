@@ -353,6 +353,17 @@ func (s *Set) ReadSparse(oid ids.ObjectID, buf []byte, maxExtents int) ([]objsto
 	return exts, m, err
 }
 
+// Check is objstore.Store.Check on the disk holding oid.
+func (s *Set) Check(oid ids.ObjectID, buf []byte) (objstore.Meta, uint32, error) {
+	var m objstore.Meta
+	var digest uint32
+	err := s.with(oid, "check", func(st *objstore.Store) (err error) {
+		m, digest, err = st.Check(oid, buf)
+		return err
+	})
+	return m, digest, err
+}
+
 // Stat is objstore.Store.Stat on the disk holding oid.
 func (s *Set) Stat(oid ids.ObjectID) (objstore.Meta, error) {
 	var m objstore.Meta
@@ -485,6 +496,18 @@ func (s *Set) Usage() (used, free int64, err error) {
 		}
 	}
 	return used, free, nil
+}
+
+// Corruptions returns how many damaged copies the disks in service found
+// since they were opened (objstore.Store.Corruptions).
+func (s *Set) Corruptions() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var n uint64
+	for _, d := range s.disks {
+		n += d.st.Corruptions()
+	}
+	return n
 }
 
 // Capacity returns the size in bytes of the filesystems of the disks in
@@ -680,7 +703,9 @@ func (s *Set) Plug(path string, suspect func([]ids.ObjectID)) error {
 
 // Fault arms an injected fault on the disk at path (Options.FaultFS must
 // be set): every read, write or sync (as op says) from now on fails with
-// EIO, or, for op "heal", nothing does any more.
+// EIO; or every read returns damaged data ("corrupt"); or the next large
+// write is torn and the process killed ("tear"); or, for op "heal",
+// nothing fails any more.
 func (s *Set) Fault(path, op string) error {
 	d, _ := s.diskAt(path)
 	switch {
@@ -697,10 +722,16 @@ func (s *Set) Fault(path, op string) error {
 		d.fault.FailWrite(0, eio, true)
 	case "sync":
 		d.fault.FailSync(0, eio, true)
+	case "corrupt":
+		d.fault.CorruptReads()
+	case "tear":
+		// The next write of 16 KiB or more is torn, and the daemon
+		// killed at once, as by a crash in the middle of it.
+		d.fault.TearWrite(16<<10, func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL) })
 	case "heal":
 		d.fault.Heal()
 	default:
-		return errs.E(errs.Invalid, "fault %q: want read, write, sync or heal", op)
+		return errs.E(errs.Invalid, "fault %q: want read, write, sync, corrupt, tear or heal", op)
 	}
 	return nil
 }

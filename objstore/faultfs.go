@@ -3,6 +3,7 @@ package objstore
 import (
 	"os"
 	"sync"
+	"syscall"
 )
 
 // FaultFS wraps an FS and makes chosen operations fail, in the manner of
@@ -19,6 +20,40 @@ type FaultFS struct {
 	write    fault
 	sync     fault
 	injected int
+	corrupt  bool   // reads return their data with its first byte inverted
+	tearMin  int    // a write of at least this many bytes is torn (0: none)
+	tearThen func() // called after the torn write (a test's kill)
+}
+
+// CorruptReads makes every read through f return its data with the first
+// byte inverted, as a disk returning bad data would, until Heal.
+func (f *FaultFS) CorruptReads() {
+	f.mu.Lock()
+	f.corrupt = true
+	f.mu.Unlock()
+}
+
+// TearWrite arms a torn write: the next write of at least min bytes
+// writes its first half (rounded down to 4 KiB) and 1 KiB more, ending
+// inside a block, and then calls then (a test's kill of the process) and
+// fails with EIO if then returns.
+func (f *FaultFS) TearWrite(min int, then func()) {
+	f.mu.Lock()
+	f.tearMin, f.tearThen = min, then
+	f.mu.Unlock()
+}
+
+// tear reports whether a write of n bytes is to be torn, disarming it.
+func (f *FaultFS) tear(n int) (func(), bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.tearMin == 0 || n < f.tearMin {
+		return nil, false
+	}
+	then := f.tearThen
+	f.tearMin, f.tearThen = 0, nil
+	f.injected++
+	return then, true
 }
 
 // fault is one armed failure rule.
@@ -89,6 +124,7 @@ func (f *FaultFS) FailSync(n int, err error, every bool) {
 // Heal disarms all faults.
 func (f *FaultFS) Heal() {
 	f.mu.Lock()
+	f.corrupt, f.tearMin, f.tearThen = false, 0, nil
 	f.read, f.write, f.sync = fault{}, fault{}, fault{}
 	f.mu.Unlock()
 }
@@ -161,12 +197,30 @@ func (f *faultFile) ReadAt(p []byte, off int64) (int, error) {
 	if err := f.fs.check(&f.fs.read, "read", f.name); err != nil {
 		return 0, err
 	}
-	return f.File.ReadAt(p, off)
+	n, err := f.File.ReadAt(p, off)
+	f.fs.mu.Lock()
+	corrupt := f.fs.corrupt
+	if corrupt && n > 0 {
+		f.fs.injected++
+	}
+	f.fs.mu.Unlock()
+	if corrupt && n > 0 {
+		p[0] ^= 0xff
+	}
+	return n, err
 }
 
 func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
 	if err := f.fs.check(&f.fs.write, "write", f.name); err != nil {
 		return 0, err
+	}
+	if then, ok := f.fs.tear(len(p)); ok {
+		n := len(p)/2&^4095 + 1024
+		_, _ = f.File.WriteAt(p[:n], off)
+		if then != nil {
+			then()
+		}
+		return n, &os.PathError{Op: "write", Path: f.name, Err: syscall.EIO}
 	}
 	return f.File.WriteAt(p, off)
 }

@@ -18,6 +18,13 @@ const (
 	AdminVDILock       = "vdi.lock"       // Name, Mount: open for writing
 	AdminVDIUnlock     = "vdi.unlock"     // Name, Mount: only the holder, through the connection that locked it; Force: anyone's
 	AdminVDIObjects    = "vdi.objects"    // Name -> []string (object IDs it owns)
+	// AdminVDIReads lists every object a read of VDI or snapshot Name may
+	// use: its allocated data objects, its ancestors' it shares, and the
+	// index objects of its image and its ancestors'.
+	AdminVDIReads = "vdi.reads" // Name -> []ids.ObjectID
+	// AdminCheck checks Objects (at most MaxCheckObjects) on every node
+	// placing them, repairs what it can, and answers for each.
+	AdminCheck = "objects.check" // Objects, Copies -> []ObjectCheck
 
 	// Snapshots and clones. Name is NAME for a writable VDI and NAME@TAG
 	// for a snapshot wherever a command takes either.
@@ -36,12 +43,15 @@ const (
 	// AdminRecoverySet changes the cluster-wide recovery throttle: Recovery
 	// holds the new settings, each applied if set -> ClusterInfo.
 	AdminRecoverySet = "recovery.set"
+	// AdminScrubSet changes the cluster-wide scrub setting: Scrub holds
+	// the change -> ClusterInfo.
+	AdminScrubSet = "scrub.set"
 
 	// Disks of the node that receives the request (sheep node md).
 	AdminMDInfo   = "md.info"   // -> []DiskInfo
 	AdminMDPlug   = "md.plug"   // Name: the disk's directory -> []DiskInfo
 	AdminMDUnplug = "md.unplug" // Name -> []DiskInfo
-	AdminMDFault  = "md.fault"  // Name, Tag: read, write, sync or heal (daemons started with SHEEP_FAULTS=1)
+	AdminMDFault  = "md.fault"  // Name, Tag: read, write, sync, corrupt, tear or heal (daemons started with SHEEP_FAULTS=1)
 
 	// A key roll (sheep cluster key rotate), on one node at a time; all but
 	// key.info need the cluster key. The node rewrites its key file.
@@ -77,6 +87,42 @@ type RecoveryChange struct {
 	MaxRate     *int64 `json:"max_rate,omitempty"`
 	MaxParallel *int   `json:"max_parallel,omitempty"`
 	Paused      *bool  `json:"paused,omitempty"`
+}
+
+// ScrubSettings is the cluster-wide setting of the background scrub.
+type ScrubSettings struct {
+	MaxRate int64 `json:"max_rate"` // bytes per second each node reads
+	Paused  bool  `json:"paused"`
+	Every   int64 `json:"every"` // seconds from one pass's start to the next's
+}
+
+// ScrubChange is AdminScrubSet's request: nil fields stay as they are;
+// Start begins a pass on every node now.
+type ScrubChange struct {
+	MaxRate *int64 `json:"max_rate,omitempty"`
+	Paused  *bool  `json:"paused,omitempty"`
+	Every   *int64 `json:"every,omitempty"`
+	Start   bool   `json:"start,omitempty"`
+}
+
+// ScrubInfo is one node's scrub: the pass under way, and the last one
+// finished. A node scrubs the objects it is first in the placement of,
+// checking every copy of each (as vdi check does).
+type ScrubInfo struct {
+	// State is "idle" (between passes), "scrubbing" or "paused".
+	State string `json:"state"`
+	// Objects and Done count the pass under way.
+	Objects int `json:"objects,omitempty"`
+	Done    int `json:"done,omitempty"`
+	// Finished is when the last pass ended (unix seconds, 0: never);
+	// Checked, Repaired, Lost and Orphans what it found: objects checked,
+	// objects with a copy repaired, objects with no good copy, and copies
+	// of deleted images removed.
+	Finished int64 `json:"finished,omitempty"`
+	Checked  int   `json:"checked"`
+	Repaired int   `json:"repaired"`
+	Lost     int   `json:"lost"`
+	Orphans  int   `json:"orphans"`
 }
 
 // RecoveryInfo is one node's recovery progress at its current epoch, or
@@ -124,12 +170,48 @@ type AdminRequest struct {
 	// Forwarded marks a snapshot request one node sent to the node of
 	// the VDI's writer: that node does not forward it again.
 	Forwarded bool `json:"forwarded,omitempty"`
+	// Scrub changes the scrub setting (AdminScrubSet).
+	Scrub *ScrubChange `json:"scrub,omitempty"`
 	// Recovery changes the recovery throttle (AdminRecoverySet).
 	Recovery *RecoveryChange `json:"recovery,omitempty"`
 	// Force makes vdi.unlock release the lock whoever holds it (an
 	// admin clearing a lock its holder cannot; needs the cluster key).
 	Force bool `json:"force,omitempty"`
+	// Objects for objects.check.
+	Objects []ids.ObjectID `json:"objects,omitempty"`
 }
+
+// MaxCheckObjects bounds the objects of one objects.check request.
+const MaxCheckObjects = 64
+
+// ObjectCheck is the outcome of checking one object on every node placing
+// it. Status is "ok" (every copy present, current and whole), "repaired"
+// (some were not, and are now), "absent" (no node has it: an index object
+// never written, or a data object of a hole), "lost" (no good copy is
+// left, or one could not be made good: Detail says which) or "unknown"
+// (a node did not answer).
+type ObjectCheck struct {
+	OID    ids.ObjectID `json:"oid"`
+	Status string       `json:"status"`
+	Detail string       `json:"detail,omitempty"`
+}
+
+// ObjCheck is one node's answer to OpCheckObj about its copy.
+type ObjCheck struct {
+	Present bool        `json:"present"`
+	Version ids.Version `json:"version,omitempty"`
+	// Digest sums the copy's block checksums: equal copies have equal
+	// digests.
+	Digest  uint32 `json:"digest,omitempty"`
+	Damaged bool   `json:"damaged,omitempty"` // it failed its checksums
+	// Fixed: with CheckFix, the copy was replaced by a good one; Error
+	// says why it could not be.
+	Fixed bool   `json:"fixed,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// CheckFix in the Aux of OpCheckObj: make the copy good.
+const CheckFix = 1
 
 // ClusterInfo is the answer to AdminClusterInfo.
 type ClusterInfo struct {
@@ -147,6 +229,8 @@ type ClusterInfo struct {
 	// Recovery sums the nodes' recovery; Throttle is its setting.
 	Recovery RecoveryInfo     `json:"recovery"`
 	Throttle RecoverySettings `json:"throttle"`
+	// ScrubSettings is the scrub's setting.
+	ScrubSettings ScrubSettings `json:"scrub"`
 }
 
 // NodeInfo describes one node.
@@ -164,10 +248,22 @@ type NodeInfo struct {
 	// Zone is the node's failure domain ("" for its own); Weight its
 	// capacity for placement, in MiB; Share the fraction of the ring it
 	// is primary for (its expected share of the data).
-	Zone     string       `json:"zone,omitempty"`
-	Weight   uint64       `json:"weight,omitempty"`
-	Share    float64      `json:"share"`
-	Recovery RecoveryInfo `json:"recovery"`
+	Zone      string        `json:"zone,omitempty"`
+	Weight    uint64        `json:"weight,omitempty"`
+	Share     float64       `json:"share"`
+	Recovery  RecoveryInfo  `json:"recovery"`
+	Integrity IntegrityInfo `json:"integrity"`
+	Scrub     ScrubInfo     `json:"scrub"`
+}
+
+// IntegrityInfo counts a node's damaged copies since it started: found
+// (a block failed its checksum on a read, a write or a recovery's read,
+// or a file was damaged at start), repaired from another node, and those
+// no other node had a good copy of.
+type IntegrityInfo struct {
+	Damaged    uint64 `json:"damaged"`
+	Repaired   uint64 `json:"repaired"`
+	Unrepaired uint64 `json:"unrepaired"`
 }
 
 // VDIInfo describes one VDI.

@@ -42,6 +42,7 @@ const (
 	OpListObjs                // response Data = repeated (oid u64, version u64)
 	OpStatObjs                // Data = oids (u64 each); response Data = ObjStates
 	OpInventory               // Data = ObjStates the receiver should hold; FlagLast ends the sender's list
+	OpCheckObj                // verify the copy; Aux = CheckFix repairs it, fetches it if absent or older than version Offset, from node Data if set; response Data = JSON ObjCheck
 )
 
 // Requests from clients to a gateway (ID is a VDIID).
@@ -60,7 +61,7 @@ const (
 
 // Valid reports whether op is a known request op (without RespBit).
 func (op Op) Valid() bool {
-	return (op >= OpReadObj && op <= OpInventory) || (op >= OpVDIRead && op < opMax)
+	return (op >= OpReadObj && op <= OpCheckObj) || (op >= OpVDIRead && op < opMax)
 }
 
 var opNames = map[Op]string{
@@ -70,6 +71,7 @@ var opNames = map[Op]string{
 	OpVDIFlush: "vdi_flush", OpVDIDiscard: "vdi_discard", OpVDIAllocMap: "vdi_allocmap",
 	OpAdmin: "admin", OpApply: "apply", OpLeaderIndex: "leader_index",
 	OpStatObjs: "stat_objs", OpInventory: "inventory", OpReportDown: "report_down",
+	OpCheckObj: "check_obj",
 }
 
 func (op Op) String() string {

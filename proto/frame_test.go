@@ -94,7 +94,7 @@ func TestDecodeHeaderErrors(t *testing.T) {
 		{"bad magic", func(b []byte) []byte { b[0] = 'X'; return b }, errs.Invalid},
 		{"magic byte-swapped", func(b []byte) []byte { b[0], b[1] = b[1], b[0]; return b }, errs.Invalid},
 		{"op zero", func(b []byte) []byte { b[2] = 0; return b }, errs.Invalid},
-		{"op after OpInventory", func(b []byte) []byte { b[2] = byte(proto.OpInventory) + 1; return b }, errs.Invalid},
+		{"op after OpCheckObj", func(b []byte) []byte { b[2] = byte(proto.OpCheckObj) + 1; return b }, errs.Invalid},
 		{"op before OpVDIRead", func(b []byte) []byte { b[2] = byte(proto.OpVDIRead) - 1; return b }, errs.Invalid},
 		{"op after OpReportDown", func(b []byte) []byte { b[2] = byte(proto.OpReportDown) + 1; return b }, errs.Invalid},
 		{"response of unknown op", func(b []byte) []byte { b[2] = byte(proto.RespBit | 0x7f); return b }, errs.Invalid},
@@ -146,8 +146,8 @@ func TestDecodeHeaderErrors(t *testing.T) {
 
 func TestOpsAndNames(t *testing.T) {
 	ops := allOps()
-	if len(ops) != 18 {
-		t.Errorf("%d valid ops, want 18: %v", len(ops), ops)
+	if len(ops) != 19 {
+		t.Errorf("%d valid ops, want 19: %v", len(ops), ops)
 	}
 	seen := map[string]bool{}
 	for _, op := range ops {

@@ -582,6 +582,28 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		default:
 		}
 		out = n.clusterInfo(ctx)
+	case proto.AdminScrubSet:
+		if a.Scrub == nil {
+			return nil, errs.E(errs.Invalid, "scrub settings missing")
+		}
+		n.catchUp(ctx)
+		conf := n.cl.State().Scrub
+		if c := a.Scrub; c.MaxRate != nil {
+			conf.MaxRate = *c.MaxRate
+		}
+		if c := a.Scrub; c.Paused != nil {
+			conf.Paused = *c.Paused
+		}
+		if c := a.Scrub; c.Every != nil {
+			conf.Every = *c.Every
+		}
+		if a.Scrub.Start {
+			conf.Start++
+		}
+		if _, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdScrub, Scrub: &conf}); err != nil {
+			return nil, err
+		}
+		out = n.clusterInfo(ctx)
 	case proto.AdminMDInfo, proto.AdminMDPlug, proto.AdminMDUnplug, proto.AdminMDFault:
 		r, err := n.mdAdmin(a)
 		if err != nil {
@@ -675,6 +697,29 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 			return nil, err
 		}
 		out = list
+	case proto.AdminVDIReads:
+		meta, err := n.find(ctx, a.Name)
+		if err != nil {
+			return nil, err
+		}
+		v, _, err := n.volumeFor(meta.ID)
+		if err != nil {
+			return nil, err
+		}
+		list := []ids.ObjectID{}
+		err = v.Reads(ctx, func(oid ids.ObjectID) error {
+			list = append(list, oid)
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		out = list
+	case proto.AdminCheck:
+		if len(a.Objects) > proto.MaxCheckObjects {
+			return nil, errs.E(errs.TooLarge, "%d objects to check in one request, at most %d", len(a.Objects), proto.MaxCheckObjects)
+		}
+		out = n.checkObjects(ctx, a.Objects)
 	default:
 		return nil, errs.E(errs.Invalid, "unknown admin command %q", a.Cmd)
 	}
@@ -797,6 +842,8 @@ func (n *Node) nodeStat() proto.NodeInfo {
 	}
 	info.Share = st.Ring().Share(n.id)
 	info.Recovery = n.rec.progress(st)
+	info.Integrity = n.integrity()
+	info.Scrub = n.scrubInfo()
 	if n.cl.Leader() == n.id {
 		info.Role = "leader"
 	}
@@ -812,7 +859,8 @@ func (n *Node) clusterInfo(ctx context.Context) proto.ClusterInfo {
 	st := n.cl.State()
 	ci := proto.ClusterInfo{Epoch: st.Epoch, Copies: st.Copies, FormatTime: st.Format,
 		Leader: n.cl.Leader(), VDIs: len(st.VDIs),
-		Throttle: proto.RecoverySettings{MaxRate: st.Recovery.MaxRate, MaxParallel: st.Recovery.Parallel(), Paused: st.Recovery.Paused}}
+		Throttle:      proto.RecoverySettings{MaxRate: st.Recovery.MaxRate, MaxParallel: st.Recovery.Parallel(), Paused: st.Recovery.Paused},
+		ScrubSettings: proto.ScrubSettings{MaxRate: st.Scrub.Rate(), Paused: st.Scrub.Paused, Every: st.Scrub.Interval()}}
 	ci.Nodes = make([]proto.NodeInfo, len(st.Members))
 	var wg sync.WaitGroup
 	for i, m := range st.Members {

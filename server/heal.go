@@ -85,6 +85,7 @@ type healer struct {
 	gate    sync.RWMutex
 	exposed int
 	stats   healStats
+	fix     repairs // damaged copies (repair.go)
 
 	// lastClient is when (unix ns) this node last served client I/O; while
 	// it does, background copies run one at a time, each followed by a
@@ -134,7 +135,7 @@ func newHealer(n *Node) *healer {
 		starts: map[ids.ObjectID]ids.Epoch{}, doubt: map[ids.ObjectID]*want{},
 		misplaced: map[ids.ObjectID]recovery.Copy{}, inflight: map[ids.ObjectID]*pull{},
 		invDone: map[ids.NodeID]bool{}, lost: map[ids.ObjectID]struct{}{}, lostAt: map[ids.ObjectID]uint64{},
-		kick: make(chan struct{}, 1), hurryQ: make(chan ids.ObjectID, 64)}
+		kick: make(chan struct{}, 1), hurryQ: make(chan ids.ObjectID, 64), fix: repairs{q: make(chan ids.ObjectID, 256)}}
 	if b, err := os.ReadFile(h.path); err == nil {
 		if e, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil {
 			h.from = ids.Epoch(e)
@@ -740,6 +741,9 @@ func (h *healer) readSparse(oid ids.ObjectID, urgent bool) (data, buf []byte, m 
 	hdr := proto.SparseHeaderSize(proto.MaxExtents)
 	exts, m, err := h.n.store.ReadSparse(oid, buf[hdr:], proto.MaxExtents)
 	if err != nil {
+		if errs.Is(err, errs.Corrupt) {
+			h.damaged(oid, err) // the fetching node asks another source
+		}
 		proto.PutBuf(buf)
 		return nil, nil, m, err
 	}
@@ -1330,13 +1334,21 @@ type limiter struct {
 
 func newLimiter(rate int64) *limiter { return &limiter{rate: float64(rate)} }
 
+// setRate changes the rate.
+func (l *limiter) setRate(rate int64) {
+	l.mu.Lock()
+	l.rate = float64(rate)
+	l.mu.Unlock()
+}
+
 // wait accounts for n bytes moved and sleeps as long as the rate asks,
 // or until stop.
 func (l *limiter) wait(n int64, stop <-chan struct{}) {
+	l.mu.Lock()
 	if l.rate <= 0 || n <= 0 {
+		l.mu.Unlock()
 		return
 	}
-	l.mu.Lock()
 	now := time.Now()
 	if l.next.Before(now) {
 		l.next = now
@@ -1374,7 +1386,11 @@ func (n *Node) localRead(ctx context.Context, oid ids.ObjectID, off int64, buf [
 	if err := n.rec.ensure(ctx, oid, false); err != nil {
 		return objstore.Meta{}, err
 	}
-	return n.store.Read(oid, off, buf)
+	m, err := n.store.Read(oid, off, buf)
+	if errs.Is(err, errs.Corrupt) {
+		n.rec.damaged(oid, err) // the gateway reads another replica
+	}
+	return m, err
 }
 
 // errNotHere: the replica's copy is being recovered.
@@ -1419,7 +1435,27 @@ func (h *healer) hurryLoop(stop <-chan struct{}) {
 
 // localWrite and localPunch change this node's replica of oid, for a
 // replica request from a gateway or for the gateway's own replica alike.
+// A change that covers a damaged block in part (the store refuses to
+// re-checksum it) repairs the copy first and is tried again.
 func (n *Node) localWrite(ctx context.Context, oid ids.ObjectID, off int64, data []byte, ver ids.Version, epoch ids.Epoch, create bool) error {
+	return n.repairing(ctx, oid, func() error { return n.localWriteOnce(ctx, oid, off, data, ver, epoch, create) })
+}
+
+// repairing runs change, and again after repairing the copy of oid if
+// change found it damaged.
+func (n *Node) repairing(ctx context.Context, oid ids.ObjectID, change func() error) error {
+	err := change()
+	if !errs.Is(err, errs.Corrupt) {
+		return err
+	}
+	n.rec.reportDamage(oid, err)
+	if rerr := n.rec.repair(ctx, oid); rerr != nil {
+		return rerr
+	}
+	return change()
+}
+
+func (n *Node) localWriteOnce(ctx context.Context, oid ids.ObjectID, off int64, data []byte, ver ids.Version, epoch ids.Epoch, create bool) error {
 	if err := n.checkMutable(ctx, oid); err != nil {
 		return err
 	}
@@ -1474,6 +1510,10 @@ func (n *Node) localWrite(ctx context.Context, oid ids.ObjectID, off int64, data
 }
 
 func (n *Node) localPunch(ctx context.Context, oid ids.ObjectID, off, length int64, ver ids.Version, epoch ids.Epoch) error {
+	return n.repairing(ctx, oid, func() error { return n.localPunchOnce(ctx, oid, off, length, ver, epoch) })
+}
+
+func (n *Node) localPunchOnce(ctx context.Context, oid ids.ObjectID, off, length int64, ver ids.Version, epoch ids.Epoch) error {
 	if err := n.checkMutable(ctx, oid); err != nil {
 		return err
 	}

@@ -83,6 +83,7 @@ type Node struct {
 	id    ids.NodeID
 	cl    *cluster.Cluster
 	store *md.Set
+	scrub scrubState
 	peers proto.Pool
 	srv   proto.Server
 	ln    net.Listener
@@ -223,6 +224,8 @@ func Start(cfg Config) (*Node, error) {
 		}()
 	}
 	go n.rec.run(n.stop)
+	go n.rec.repairLoop(n.stop)
+	go n.scrubLoop(n.stop)
 	go n.collectLoop()
 	go n.releaseStaleLocks()
 	go n.evictLoop()
@@ -378,7 +381,7 @@ func peerOnly(op proto.Op) bool {
 	switch op {
 	case proto.OpReadObj, proto.OpWriteObj, proto.OpPunchObj, proto.OpStatObj,
 		proto.OpRemoveObj, proto.OpSyncObjs, proto.OpListObjs, proto.OpStatObjs, proto.OpInventory,
-		proto.OpApply, proto.OpReportDown, proto.OpLeaderIndex:
+		proto.OpApply, proto.OpReportDown, proto.OpLeaderIndex, proto.OpCheckObj:
 		return true
 	}
 	return false
@@ -400,6 +403,22 @@ func (n *Node) handle(ctx context.Context, conn *proto.Conn, req *proto.Msg) *pr
 			break
 		}
 		resp, err = n.handleReplica(ctx, req)
+	case proto.OpCheckObj:
+		if err = n.checkEpoch(ctx, req.Epoch); err != nil {
+			break
+		}
+		if len(req.Data) > 64 {
+			err = errs.E(errs.Invalid, "check with a node ID of %d bytes", len(req.Data))
+			break
+		}
+		oid := ids.ObjectID(req.ID)
+		if !oid.Valid() {
+			err = errs.E(errs.Invalid, "bad object ID %v", oid)
+			break
+		}
+		out := n.checkLocal(ctx, oid, req.Aux&proto.CheckFix != 0, ids.Version(req.Offset), ids.NodeID(req.Data))
+		resp = &proto.Msg{}
+		resp.Data, err = jsonMarshal(out)
 	case proto.OpVDIRead, proto.OpVDIWrite, proto.OpVDIFlush, proto.OpVDIDiscard, proto.OpVDIAllocMap:
 		resp, err = n.handleVDI(ctx, conn, req)
 	case proto.OpAdmin:

@@ -492,6 +492,33 @@ func (v *Volume) OwnObjects(ctx context.Context, fn func(oid ids.ObjectID) error
 	return nil
 }
 
+// Reads calls fn with every object a read of the VDI may use: each
+// allocated data object (its own, or an ancestor's it shares), then the
+// index objects of its image and of its ancestors (which may not exist).
+func (v *Volume) Reads(ctx context.Context, fn func(oid ids.ObjectID) error) error {
+	info := v.Info()
+	n := NumObjects(info.Size)
+	for idx := uint32(0); idx < n; idx++ {
+		owner, err := v.Owner(ctx, idx)
+		if err != nil {
+			return err
+		}
+		if owner != 0 {
+			if err := fn(ids.DataObject(owner, idx)); err != nil {
+				return err
+			}
+		}
+	}
+	for _, img := range append([]ids.VDIID{info.ID}, info.Chain...) {
+		for c := uint32(0); c*EntriesPerIndexObject < max(n, 1); c++ {
+			if err := fn(ids.IndexObject(img, c)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // Forget drops the cached index so that the next access reads it again
 // (after another gateway may have changed it).
 func (v *Volume) Forget() {

@@ -1,0 +1,455 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Checksums: bytes flipped in object files behind the daemons' backs are
+// never read back as data. These tests damage the files directly and read
+// through a mount, and compare the replicas' files afterwards.
+
+// objData is the data part of an object file (its first 4 MiB; the
+// checksums follow).
+const objData = 4 << 20
+
+// flipBytes inverts n bytes of the file at path at random offsets in
+// [lo, hi), and returns the offsets.
+func flipBytes(t *testing.T, r *rand.Rand, path string, n int, lo, hi int64) []int64 {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var offs []int64
+	for range n {
+		off := lo + r.Int64N(hi-lo)
+		b := []byte{0}
+		if _, err := f.ReadAt(b, off); err != nil {
+			t.Fatal(err)
+		}
+		b[0] ^= 0xff
+		if _, err := f.WriteAt(b, off); err != nil {
+			t.Fatal(err)
+		}
+		offs = append(offs, off)
+	}
+	return offs
+}
+
+// sameData reports whether the data parts of the files are equal.
+func sameData(t *testing.T, paths ...string) bool {
+	t.Helper()
+	var first []byte
+	for i, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, objData)
+		_, err = io.ReadFull(f, b)
+		f.Close()
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		if i == 0 {
+			first = b
+		} else if !bytes.Equal(first, b) {
+			return false
+		}
+	}
+	return true
+}
+
+// dataObjects lists the data objects (not index objects) with a copy on
+// every one of nodes, sorted.
+func dataObjects(files map[string]map[string]string, nodes ...string) []string {
+	var out []string
+	for oid, at := range files {
+		if oid[0] >= '8' { // the top bit marks index objects
+			continue
+		}
+		all := true
+		for _, n := range nodes {
+			all = all && at[n] != ""
+		}
+		if all {
+			out = append(out, oid)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestRotRepairedOnRead: four bytes flipped in three object files on the
+// node a mount reads through: the mount reads back what was written, the
+// node logs and counts the damage, and its files are repaired to equal
+// the other replicas'. Then one block damaged on every replica: a read
+// of it fails with EIO, never with other bytes, and the rest of the VDI
+// still reads.
+func TestRotRepairedOnRead(t *testing.T) {
+	requireEnv(t)
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	r := rand.New(rand.NewPCG(uint64(seed), 0))
+	c := NewCluster(t, 3, 3)
+	n0 := c.Nodes[0]
+	m := c.Mount(n0.Addr())
+	vdi := m.VDI("rot")
+	src := filepath.Join(c.Dir, "rot.src")
+	shell(t, cmdTimeout, fmt.Sprintf("head -c 24M /dev/urandom > %s && truncate -s 24M %s && dd if=%s of=%s bs=1M conv=notrunc,fsync status=none",
+		q(src), q(vdi), q(src), q(vdi)))
+
+	files := c.ObjectFiles()
+	objs := dataObjects(files, n0.ID)
+	if len(objs) < 6 {
+		t.Fatalf("only %d data objects", len(objs))
+	}
+	bad := objs[:3]
+	for _, oid := range bad {
+		t.Logf("flipped %s on %s at %v", oid, n0.ID, flipBytes(t, r, files[oid][n0.ID], 4, 0, objData))
+	}
+	dropCaches(t)
+	if res := runCmd(cmdTimeout, nil, nil, "cmp", src, vdi); res.Code != 0 {
+		t.Fatalf("the VDI does not read back as written after the flips: %v", res)
+	}
+	// The damaged copies are repaired from the others.
+	deadline := time.Now().Add(30 * time.Second)
+	for _, oid := range bad {
+		var paths []string
+		for _, n := range c.Nodes {
+			paths = append(paths, files[oid][n.ID])
+		}
+		for !sameData(t, paths...) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s on %s was not repaired", oid, n0.ID)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	var info NodeInfo
+	for _, ni := range c.Info().Nodes {
+		if ni.ID == n0.ID {
+			info = ni
+		}
+	}
+	t.Logf("%s integrity: %+v", n0.ID, info.Integrity)
+	if info.Integrity.Damaged < 3 || info.Integrity.Repaired < 3 {
+		t.Fatalf("%s counts %+v, want at least 3 damaged and 3 repaired", n0.ID, info.Integrity)
+	}
+	if b, _ := os.ReadFile(n0.Log); !bytes.Contains(b, []byte("damaged copy")) {
+		t.Fatal("the damage was not logged")
+	}
+
+	// Flips on another node are not read through the mount (it reads
+	// the gateway's copies): vdi check finds and repairs them.
+	n1 := c.Nodes[1]
+	bad1 := objs[3:6]
+	for _, oid := range bad1 {
+		t.Logf("flipped %s on %s at %v", oid, n1.ID, flipBytes(t, r, files[oid][n1.ID], 4, 0, objData))
+	}
+	res := c.Sheep("vdi", "check", "rot")
+	t.Logf("vdi check: %s", res.Stdout)
+	if res.Code != 0 {
+		t.Fatalf("vdi check: %v", res)
+	}
+	for _, oid := range bad1 {
+		if !strings.Contains(res.Stdout, "repaired  "+oid) {
+			t.Errorf("vdi check did not report %s repaired", oid)
+		}
+		var paths []string
+		for _, n := range c.Nodes {
+			paths = append(paths, files[oid][n.ID])
+		}
+		if !sameData(t, paths...) {
+			t.Errorf("%s on %s was not repaired by vdi check", oid, n1.ID)
+		}
+	}
+	var sum struct {
+		Checked, OK, Repaired, Lost int
+	}
+	c.SheepJSON(&sum, "vdi", "check", "rot")
+	if sum.Repaired != 0 || sum.Lost != 0 || sum.OK == 0 {
+		t.Fatalf("a second vdi check: %+v, want everything ok", sum)
+	}
+
+	// One block of one object damaged on every replica: EIO for it.
+	oid := objs[4]
+	var blockOff int64 = 8 << 12 // block 8 of the object
+	for _, n := range c.Nodes {
+		flipBytes(t, r, files[oid][n.ID], 1, blockOff, blockOff+4096)
+	}
+	var idx int64
+	fmt.Sscanf(oid[8:], "%x", &idx)
+	vdiOff := idx*objData + blockOff
+	dropCaches(t)
+	res = runCmd(cmdTimeout, nil, nil, "dd", "if="+vdi, "of=/dev/null", "bs=4096", "iflag=direct",
+		fmt.Sprintf("skip=%d", vdiOff/4096), "count=1")
+	if res.Code == 0 || !strings.Contains(res.Stderr, "Input/output error") {
+		t.Fatalf("a block damaged on every copy: %v, want EIO", res)
+	}
+	res = runCmd(cmdTimeout, nil, nil, "dd", "if="+vdi, "of=/dev/null", "bs=4096", "iflag=direct",
+		fmt.Sprintf("skip=%d", vdiOff/4096+1), "count=1")
+	if res.Code != 0 {
+		t.Fatalf("the next block: %v", res)
+	}
+	res = c.Sheep("vdi", "check", "rot")
+	if res.Code == 0 || !strings.Contains(res.Stdout, "lost      "+oid) {
+		t.Fatalf("vdi check with an object damaged on every copy: %v, want a failure naming %s", res, oid)
+	}
+}
+
+// scrubJSON is `sheep --json cluster scrub`.
+type scrubJSON struct {
+	Nodes []struct {
+		ID    string `json:"id"`
+		Scrub struct {
+			State    string `json:"state"`
+			Finished int64  `json:"finished"`
+			Checked  int    `json:"checked"`
+			Repaired int    `json:"repaired"`
+			Lost     int    `json:"lost"`
+		} `json:"scrub"`
+	} `json:"nodes"`
+}
+
+// TestScrubRepairs: copies damaged behind the daemons' backs on nodes no
+// mount reads through (bytes flipped, a file truncated, a file deleted)
+// are found by a scrub pass and repaired: afterwards every replica's file
+// holds the same data, and the scrub's status says what it did.
+func TestScrubRepairs(t *testing.T) {
+	requireEnv(t)
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	r := rand.New(rand.NewPCG(uint64(seed), 1))
+	c := NewCluster(t, 3, 3)
+	m := c.Mount(c.Nodes[0].Addr())
+	vdi := m.VDI("scrub")
+	shell(t, cmdTimeout, fmt.Sprintf("truncate -s 24M %s && head -c 24M /dev/urandom | dd of=%s bs=1M conv=notrunc,fsync iflag=fullblock status=none", q(vdi), q(vdi)))
+	n1, n2 := c.Nodes[1], c.Nodes[2]
+	files := c.ObjectFiles()
+	objs := dataObjects(files, n1.ID, n2.ID)
+	if len(objs) < 6 {
+		t.Fatalf("only %d data objects", len(objs))
+	}
+	flipBytes(t, r, files[objs[0]][n1.ID], 4, 0, objData)
+	flipBytes(t, r, files[objs[1]][n2.ID], 4, 0, objData)
+	// Its checksums: both sums of a block's 8-byte entry (the current
+	// one, and the one from before the last write, which also counts).
+	blk := r.Int64N(1024)
+	flipBytes(t, r, files[objs[2]][n2.ID], 1, objData+8*blk, objData+8*blk+4)
+	flipBytes(t, r, files[objs[2]][n2.ID], 1, objData+8*blk+4, objData+8*blk+8)
+	if err := os.Truncate(files[objs[3]][n1.ID], objData/2); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(files[objs[4]][n2.ID]); err != nil {
+		t.Fatal(err)
+	}
+	damaged := objs[:5]
+
+	start := time.Now().Unix()
+	if res := c.Sheep("cluster", "scrub", "--max-rate", "400MB/s", "--start"); res.Code != 0 {
+		t.Fatalf("cluster scrub --start: %v", res)
+	}
+	var sj scrubJSON
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		sj = scrubJSON{}
+		c.SheepJSON(&sj, "cluster", "scrub")
+		done := 0
+		for _, n := range sj.Nodes {
+			if n.Scrub.Finished >= start && n.Scrub.State != "scrubbing" {
+				done++
+			}
+		}
+		if done == len(c.Nodes) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("scrub passes did not finish: %+v", sj)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	repaired, checked := 0, 0
+	for _, n := range sj.Nodes {
+		repaired += n.Scrub.Repaired
+		checked += n.Scrub.Checked
+		if n.Scrub.Lost != 0 {
+			t.Errorf("%s: scrub found %d objects lost", n.ID, n.Scrub.Lost)
+		}
+	}
+	t.Logf("scrub checked %d objects, repaired %d", checked, repaired)
+	if repaired != len(damaged) || checked < len(objs) {
+		for _, n := range c.Nodes {
+			logTail(t, n.Log, 30)
+		}
+		t.Fatalf("scrub checked %d, repaired %d objects, want %d repaired", checked, repaired, len(damaged))
+	}
+	files = c.ObjectFiles()
+	for _, oid := range damaged {
+		var paths []string
+		for _, n := range c.Nodes {
+			if files[oid][n.ID] == "" {
+				t.Fatalf("%s has no copy on %s after the scrub", oid, n.ID)
+			}
+			paths = append(paths, files[oid][n.ID])
+		}
+		if !sameData(t, paths...) {
+			t.Errorf("%s: the replicas differ after the scrub", oid)
+		}
+	}
+	info := string(c.Sheep("cluster", "info").Stdout)
+	if !strings.Contains(info, "scrub:      last passes finished by") {
+		t.Errorf("cluster info says nothing of the scrub:\n%s", info)
+	}
+}
+
+// TestFaultSeams: a disk that returns damaged data on every read, on the
+// node a mount reads through: the mount still reads what was written.
+// Then a write torn inside a block on another node, which is killed in
+// the middle of it (the store's fault seam tears it and kills the daemon):
+// the write is acknowledged by the others, and after the node restarts
+// nothing reads back as rot, nothing acknowledged is lost, and the
+// replicas agree.
+func TestFaultSeams(t *testing.T) {
+	t.Setenv("SHEEP_FAULTS", "1")
+	requireEnv(t)
+	c := NewCluster(t, 3, 3)
+	n0, n1 := c.Nodes[0], c.Nodes[1]
+	m := c.Mount(n0.Addr())
+	vdi := m.VDI("seams")
+	run(t, quickTimeout, "truncate", "-s", "16M", vdi)
+	src := filepath.Join(c.Dir, "seams.src")
+	writeRandomFile(t, src, 16*miB)
+	shell(t, cmdTimeout, fmt.Sprintf("dd if=%s of=%s bs=1M conv=notrunc,fsync status=none", q(src), q(vdi)))
+
+	if res := c.SheepAt(n0.Addr(), "node", "md", "fault", n0.Dir, "corrupt"); res.Code != 0 {
+		t.Fatalf("md fault corrupt: %v", res)
+	}
+	dropCaches(t)
+	if res := runCmd(cmdTimeout, nil, nil, "cmp", src, vdi); res.Code != 0 {
+		t.Fatalf("reads through a disk returning damaged data: %v", res)
+	}
+	if res := c.SheepAt(n0.Addr(), "node", "md", "fault", n0.Dir, "heal"); res.Code != 0 {
+		t.Fatalf("md fault heal: %v", res)
+	}
+
+	// A torn write and a kill on node1.
+	if res := c.SheepAt(n1.Addr(), "node", "md", "fault", n1.Dir, "tear"); res.Code != 0 {
+		t.Fatalf("md fault tear: %v", res)
+	}
+	src2 := filepath.Join(c.Dir, "seams.src2")
+	writeRandomFile(t, src2, 8*miB)
+	shell(t, cmdTimeout, fmt.Sprintf("dd if=%s of=%s bs=1M seek=4 conv=notrunc,fsync status=none && dd if=%s of=%s bs=1M seek=4 conv=notrunc status=none",
+		q(src2), q(vdi), q(src2), q(src)))
+	if !waitFor(30*time.Second, func() bool { return !n1.Running() }) {
+		t.Fatal("node1 was not killed by its torn write")
+	}
+	c.Restart(1)
+	dropCaches(t)
+	if res := runCmd(cmdTimeout, nil, nil, "cmp", src, vdi); res.Code != 0 {
+		t.Fatalf("after the torn write and the restart: %v", res)
+	}
+	// Once node1 is back in the placement and recovery has settled,
+	// vdi check finds every copy good, and the replicas' files hold the
+	// same data.
+	var last Result
+	var differ []string
+	if !waitFor(90*time.Second, func() bool {
+		hi, err := healInfoAt(n0.Addr())
+		if err != nil || hi.Recovery.State != "idle" || hi.Recovery.Degraded > 0 {
+			return false
+		}
+		last = c.Sheep("vdi", "check", "seams")
+		if last.Code != 0 || !strings.Contains(last.Stdout, " 0 repaired, 0 lost") {
+			return false
+		}
+		differ = nil
+		files := c.ObjectFiles()
+		objs := dataObjects(files, n0.ID, n1.ID, c.Nodes[2].ID)
+		for _, oid := range objs {
+			if !sameData(t, files[oid][n0.ID], files[oid][n1.ID], files[oid][c.Nodes[2].ID]) {
+				differ = append(differ, oid)
+			}
+		}
+		return len(differ) == 0 && len(objs) == 4
+	}) {
+		t.Fatalf("after the torn write: vdi check %v; replicas differ for %v", last, differ)
+	}
+}
+
+// TestFullDiskLeavesNoOrphans: one node's disk (a 48 MiB tmpfs) fills
+// while a VDI is written, the VDI is deleted, and a scrub pass runs: no
+// object of the VDI is left on any node.
+func TestFullDiskLeavesNoOrphans(t *testing.T) {
+	requireEnv(t)
+	base := freeBase(t, 3)
+	c := newCluster(t, 3, 3, base, func(n *Node) {
+		if n.Index != 2 {
+			return
+		}
+		if err := os.MkdirAll(n.Dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		shell(t, quickTimeout, fmt.Sprintf("mount -t tmpfs -o size=48m tmpfs %s", q(n.Dir)))
+		t.Cleanup(func() { runCmd(quickTimeout, nil, nil, "umount", "-l", n.Dir) })
+	})
+	m := c.Mount(c.Nodes[0].Addr())
+	vdi := m.VDI("full")
+	run(t, quickTimeout, "truncate", "-s", "256M", vdi)
+	var id uint32
+	for _, v := range c.VDIs() {
+		if v.Name == "full" {
+			id = v.ID
+		}
+	}
+	// Written until the full node makes writes fail (or to the end).
+	res := shellResult(cmdTimeout, fmt.Sprintf("dd if=/dev/urandom of=%s bs=1M count=160 conv=notrunc,fsync status=none", q(vdi)))
+	t.Logf("writing past the full disk: %v", res)
+	m.Unmount()
+	mine := func() []string {
+		var out []string
+		for oid, at := range c.ObjectFiles() {
+			var v uint64
+			fmt.Sscanf(oid, "%x", &v)
+			if uint32(v>>32)&0xffffff == id {
+				for n := range at {
+					out = append(out, oid+"@"+n)
+				}
+			}
+		}
+		sort.Strings(out)
+		return out
+	}
+	t.Logf("%d copies of the VDI's objects before the delete", len(mine()))
+	if r := c.Sheep("vdi", "delete", "full"); r.Code != 0 {
+		t.Fatalf("vdi delete: %v", r)
+	}
+	start := time.Now().Unix()
+	if r := c.Sheep("cluster", "scrub", "--max-rate", "400MB/s", "--start"); r.Code != 0 {
+		t.Fatalf("cluster scrub --start: %v", r)
+	}
+	var left []string
+	if !waitFor(2*time.Minute, func() bool {
+		var sj scrubJSON
+		c.SheepJSON(&sj, "cluster", "scrub")
+		for _, n := range sj.Nodes {
+			if n.Scrub.Finished < start || n.Scrub.State == "scrubbing" {
+				return false
+			}
+		}
+		left = mine()
+		return len(left) == 0
+	}) {
+		t.Fatalf("after the delete and a scrub pass, copies of the VDI's objects remain: %v", left)
+	}
+}

@@ -1,0 +1,133 @@
+package server
+
+import (
+	"cmp"
+	"context"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/proto"
+	"github.com/sheepfs/sheepfs/vdi"
+)
+
+// Repair of damaged copies. The object store verifies every block it
+// reads against its checksum (objstore, sums.go) and answers errs.Corrupt
+// for a damaged one. A read then goes to another replica (readAny), and
+// the node whose copy is damaged replaces it with another node's good
+// copy: each node repairs its own copies, whoever found the damage.
+
+// repairs is a node's repair queue and counters.
+type repairs struct {
+	q          chan ids.ObjectID
+	repaired   atomic.Uint64
+	unrepaired atomic.Uint64
+
+	logMu   sync.Mutex
+	lastLog time.Time
+	held    int // reports held back since lastLog
+}
+
+// damaged is told that this node's copy of oid failed its checksums
+// (err says where); it reports it and queues a repair.
+func (h *healer) damaged(oid ids.ObjectID, err error) {
+	h.reportDamage(oid, err)
+	select {
+	case h.fix.q <- oid:
+	default: // full: a later read queues it again
+	}
+}
+
+// reportDamage logs a damaged copy, at most once a second with the count
+// of those held back.
+func (h *healer) reportDamage(oid ids.ObjectID, err error) {
+	f := &h.fix
+	f.logMu.Lock()
+	now := time.Now()
+	if now.Sub(f.lastLog) < time.Second {
+		f.held++
+		f.logMu.Unlock()
+		return
+	}
+	held := f.held
+	f.lastLog, f.held = now, 0
+	f.logMu.Unlock()
+	h.n.log.Warn().Stringer("oid", oid).Int("more", held).Err(err).Msg("damaged copy: repairing it from another node")
+}
+
+// repairLoop repairs the queued copies, one at a time.
+func (h *healer) repairLoop(stop <-chan struct{}) {
+	for {
+		var oid ids.ObjectID
+		select {
+		case <-stop:
+			return
+		case oid = <-h.fix.q:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		_ = h.repair(ctx, oid)
+		cancel()
+	}
+}
+
+// repair replaces this node's copy of oid with another node's good one,
+// holding the object's lock: of the nodes that have it at this node's
+// version or newer, the newest first, the first whose copy reads whole
+// (a source verifies what it sends). errs.Corrupt if none does.
+func (h *healer) repair(ctx context.Context, oid ids.ObjectID) error {
+	return h.repairFrom(ctx, oid, 0, "")
+}
+
+// repairFrom is repair asking only nodes at version want or newer, and
+// only node from if set. A copy absent here is fetched too.
+func (h *healer) repairFrom(ctx context.Context, oid ids.ObjectID, want ids.Version, from ids.NodeID) error {
+	return h.once(ctx, oid, func() error {
+		if mine, err := h.n.store.Stat(oid); err == nil {
+			want = max(want, mine.Version)
+		} else if !errs.Is(err, errs.NotFound) {
+			return err
+		}
+		st := h.n.cl.State()
+		answers, nodes, _ := h.statAll(ctx, st, oid)
+		var order []int
+		for i, a := range answers {
+			if nodes[i].ID != h.n.id && a.Version >= want && (from == "" || nodes[i].ID == from) {
+				order = append(order, i)
+			}
+		}
+		slices.SortStableFunc(order, func(a, b int) int {
+			return cmp.Compare(answers[b].Version, answers[a].Version)
+		})
+		var last error = errs.E(errs.NotFound, "no other node has it at version %v or newer", want)
+		for _, i := range order {
+			if _, err := h.fetch(ctx, st, oid, nodes[i], true); err != nil {
+				last = err
+				continue
+			}
+			// Read back: a disk that damages what it stores (or
+			// returns) has not been repaired.
+			buf := proto.GetBuf(vdi.ObjectSize)
+			_, _, err := h.n.store.Check(oid, buf)
+			proto.PutBuf(buf)
+			if err != nil {
+				last = err
+				break
+			}
+			h.fix.repaired.Add(1)
+			h.n.log.Info().Stringer("oid", oid).Str("from", string(nodes[i].ID)).Msg("copy repaired")
+			return nil
+		}
+		h.fix.unrepaired.Add(1)
+		h.n.log.Error().Stringer("oid", oid).Err(last).Msg("copy not repaired: no good copy to repair it from")
+		return errs.E(errs.Corrupt, "object %v: the copy on %s could not be made good: %w", oid, h.n.id, last)
+	})
+}
+
+// integrity is this node's count of damaged copies found and repaired.
+func (n *Node) integrity() proto.IntegrityInfo {
+	return proto.IntegrityInfo{Damaged: n.store.Corruptions(), Repaired: n.rec.fix.repaired.Load(),
+		Unrepaired: n.rec.fix.unrepaired.Load()}
+}
