@@ -17,6 +17,7 @@ type ClusterScrubCmd struct {
 	Status  string        `arg:"" optional:"" enum:"status," default:"" help:"Only show each node's scrub (the default when no setting is given)."`
 	MaxRate string        `help:"Most bytes per second each node's scrub reads, e.g. 20MB/s (0: the default, 16 MiB/s)." placeholder:"RATE"`
 	Every   time.Duration `help:"Time from the start of one pass to the start of the next (default 168h)." placeholder:"DURATION"`
+	Grace   time.Duration `help:"How long after its last write an object that no index references is freed (default 1h)." placeholder:"DURATION"`
 	Start   bool          `help:"Start a pass on every node now."`
 	Pause   bool          `help:"Stop the scrub (a pass under way stops where it is)." xor:"pause"`
 	Resume  bool          `help:"Resume the scrub." xor:"pause"`
@@ -40,6 +41,13 @@ func (c *ClusterScrubCmd) Run(g *Globals) error {
 	if c.Every > 0 {
 		s := max(int64(c.Every/time.Second), 1)
 		ch.Every, set = &s, true
+	}
+	if c.Grace < 0 {
+		return errs.E(errs.Invalid, "--grace must not be negative")
+	}
+	if c.Grace > 0 {
+		g := max(int64(c.Grace/time.Second), 1)
+		ch.Grace, set = &g, true
 	}
 	if c.Pause || c.Resume {
 		p := c.Pause
@@ -83,7 +91,8 @@ func FormatScrub(ci proto.ClusterInfo) []byte {
 	if s.Paused {
 		state = "paused"
 	}
-	fmt.Fprintf(&b, "scrub %s: %s/s per node, a pass every %v\n", state, fs.HumanBytes(s.MaxRate), time.Duration(s.Every)*time.Second)
+	fmt.Fprintf(&b, "scrub %s: %s/s per node, a pass every %v; unreferenced objects freed %v after their last write\n",
+		state, fs.HumanBytes(s.MaxRate), time.Duration(s.Every)*time.Second, time.Duration(s.Grace)*time.Second)
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tSTATE\tPASS\tLAST FINISHED\tCHECKED\tREPAIRED\tLOST\tORPHANS")
 	for _, n := range ci.Nodes {

@@ -118,13 +118,25 @@ type ScrubConf struct {
 	Every int64 `json:"every,omitempty"`
 	// Start is bumped to start a pass now on every node.
 	Start uint64 `json:"start,omitempty"`
+	// Grace is the seconds since its last write before an object that
+	// no index references is freed; 0 means DefaultScrubGrace.
+	Grace int64 `json:"grace,omitempty"`
 }
 
 // Defaults of ScrubConf.
 const (
 	DefaultScrubRate  = 16 << 20
 	DefaultScrubEvery = 7 * 24 * 3600
+	DefaultScrubGrace = 3600
 )
+
+// GraceSeconds returns Grace, or its default.
+func (c ScrubConf) GraceSeconds() int64 {
+	if c.Grace <= 0 {
+		return DefaultScrubGrace
+	}
+	return c.Grace
+}
 
 // Rate returns MaxRate, or its default.
 func (c ScrubConf) Rate() int64 {
@@ -142,7 +154,7 @@ func (c ScrubConf) Interval() int64 {
 	return c.Every
 }
 
-func (c ScrubConf) valid() bool { return c.MaxRate >= 0 && c.Every >= 0 }
+func (c ScrubConf) valid() bool { return c.MaxRate >= 0 && c.Every >= 0 && c.Grace >= 0 }
 
 // Lock is a VDI's write lock: who holds it and through which node.
 type Lock struct {

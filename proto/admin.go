@@ -94,6 +94,7 @@ type ScrubSettings struct {
 	MaxRate int64 `json:"max_rate"` // bytes per second each node reads
 	Paused  bool  `json:"paused"`
 	Every   int64 `json:"every"` // seconds from one pass's start to the next's
+	Grace   int64 `json:"grace"` // seconds before an unreferenced object is freed
 }
 
 // ScrubChange is AdminScrubSet's request: nil fields stay as they are;
@@ -102,6 +103,7 @@ type ScrubChange struct {
 	MaxRate *int64 `json:"max_rate,omitempty"`
 	Paused  *bool  `json:"paused,omitempty"`
 	Every   *int64 `json:"every,omitempty"`
+	Grace   *int64 `json:"grace,omitempty"`
 	Start   bool   `json:"start,omitempty"`
 }
 
@@ -116,8 +118,9 @@ type ScrubInfo struct {
 	Done    int `json:"done,omitempty"`
 	// Finished is when the last pass ended (unix seconds, 0: never);
 	// Checked, Repaired, Lost and Orphans what it found: objects checked,
-	// objects with a copy repaired, objects with no good copy, and copies
-	// of deleted images removed.
+	// objects with a copy repaired, objects with no good copy, and
+	// objects freed that nothing references (copies of deleted images,
+	// and objects a crash left out of their image's index).
 	Finished int64 `json:"finished,omitempty"`
 	Checked  int   `json:"checked"`
 	Repaired int   `json:"repaired"`

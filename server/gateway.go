@@ -597,6 +597,9 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		if c := a.Scrub; c.Every != nil {
 			conf.Every = *c.Every
 		}
+		if c := a.Scrub; c.Grace != nil {
+			conf.Grace = *c.Grace
+		}
 		if a.Scrub.Start {
 			conf.Start++
 		}
@@ -860,7 +863,7 @@ func (n *Node) clusterInfo(ctx context.Context) proto.ClusterInfo {
 	ci := proto.ClusterInfo{Epoch: st.Epoch, Copies: st.Copies, FormatTime: st.Format,
 		Leader: n.cl.Leader(), VDIs: len(st.VDIs),
 		Throttle:      proto.RecoverySettings{MaxRate: st.Recovery.MaxRate, MaxParallel: st.Recovery.Parallel(), Paused: st.Recovery.Paused},
-		ScrubSettings: proto.ScrubSettings{MaxRate: st.Scrub.Rate(), Paused: st.Scrub.Paused, Every: st.Scrub.Interval()}}
+		ScrubSettings: proto.ScrubSettings{MaxRate: st.Scrub.Rate(), Paused: st.Scrub.Paused, Every: st.Scrub.Interval(), Grace: st.Scrub.GraceSeconds()}}
 	ci.Nodes = make([]proto.NodeInfo, len(st.Members))
 	var wg sync.WaitGroup
 	for i, m := range st.Members {

@@ -1538,14 +1538,20 @@ func (n *Node) localPunchOnce(ctx context.Context, oid ids.ObjectID, off, length
 	return err
 }
 
-// localRemove removes this node's replica of oid (the collector frees it).
-func (n *Node) localRemove(ctx context.Context, oid ids.ObjectID, epoch ids.Epoch) error {
+// localRemove removes this node's replica of oid (the collector frees it),
+// unless ifNotNewer is set and the copy's version is newer.
+func (n *Node) localRemove(ctx context.Context, oid ids.ObjectID, epoch ids.Epoch, ifNotNewer ids.Version) error {
 	n.rec.catchUp()
 	unlock, err := n.rec.locks.lock(ctx, oid)
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	if ifNotNewer != 0 {
+		if m, err := n.store.Stat(oid); err == nil && m.Version > ifNotNewer {
+			return errs.E(errs.Exists, "remove %v: written since version %v", oid, ifNotNewer)
+		}
+	}
 	err = n.rec.change(epoch, func() error { return n.store.Remove(oid) })
 	if err == nil {
 		n.rec.forget(oid)

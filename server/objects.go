@@ -155,9 +155,17 @@ func (r *replicated) Punch(ctx context.Context, oid ids.ObjectID, copies int, of
 
 // Remove implements vdi.Objects.
 func (r *replicated) Remove(ctx context.Context, oid ids.ObjectID, copies int) error {
-	req := proto.Msg{Header: proto.Header{Op: proto.OpRemoveObj}}
+	return r.RemoveIfNotNewer(ctx, oid, copies, 0)
+}
+
+// RemoveIfNotNewer is Remove, except that a replica whose copy has a
+// version newer than ver (nonzero) keeps it: something wrote it since the
+// caller decided. A write to a replica that removed its copy meanwhile
+// fetches the kept one first.
+func (r *replicated) RemoveIfNotNewer(ctx context.Context, oid ids.ObjectID, copies int, ver ids.Version) error {
+	req := proto.Msg{Header: proto.Header{Op: proto.OpRemoveObj, Offset: uint64(ver)}}
 	return r.change(ctx, oid, copies, req, func(epoch ids.Epoch, _ ids.Version) error {
-		return r.n.localRemove(ctx, oid, epoch)
+		return r.n.localRemove(ctx, oid, epoch, ver)
 	})
 }
 

@@ -199,7 +199,7 @@ func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, e
 			resp.Flags |= proto.FlagCurrent
 		}
 	case proto.OpRemoveObj:
-		if err := n.localRemove(ctx, oid, req.Epoch); err != nil {
+		if err := n.localRemove(ctx, oid, req.Epoch, ids.Version(req.Offset)); err != nil {
 			return nil, err
 		}
 	case proto.OpSyncObjs:

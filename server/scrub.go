@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sheepfs/sheepfs/cluster"
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/ids"
 	"github.com/sheepfs/sheepfs/objstore"
@@ -159,6 +160,7 @@ func (n *Node) scrubPass(stop <-chan struct{}) {
 		}
 		n.setScrub(func(i *proto.ScrubInfo) { i.Done++ })
 	}
+	res.Orphans += n.freeUnreferencedObjects(stop, mine)
 	for _, oid := range orphans {
 		err := n.rec.removeLocked(oid, func() error {
 			if copiesOf(n.cl.State(), oid) != 0 {
@@ -179,4 +181,66 @@ func (n *Node) scrubPass(stop <-chan struct{}) {
 	n.scrub.mu.Unlock()
 	n.saveScrub()
 	n.log.Info().Int("checked", res.Checked).Int("repaired", res.Repaired).Int("lost", res.Lost).Int("orphans", res.Orphans).Msg("scrub: pass finished")
+}
+
+// freeUnreferencedObjects frees, of oids (objects this node is first to
+// place), the data objects of a writable VDI's current image that its
+// index does not reference and that nothing wrote for the grace period: a
+// crash between an object's creation and its index entry leaves such
+// objects. The current image of a writable VDI has no descendants, so its
+// own index is the only one that can reference its objects; a write in
+// flight creates its object and sets the entry within a minute, far
+// inside the grace. It returns how many it freed.
+func (n *Node) freeUnreferencedObjects(stop <-chan struct{}, oids []ids.ObjectID) int {
+	st := n.cl.State()
+	live := map[ids.VDIID]*cluster.VDI{}
+	for _, v := range st.VDIs {
+		if !v.IsSnapshot() && len(st.Children(v.Image)) == 0 {
+			live[v.Image] = v
+		}
+	}
+	grace := time.Duration(st.Scrub.GraceSeconds()) * time.Second
+	freed := 0
+	for _, oid := range oids {
+		select {
+		case <-stop:
+			return freed
+		default:
+		}
+		v, ok := live[oid.VDI()]
+		if oid.IsIndex() || !ok {
+			continue
+		}
+		m, err := n.store.Stat(oid)
+		if err != nil || time.Since(time.Unix(0, int64(m.Version))) < grace {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		if n.unreferenced(ctx, v, oid) {
+			// A copy written since (a grow and a write racing this
+			// check) is kept.
+			if err := n.objs.RemoveIfNotNewer(ctx, oid, v.Copies, m.Version); err == nil {
+				freed++
+				n.log.Warn().Stringer("oid", oid).Str("vdi", v.Name).Msg("scrub: freed an object its VDI's index does not reference")
+			} else {
+				n.log.Warn().Stringer("oid", oid).Err(err).Msg("scrub: cannot free an unreferenced object")
+			}
+		}
+		cancel()
+	}
+	return freed
+}
+
+// unreferenced reports whether data object oid of writable VDI v is past
+// its end or not in its image's own index, as stored now.
+func (n *Node) unreferenced(ctx context.Context, v *cluster.VDI, oid ids.ObjectID) bool {
+	cur, ok := n.cl.State().VDIs[v.Name]
+	if !ok || cur.Image != v.Image {
+		return false // deleted, rolled back or snapshotted meanwhile: next pass
+	}
+	if oid.Index() >= vdi.NumObjects(cur.Size) {
+		return true
+	}
+	own, err := vdi.OwnEntry(ctx, n.objs, v.Image, v.Copies, oid.Index())
+	return err == nil && !own
 }

@@ -492,6 +492,22 @@ func (v *Volume) OwnObjects(ctx context.Context, fn func(oid ids.ObjectID) error
 	return nil
 }
 
+// OwnEntry reads, from the stored index of image img (copies replicas),
+// whether the entry of object idx names img itself: whether img's own
+// index references its data object idx. It reads the index, not a cache.
+func OwnEntry(ctx context.Context, objs Objects, img ids.VDIID, copies int, idx uint32) (bool, error) {
+	oid, off := indexLoc(img, idx)
+	var b [entrySize]byte
+	err := objs.Read(ctx, oid, copies, off, b[:])
+	if errs.Is(err, errs.NotFound) {
+		return false, nil // no index object: nothing set
+	}
+	if err != nil {
+		return false, err
+	}
+	return binary.LittleEndian.Uint32(b[:]) == uint32(img), nil
+}
+
 // Reads calls fn with every object a read of the VDI may use: each
 // allocated data object (its own, or an ancestor's it shares), then the
 // index objects of its image and of its ancestors (which may not exist).
