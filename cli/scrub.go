@@ -7,6 +7,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/sheepfs/sheepfs/cluster"
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/fs"
 	"github.com/sheepfs/sheepfs/proto"
@@ -17,7 +18,7 @@ type ClusterScrubCmd struct {
 	Status  string        `arg:"" optional:"" enum:"status," default:"" help:"Only show each node's scrub (the default when no setting is given)."`
 	MaxRate string        `help:"Most bytes per second each node's scrub reads, e.g. 20MB/s (0: the default, 16 MiB/s)." placeholder:"RATE"`
 	Every   time.Duration `help:"Time from the start of one pass to the start of the next (default 168h)." placeholder:"DURATION"`
-	Grace   time.Duration `help:"How long after its last write an object that no index references is freed (default 1h)." placeholder:"DURATION"`
+	Grace   time.Duration `help:"How long after its last write an object that no index references is freed (default 1h, at least 10m); it is freed at the second pass that finds it so." placeholder:"DURATION"`
 	Start   bool          `help:"Start a pass on every node now."`
 	Pause   bool          `help:"Stop the scrub (a pass under way stops where it is)." xor:"pause"`
 	Resume  bool          `help:"Resume the scrub." xor:"pause"`
@@ -42,8 +43,8 @@ func (c *ClusterScrubCmd) Run(g *Globals) error {
 		s := max(int64(c.Every/time.Second), 1)
 		ch.Every, set = &s, true
 	}
-	if c.Grace < 0 {
-		return errs.E(errs.Invalid, "--grace must not be negative")
+	if c.Grace < 0 || c.Grace > 0 && c.Grace < cluster.MinScrubGrace*time.Second {
+		return errs.E(errs.Invalid, "--grace must be at least %v", cluster.MinScrubGrace*time.Second)
 	}
 	if c.Grace > 0 {
 		g := max(int64(c.Grace/time.Second), 1)

@@ -56,7 +56,7 @@ func New(addrs []string, opts Options) *Client {
 		rand.Read(b[:])
 		opts.Mount = ids.MountID("m" + hex.EncodeToString(b[:]))
 	}
-	return &Client{addrs: addrs, opts: opts, pc: proto.NewClientDial(addrs[0], opts.Dial), locks: map[string]bool{}}
+	return &Client{addrs: addrs, opts: opts, pc: proto.NewClientOnce(addrs[0], opts.Dial), locks: map[string]bool{}}
 }
 
 // Mount returns the client's mount ID.
@@ -91,7 +91,9 @@ func (c *Client) failover(gen uint64) {
 	}
 	c.pc.Close()
 	c.cur = (c.cur + 1) % len(c.addrs)
-	c.pc = proto.NewClientDial(c.addrs[c.cur], c.opts.Dial)
+	// A new connection, never a redial of the old one: its locks are
+	// taken again (ensureLocks) before any request goes on it.
+	c.pc = proto.NewClientOnce(c.addrs[c.cur], c.opts.Dial)
 	c.gen++
 }
 

@@ -154,7 +154,13 @@ func (c ScrubConf) Interval() int64 {
 	return c.Every
 }
 
-func (c ScrubConf) valid() bool { return c.MaxRate >= 0 && c.Every >= 0 && c.Grace >= 0 }
+func (c ScrubConf) valid() bool {
+	return c.MaxRate >= 0 && c.Every >= 0 && (c.Grace == 0 || c.Grace >= MinScrubGrace)
+}
+
+// MinScrubGrace bounds ScrubConf.Grace from below: far longer than a write
+// takes from an object's creation to its index entry.
+const MinScrubGrace = 600
 
 // Lock is a VDI's write lock: who holds it and through which node.
 type Lock struct {
@@ -723,7 +729,7 @@ func applyCmd(s *State, c *Command) (*State, Result) {
 		n.Recovery = r
 	case CmdScrub:
 		if c.Scrub == nil || !c.Scrub.valid() {
-			return s, Result{Err: errs.E(errs.Invalid, "scrub: settings missing, or a negative rate or interval")}
+			return s, Result{Err: errs.E(errs.Invalid, "scrub: settings missing, a negative rate or interval, or a grace period under %d s", MinScrubGrace)}
 		}
 		if *c.Scrub == s.Scrub {
 			return s, Result{}

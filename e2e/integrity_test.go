@@ -561,6 +561,8 @@ func TestWireDamageRetried(t *testing.T) {
 // a scrub pass once nothing wrote them for the grace period; one written
 // within it, and the VDI's real data, stay.
 func TestScrubFreesUnreferenced(t *testing.T) {
+	// Freed at the second pass that finds it so, 2 s after the first.
+	t.Setenv("SHEEP_SCRUB_CONFIRM", "2")
 	requireEnv(t)
 	c := NewCluster(t, 3, 3)
 	m := c.Mount(c.Nodes[0].Addr())
@@ -596,22 +598,32 @@ func TestScrubFreesUnreferenced(t *testing.T) {
 		return oid.String()
 	}
 	inside, past, young := plant(5, old), plant(20, old), plant(6, fresh)
-	start := time.Now().Unix()
-	if r := c.Sheep("cluster", "scrub", "--max-rate", "400MB/s", "--start"); r.Code != 0 {
-		t.Fatalf("cluster scrub --start: %v", r)
-	}
-	if !waitFor(2*time.Minute, func() bool {
-		var sj scrubJSON
-		c.SheepJSON(&sj, "cluster", "scrub")
-		for _, n := range sj.Nodes {
-			if n.Scrub.Finished < start || n.Scrub.State == "scrubbing" {
-				return false
-			}
+	pass := func() {
+		t.Helper()
+		start := time.Now().Unix()
+		if r := c.Sheep("cluster", "scrub", "--max-rate", "400MB/s", "--start"); r.Code != 0 {
+			t.Fatalf("cluster scrub --start: %v", r)
 		}
-		return true
-	}) {
-		t.Fatal("scrub passes did not finish")
+		if !waitFor(2*time.Minute, func() bool {
+			var sj scrubJSON
+			c.SheepJSON(&sj, "cluster", "scrub")
+			for _, n := range sj.Nodes {
+				if n.Scrub.Finished < start || n.Scrub.State == "scrubbing" {
+					return false
+				}
+			}
+			return true
+		}) {
+			t.Fatal("scrub passes did not finish")
+		}
 	}
+	pass()
+	// One pass finds them; they are freed only by a later one.
+	if files := c.ObjectFiles(); len(files[inside]) != 3 {
+		t.Fatalf("an unreferenced object was freed at the first pass that found it: %v", files[inside])
+	}
+	time.Sleep(3 * time.Second)
+	pass()
 	files := c.ObjectFiles()
 	for _, oid := range []string{inside, past} {
 		if len(files[oid]) != 0 {

@@ -113,6 +113,16 @@ func FormatClusterInfo(ci proto.ClusterInfo) []byte {
 		}
 		fmt.Fprintf(&b, "throttle:   %s\n", FormatThrottle(ci.Throttle))
 		fmt.Fprintf(&b, "scrub:      %s\n", FormatScrubSummary(ci))
+		for _, n := range ci.Nodes {
+			sc := n.Scrub
+			switch {
+			case sc.State == "scrubbing":
+				fmt.Fprintf(&b, "            %s: scrubbing, %s of %s objects; last pass finished %s\n", n.ID, Count(sc.Done), Count(sc.Objects), FormatWhen(sc.Finished))
+			case sc.Finished != 0:
+				fmt.Fprintf(&b, "            %s: last pass finished %s: %s objects checked, %s repaired, %s lost, %s freed\n",
+					n.ID, FormatWhen(sc.Finished), Count(sc.Checked), Count(sc.Repaired), Count(sc.Lost), Count(sc.Orphans))
+			}
+		}
 		var found proto.IntegrityInfo
 		for _, n := range ci.Nodes {
 			found.Damaged += n.Integrity.Damaged

@@ -129,6 +129,7 @@ func Open(opts Options) (*Set, error) {
 	var lost []ids.ObjectID
 	for _, d := range s.disks {
 		lost = append(lost, d.st.Missing()...)
+		lost = append(lost, d.st.Damaged()...) // dropped at open: fetched again
 		if old := s.ids[d.path]; old != "" && old != d.id && !s.legacy(d.path) {
 			ip := filepath.Join(opts.Dir, "md", old+".db")
 			if gone, err := objstore.ListIndex(ip); err == nil {
@@ -351,6 +352,16 @@ func (s *Set) ReadSparse(oid ids.ObjectID, buf []byte, maxExtents int) ([]objsto
 		return err
 	})
 	return exts, m, err
+}
+
+// Patch is objstore.Store.Patch on the disk holding oid.
+func (s *Set) Patch(oid ids.ObjectID, exts []objstore.Extent, data []byte) (int, error) {
+	var n int
+	err := s.with(oid, "patch", func(st *objstore.Store) (err error) {
+		n, err = st.Patch(oid, exts, data)
+		return err
+	})
+	return n, err
 }
 
 // Check is objstore.Store.Check on the disk holding oid.

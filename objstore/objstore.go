@@ -495,20 +495,26 @@ func (s *Store) changeSummed(oid ids.ObjectID, f File, off, n int64, data []byte
 		ne[b-b0] = entry{prev: es[b-b0].cur, cur: v}
 	}
 	if err := s.writeEntries(f, b0, ne); err != nil {
+		s.unsettle(oid) // some entries may be new, their blocks old
 		return objErr("write checksums of", oid, err)
 	}
 	if err := do(); err != nil {
 		// The blocks may hold the old bytes or the new: settle again
 		// before the next change counts on cur.
-		s.mu.Lock()
-		if info, ok := s.objects[oid]; ok {
-			info.settled = false
-			s.objects[oid] = info
-		}
-		s.mu.Unlock()
+		s.unsettle(oid)
 		return objErr("write", oid, err)
 	}
 	return nil
+}
+
+// unsettle marks oid's entries as not known to match cur.
+func (s *Store) unsettle(oid ids.ObjectID) {
+	s.mu.Lock()
+	if info, ok := s.objects[oid]; ok {
+		info.settled = false
+		s.objects[oid] = info
+	}
+	s.mu.Unlock()
 }
 
 // settleOnce settles oid's entries (see settle) on its first change since

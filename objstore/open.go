@@ -173,7 +173,8 @@ func (s *Store) reconcileDir(i int, indexed map[ids.ObjectID]Meta, changes map[i
 			return diskErr(err, "objstore: open %s: stat object %v", s.dir, oid)
 		}
 		switch {
-		case s.noSums && fi.Size() < s.fileSize():
+		case s.noSums && fi.Size() <= s.fileSize():
+			// (also a file whose migration a crash stopped: redone)
 			// A store from before checksums: add them.
 			if fi, err = s.addSums(path, oid); err != nil {
 				return err

@@ -118,8 +118,9 @@ func (s *Store) readSparse(oid ids.ObjectID, buf []byte, maxExtents int) ([]Exte
 		return nil, Meta{}, nil, err
 	}
 	sums := s.extentSums(oid, exts, buf)
+	settled := s.settled(oid)
 	for b, v := range sums {
-		if !es[b].matches(v) {
+		if !es[b].good(v, settled) {
 			return nil, Meta{}, nil, s.corruptErr(oid, "block %d (bytes %d-%d) fails its checksum", b, int64(b)*SumBlock, int64(b+1)*SumBlock-1)
 		}
 	}

@@ -74,6 +74,22 @@ type entry struct{ prev, cur uint32 }
 
 func (e entry) matches(v uint32) bool { return v == e.cur || v == e.prev }
 
+// good reports whether a block summing to v is good: it matches cur, or,
+// for an object not settled since the store opened (a crash may have
+// stopped a change between its entry and its data), prev.
+func (e entry) good(v uint32, settled bool) bool {
+	return v == e.cur || !settled && v == e.prev
+}
+
+// settled reports whether oid's entries are settled in this process: then
+// every block matches its entry's cur (changes complete under the stripe
+// lock held exclusively), and a block that matches only prev is stale.
+func (s *Store) settled(oid ids.ObjectID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.objects[oid].settled
+}
+
 // trailerSize is the bytes of an object's trailer.
 func (s *Store) trailerSize() int64 { return s.objSize / SumBlock * entrySize }
 
@@ -122,9 +138,10 @@ func (s *Store) writeEntries(f File, b0 int64, es []entry) error {
 // verify checks data, the whole blocks b0... of oid, against their
 // entries.
 func (s *Store) verify(oid ids.ObjectID, b0 int64, data []byte, es []entry) error {
+	settled := s.settled(oid)
 	for i := range es {
 		b := data[int64(i)*SumBlock : int64(i+1)*SumBlock]
-		if v := blockSum(oid, b0+int64(i), b); !es[i].matches(v) {
+		if v := blockSum(oid, b0+int64(i), b); !es[i].good(v, settled) {
 			return s.corruptErr(oid, "block %d (bytes %d-%d) fails its checksum", b0+int64(i),
 				(b0+int64(i))*SumBlock, (b0+int64(i)+1)*SumBlock-1)
 		}
@@ -198,6 +215,39 @@ func (s *Store) settle(oid ids.ObjectID, f File) error {
 	return nil
 }
 
+// collapse makes every entry of oid, a settled object whose changes are
+// durable (Sync calls it after their fdatasync), hold its cur alone: a
+// block that later reads back as what it held before its last write (a
+// disk that lost that write) then fails, and the next start has nothing
+// to settle.
+func (s *Store) collapse(oid ids.ObjectID) {
+	l := s.lock(oid)
+	l.Lock()
+	defer l.Unlock()
+	if !s.settled(oid) {
+		return
+	}
+	h, _, err := s.acquire(oid)
+	if err != nil {
+		return // removed meanwhile, or unreadable: a read will say
+	}
+	defer s.release(h)
+	es, err := s.readEntries(oid, h.f, 0, s.objSize/SumBlock)
+	if err != nil {
+		return
+	}
+	changed := false
+	for i := range es {
+		if es[i].prev != es[i].cur {
+			es[i].prev = es[i].cur
+			changed = true
+		}
+	}
+	if changed {
+		_ = s.writeEntries(h.f, 0, es) // on failure the two sums stay: still correct
+	}
+}
+
 // extentSums returns the sum of every block of object oid holding the
 // extents exts (sorted, disjoint), whose bytes are data one after the
 // other, and zeros elsewhere.
@@ -237,4 +287,82 @@ func alignedBlocks(n int) []byte {
 	b := make([]byte, n+directAlign)
 	skip := (directAlign - int(uintptr(unsafe.Pointer(unsafe.SliceData(b)))%directAlign)) % directAlign
 	return b[skip : skip+n : skip+n]
+}
+
+// Patch repairs object oid from another copy of it: exts (sorted,
+// disjoint) hold that copy's bytes, data one after the other, zeros
+// elsewhere, and the caller has verified them. Every block of oid that
+// fails its checksum here is replaced by the other copy's block; blocks
+// that are good here stay, so a write this copy has and the other does not
+// yet is kept. The version and epoch do not change. It returns how many
+// blocks it replaced. errs.Corrupt if the file is missing or not the size
+// of an object with its checksums (then only a whole Replace helps).
+func (s *Store) Patch(oid ids.ObjectID, exts []Extent, data []byte) (int, error) {
+	if err := s.begin("patch"); err != nil {
+		return 0, err
+	}
+	defer s.end()
+	l := s.lock(oid)
+	l.Lock()
+	defer l.Unlock()
+	h, _, err := s.acquire(oid)
+	if err == errAbsent {
+		return 0, notFound("patch", oid)
+	}
+	if err != nil {
+		return 0, objErr("patch", oid, err)
+	}
+	defer s.release(h)
+	if fi, err := h.f.Stat(); err != nil {
+		return 0, objErr("patch", oid, err)
+	} else if fi.Size() != s.fileSize() {
+		return 0, s.corruptErr(oid, "file of %d bytes, not %d", fi.Size(), s.fileSize())
+	}
+	if err := s.settleOnce(oid, h.f); err != nil {
+		return 0, err
+	}
+	nb := s.objSize / SumBlock
+	es, err := s.readEntries(oid, h.f, 0, nb)
+	if err != nil {
+		return 0, err
+	}
+	theirs := s.extentSums(oid, exts, data)
+	block := make([]byte, SumBlock)
+	patched := 0
+	for b := int64(0); b < nb; b++ {
+		if _, err := h.f.ReadAt(block, b*SumBlock); err != nil {
+			return patched, objErr("read", oid, err)
+		}
+		if es[b].good(blockSum(oid, b, block), true) {
+			continue
+		}
+		// Their block: from the extents, zeros in their holes.
+		clear(block)
+		pos := int64(0)
+		for _, e := range exts {
+			lo, hi := max(e.Off, b*SumBlock), min(e.Off+e.Len, (b+1)*SumBlock)
+			if lo < hi {
+				copy(block[lo-b*SumBlock:], data[pos+lo-e.Off:pos+hi-e.Off])
+			}
+			pos += e.Len
+		}
+		v := theirs[b]
+		if err := s.writeEntries(h.f, b, []entry{{v, v}}); err != nil {
+			s.unsettle(oid)
+			return patched, objErr("write checksums of", oid, err)
+		}
+		if _, err := h.f.WriteAt(block, b*SumBlock); err != nil {
+			s.unsettle(oid)
+			return patched, objErr("write", oid, err)
+		}
+		patched++
+	}
+	if patched > 0 {
+		s.mu.Lock()
+		info := s.objects[oid]
+		s.dirty[oid] = dirtyEntry{meta: info.Meta, data: true}
+		s.stale[oid] = struct{}{}
+		s.mu.Unlock()
+	}
+	return patched, nil
 }

@@ -87,6 +87,12 @@ func (s *Store) syncBatch() error {
 		s.requeue(batch, dirs)
 		return err
 	}
+	// The changes are durable: each object's blocks match their cur.
+	for oid, e := range batch {
+		if e.data && !e.removed {
+			s.collapse(oid)
+		}
+	}
 	clear(batch)
 	s.mu.Lock()
 	s.spare = batch

@@ -26,6 +26,19 @@ type Client struct {
 
 	mu   sync.Mutex
 	conn *clientConn
+	// once: the client dials one connection only; once it is dead,
+	// calls fail with a transport error instead of dialing again (see
+	// NewClientOnce).
+	once, dialed bool
+}
+
+// NewClientOnce is NewClientDial for a client that uses one connection
+// only: after it breaks (or Close), every call fails with a transport
+// error. For callers that keep state per connection (the write locks a
+// gateway ties to the connection they were taken through), which a
+// silent redial would lose.
+func NewClientOnce(addr string, dial DialFunc) *Client {
+	return &Client{addr: addr, dial: dial, once: true}
 }
 
 // DialFunc connects to addr: over TLS with the cluster's key (see package
@@ -76,6 +89,10 @@ func (c *Client) get(ctx context.Context) (*clientConn, error) {
 		}
 		c.conn = nil
 	}
+	if c.once && c.dialed {
+		return nil, errs.E(errs.IO, "connection to %s: %w", c.addr, transportError{errors.New("closed; not dialing again")})
+	}
+	c.dialed = true
 	nc, err := c.connect(ctx)
 	if err != nil {
 		if errs.Is(err, errs.Denied) {
@@ -209,11 +226,12 @@ func (c *Client) CallInto(ctx context.Context, req *Msg, dst []byte) (*Msg, erro
 }
 
 // Close drops the connection; in-flight calls fail. The client may be used
-// again (it redials).
+// again (it redials), unless made by NewClientOnce.
 func (c *Client) Close() {
 	c.mu.Lock()
 	cc := c.conn
 	c.conn = nil
+	c.dialed = true
 	c.mu.Unlock()
 	if cc != nil {
 		cc.fail(errs.E(errs.Closed, "%w", transportError{errors.New("client closed")}))

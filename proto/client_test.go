@@ -536,3 +536,32 @@ func TestTransportErrors(t *testing.T) {
 		t.Fatalf("refused dial: %v, want a transport I/O failure", err)
 	}
 }
+
+// TestClientOnceDoesNotRedial: a client made by NewClientOnce uses its one
+// connection; after it breaks, calls fail with a transport error and the
+// server sees no second connection (whoever holds state per connection
+// must make a new client, and take that state again).
+func TestClientOnceDoesNotRedial(t *testing.T) {
+	answer := echo(func(*proto.Msg) time.Duration { return 0 })
+	_, ln := startServer(t, "", proto.HandlerFunc(func(ctx context.Context, c *proto.Conn, req *proto.Msg) *proto.Msg {
+		if req.ID == 2 {
+			c.NetConn().Close() // the connection breaks
+		}
+		return answer(ctx, c, req)
+	}))
+	c := proto.NewClientOnce(ln.Addr().String(), nil)
+	defer c.Close()
+	if _, err := c.Call(context.Background(), &proto.Msg{Header: proto.Header{Op: proto.OpVDIRead, ID: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.Call(context.Background(), &proto.Msg{Header: proto.Header{Op: proto.OpVDIRead, ID: 2}})
+	if err == nil || !proto.IsTransport(err) {
+		t.Fatalf("call after the connection broke: %v, want a transport error", err)
+	}
+	if _, err := c.Call(context.Background(), &proto.Msg{Header: proto.Header{Op: proto.OpVDIRead, ID: 3}}); !proto.IsTransport(err) {
+		t.Fatalf("a later call: %v, want a transport error", err)
+	}
+	if n := ln.n.Load(); n != 1 {
+		t.Fatalf("the server accepted %d connections, want 1", n)
+	}
+}

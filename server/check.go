@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/sheepfs/sheepfs/cluster"
 	"github.com/sheepfs/sheepfs/errs"
@@ -21,18 +22,39 @@ import (
 // the most common digest among the newest), and has each of those nodes
 // replace its copy with a good one.
 
-// checkLocal verifies this node's copy of oid and, with fix, makes it good
-// if it is absent, damaged, older than want, or (from set) not from's.
+// checkSlots bounds the checks a node runs at once (each reads a whole
+// object into a 4 MiB buffer).
+var checkSlots = make(chan struct{}, 4)
+
+// checkLocal verifies this node's copy of oid and, with fix, makes it
+// good: a damaged copy gets the blocks that fail from a good one; an
+// absent copy, or one older than want, or (from set) one at version want
+// that differs from from's, is replaced whole from a node at want or
+// newer (from if set).
 func (n *Node) checkLocal(ctx context.Context, oid ids.ObjectID, fix bool, want ids.Version, from ids.NodeID) proto.ObjCheck {
+	select {
+	case checkSlots <- struct{}{}:
+		defer func() { <-checkSlots }()
+	case <-ctx.Done():
+		return proto.ObjCheck{Present: true, Error: ctx.Err().Error()}
+	}
 	n.rec.catchUp()
 	out := n.verifyLocal(oid)
 	if !fix || out.Error != "" && !out.Damaged {
 		return out
 	}
-	if out.Present && !out.Damaged && out.Version >= want && from == "" {
-		return out
+	mode := replaceAll
+	switch {
+	case out.Damaged:
+		mode = patchBlocks
+	case !out.Present, out.Version < want:
+	case from != "" && out.Version == want:
+		// Differs from the copies at the same version (the caller
+		// saw it twice): from's copy.
+	default:
+		return out // good, and at least as new as asked
 	}
-	if err := n.rec.repairFrom(ctx, oid, want, from); err != nil {
+	if err := n.rec.repairFrom(ctx, oid, want, from, mode); err != nil {
 		out.Error = err.Error()
 		return out
 	}
@@ -112,14 +134,23 @@ func (n *Node) checkObject(ctx context.Context, oid ids.ObjectID) proto.ObjectCh
 		return res
 	}
 	ts := targets(st, oid, c)
-	verdicts := make([]proto.ObjCheck, len(ts))
-	errsAt := make([]error, len(ts))
-	var wg sync.WaitGroup
-	for i, m := range ts {
-		wg.Go(func() { verdicts[i], errsAt[i] = n.checkAt(ctx, st, m, oid, false, 0, "") })
+	verdicts, errsAt := n.verdicts(ctx, st, ts, oid)
+	// Copies that look older or different may be a write in flight
+	// (writes to one object reach its replicas in any order): ask again
+	// a moment later, and act only on what is still so.
+	if needsSecondLook(verdicts, errsAt) {
+		select {
+		case <-time.After(2 * time.Second):
+		case <-ctx.Done():
+		}
+		st = n.cl.State()
+		ts = targets(st, oid, c)
+		verdicts, errsAt = n.verdicts(ctx, st, ts, oid)
 	}
-	wg.Wait()
 	var unknown []string
+	if len(ts) < c {
+		unknown = append(unknown, fmt.Sprintf("%d of its %d placement nodes are down", c-len(ts), c))
+	}
 	var newest ids.Version
 	good, present := 0, 0
 	for i, v := range verdicts {
@@ -138,6 +169,10 @@ func (n *Node) checkObject(ctx context.Context, oid ids.ObjectID) proto.ObjectCh
 		res.Status = "absent"
 		return res
 	}
+	if present == 0 {
+		res.Status, res.Detail = "unknown", "no copy among the nodes that answered: "+strings.Join(unknown, "; ")
+		return res
+	}
 	if good == 0 {
 		res.Status, res.Detail = "lost", "no node placing it has a good copy"
 		if len(unknown) > 0 {
@@ -150,21 +185,34 @@ func (n *Node) checkObject(ctx context.Context, oid ids.ObjectID) proto.ObjectCh
 		}
 		return res
 	}
-	// The most common digest among the newest good copies is the one to
-	// have: copies at one version must hold the same bytes.
+	// Copies at one version must hold the same bytes: a digest held by a
+	// strict majority of the newest good copies is the one to have. With
+	// no majority nothing is replaced (it is reported).
 	count := map[uint32]int{}
-	var best uint32
-	var from ids.NodeID
+	newestGood := 0
 	for i, v := range verdicts {
 		if errsAt[i] == nil && v.Present && !v.Damaged && v.Error == "" && v.Version == newest {
 			count[v.Digest]++
-			if count[v.Digest] > count[best] || from == "" {
-				best, from = v.Digest, ts[i].ID
-			}
+			newestGood++
+		}
+	}
+	var best uint32
+	var from ids.NodeID
+	majority := false
+	for d, k := range count {
+		if 2*k > newestGood {
+			best, majority = d, true
+		}
+	}
+	for i, v := range verdicts {
+		if errsAt[i] == nil && v.Present && !v.Damaged && v.Error == "" && v.Version == newest && v.Digest == best {
+			from = ts[i].ID
+			break
 		}
 	}
 	var bad []int
 	var why []string
+	split := false
 	for i, v := range verdicts {
 		if errsAt[i] != nil {
 			continue
@@ -178,12 +226,22 @@ func (n *Node) checkObject(ctx context.Context, oid ids.ObjectID) proto.ObjectCh
 			why = append(why, fmt.Sprintf("%s: %s", ts[i].ID, v.Error))
 		case v.Version < newest:
 			why = append(why, fmt.Sprintf("%s: version %v, older than %v", ts[i].ID, v.Version, newest))
+		case !majority:
+			split = true // reported below; nothing is replaced
+			continue
 		case v.Digest != best:
 			why = append(why, fmt.Sprintf("%s: differs from the other copies at version %v", ts[i].ID, newest))
 		default:
 			continue
 		}
 		bad = append(bad, i)
+	}
+	if split {
+		why = append(why, fmt.Sprintf("the copies at version %v differ and no digest has a majority: left as they are", newest))
+	}
+	if len(bad) == 0 && split {
+		res.Status, res.Detail = "degraded", strings.Join(why, "; ")
+		return res
 	}
 	if len(bad) == 0 {
 		res.Status = "ok"
@@ -195,7 +253,11 @@ func (n *Node) checkObject(ctx context.Context, oid ids.ObjectID) proto.ObjectCh
 	res.Detail = strings.Join(why, "; ")
 	var failed []string
 	for _, i := range bad {
-		v, err := n.checkAt(ctx, st, ts[i], oid, true, newest, from)
+		f := ids.NodeID("")
+		if verdicts[i].Present && !verdicts[i].Damaged && verdicts[i].Version == newest {
+			f = from // same version, other bytes: the majority's copy
+		}
+		v, err := n.checkAt(ctx, st, ts[i], oid, true, newest, f)
 		if err == nil && !v.Fixed {
 			err = errs.E(errs.Corrupt, "%s", v.Error)
 		}
@@ -206,6 +268,8 @@ func (n *Node) checkObject(ctx context.Context, oid ids.ObjectID) proto.ObjectCh
 	switch {
 	case len(failed) > 0:
 		res.Status, res.Detail = "degraded", res.Detail+"; not repaired: "+strings.Join(failed, "; ")
+	case split:
+		res.Status = "degraded"
 	case len(unknown) > 0:
 		res.Status, res.Detail = "unknown", res.Detail+"; repaired, but no answer from "+strings.Join(unknown, "; ")
 	default:
@@ -227,4 +291,38 @@ func (n *Node) fixAll(ctx context.Context, st *cluster.State, oid ids.ObjectID, 
 		}
 	}
 	return fixed
+}
+
+// verdicts asks each of ts for its verdict on oid.
+func (n *Node) verdicts(ctx context.Context, st *cluster.State, ts []cluster.Member, oid ids.ObjectID) ([]proto.ObjCheck, []error) {
+	verdicts := make([]proto.ObjCheck, len(ts))
+	errsAt := make([]error, len(ts))
+	var wg sync.WaitGroup
+	for i, m := range ts {
+		wg.Go(func() { verdicts[i], errsAt[i] = n.checkAt(ctx, st, m, oid, false, 0, "") })
+	}
+	wg.Wait()
+	return verdicts, errsAt
+}
+
+// needsSecondLook reports whether the verdicts disagree in a way a write
+// in flight explains: a copy missing, or copies at different versions or
+// with different digests. Damage does not need a second look.
+func needsSecondLook(verdicts []proto.ObjCheck, errsAt []error) bool {
+	var first *proto.ObjCheck
+	for i := range verdicts {
+		v := &verdicts[i]
+		if errsAt[i] != nil || v.Damaged || v.Error != "" {
+			continue
+		}
+		if !v.Present {
+			return true
+		}
+		if first == nil {
+			first = v
+		} else if v.Version != first.Version || v.Digest != first.Digest {
+			return true
+		}
+	}
+	return false
 }

@@ -135,7 +135,7 @@ func newHealer(n *Node) *healer {
 		starts: map[ids.ObjectID]ids.Epoch{}, doubt: map[ids.ObjectID]*want{},
 		misplaced: map[ids.ObjectID]recovery.Copy{}, inflight: map[ids.ObjectID]*pull{},
 		invDone: map[ids.NodeID]bool{}, lost: map[ids.ObjectID]struct{}{}, lostAt: map[ids.ObjectID]uint64{},
-		kick: make(chan struct{}, 1), hurryQ: make(chan ids.ObjectID, 64), fix: repairs{q: make(chan ids.ObjectID, 256)}}
+		kick: make(chan struct{}, 1), hurryQ: make(chan ids.ObjectID, 64), fix: repairs{q: make(chan ids.ObjectID, 256), pending: map[ids.ObjectID]bool{}}}
 	if b, err := os.ReadFile(h.path); err == nil {
 		if e, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil {
 			h.from = ids.Epoch(e)
@@ -690,6 +690,15 @@ var sparseBufSize = vdi.ObjectSize + proto.SparseHeaderSize(proto.MaxExtents)
 // with src's version, and returns the bytes moved.
 // A client waits on an urgent fetch: the source does not pace it.
 func (h *healer) fetch(ctx context.Context, st *cluster.State, oid ids.ObjectID, src cluster.Member, urgent bool) (int64, error) {
+	return h.fetchWith(ctx, st, oid, src, urgent, func(oe []objstore.Extent, data []byte, ver ids.Version) error {
+		return h.n.store.ReplaceSparse(oid, oe, data, ver, st.Epoch)
+	})
+}
+
+// fetchWith reads node src's copy of oid and hands it to use: its ranges,
+// their bytes, and its version.
+func (h *healer) fetchWith(ctx context.Context, st *cluster.State, oid ids.ObjectID, src cluster.Member, urgent bool,
+	use func(oe []objstore.Extent, data []byte, ver ids.Version) error) (int64, error) {
 	buf := proto.GetBuf(sparseBufSize)
 	defer proto.PutBuf(buf)
 	aux := uint64(0)
@@ -715,7 +724,7 @@ func (h *healer) fetch(ctx context.Context, st *cluster.State, oid ids.ObjectID,
 	for i, e := range exts {
 		oe[i] = objstore.Extent{Off: e.Off, Len: e.Len}
 	}
-	if err := h.n.store.ReplaceSparse(oid, oe, data, ids.Version(resp.Aux), st.Epoch); err != nil {
+	if err := use(oe, data, ids.Version(resp.Aux)); err != nil {
 		return 0, err
 	}
 	return int64(len(data)), nil

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/objstore"
 	"github.com/sheepfs/sheepfs/proto"
 	"github.com/sheepfs/sheepfs/vdi"
 )
@@ -28,15 +29,23 @@ type repairs struct {
 
 	logMu   sync.Mutex
 	lastLog time.Time
-	held    int // reports held back since lastLog
+	held    int                   // reports held back since lastLog
+	pending map[ids.ObjectID]bool // in q (at most its capacity)
 }
 
 // damaged is told that this node's copy of oid failed its checksums
 // (err says where); it reports it and queues a repair.
 func (h *healer) damaged(oid ids.ObjectID, err error) {
 	h.reportDamage(oid, err)
+	f := &h.fix
+	f.logMu.Lock()
+	defer f.logMu.Unlock()
+	if f.pending[oid] {
+		return // queued already
+	}
 	select {
-	case h.fix.q <- oid:
+	case f.q <- oid:
+		f.pending[oid] = true
 	default: // full: a later read queues it again
 	}
 }
@@ -70,24 +79,46 @@ func (h *healer) repairLoop(stop <-chan struct{}) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		_ = h.repair(ctx, oid)
 		cancel()
+		h.fix.logMu.Lock()
+		delete(h.fix.pending, oid)
+		h.fix.logMu.Unlock()
 	}
 }
 
-// repair replaces this node's copy of oid with another node's good one,
+// repairMode says what a repair takes from the good copy it fetches.
+type repairMode int
+
+const (
+	// patchBlocks replaces only the blocks that fail here (a damaged
+	// copy): a write this copy has and the source does not yet stays.
+	patchBlocks repairMode = iota
+	// replaceAll replaces the whole copy (an absent or older one).
+	replaceAll
+)
+
+// repair makes this node's damaged copy of oid good from another node's,
 // holding the object's lock: of the nodes that have it at this node's
 // version or newer, the newest first, the first whose copy reads whole
-// (a source verifies what it sends). errs.Corrupt if none does.
+// (a source verifies what it sends) gives the blocks that fail here.
+// errs.Corrupt if none can. A copy removed meanwhile needs nothing.
 func (h *healer) repair(ctx context.Context, oid ids.ObjectID) error {
-	return h.repairFrom(ctx, oid, 0, "")
+	return h.repairFrom(ctx, oid, 0, "", patchBlocks)
 }
 
-// repairFrom is repair asking only nodes at version want or newer, and
-// only node from if set. A copy absent here is fetched too.
-func (h *healer) repairFrom(ctx context.Context, oid ids.ObjectID, want ids.Version, from ids.NodeID) error {
+// repairFrom is repair asking only nodes at version want or newer, only
+// node from if set, and taking what mode says. With replaceAll a copy
+// absent here is fetched.
+func (h *healer) repairFrom(ctx context.Context, oid ids.ObjectID, want ids.Version, from ids.NodeID, mode repairMode) error {
 	return h.once(ctx, oid, func() error {
+		present := true
 		if mine, err := h.n.store.Stat(oid); err == nil {
 			want = max(want, mine.Version)
-		} else if !errs.Is(err, errs.NotFound) {
+		} else if errs.Is(err, errs.NotFound) {
+			if mode == patchBlocks {
+				return nil // removed meanwhile
+			}
+			present = false
+		} else {
 			return err
 		}
 		st := h.n.cl.State()
@@ -103,14 +134,24 @@ func (h *healer) repairFrom(ctx context.Context, oid ids.ObjectID, want ids.Vers
 		})
 		var last error = errs.E(errs.NotFound, "no other node has it at version %v or newer", want)
 		for _, i := range order {
-			if _, err := h.fetch(ctx, st, oid, nodes[i], true); err != nil {
+			_, err := h.fetchWith(ctx, st, oid, nodes[i], true, func(oe []objstore.Extent, data []byte, ver ids.Version) error {
+				if mode == patchBlocks && present {
+					_, err := h.n.store.Patch(oid, oe, data)
+					if !errs.Is(err, errs.Corrupt) {
+						return err
+					}
+					// The file is missing or cut short: the whole copy.
+				}
+				return h.n.store.ReplaceSparse(oid, oe, data, ver, st.Epoch)
+			})
+			if err != nil {
 				last = err
 				continue
 			}
 			// Read back: a disk that damages what it stores (or
 			// returns) has not been repaired.
 			buf := proto.GetBuf(vdi.ObjectSize)
-			_, _, err := h.n.store.Check(oid, buf)
+			_, _, err = h.n.store.Check(oid, buf)
 			proto.PutBuf(buf)
 			if err != nil {
 				last = err

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -30,7 +31,29 @@ type scrubState struct {
 	mu   sync.Mutex
 	info proto.ScrubInfo
 	rec  scrubRecord
+	// unref holds the objects earlier passes found unreferenced: the
+	// version then, and when (this node's clock). One is freed only if a
+	// pass at least scrubConfirm later finds it so again at the same
+	// version: a write that created it finishes its index entry (or
+	// fails) well within that, whatever the clocks of other nodes say.
+	unref map[ids.ObjectID]sighting
 }
+
+// sighting is when a pass first found an object unreferenced.
+type sighting struct {
+	ver  ids.Version
+	when time.Time
+}
+
+// scrubConfirm is the least time between the two passes that must find an
+// object unreferenced before it is freed: twice the longest a gateway
+// retries a write. SHEEP_SCRUB_CONFIRM (seconds) changes it, for tests.
+var scrubConfirm = func() time.Duration {
+	if s, err := strconv.Atoi(os.Getenv("SHEEP_SCRUB_CONFIRM")); err == nil && s >= 0 {
+		return time.Duration(s) * time.Second
+	}
+	return 2 * time.Minute
+}()
 
 // scrubRecord is kept in DIR/scrub across restarts.
 type scrubRecord struct {
@@ -201,6 +224,15 @@ func (n *Node) freeUnreferencedObjects(stop <-chan struct{}, oids []ids.ObjectID
 	}
 	grace := time.Duration(st.Scrub.GraceSeconds()) * time.Second
 	freed := 0
+	n.scrub.mu.Lock()
+	seen := n.scrub.unref
+	n.scrub.mu.Unlock()
+	now := map[ids.ObjectID]sighting{}
+	defer func() {
+		n.scrub.mu.Lock()
+		n.scrub.unref = now
+		n.scrub.mu.Unlock()
+	}()
 	for _, oid := range oids {
 		select {
 		case <-stop:
@@ -216,10 +248,20 @@ func (n *Node) freeUnreferencedObjects(stop <-chan struct{}, oids []ids.ObjectID
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		if n.unreferenced(ctx, v, oid) {
+		if !n.unreferenced(ctx, v, oid) {
+			cancel()
+			continue
+		}
+		first, ok := seen[oid]
+		if !ok || first.ver != m.Version {
+			first = sighting{m.Version, time.Now()}
+		}
+		now[oid] = first
+		if time.Since(first.when) >= scrubConfirm {
 			// A copy written since (a grow and a write racing this
 			// check) is kept.
 			if err := n.objs.RemoveIfNotNewer(ctx, oid, v.Copies, m.Version); err == nil {
+				delete(now, oid)
 				freed++
 				n.log.Warn().Stringer("oid", oid).Str("vdi", v.Name).Msg("scrub: freed an object its VDI's index does not reference")
 			} else {

@@ -494,15 +494,14 @@ func (v *Volume) OwnObjects(ctx context.Context, fn func(oid ids.ObjectID) error
 
 // OwnEntry reads, from the stored index of image img (copies replicas),
 // whether the entry of object idx names img itself: whether img's own
-// index references its data object idx. It reads the index, not a cache.
+// index references its data object idx. It reads the index, not a cache;
+// an index object that cannot be read (or is not found) is an error.
 func OwnEntry(ctx context.Context, objs Objects, img ids.VDIID, copies int, idx uint32) (bool, error) {
 	oid, off := indexLoc(img, idx)
 	var b [entrySize]byte
-	err := objs.Read(ctx, oid, copies, off, b[:])
-	if errs.Is(err, errs.NotFound) {
-		return false, nil // no index object: nothing set
-	}
-	if err != nil {
+	// No index object is an error too: the replicas that answered may be
+	// new holders that have not fetched it yet.
+	if err := objs.Read(ctx, oid, copies, off, b[:]); err != nil {
 		return false, err
 	}
 	return binary.LittleEndian.Uint32(b[:]) == uint32(img), nil
