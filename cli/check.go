@@ -60,8 +60,17 @@ func (ClusterCheckCmd) Run(g *Globals) error {
 // readsOf lists the objects a read of VDI or snapshot name may use.
 func (g *Globals) readsOf(name string) ([]ids.ObjectID, error) {
 	var oids []ids.ObjectID
-	err := g.admin(proto.AdminRequest{Cmd: proto.AdminVDIReads, Name: name}, &oids)
-	return oids, err
+	for off := uint64(0); ; {
+		var page proto.ReadsPage
+		if err := g.admin(proto.AdminRequest{Cmd: proto.AdminVDIReads, Name: name, Offset: off}, &page); err != nil {
+			return nil, err
+		}
+		oids = append(oids, page.Objects...)
+		if page.Next <= off {
+			return oids, nil
+		}
+		off = page.Next
+	}
 }
 
 // CheckSummary is what `vdi check` and `cluster check` print with --json.

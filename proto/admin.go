@@ -20,8 +20,9 @@ const (
 	AdminVDIObjects    = "vdi.objects"    // Name -> []string (object IDs it owns)
 	// AdminVDIReads lists every object a read of VDI or snapshot Name may
 	// use: its allocated data objects, its ancestors' it shares, and the
-	// index objects of its image and its ancestors'.
-	AdminVDIReads = "vdi.reads" // Name -> []ids.ObjectID
+	// index objects of its image and its ancestors', in pages of at most
+	// MaxReadsPage object numbers from Offset on.
+	AdminVDIReads = "vdi.reads" // Name, Offset -> ReadsPage
 	// AdminCheck checks Objects (at most MaxCheckObjects) on every node
 	// placing them, repairs what it can, and answers for each.
 	AdminCheck = "objects.check" // Objects, Copies -> []ObjectCheck
@@ -183,6 +184,17 @@ type AdminRequest struct {
 	// Objects for objects.check.
 	Objects []ids.ObjectID `json:"objects,omitempty"`
 }
+
+// ReadsPage is a page of AdminVDIReads: Next is the Offset of the next
+// page, 0 after the last.
+type ReadsPage struct {
+	Objects []ids.ObjectID `json:"objects"`
+	Next    uint64         `json:"next,omitempty"`
+}
+
+// MaxReadsPage is the object numbers one AdminVDIReads page looks at (its
+// answer stays well under MaxPayload).
+const MaxReadsPage = 1 << 16
 
 // MaxCheckObjects bounds the objects of one objects.check request.
 const MaxCheckObjects = 64

@@ -709,15 +709,19 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		if err != nil {
 			return nil, err
 		}
-		list := []ids.ObjectID{}
-		err = v.Reads(ctx, func(oid ids.ObjectID) error {
-			list = append(list, oid)
+		if a.Offset > uint64(^uint32(0)) {
+			return nil, errs.E(errs.Invalid, "object number %d", a.Offset)
+		}
+		page := proto.ReadsPage{Objects: []ids.ObjectID{}}
+		next, err := v.ReadsFrom(ctx, uint32(a.Offset), proto.MaxReadsPage, func(oid ids.ObjectID) error {
+			page.Objects = append(page.Objects, oid)
 			return nil
 		})
 		if err != nil {
 			return nil, err
 		}
-		out = list
+		page.Next = uint64(next)
+		out = page
 	case proto.AdminCheck:
 		if len(a.Objects) > proto.MaxCheckObjects {
 			return nil, errs.E(errs.TooLarge, "%d objects to check in one request, at most %d", len(a.Objects), proto.MaxCheckObjects)

@@ -511,27 +511,42 @@ func OwnEntry(ctx context.Context, objs Objects, img ids.VDIID, copies int, idx 
 // allocated data object (its own, or an ancestor's it shares), then the
 // index objects of its image and of its ancestors (which may not exist).
 func (v *Volume) Reads(ctx context.Context, fn func(oid ids.ObjectID) error) error {
+	_, err := v.ReadsFrom(ctx, 0, NumObjects(v.Info().Size)+1, fn)
+	return err
+}
+
+// ReadsFrom is Reads in pages: it looks at objects [from, from+count) and
+// returns where the next page starts, or 0 when this page reached the end
+// (the index objects come with the last page).
+func (v *Volume) ReadsFrom(ctx context.Context, from, count uint32, fn func(oid ids.ObjectID) error) (uint32, error) {
 	info := v.Info()
 	n := NumObjects(info.Size)
-	for idx := uint32(0); idx < n; idx++ {
+	end := n
+	if count < n-min(from, n) {
+		end = from + count
+	}
+	for idx := from; idx < end; idx++ {
 		owner, err := v.Owner(ctx, idx)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if owner != 0 {
 			if err := fn(ids.DataObject(owner, idx)); err != nil {
-				return err
+				return 0, err
 			}
 		}
+	}
+	if end < n {
+		return end, nil
 	}
 	for _, img := range append([]ids.VDIID{info.ID}, info.Chain...) {
 		for c := uint32(0); c*EntriesPerIndexObject < max(n, 1); c++ {
 			if err := fn(ids.IndexObject(img, c)); err != nil {
-				return err
+				return 0, err
 			}
 		}
 	}
-	return nil
+	return 0, nil
 }
 
 // Forget drops the cached index so that the next access reads it again

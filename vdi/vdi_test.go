@@ -613,3 +613,46 @@ func ExampleVolume() {
 	fmt.Printf("%s %08b %d\n", buf, bm[0], n)
 	// Output: sheep 00000011 2
 }
+
+// TestReadsInPages: ReadsFrom in pages of any size lists what Reads does,
+// the index objects with the last page; OwnEntry tells the VDI's own
+// objects from the others.
+func TestReadsInPages(t *testing.T) {
+	f := newFake()
+	v := Open(f, Info{ID: testVID, Size: 10 * ObjectSize, Copies: 2})
+	for _, idx := range []int64{0, 3, 4, 9} {
+		mustWrite(t, v, pattern(byte(idx), 100), idx*ObjectSize)
+	}
+	var all []ids.ObjectID
+	if err := v.Reads(context.Background(), func(oid ids.ObjectID) error { all = append(all, oid); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 5 { // four data objects, one index object
+		t.Fatalf("Reads: %v", all)
+	}
+	for _, size := range []uint32{1, 3, 4, 10, 100} {
+		var got []ids.ObjectID
+		from := uint32(0)
+		for pages := 0; ; pages++ {
+			next, err := v.ReadsFrom(context.Background(), from, size, func(oid ids.ObjectID) error { got = append(got, oid); return nil })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if next == 0 {
+				break
+			}
+			if next <= from || pages > 20 {
+				t.Fatalf("page size %d: next %d after %d", size, next, from)
+			}
+			from = next
+		}
+		if !slices.Equal(got, all) {
+			t.Errorf("pages of %d: %v, want %v", size, got, all)
+		}
+	}
+	for idx, want := range map[uint32]bool{0: true, 3: true, 1: false, 9: true} {
+		if own, err := OwnEntry(context.Background(), f, testVID, 2, idx); err != nil || own != want {
+			t.Errorf("OwnEntry(%d) = %v, %v; want %v", idx, own, err, want)
+		}
+	}
+}
