@@ -19,8 +19,11 @@
 // created since the last Sync come back from a crash with version 0.
 //
 // A Store is safe for concurrent use. Operations on different objects,
-// and reads and writes of one object, run in parallel; no I/O is done
-// under the store-wide mutex.
+// and reads of one object, run in parallel; changes of one object run one
+// at a time (see Write); no I/O is done under the store-wide mutex.
+//
+// Every 4 KiB block has a checksum, kept after the object's data in the
+// same file and verified on every read: see sums.go.
 package objstore
 
 import (
@@ -392,9 +395,11 @@ func (s *Store) ObjectSize() int64 { return s.objSize }
 // does not create the object; bytes outside [off, off+len(data)) are
 // untouched, bytes inside may be partly written.
 //
-// Writes to different objects, and to disjoint ranges of one object, run
-// in parallel. A Write costs one pwrite(2) when the object's descriptor
-// is cached.
+// Writes to different objects run in parallel; writes (and punches) to
+// one object run one at a time, and reads of it wait for them (a write
+// changes checksum entries a read must see with the data). A Write costs
+// a pread of its blocks' checksum entries and two pwrite(2) calls (entries,
+// then data) when the object's descriptor is cached.
 func (s *Store) Write(oid ids.ObjectID, off int64, data []byte, ver ids.Version, epoch ids.Epoch) error {
 	return s.write(oid, off, data, ver, epoch, true)
 }
