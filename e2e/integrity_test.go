@@ -227,6 +227,30 @@ type scrubJSON struct {
 	} `json:"nodes"`
 }
 
+// scrubPass starts a scrub pass on every node (at a high rate) and waits
+// until each has finished it; it returns the scrub's status then.
+func scrubPass(t *testing.T, c *Cluster) scrubJSON {
+	t.Helper()
+	start := time.Now().Unix()
+	if r := c.Sheep("cluster", "scrub", "--max-rate", "400MB/s", "--start"); r.Code != 0 {
+		t.Fatalf("cluster scrub --start: %v", r)
+	}
+	var sj scrubJSON
+	if !waitFor(2*time.Minute, func() bool {
+		sj = scrubJSON{}
+		c.SheepJSON(&sj, "cluster", "scrub")
+		for _, n := range sj.Nodes {
+			if n.Scrub.Finished < start || n.Scrub.State == "scrubbing" {
+				return false
+			}
+		}
+		return true
+	}) {
+		t.Fatalf("scrub passes did not finish: %+v", sj)
+	}
+	return sj
+}
+
 // TestScrubRepairs: copies damaged behind the daemons' backs on nodes no
 // mount reads through (bytes flipped, a file truncated, a file deleted)
 // are found by a scrub pass and repaired: afterwards every replica's file
@@ -261,29 +285,7 @@ func TestScrubRepairs(t *testing.T) {
 	}
 	damaged := objs[:5]
 
-	start := time.Now().Unix()
-	if res := c.Sheep("cluster", "scrub", "--max-rate", "400MB/s", "--start"); res.Code != 0 {
-		t.Fatalf("cluster scrub --start: %v", res)
-	}
-	var sj scrubJSON
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		sj = scrubJSON{}
-		c.SheepJSON(&sj, "cluster", "scrub")
-		done := 0
-		for _, n := range sj.Nodes {
-			if n.Scrub.Finished >= start && n.Scrub.State != "scrubbing" {
-				done++
-			}
-		}
-		if done == len(c.Nodes) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("scrub passes did not finish: %+v", sj)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	sj := scrubPass(t, c)
 	repaired, checked := 0, 0
 	for _, n := range sj.Nodes {
 		repaired += n.Scrub.Repaired
@@ -439,22 +441,8 @@ func TestFullDiskLeavesNoOrphans(t *testing.T) {
 	if r := c.Sheep("vdi", "delete", "full"); r.Code != 0 {
 		t.Fatalf("vdi delete: %v", r)
 	}
-	start := time.Now().Unix()
-	if r := c.Sheep("cluster", "scrub", "--max-rate", "400MB/s", "--start"); r.Code != 0 {
-		t.Fatalf("cluster scrub --start: %v", r)
-	}
-	var left []string
-	if !waitFor(2*time.Minute, func() bool {
-		var sj scrubJSON
-		c.SheepJSON(&sj, "cluster", "scrub")
-		for _, n := range sj.Nodes {
-			if n.Scrub.Finished < start || n.Scrub.State == "scrubbing" {
-				return false
-			}
-		}
-		left = mine()
-		return len(left) == 0
-	}) {
+	scrubPass(t, c)
+	if left := mine(); len(left) != 0 {
 		t.Fatalf("after the delete and a scrub pass, copies of the VDI's objects remain: %v", left)
 	}
 }
@@ -598,32 +586,13 @@ func TestScrubFreesUnreferenced(t *testing.T) {
 		return oid.String()
 	}
 	inside, past, young := plant(5, old), plant(20, old), plant(6, fresh)
-	pass := func() {
-		t.Helper()
-		start := time.Now().Unix()
-		if r := c.Sheep("cluster", "scrub", "--max-rate", "400MB/s", "--start"); r.Code != 0 {
-			t.Fatalf("cluster scrub --start: %v", r)
-		}
-		if !waitFor(2*time.Minute, func() bool {
-			var sj scrubJSON
-			c.SheepJSON(&sj, "cluster", "scrub")
-			for _, n := range sj.Nodes {
-				if n.Scrub.Finished < start || n.Scrub.State == "scrubbing" {
-					return false
-				}
-			}
-			return true
-		}) {
-			t.Fatal("scrub passes did not finish")
-		}
-	}
-	pass()
+	scrubPass(t, c)
 	// One pass finds them; they are freed only by a later one.
 	if files := c.ObjectFiles(); len(files[inside]) != 3 {
 		t.Fatalf("an unreferenced object was freed at the first pass that found it: %v", files[inside])
 	}
 	time.Sleep(3 * time.Second)
-	pass()
+	scrubPass(t, c)
 	files := c.ObjectFiles()
 	for _, oid := range []string{inside, past} {
 		if len(files[oid]) != 0 {

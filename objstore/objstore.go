@@ -219,34 +219,35 @@ func (s *Store) checkRange(op string, oid ids.ObjectID, off, n int64) error {
 	return nil
 }
 
-// acquire returns an open handle of oid, with a reference taken, and its
-// Meta; errAbsent if the object does not exist. The caller holds oid's
-// stripe lock and must release the handle.
-func (s *Store) acquire(oid ids.ObjectID) (*handle, Meta, error) {
+// acquire returns an open handle of oid, with a reference taken, and what
+// the store knows of it (its Meta, whether it is settled); errAbsent if
+// the object does not exist. The caller holds oid's stripe lock and must
+// release the handle.
+func (s *Store) acquire(oid ids.ObjectID) (*handle, objInfo, error) {
 	s.mu.Lock()
 	info, ok := s.objects[oid]
 	if !ok {
 		s.mu.Unlock()
-		return nil, Meta{}, errAbsent
+		return nil, objInfo{}, errAbsent
 	}
 	if h := s.fds.get(oid); h != nil {
 		s.mu.Unlock()
-		return h, info.Meta, nil
+		return h, info, nil
 	}
 	s.mu.Unlock()
 	f, err := s.fs.OpenFile(s.objPath(oid), os.O_RDWR, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		// Removed behind the store's back: the copy is damaged.
-		return nil, Meta{}, s.corruptErr(oid, "file missing")
+		return nil, objInfo{}, s.corruptErr(oid, "file missing")
 	}
 	if err != nil {
-		return nil, Meta{}, err
+		return nil, objInfo{}, err
 	}
 	s.mu.Lock()
 	h, dup, victim := s.fds.add(oid, f)
 	s.mu.Unlock()
 	closeFiles(dup, victim)
-	return h, info.Meta, nil
+	return h, info, nil
 }
 
 // release drops the reference acquire took.
@@ -475,7 +476,7 @@ func (s *Store) changeSummed(oid ids.ObjectID, f File, off, n int64, data []byte
 			continue
 		}
 		blk := make([]byte, SumBlock)
-		if err := s.readBlocks(oid, f, b, b+1, blk); err != nil {
+		if err := s.readBlocks(oid, f, b, b+1, blk, true); err != nil { // settled above
 			return err
 		}
 		lo, hi := max(bs, off), min(bs+SumBlock, off+n)
@@ -634,36 +635,36 @@ func (s *Store) Read(oid ids.ObjectID, off int64, buf []byte) (Meta, error) {
 	l := s.lock(oid)
 	l.RLock()
 	defer l.RUnlock()
-	h, m, err := s.acquire(oid)
+	h, info, err := s.acquire(oid)
 	if err == errAbsent {
 		return Meta{}, notFound("read", oid)
 	}
 	if err != nil {
 		return Meta{}, objErr("read", oid, err)
 	}
-	err = s.readVerified(oid, h.f, off, buf)
+	err = s.readVerified(oid, h.f, off, buf, info.settled)
 	s.release(h)
 	if err != nil {
 		return Meta{}, err
 	}
-	return m, nil
+	return info.Meta, nil
 }
 
 // readVerified reads buf at off from oid's file f, verifying every block
 // it touches: a block-aligned read goes straight into buf, another through
 // a scratch buffer of whole blocks.
-func (s *Store) readVerified(oid ids.ObjectID, f File, off int64, buf []byte) error {
+func (s *Store) readVerified(oid ids.ObjectID, f File, off int64, buf []byte, settled bool) error {
 	n := int64(len(buf))
 	if n == 0 {
 		return nil
 	}
 	b0, b1 := off/SumBlock, (off+n+SumBlock-1)/SumBlock
 	if off%SumBlock == 0 && n%SumBlock == 0 {
-		return s.readBlocks(oid, f, b0, b1, buf)
+		return s.readBlocks(oid, f, b0, b1, buf, settled)
 	}
 	tmp, put := scratch((b1 - b0) * SumBlock)
 	defer put()
-	if err := s.readBlocks(oid, f, b0, b1, tmp); err != nil {
+	if err := s.readBlocks(oid, f, b0, b1, tmp, settled); err != nil {
 		return err
 	}
 	copy(buf, tmp[off-b0*SumBlock:])

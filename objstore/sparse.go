@@ -73,7 +73,7 @@ func (s *Store) readSparse(oid ids.ObjectID, buf []byte, maxExtents int) ([]Exte
 	l := s.lock(oid)
 	l.RLock()
 	defer l.RUnlock()
-	h, m, err := s.acquire(oid)
+	h, info, err := s.acquire(oid)
 	if err == errAbsent {
 		return nil, Meta{}, nil, notFound("read", oid)
 	}
@@ -118,13 +118,12 @@ func (s *Store) readSparse(oid ids.ObjectID, buf []byte, maxExtents int) ([]Exte
 		return nil, Meta{}, nil, err
 	}
 	sums := s.extentSums(oid, exts, buf)
-	settled := s.settled(oid)
 	for b, v := range sums {
-		if !es[b].good(v, settled) {
+		if !es[b].good(v, info.settled) {
 			return nil, Meta{}, nil, s.corruptErr(oid, "block %d (bytes %d-%d) fails its checksum", b, int64(b)*SumBlock, int64(b+1)*SumBlock-1)
 		}
 	}
-	return exts, m, sums, nil
+	return exts, info.Meta, sums, nil
 }
 
 // openDirect opens path for O_DIRECT reads if buf is block-aligned and the

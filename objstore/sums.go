@@ -81,15 +81,6 @@ func (e entry) good(v uint32, settled bool) bool {
 	return v == e.cur || !settled && v == e.prev
 }
 
-// settled reports whether oid's entries are settled in this process: then
-// every block matches its entry's cur (changes complete under the stripe
-// lock held exclusively), and a block that matches only prev is stale.
-func (s *Store) settled(oid ids.ObjectID) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.objects[oid].settled
-}
-
 // trailerSize is the bytes of an object's trailer.
 func (s *Store) trailerSize() int64 { return s.objSize / SumBlock * entrySize }
 
@@ -137,8 +128,7 @@ func (s *Store) writeEntries(f File, b0 int64, es []entry) error {
 
 // verify checks data, the whole blocks b0... of oid, against their
 // entries.
-func (s *Store) verify(oid ids.ObjectID, b0 int64, data []byte, es []entry) error {
-	settled := s.settled(oid)
+func (s *Store) verify(oid ids.ObjectID, b0 int64, data []byte, es []entry, settled bool) error {
 	for i := range es {
 		b := data[int64(i)*SumBlock : int64(i+1)*SumBlock]
 		if v := blockSum(oid, b0+int64(i), b); !es[i].good(v, settled) {
@@ -166,9 +156,9 @@ func scratch(n int64) ([]byte, func()) {
 }
 
 // readBlocks reads whole blocks [b0, b1) of oid's file f into dst and
-// verifies them. A read past the end of the file (truncated) is
-// errs.Corrupt.
-func (s *Store) readBlocks(oid ids.ObjectID, f File, b0, b1 int64, dst []byte) error {
+// verifies them (see entry.good for settled). A read past the end of the
+// file (truncated) is errs.Corrupt.
+func (s *Store) readBlocks(oid ids.ObjectID, f File, b0, b1 int64, dst []byte, settled bool) error {
 	n, err := f.ReadAt(dst, b0*SumBlock)
 	if n < len(dst) {
 		if err == io.EOF || err == nil {
@@ -180,7 +170,7 @@ func (s *Store) readBlocks(oid ids.ObjectID, f File, b0, b1 int64, dst []byte) e
 	if err != nil {
 		return err
 	}
-	return s.verify(oid, b0, dst, es)
+	return s.verify(oid, b0, dst, es, settled)
 }
 
 // settle makes every entry of oid's file f hold one sum, the one its block
@@ -224,14 +214,14 @@ func (s *Store) collapse(oid ids.ObjectID) {
 	l := s.lock(oid)
 	l.Lock()
 	defer l.Unlock()
-	if !s.settled(oid) {
-		return
-	}
-	h, _, err := s.acquire(oid)
+	h, info, err := s.acquire(oid)
 	if err != nil {
 		return // removed meanwhile, or unreadable: a read will say
 	}
 	defer s.release(h)
+	if !info.settled {
+		return
+	}
 	es, err := s.readEntries(oid, h.f, 0, s.objSize/SumBlock)
 	if err != nil {
 		return

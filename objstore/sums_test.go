@@ -209,14 +209,7 @@ func TestOldStoreGainsChecksums(t *testing.T) {
 	// Make it an old store: no trailers (b even shorter), format 1.
 	os.Truncate(s.objPath(a), testObjSize)
 	os.Truncate(s.objPath(b), 105)
-	db, err := bolt.Open(dir+"/index.db", 0o644, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(configBucket).Put(keyFormat, binary.BigEndian.AppendUint64(nil, formatNoSums))
-	})
-	db.Close()
+	markFormat1(t, dir)
 
 	s = open(t, dir, Options{ObjectSize: testObjSize})
 	if got, _ := mustRead(t, s, a, 0, testObjSize); !bytes.Equal(got, da) {
@@ -231,7 +224,7 @@ func TestOldStoreGainsChecksums(t *testing.T) {
 		}
 	}
 	flip(t, s, a, 7)
-	_, err = s.Read(a, 0, make([]byte, 8))
+	_, err := s.Read(a, 0, make([]byte, 8))
 	mustCorrupt(t, "rot after the upgrade", err)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -240,6 +233,23 @@ func TestOldStoreGainsChecksums(t *testing.T) {
 	s = open(t, dir, Options{ObjectSize: testObjSize})
 	_, err = s.Read(a, 0, make([]byte, 8))
 	mustCorrupt(t, "rot after a reopen", err)
+}
+
+// markFormat1 records in the closed store at dir that its object files
+// have no checksums (a store from before them).
+func markFormat1(t *testing.T, dir string) {
+	t.Helper()
+	db, err := bolt.Open(dir+"/index.db", 0o644, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(configBucket).Put(keyFormat, binary.BigEndian.AppendUint64(nil, formatNoSums))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 // FuzzTrailer: whatever the checksum entries hold, a read returns the
@@ -341,14 +351,7 @@ func TestMigrationRedone(t *testing.T) {
 	raw, _ := os.ReadFile(s.objPath(oid))
 	clear(raw[testObjSize:])
 	os.WriteFile(s.objPath(oid), raw, 0o644)
-	db, err := bolt.Open(dir+"/index.db", 0o644, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(configBucket).Put(keyFormat, binary.BigEndian.AppendUint64(nil, formatNoSums))
-	})
-	db.Close()
+	markFormat1(t, dir)
 	s = open(t, dir, Options{ObjectSize: testObjSize})
 	if got, _ := mustRead(t, s, oid, 0, testObjSize); !bytes.Equal(got, data) {
 		t.Fatal("object reads wrong after the migration was redone")
