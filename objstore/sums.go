@@ -206,7 +206,8 @@ func (s *Store) settle(oid ids.ObjectID, f File) error {
 }
 
 // collapse makes every entry of oid, a settled object whose changes are
-// durable (Sync calls it after their fdatasync), hold its cur alone: a
+// durable (Sync calls it after their fdatasync, and it does nothing if the
+// object changed since), hold its cur alone: a
 // block that later reads back as what it held before its last write (a
 // disk that lost that write) then fails, and the next start has nothing
 // to settle.
@@ -219,7 +220,13 @@ func (s *Store) collapse(oid ids.ObjectID) {
 		return // removed meanwhile, or unreadable: a read will say
 	}
 	defer s.release(h)
-	if !info.settled {
+	s.mu.Lock()
+	_, changedSince := s.dirty[oid]
+	s.mu.Unlock()
+	if !info.settled || changedSince {
+		// Changed after the Sync took its batch: that change is not
+		// durable yet, and its block needs the sum from before it
+		// until it is. The next Sync collapses it.
 		return
 	}
 	es, err := s.readEntries(oid, h.f, 0, s.objSize/SumBlock)
