@@ -17,10 +17,12 @@ import (
 
 // Checking objects on all their replicas (sheep vdi check, cluster
 // check): the node asked reads every copy's verdict (OpCheckObj: present,
-// version, whole, digest of its checksums), decides which copies are not
-// good (absent, damaged, older than the newest good one, or differing from
-// the most common digest among the newest), and has each of those nodes
-// replace its copy with a good one.
+// version, whole, digest of its checksums), asks again a moment later if
+// they disagree in a way a write in flight explains, decides which copies
+// are not good (absent, damaged, older than the newest good one, or
+// differing from a digest a strict majority of the newest copies hold),
+// and has each of those nodes make its copy good (docs/ARCHITECTURE.md,
+// Checksums).
 
 // checkSlots bounds the checks a node runs at once (each reads a whole
 // object into a 4 MiB buffer).
