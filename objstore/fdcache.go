@@ -1,15 +1,23 @@
 package objstore
 
-import "github.com/sheepfs/sheepfs/ids"
+import (
+	"sync"
+
+	"github.com/sheepfs/sheepfs/ids"
+)
 
 // handle is an open object file shared by the operations that use it.
-// All fields except f and oid are guarded by Store.mu.
+// Store.mu guards refs, cached and the list links; see Store.sums for
+// trailer.
 type handle struct {
 	oid        ids.ObjectID
 	f          File
 	refs       int  // operations currently using f
 	cached     bool // in the LRU; f is closed when neither cached nor referenced
 	prev, next *handle
+
+	tmu     sync.Mutex // guards the loading and dropping of trailer
+	trailer trailer    // a copy of the file's checksum trailer, or nil
 }
 
 // fdCache is an LRU of open object files, bounded by max. It is not safe

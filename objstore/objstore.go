@@ -435,7 +435,7 @@ func (s *Store) write(oid ids.ObjectID, off int64, data []byte, ver ids.Version,
 		return objErr("write", oid, err)
 	}
 	if len(data) > 0 {
-		err = s.changeSummed(oid, h.f, off, int64(len(data)), data, func() error {
+		err = s.changeSummed(oid, h, off, int64(len(data)), data, func() error {
 			if s.writeDirect(s.objPath(oid), off, data) {
 				return nil
 			}
@@ -459,48 +459,44 @@ func (s *Store) write(oid ids.ObjectID, off int64, data []byte, ver ids.Version,
 // data there, or zeros if data is nil), checksum entries first. Blocks the
 // range covers in part are read and verified first: a change never
 // blesses rot. The caller holds oid's stripe lock exclusively.
-func (s *Store) changeSummed(oid ids.ObjectID, f File, off, n int64, data []byte, do func() error) error {
-	if err := s.settleOnce(oid, f); err != nil {
+func (s *Store) changeSummed(oid ids.ObjectID, h *handle, off, n int64, data []byte, do func() error) error {
+	if err := s.settleOnce(oid, h); err != nil {
 		return err
 	}
-	b0, b1 := off/SumBlock, (off+n+SumBlock-1)/SumBlock
-	es, err := s.readEntries(oid, f, b0, b1)
+	t, err := s.sums(oid, h)
 	if err != nil {
 		return err
 	}
-	// bytes returns the new content of whole block b.
-	var edge [2][]byte
-	for i, b := range []int64{b0, b1 - 1} {
-		bs := b * SumBlock
-		if bs >= off && bs+SumBlock <= off+n || (i == 1 && b == b0) {
-			continue
-		}
-		blk := make([]byte, SumBlock)
-		if err := s.readBlocks(oid, f, b, b+1, blk, true); err != nil { // settled above
-			return err
-		}
-		lo, hi := max(bs, off), min(bs+SumBlock, off+n)
-		if data != nil {
-			copy(blk[lo-bs:hi-bs], data[lo-off:hi-off])
-		} else {
-			clear(blk[lo-bs : hi-bs])
-		}
-		edge[i] = blk
-	}
-	ne := make([]entry, b1-b0)
+	b0, b1 := off/SumBlock, (off+n+SumBlock-1)/SumBlock
+	// The new sum of each block: of its new bytes, read back and
+	// verified first for a block the change covers in part.
+	var edge []byte
 	for b := b0; b < b1; b++ {
+		bs := b * SumBlock
 		var v uint32
 		switch {
-		case b == b0 && edge[0] != nil:
-			v = blockSum(oid, b, edge[0])
-		case b == b1-1 && edge[1] != nil:
-			v = blockSum(oid, b, edge[1])
-		case data != nil:
-			v = blockSum(oid, b, data[b*SumBlock-off:(b+1)*SumBlock-off])
+		case bs >= off && bs+SumBlock <= off+n:
+			if data != nil {
+				v = blockSum(oid, b, data[bs-off:bs+SumBlock-off])
+			}
+		default:
+			if edge == nil {
+				edge = make([]byte, SumBlock)
+			}
+			if err := s.readBlocks(oid, h, b, edge, true); err != nil { // settled above
+				return err
+			}
+			lo, hi := max(bs, off), min(bs+SumBlock, off+n)
+			if data != nil {
+				copy(edge[lo-bs:hi-bs], data[lo-off:hi-off])
+			} else {
+				clear(edge[lo-bs : hi-bs])
+			}
+			v = blockSum(oid, b, edge)
 		}
-		ne[b-b0] = entry{prev: es[b-b0].cur, cur: v}
+		t.set(b, entry{prev: t.get(b).cur, cur: v})
 	}
-	if err := s.writeEntries(f, b0, ne); err != nil {
+	if err := s.storeSums(h, b0, b1); err != nil {
 		s.unsettle(oid) // some entries may be new, their blocks old
 		return objErr("write checksums of", oid, err)
 	}
@@ -525,14 +521,14 @@ func (s *Store) unsettle(oid ids.ObjectID) {
 
 // settleOnce settles oid's entries (see settle) on its first change since
 // the store was opened. The caller holds oid's stripe lock exclusively.
-func (s *Store) settleOnce(oid ids.ObjectID, f File) error {
+func (s *Store) settleOnce(oid ids.ObjectID, h *handle) error {
 	s.mu.Lock()
 	done := s.objects[oid].settled
 	s.mu.Unlock()
 	if done {
 		return nil
 	}
-	if err := s.settle(oid, f); err != nil {
+	if err := s.settle(oid, h); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -560,16 +556,16 @@ func (s *Store) createExtents(oid ids.ObjectID, exts []Extent, data []byte, ver 
 	if err != nil {
 		return objErr("create", oid, err)
 	}
+	var t trailer
 	err = f.Truncate(s.fileSize())
 	if err == nil {
 		// The checksums, before the data: the new copy is renamed into
 		// place only whole.
-		sums := s.extentSums(oid, exts, data)
-		es := make([]entry, len(sums))
-		for i, v := range sums {
-			es[i] = entry{v, v}
+		t = make(trailer, s.trailerSize())
+		for b, v := range s.extentSums(oid, exts, data) {
+			t.set(int64(b), entry{v, v})
 		}
-		err = s.writeEntries(f, 0, es)
+		err = s.writeTrailer(f, t, 0, s.objSize/SumBlock)
 	}
 	var direct File // opened for the first large aligned piece
 	pos := int64(0)
@@ -607,6 +603,9 @@ func (s *Store) createExtents(oid ids.ObjectID, exts []Extent, data []byte, ver 
 	s.noteLocked(oid, ver, epoch)
 	s.dirtyDirs[fanout(oid)] = true
 	h, dup, victim := s.fds.add(oid, f)
+	if dup == nil {
+		h.trailer = t // nobody else has h yet
+	}
 	last := s.fds.release(h)
 	s.mu.Unlock()
 	closeFiles(dup, victim)
@@ -642,7 +641,7 @@ func (s *Store) Read(oid ids.ObjectID, off int64, buf []byte) (Meta, error) {
 	if err != nil {
 		return Meta{}, objErr("read", oid, err)
 	}
-	err = s.readVerified(oid, h.f, off, buf, info.settled)
+	err = s.readVerified(oid, h, off, buf, info.settled)
 	s.release(h)
 	if err != nil {
 		return Meta{}, err
@@ -653,18 +652,18 @@ func (s *Store) Read(oid ids.ObjectID, off int64, buf []byte) (Meta, error) {
 // readVerified reads buf at off from oid's file f, verifying every block
 // it touches: a block-aligned read goes straight into buf, another through
 // a scratch buffer of whole blocks.
-func (s *Store) readVerified(oid ids.ObjectID, f File, off int64, buf []byte, settled bool) error {
+func (s *Store) readVerified(oid ids.ObjectID, h *handle, off int64, buf []byte, settled bool) error {
 	n := int64(len(buf))
 	if n == 0 {
 		return nil
 	}
 	b0, b1 := off/SumBlock, (off+n+SumBlock-1)/SumBlock
 	if off%SumBlock == 0 && n%SumBlock == 0 {
-		return s.readBlocks(oid, f, b0, b1, buf, settled)
+		return s.readBlocks(oid, h, b0, buf, settled)
 	}
 	tmp, put := scratch((b1 - b0) * SumBlock)
 	defer put()
-	if err := s.readBlocks(oid, f, b0, b1, tmp, settled); err != nil {
+	if err := s.readBlocks(oid, h, b0, tmp, settled); err != nil {
 		return err
 	}
 	copy(buf, tmp[off-b0*SumBlock:])
@@ -720,7 +719,7 @@ func (s *Store) Punch(oid ids.ObjectID, off, length int64, ver ids.Version, epoc
 	}
 	alloc := int64(-1)
 	if length > 0 {
-		err = s.changeSummed(oid, h.f, off, length, nil, func() error {
+		err = s.changeSummed(oid, h, off, length, nil, func() error {
 			err := h.f.Punch(off, length)
 			if errors.Is(err, unix.EOPNOTSUPP) {
 				err = writeZeros(h.f, off, length)

@@ -215,7 +215,7 @@ func (s *Store) addSums(path string, oid ids.ObjectID) (os.FileInfo, error) {
 	}
 	defer f.Close()
 	nb := s.objSize / SumBlock
-	es := make([]entry, nb)
+	t := make(trailer, s.trailerSize())
 	buf := make([]byte, min(s.objSize, 1<<20))
 	for off := int64(0); off < s.objSize; off += int64(len(buf)) {
 		n, err := f.ReadAt(buf, off)
@@ -226,12 +226,12 @@ func (s *Store) addSums(path string, oid ids.ObjectID) (os.FileInfo, error) {
 		for i := int64(0); i < int64(len(buf))/SumBlock; i++ {
 			b := off/SumBlock + i
 			v := blockSum(oid, b, buf[i*SumBlock:(i+1)*SumBlock])
-			es[b] = entry{v, v}
+			t.set(b, entry{v, v})
 		}
 	}
 	err = f.Truncate(s.fileSize())
 	if err == nil {
-		err = s.writeEntries(f, 0, es)
+		err = s.writeTrailer(f, t, 0, nb)
 	}
 	if err == nil {
 		err = f.Sync()

@@ -113,13 +113,13 @@ func (s *Store) readSparse(oid ids.ObjectID, buf []byte, maxExtents int) ([]Exte
 	}
 	// Every block, holes included, against its checksum: a recovery
 	// never spreads a damaged copy.
-	es, err := s.readEntries(oid, h.f, 0, s.objSize/SumBlock)
+	t, err := s.sums(oid, h)
 	if err != nil {
 		return nil, Meta{}, nil, err
 	}
 	sums := s.extentSums(oid, exts, buf)
 	for b, v := range sums {
-		if !es[b].good(v, info.settled) {
+		if !t.get(int64(b)).good(v, info.settled) {
 			return nil, Meta{}, nil, s.corruptErr(oid, "block %d (bytes %d-%d) fails its checksum", b, int64(b)*SumBlock, int64(b+1)*SumBlock-1)
 		}
 	}

@@ -97,41 +97,80 @@ func (s *Store) corruptErr(oid ids.ObjectID, format string, args ...any) error {
 // since the store was opened.
 func (s *Store) Corruptions() uint64 { return s.corrupt.Load() }
 
-// readEntries reads the trailer entries of blocks [b0, b1) of f. A short
-// trailer (the file was truncated) is errs.Corrupt.
-func (s *Store) readEntries(oid ids.ObjectID, f File, b0, b1 int64) ([]entry, error) {
-	raw := make([]byte, (b1-b0)*entrySize)
-	n, err := f.ReadAt(raw, s.objSize+b0*entrySize)
-	if n < len(raw) {
+// trailer is the checksum trailer of an object (or a copy of it): entry
+// b at bytes [b*entrySize, (b+1)*entrySize), as in the file.
+type trailer []byte
+
+func (t trailer) get(b int64) entry {
+	return entry{binary.LittleEndian.Uint32(t[b*entrySize:]), binary.LittleEndian.Uint32(t[b*entrySize+4:])}
+}
+
+func (t trailer) set(b int64, e entry) {
+	binary.LittleEndian.PutUint32(t[b*entrySize:], e.prev)
+	binary.LittleEndian.PutUint32(t[b*entrySize+4:], e.cur)
+}
+
+// readTrailer reads the whole trailer of oid's file f. A short one (the
+// file was truncated) is errs.Corrupt.
+func (s *Store) readTrailer(oid ids.ObjectID, f File) (trailer, error) {
+	t := make(trailer, s.trailerSize())
+	n, err := f.ReadAt(t, s.objSize)
+	if n < len(t) {
 		if err == io.EOF || err == nil {
-			return nil, s.corruptErr(oid, "file truncated (checksums of blocks %d-%d missing)", b0, b1-1)
+			return nil, s.corruptErr(oid, "file truncated (checksums missing)")
 		}
 		return nil, objErr("read checksums of", oid, err)
 	}
-	es := make([]entry, b1-b0)
-	for i := range es {
-		es[i] = entry{binary.LittleEndian.Uint32(raw[i*entrySize:]), binary.LittleEndian.Uint32(raw[i*entrySize+4:])}
-	}
-	return es, nil
+	return t, nil
 }
 
-// writeEntries writes the trailer entries of blocks b0... of f.
-func (s *Store) writeEntries(f File, b0 int64, es []entry) error {
-	raw := make([]byte, len(es)*entrySize)
-	for i, e := range es {
-		binary.LittleEndian.PutUint32(raw[i*entrySize:], e.prev)
-		binary.LittleEndian.PutUint32(raw[i*entrySize+4:], e.cur)
+// writeTrailer writes entries [b0, b1) of t to their place in f.
+func (s *Store) writeTrailer(f File, t trailer, b0, b1 int64) error {
+	_, err := f.WriteAt(t[b0*entrySize:b1*entrySize], s.objSize+b0*entrySize)
+	return err
+}
+
+// sums returns the copy of oid's trailer that its handle h keeps, reading
+// it from the file at first use: reads and writes then cost no system call
+// for their checksums. The caller holds oid's stripe lock; the copy is
+// changed only under it held exclusively, and always together with the
+// file (see storeSums), so it is what the file holds. A descriptor that
+// leaves the cache takes its copy with it (MaxOpenFiles bounds them: 8 KiB
+// each for 4 MiB objects), and Check forgets the handle first, so a check
+// reads the trailer as it is on disk.
+func (s *Store) sums(oid ids.ObjectID, h *handle) (trailer, error) {
+	h.tmu.Lock()
+	defer h.tmu.Unlock()
+	if h.trailer == nil {
+		t, err := s.readTrailer(oid, h.f)
+		if err != nil {
+			return nil, err
+		}
+		h.trailer = t
 	}
-	_, err := f.WriteAt(raw, s.objSize+b0*entrySize)
+	return h.trailer, nil
+}
+
+// storeSums writes entries [b0, b1) of h's copy of the trailer, which the
+// caller (holding the stripe lock exclusively) has changed, to the file.
+// If that fails, the file may hold some of them: the copy is dropped, to
+// be read again.
+func (s *Store) storeSums(h *handle, b0, b1 int64) error {
+	err := s.writeTrailer(h.f, h.trailer, b0, b1)
+	if err != nil {
+		h.tmu.Lock()
+		h.trailer = nil
+		h.tmu.Unlock()
+	}
 	return err
 }
 
 // verify checks data, the whole blocks b0... of oid, against their
 // entries.
-func (s *Store) verify(oid ids.ObjectID, b0 int64, data []byte, es []entry, settled bool) error {
-	for i := range es {
-		b := data[int64(i)*SumBlock : int64(i+1)*SumBlock]
-		if v := blockSum(oid, b0+int64(i), b); !es[i].good(v, settled) {
+func (s *Store) verify(oid ids.ObjectID, b0 int64, data []byte, t trailer, settled bool) error {
+	for i := range int64(len(data)) / SumBlock {
+		b := data[i*SumBlock : (i+1)*SumBlock]
+		if v := blockSum(oid, b0+i, b); !t.get(b0+i).good(v, settled) {
 			return s.corruptErr(oid, "block %d (bytes %d-%d) fails its checksum", b0+int64(i),
 				(b0+int64(i))*SumBlock, (b0+int64(i)+1)*SumBlock-1)
 		}
@@ -155,50 +194,53 @@ func scratch(n int64) ([]byte, func()) {
 	return b[:n], func() { blockBufs.Put(p) }
 }
 
-// readBlocks reads whole blocks [b0, b1) of oid's file f into dst and
-// verifies them (see entry.good for settled). A read past the end of the
-// file (truncated) is errs.Corrupt.
-func (s *Store) readBlocks(oid ids.ObjectID, f File, b0, b1 int64, dst []byte, settled bool) error {
-	n, err := f.ReadAt(dst, b0*SumBlock)
+// readBlocks reads whole blocks b0... of oid's file into dst (a whole
+// number of blocks) and verifies them (see entry.good for settled). A read
+// past the end of the file (truncated) is errs.Corrupt.
+func (s *Store) readBlocks(oid ids.ObjectID, h *handle, b0 int64, dst []byte, settled bool) error {
+	n, err := h.f.ReadAt(dst, b0*SumBlock)
 	if n < len(dst) {
 		if err == io.EOF || err == nil {
 			return s.corruptErr(oid, "file truncated (data at %d missing)", b0*SumBlock+int64(n))
 		}
 		return objErr("read", oid, err)
 	}
-	es, err := s.readEntries(oid, f, b0, b1)
+	t, err := s.sums(oid, h)
 	if err != nil {
 		return err
 	}
-	return s.verify(oid, b0, dst, es, settled)
+	return s.verify(oid, b0, dst, t, settled)
 }
 
 // settle makes every entry of oid's file f hold one sum, the one its block
 // matches, so that a change may take an entry's cur as the block's sum
 // before it. Blocks that match neither are left as they are: reads find
 // them. The caller holds oid's stripe lock.
-func (s *Store) settle(oid ids.ObjectID, f File) error {
-	nb := s.objSize / SumBlock
-	es, err := s.readEntries(oid, f, 0, nb)
+func (s *Store) settle(oid ids.ObjectID, h *handle) error {
+	t, err := s.sums(oid, h)
 	if err != nil {
 		return err
 	}
 	var block [SumBlock]byte
-	changed := false
-	for i, e := range es {
+	lo, hi := int64(-1), int64(0) // the entries changed
+	for b := range s.objSize / SumBlock {
+		e := t.get(b)
 		if e.prev == e.cur {
 			continue
 		}
-		if _, err := f.ReadAt(block[:], int64(i)*SumBlock); err != nil {
+		if _, err := h.f.ReadAt(block[:], b*SumBlock); err != nil {
 			return objErr("read", oid, err)
 		}
-		if v := blockSum(oid, int64(i), block[:]); e.matches(v) {
-			es[i] = entry{v, v}
-			changed = true
+		if v := blockSum(oid, b, block[:]); e.matches(v) {
+			t.set(b, entry{v, v})
+			if lo < 0 {
+				lo = b
+			}
+			hi = b + 1
 		}
 	}
-	if changed {
-		if err := s.writeEntries(f, 0, es); err != nil {
+	if lo >= 0 {
+		if err := s.storeSums(h, lo, hi); err != nil {
 			return objErr("write checksums of", oid, err)
 		}
 	}
@@ -229,19 +271,24 @@ func (s *Store) collapse(oid ids.ObjectID) {
 		// until it is. The next Sync collapses it.
 		return
 	}
-	es, err := s.readEntries(oid, h.f, 0, s.objSize/SumBlock)
+	t, err := s.sums(oid, h)
 	if err != nil {
 		return
 	}
-	changed := false
-	for i := range es {
-		if es[i].prev != es[i].cur {
-			es[i].prev = es[i].cur
-			changed = true
+	lo, hi := int64(-1), int64(0) // the entries changed
+	for b := range s.objSize / SumBlock {
+		if e := t.get(b); e.prev != e.cur {
+			t.set(b, entry{e.cur, e.cur})
+			if lo < 0 {
+				lo = b
+			}
+			hi = b + 1
 		}
 	}
-	if changed {
-		_ = s.writeEntries(h.f, 0, es) // on failure the two sums stay: still correct
+	if lo >= 0 {
+		// On failure the copy is dropped and the file keeps two sums
+		// where it had them: still correct.
+		_ = s.storeSums(h, lo, hi)
 	}
 }
 
@@ -315,11 +362,11 @@ func (s *Store) Patch(oid ids.ObjectID, exts []Extent, data []byte) (int, error)
 	} else if fi.Size() != s.fileSize() {
 		return 0, s.corruptErr(oid, "file of %d bytes, not %d", fi.Size(), s.fileSize())
 	}
-	if err := s.settleOnce(oid, h.f); err != nil {
+	if err := s.settleOnce(oid, h); err != nil {
 		return 0, err
 	}
 	nb := s.objSize / SumBlock
-	es, err := s.readEntries(oid, h.f, 0, nb)
+	t, err := s.sums(oid, h)
 	if err != nil {
 		return 0, err
 	}
@@ -330,7 +377,7 @@ func (s *Store) Patch(oid ids.ObjectID, exts []Extent, data []byte) (int, error)
 		if _, err := h.f.ReadAt(block, b*SumBlock); err != nil {
 			return patched, objErr("read", oid, err)
 		}
-		if es[b].good(blockSum(oid, b, block), true) {
+		if t.get(b).good(blockSum(oid, b, block), true) {
 			continue
 		}
 		// Their block: from the extents, zeros in their holes.
@@ -344,7 +391,8 @@ func (s *Store) Patch(oid ids.ObjectID, exts []Extent, data []byte) (int, error)
 			pos += e.Len
 		}
 		v := theirs[b]
-		if err := s.writeEntries(h.f, b, []entry{{v, v}}); err != nil {
+		t.set(b, entry{v, v})
+		if err := s.storeSums(h, b, b+1); err != nil {
 			s.unsettle(oid)
 			return patched, objErr("write checksums of", oid, err)
 		}

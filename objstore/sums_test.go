@@ -66,9 +66,16 @@ func TestRotIsFound(t *testing.T) {
 		t.Fatal("overwritten block reads wrong")
 	}
 
-	// The checksums themselves.
+	// The checksums themselves. Reads check against the copy of the
+	// trailer the open descriptor keeps (the data is still right); a
+	// check reads the file as it is now, and so does every read after it.
 	flip(t, s, oid, testObjSize+5*entrySize+1) // block 5's prev
 	flip(t, s, oid, testObjSize+5*entrySize+5) // and cur
+	if got, _ := mustRead(t, s, oid, 5*SumBlock, SumBlock); !bytes.Equal(got, data[5*SumBlock:6*SumBlock]) {
+		t.Fatal("a good block reads wrong")
+	}
+	_, _, err = s.Check(oid, make([]byte, testObjSize))
+	mustCorrupt(t, "check of an object whose checksum changed", err)
 	_, err = s.Read(oid, 5*SumBlock, buf[:SumBlock])
 	mustCorrupt(t, "read of a block whose checksum changed", err)
 }
@@ -173,7 +180,7 @@ func TestChecksumsAcrossCrashes(t *testing.T) {
 			t.Fatal(err)
 		}
 		next := pattern(oid, 0, 4*SumBlock, byte(10+round))
-		if err := s.changeSummed(oid, h.f, 2*SumBlock, 4*SumBlock, next, func() error {
+		if err := s.changeSummed(oid, h, 2*SumBlock, 4*SumBlock, next, func() error {
 			_, err := h.f.WriteAt(next[:SumBlock], 2*SumBlock)
 			return err
 		}); err != nil {
@@ -404,11 +411,12 @@ func TestCollapseSparesUnsyncedChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	es, err := s.readEntries(oid, h.f, 0, 1)
+	tr, err := s.readTrailer(oid, h.f) // as on disk
 	s.release(h)
 	if err != nil {
 		t.Fatal(err)
 	}
+	es := []entry{tr.get(0)}
 	if es[0].prev != blockSum(oid, 0, v1) || es[0].cur != blockSum(oid, 0, v2) {
 		t.Fatalf("entry %+v after a collapse, want the sums of the old and the new bytes", es[0])
 	}
@@ -416,8 +424,9 @@ func TestCollapseSparesUnsyncedChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	h, _, _ = s.acquire(oid)
-	es, _ = s.readEntries(oid, h.f, 0, 1)
+	tr, _ = s.readTrailer(oid, h.f)
 	s.release(h)
+	es[0] = tr.get(0)
 	if es[0].prev != es[0].cur {
 		t.Fatalf("entry %+v after the Sync that made the change durable, want it collapsed", es[0])
 	}
