@@ -7,8 +7,8 @@ import (
 )
 
 // handle is an open object file shared by the operations that use it.
-// Store.mu guards refs, cached and the list links; see Store.sums for
-// trailer.
+// Store.mu guards refs, cached and the list links; tmu guards the rest
+// (see Store.sums and lockBlocks).
 type handle struct {
 	oid        ids.ObjectID
 	f          File
@@ -16,14 +16,19 @@ type handle struct {
 	cached     bool // in the LRU; f is closed when neither cached nor referenced
 	prev, next *handle
 
-	tmu     sync.Mutex // guards the loading and dropping of trailer
-	trailer trailer    // a copy of the file's checksum trailer, or nil
+	tmu     sync.Mutex
+	freed   sync.Cond    // on tmu: blocks were given back
+	sums    entries      // a copy of the file's checksum trailer, or nil
+	suspect bool         // sums was read while changes were in flight
+	busy    []blockRange // blocks being changed
 }
 
-// fdCache is an LRU of open object files, bounded by max. It is not safe
-// for concurrent use; Store.mu guards it. A handle evicted while
-// referenced stays open until its last user releases it, so no operation
-// ever sees its file closed under it.
+// fdCache is an LRU of open object files, bounded by max, with at most
+// one handle per object at any time: a handle leaves the cache only when
+// nobody uses it (the cache grows past max while every handle is in use),
+// so operations on one object share one handle, its copy of the checksums
+// and its block locks. It is not safe for concurrent use; Store.mu guards
+// it.
 type fdCache struct {
 	max int
 	m   map[ids.ObjectID]*handle
@@ -70,14 +75,18 @@ func (c *fdCache) add(oid ids.ObjectID, f File) (h *handle, dup File, victim *ha
 		return h, f, nil
 	}
 	h = &handle{oid: oid, f: f, refs: 1, cached: true}
+	h.freed.L = &h.tmu
 	c.m[oid] = h
 	c.pushFront(h)
 	if len(c.m) > c.max {
-		v := c.lru.prev
-		if v.refs == 0 && v != h {
-			victim = v
+		// The least recently used handle nobody uses.
+		for v := c.lru.prev; v != &c.lru; v = v.prev {
+			if v.refs == 0 {
+				victim = v
+				c.drop(v)
+				break
+			}
 		}
-		c.drop(v)
 	}
 	return h, nil, victim
 }
@@ -97,7 +106,8 @@ func (c *fdCache) release(h *handle) bool {
 }
 
 // remove takes oid's handle out of the cache and returns it if nobody uses
-// it, for the caller to close; otherwise its last user closes it.
+// it, for the caller to close; otherwise its last user closes it. (Callers
+// hold the object's stripe lock exclusively, so nobody does.)
 func (c *fdCache) remove(oid ids.ObjectID) *handle {
 	h := c.m[oid]
 	if h == nil {

@@ -117,6 +117,8 @@ type Store struct {
 	noSums  bool           // Open: the files have no checksums yet (format 1)
 	corrupt atomic.Uint64  // damaged copies found (Corruptions)
 
+	afterVerify func() // tests: called after a change verified a block it covers in part
+
 	syncMu  sync.Mutex // serialises syncBatch; guards durable and syncErr
 	durable uint64     // every batch numbered below this is durable
 	syncErr error      // sticky: a failed fdatasync or fsync
@@ -146,7 +148,9 @@ type stripe struct {
 }
 
 // lock returns the lock of oid's stripe. Reads, writes, punches, syncs and
-// measures hold it shared; creation and removal exclusively, so these
+// measures hold it shared (writes and punches also lock the blocks they
+// change); creation, removal, settling, collapsing, repairs and second
+// looks at a block that failed its checksum hold it exclusively, so these
 // never race with I/O on the same object.
 func (s *Store) lock(oid ids.ObjectID) *sync.RWMutex {
 	return &s.stripes[(uint64(oid)*0x9e3779b97f4a7c15)>>54].RWMutex
@@ -396,11 +400,12 @@ func (s *Store) ObjectSize() int64 { return s.objSize }
 // does not create the object; bytes outside [off, off+len(data)) are
 // untouched, bytes inside may be partly written.
 //
-// Writes to different objects run in parallel; writes (and punches) to
-// one object run one at a time, and reads of it wait for them (a write
-// changes checksum entries a read must see with the data). A Write costs
-// a pread of its blocks' checksum entries and two pwrite(2) calls (entries,
-// then data) when the object's descriptor is cached.
+// Writes run in parallel, to one object too, except writes (and punches)
+// covering a common block, which run one at a time. A read that races a
+// write of its blocks may find a block not matching its sum yet; it then
+// looks again once no change of the object is in flight (see mismatch).
+// A Write costs two pwrite(2) calls (checksum entries, then data) when
+// the object's descriptor is cached.
 func (s *Store) Write(oid ids.ObjectID, off int64, data []byte, ver ids.Version, epoch ids.Epoch) error {
 	return s.write(oid, off, data, ver, epoch, true)
 }
@@ -419,51 +424,99 @@ func (s *Store) write(oid ids.ObjectID, off int64, data []byte, ver ids.Version,
 		return err
 	}
 	defer s.end()
-	// Exclusively: a write changes checksum entries that a read of the
-	// same blocks must see together with the data (see sums.go).
-	l := s.lock(oid)
-	l.Lock()
-	defer l.Unlock()
-	h, _, err := s.acquire(oid)
-	if err == errAbsent {
-		if !create {
-			return errs.E(errs.NotFound, "object %v", oid)
+	n := int64(len(data))
+	var creator func() error
+	if create {
+		creator = func() error { return s.create(oid, off, data, ver, epoch) }
+	}
+	return s.change(oid, off, n, "write", creator, func(h *handle) error {
+		if n > 0 {
+			err := s.changeSummed(oid, h, off, n, data, func() error {
+				if s.writeDirect(s.objPath(oid), off, data) {
+					return nil
+				}
+				_, err := h.f.WriteAt(data, off)
+				return err
+			})
+			if err != nil {
+				return err
+			}
 		}
-		return s.create(oid, off, data, ver, epoch)
+		s.mu.Lock()
+		s.noteLocked(oid, ver, epoch)
+		s.mu.Unlock()
+		return nil
+	})
+}
+
+// errExclusive asks change to try again under the exclusive stripe lock.
+var errExclusive = errors.New("needs the exclusive lock")
+
+// change runs do, a change of [off, off+n) of object oid, on its handle
+// under the shared stripe lock and a lock of the blocks it covers, so that
+// changes of different blocks of one object run in parallel (do records
+// the change once it is made). It starts again under the exclusive lock
+// when the object must first be created (absent: create, or errs.NotFound
+// if create is nil) or settled, when its copy of the checksums is suspect
+// (see Store.sums), or when do found a block failing its checksum: under
+// the exclusive lock, with nothing in flight, that is damage.
+func (s *Store) change(oid ids.ObjectID, off, n int64, op string, create func() error, do func(h *handle) error) error {
+	err := s.changeOnce(oid, off, n, op, false, create, do)
+	var m *mismatch
+	if err == errExclusive || errors.As(err, &m) {
+		err = s.changeOnce(oid, off, n, op, true, create, do)
+	}
+	return s.damage(oid, err)
+}
+
+func (s *Store) changeOnce(oid ids.ObjectID, off, n int64, op string, excl bool, create func() error, do func(h *handle) error) error {
+	l := s.lock(oid)
+	if excl {
+		l.Lock()
+		defer l.Unlock()
+	} else {
+		l.RLock()
+		defer l.RUnlock()
+	}
+	h, info, err := s.acquire(oid)
+	if err == errAbsent {
+		switch {
+		case create == nil:
+			return notFound(op, oid)
+		case !excl:
+			return errExclusive
+		}
+		return create()
 	}
 	if err != nil {
-		return objErr("write", oid, err)
+		return objErr(op, oid, err)
 	}
-	if len(data) > 0 {
-		err = s.changeSummed(oid, h, off, int64(len(data)), data, func() error {
-			if s.writeDirect(s.objPath(oid), off, data) {
-				return nil
-			}
-			_, err := h.f.WriteAt(data, off)
+	defer s.release(h)
+	if excl {
+		if err := s.settleOnce(oid, h); err != nil {
 			return err
-		})
+		}
+	} else if !info.settled {
+		return errExclusive
 	}
-	s.mu.Lock()
-	last := s.fds.release(h)
-	if err == nil {
-		s.noteLocked(oid, ver, epoch)
+	if _, ok, err := s.sums(oid, h, excl); err != nil {
+		return err
+	} else if !ok {
+		return errExclusive
 	}
-	s.mu.Unlock()
-	if last {
-		closeFiles(h.f, nil)
-	}
-	return err
+	b0, b1 := off/SumBlock, (off+n+SumBlock-1)/SumBlock
+	h.lockBlocks(b0, b1)
+	defer h.unlockBlocks(b0, b1)
+	return do(h)
 }
 
 // changeSummed changes [off, off+n) of oid's file f with do (which writes
 // data there, or zeros if data is nil), checksum entries first. Blocks the
 // range covers in part are read and verified first: a change never
-// blesses rot. The caller holds oid's stripe lock exclusively.
+// blesses rot. The caller (change) holds oid's stripe lock and the lock
+// of the blocks the range covers, and has settled oid.
 func (s *Store) changeSummed(oid ids.ObjectID, h *handle, off, n int64, data []byte, do func() error) error {
-	if err := s.settleOnce(oid, h); err != nil {
-		return err
-	}
-	t, err := s.sums(oid, h)
+	es, _, err := s.sums(oid, h, false) // change checked it
 	if err != nil {
 		return err
 	}
@@ -483,8 +536,11 @@ func (s *Store) changeSummed(oid ids.ObjectID, h *handle, off, n int64, data []b
 			if edge == nil {
 				edge = make([]byte, SumBlock)
 			}
-			if err := s.readBlocks(oid, h, b, edge, true); err != nil { // settled above
+			if err := s.readBlocks(oid, h, b, edge, true); err != nil { // change settled it
 				return err
+			}
+			if s.afterVerify != nil {
+				s.afterVerify()
 			}
 			lo, hi := max(bs, off), min(bs+SumBlock, off+n)
 			if data != nil {
@@ -494,9 +550,9 @@ func (s *Store) changeSummed(oid ids.ObjectID, h *handle, off, n int64, data []b
 			}
 			v = blockSum(oid, b, edge)
 		}
-		t.set(b, entry{prev: t.get(b).cur, cur: v})
+		es.set(b, entry{prev: es.get(b).cur, cur: v})
 	}
-	if err := s.storeSums(h, b0, b1); err != nil {
+	if err := s.storeSums(h, es, b0, b1); err != nil {
 		s.unsettle(oid) // some entries may be new, their blocks old
 		return objErr("write checksums of", oid, err)
 	}
@@ -603,8 +659,11 @@ func (s *Store) createExtents(oid ids.ObjectID, exts []Extent, data []byte, ver 
 	s.noteLocked(oid, ver, epoch)
 	s.dirtyDirs[fanout(oid)] = true
 	h, dup, victim := s.fds.add(oid, f)
-	if dup == nil {
-		h.trailer = t // nobody else has h yet
+	if dup == nil { // nobody else has h yet
+		h.sums = make(entries, len(t)/entrySize)
+		for b := range h.sums {
+			h.sums.set(int64(b), t.get(int64(b)))
+		}
 	}
 	last := s.fds.release(h)
 	s.mu.Unlock()
@@ -631,22 +690,53 @@ func (s *Store) Read(oid ids.ObjectID, off int64, buf []byte) (Meta, error) {
 		return Meta{}, err
 	}
 	defer s.end()
-	l := s.lock(oid)
-	l.RLock()
-	defer l.RUnlock()
-	h, info, err := s.acquire(oid)
-	if err == errAbsent {
-		return Meta{}, notFound("read", oid)
-	}
-	if err != nil {
-		return Meta{}, objErr("read", oid, err)
-	}
-	err = s.readVerified(oid, h, off, buf, info.settled)
-	s.release(h)
+	var m Meta
+	err := s.look(oid, "read", func(h *handle, info objInfo) error {
+		m = info.Meta
+		return s.readVerified(oid, h, off, buf, info.settled)
+	})
 	if err != nil {
 		return Meta{}, err
 	}
-	return info.Meta, nil
+	return m, nil
+}
+
+// look runs fn, a read of object oid, on its handle under the shared
+// stripe lock, and again under the exclusive lock, with the copy of the
+// checksums fresh, if fn found a block failing its checksum: a write of
+// that block may have been in flight (see mismatch); then it is damage.
+func (s *Store) look(oid ids.ObjectID, op string, fn func(h *handle, info objInfo) error) error {
+	err := s.lookOnce(oid, op, false, fn)
+	var m *mismatch
+	if errors.As(err, &m) {
+		err = s.lookOnce(oid, op, true, fn)
+	}
+	return s.damage(oid, err)
+}
+
+func (s *Store) lookOnce(oid ids.ObjectID, op string, excl bool, fn func(h *handle, info objInfo) error) error {
+	l := s.lock(oid)
+	if excl {
+		l.Lock()
+		defer l.Unlock()
+	} else {
+		l.RLock()
+		defer l.RUnlock()
+	}
+	h, info, err := s.acquire(oid)
+	if err == errAbsent {
+		return notFound(op, oid)
+	}
+	if err != nil {
+		return objErr(op, oid, err)
+	}
+	defer s.release(h)
+	if excl {
+		if _, _, err := s.sums(oid, h, true); err != nil {
+			return err
+		}
+	}
+	return fn(h, info)
 }
 
 // readVerified reads buf at off from oid's file f, verifying every block
@@ -707,47 +797,33 @@ func (s *Store) Punch(oid ids.ObjectID, off, length int64, ver ids.Version, epoc
 		return err
 	}
 	defer s.end()
-	l := s.lock(oid)
-	l.Lock()
-	defer l.Unlock()
-	h, _, err := s.acquire(oid)
-	if err == errAbsent {
-		return notFound("punch", oid)
-	}
-	if err != nil {
-		return objErr("punch", oid, err)
-	}
-	alloc := int64(-1)
-	if length > 0 {
-		err = s.changeSummed(oid, h, off, length, nil, func() error {
-			err := h.f.Punch(off, length)
-			if errors.Is(err, unix.EOPNOTSUPP) {
-				err = writeZeros(h.f, off, length)
+	return s.change(oid, off, length, "punch", nil, func(h *handle) error {
+		alloc := int64(-1)
+		if length > 0 {
+			err := s.changeSummed(oid, h, off, length, nil, func() error {
+				err := h.f.Punch(off, length)
+				if errors.Is(err, unix.EOPNOTSUPP) {
+					err = writeZeros(h.f, off, length)
+				}
+				return err
+			})
+			if err != nil {
+				return err
 			}
-			return err
-		})
-		if err == nil {
-			var fi os.FileInfo
-			if fi, err = h.f.Stat(); err == nil {
-				alloc = allocOf(fi)
-			} else {
-				err = objErr("punch", oid, err)
+			fi, err := h.f.Stat()
+			if err != nil {
+				return objErr("punch", oid, err)
 			}
+			alloc = allocOf(fi)
 		}
-	}
-	s.mu.Lock()
-	last := s.fds.release(h)
-	if err == nil {
+		s.mu.Lock()
 		s.noteLocked(oid, ver, epoch)
 		if alloc >= 0 {
 			s.setAllocLocked(oid, alloc)
 		}
-	}
-	s.mu.Unlock()
-	if last {
-		closeFiles(h.f, nil)
-	}
-	return err
+		s.mu.Unlock()
+		return nil
+	})
 }
 
 // setAllocLocked records a fresh measure of oid's allocated bytes. s.mu is

@@ -70,20 +70,29 @@ func (s *Store) readSparse(oid ids.ObjectID, buf []byte, maxExtents int) ([]Exte
 		return nil, Meta{}, nil, err
 	}
 	defer s.end()
-	l := s.lock(oid)
-	l.RLock()
-	defer l.RUnlock()
-	h, info, err := s.acquire(oid)
-	if err == errAbsent {
-		return nil, Meta{}, nil, notFound("read", oid)
-	}
+	var (
+		exts []Extent
+		m    Meta
+		sums []uint32
+	)
+	err := s.look(oid, "read", func(h *handle, info objInfo) error {
+		var err error
+		exts, sums, err = s.readSparseFrom(oid, h, info, buf, maxExtents)
+		m = info.Meta
+		return err
+	})
 	if err != nil {
-		return nil, Meta{}, nil, objErr("read", oid, err)
+		return nil, Meta{}, nil, err
 	}
-	defer s.release(h)
+	return exts, m, sums, nil
+}
+
+// readSparseFrom is readSparse on oid's handle h, under its stripe lock;
+// a *mismatch for a block that fails its checksum.
+func (s *Store) readSparseFrom(oid ids.ObjectID, h *handle, info objInfo, buf []byte, maxExtents int) ([]Extent, []uint32, error) {
 	exts, err := dataExtents(int(h.f.Fd()), s.objSize, maxExtents)
 	if err != nil {
-		return nil, Meta{}, nil, objErr("map", oid, err)
+		return nil, nil, objErr("map", oid, err)
 	}
 	direct := s.openDirect(s.objPath(oid), buf, exts)
 	if direct != nil {
@@ -107,23 +116,23 @@ func (s *Store) readSparse(oid ids.ObjectID, buf []byte, maxExtents int) ([]Exte
 				err = nil // io.EOF at the very end
 			}
 			if err != nil {
-				return nil, Meta{}, nil, objErr("read", oid, err)
+				return nil, nil, objErr("read", oid, err)
 			}
 		}
 	}
 	// Every block, holes included, against its checksum: a recovery
 	// never spreads a damaged copy.
-	t, err := s.sums(oid, h)
+	es, _, err := s.sums(oid, h, false)
 	if err != nil {
-		return nil, Meta{}, nil, err
+		return nil, nil, err
 	}
 	sums := s.extentSums(oid, exts, buf)
 	for b, v := range sums {
-		if !t.get(int64(b)).good(v, info.settled) {
-			return nil, Meta{}, nil, s.corruptErr(oid, "block %d (bytes %d-%d) fails its checksum", b, int64(b)*SumBlock, int64(b+1)*SumBlock-1)
+		if !es.get(int64(b)).good(v, info.settled) {
+			return nil, nil, &mismatch{int64(b)}
 		}
 	}
-	return exts, info.Meta, sums, nil
+	return exts, sums, nil
 }
 
 // openDirect opens path for O_DIRECT reads if buf is block-aligned and the

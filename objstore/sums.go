@@ -2,9 +2,13 @@ package objstore
 
 import (
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"hash/crc32"
 	"io"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/sheepfs/sheepfs/errs"
@@ -130,49 +134,129 @@ func (s *Store) writeTrailer(f File, t trailer, b0, b1 int64) error {
 	return err
 }
 
-// sums returns the copy of oid's trailer that its handle h keeps, reading
-// it from the file at first use: reads and writes then cost no system call
-// for their checksums. The caller holds oid's stripe lock; the copy is
-// changed only under it held exclusively, and always together with the
-// file (see storeSums), so it is what the file holds. A descriptor that
-// leaves the cache takes its copy with it (MaxOpenFiles bounds them: 8 KiB
-// each for 4 MiB objects), and Check forgets the handle first, so a check
-// reads the trailer as it is on disk.
-func (s *Store) sums(oid ids.ObjectID, h *handle) (trailer, error) {
-	h.tmu.Lock()
-	defer h.tmu.Unlock()
-	if h.trailer == nil {
-		t, err := s.readTrailer(oid, h.f)
-		if err != nil {
-			return nil, err
-		}
-		h.trailer = t
-	}
-	return h.trailer, nil
+// entries is the copy of an object's trailer that its open handle keeps:
+// each entry packed as prev<<32 | cur, read and written atomically, since
+// writes of different blocks of one object run in parallel with each
+// other and with reads.
+type entries []atomic.Uint64
+
+func (es entries) get(b int64) entry {
+	v := es[b].Load()
+	return entry{uint32(v >> 32), uint32(v)}
 }
 
-// storeSums writes entries [b0, b1) of h's copy of the trailer, which the
-// caller (holding the stripe lock exclusively) has changed, to the file.
-// If that fails, the file may hold some of them: the copy is dropped, to
-// be read again.
-func (s *Store) storeSums(h *handle, b0, b1 int64) error {
-	err := s.writeTrailer(h.f, h.trailer, b0, b1)
+func (es entries) set(b int64, e entry) { es[b].Store(uint64(e.prev)<<32 | uint64(e.cur)) }
+
+// sums returns the copy of oid's trailer that its handle h keeps, reading
+// it from the file at first use: reads and writes then cost no system call
+// for their checksums. The caller holds oid's stripe lock. The copy is
+// changed with the file: a change sets its blocks' entries here, then in
+// the file, under a lock of those blocks (lockBlocks), so outside the
+// blocks being changed it is what the file holds.
+//
+// Except after a failed write of entries, which drops the copy: one read
+// again from the file while other changes were in flight (their entries
+// set in the dropped copy and perhaps not yet in the file) may lack
+// theirs. Such a copy is suspect. fresh (the caller holds the stripe lock
+// exclusively, so nothing is in flight) reads the copy again if it is
+// suspect; otherwise ok reports whether it is not.
+//
+// A descriptor that leaves the cache takes its copy with it (MaxOpenFiles
+// bounds them: 8 KiB each for 4 MiB objects), and Check forgets the
+// handle first, so a check reads the trailer as it is on disk.
+func (s *Store) sums(oid ids.ObjectID, h *handle, fresh bool) (es entries, ok bool, err error) {
+	h.tmu.Lock()
+	defer h.tmu.Unlock()
+	if h.sums == nil || fresh && h.suspect {
+		t, err := s.readTrailer(oid, h.f)
+		if err != nil {
+			return nil, false, err
+		}
+		es := make(entries, len(t)/entrySize)
+		for b := range es {
+			es.set(int64(b), t.get(int64(b)))
+		}
+		h.sums, h.suspect = es, len(h.busy) > 0
+	}
+	return h.sums, !h.suspect, nil
+}
+
+// entryBufs holds buffers for entries on their way to the file.
+var entryBufs = sync.Pool{New: func() any { b := make([]byte, 8<<10); return &b }}
+
+// storeSums writes entries [b0, b1) of es, h's copy, to h's file. If that
+// fails, the file may hold some of them: the copy is dropped, to be read
+// again.
+func (s *Store) storeSums(h *handle, es entries, b0, b1 int64) error {
+	p := entryBufs.Get().(*[]byte)
+	defer entryBufs.Put(p)
+	n := (b1 - b0) * entrySize
+	if int64(cap(*p)) < n {
+		*p = make([]byte, n)
+	}
+	t := trailer((*p)[:n])
+	for b := b0; b < b1; b++ {
+		t.set(b-b0, es.get(b))
+	}
+	_, err := h.f.WriteAt(t, s.objSize+b0*entrySize)
 	if err != nil {
 		h.tmu.Lock()
-		h.trailer = nil
+		h.sums = nil
 		h.tmu.Unlock()
 	}
 	return err
 }
 
+// lockBlocks waits until no other change of h's object covers a block of
+// [b0, b1), and takes them; unlockBlocks gives them back. A change holds
+// its blocks from setting their entries in the copy until its data is
+// written.
+func (h *handle) lockBlocks(b0, b1 int64) {
+	h.tmu.Lock()
+	for slices.ContainsFunc(h.busy, func(r blockRange) bool { return r.b0 < b1 && b0 < r.b1 }) {
+		h.freed.Wait()
+	}
+	h.busy = append(h.busy, blockRange{b0, b1})
+	h.tmu.Unlock()
+}
+
+func (h *handle) unlockBlocks(b0, b1 int64) {
+	h.tmu.Lock()
+	if i := slices.Index(h.busy, blockRange{b0, b1}); i >= 0 {
+		h.busy = slices.Delete(h.busy, i, i+1)
+	}
+	h.tmu.Unlock()
+	h.freed.Broadcast()
+}
+
+// blockRange is blocks [b0, b1) of an object.
+type blockRange struct{ b0, b1 int64 }
+
+// mismatch is a block that fails its checksum. Under the shared stripe
+// lock it may be a change in flight (its entry set, its data not yet
+// written, or a read of a page the write is filling): the caller looks
+// again under the exclusive lock, where it is damage.
+type mismatch struct{ block int64 }
+
+func (m *mismatch) Error() string { return fmt.Sprintf("block %d fails its checksum", m.block) }
+
+// damage turns a mismatch into errs.Corrupt (counted); other errors are
+// returned as they are.
+func (s *Store) damage(oid ids.ObjectID, err error) error {
+	var m *mismatch
+	if errors.As(err, &m) {
+		return s.corruptErr(oid, "block %d (bytes %d-%d) fails its checksum", m.block, m.block*SumBlock, (m.block+1)*SumBlock-1)
+	}
+	return err
+}
+
 // verify checks data, the whole blocks b0... of oid, against their
-// entries.
-func (s *Store) verify(oid ids.ObjectID, b0 int64, data []byte, t trailer, settled bool) error {
+// entries: a *mismatch for the first that fails.
+func verify(oid ids.ObjectID, b0 int64, data []byte, es entries, settled bool) error {
 	for i := range int64(len(data)) / SumBlock {
 		b := data[i*SumBlock : (i+1)*SumBlock]
-		if v := blockSum(oid, b0+i, b); !t.get(b0+i).good(v, settled) {
-			return s.corruptErr(oid, "block %d (bytes %d-%d) fails its checksum", b0+int64(i),
-				(b0+int64(i))*SumBlock, (b0+int64(i)+1)*SumBlock-1)
+		if v := blockSum(oid, b0+i, b); !es.get(b0+i).good(v, settled) {
+			return &mismatch{b0 + i}
 		}
 	}
 	return nil
@@ -195,8 +279,9 @@ func scratch(n int64) ([]byte, func()) {
 }
 
 // readBlocks reads whole blocks b0... of oid's file into dst (a whole
-// number of blocks) and verifies them (see entry.good for settled). A read
-// past the end of the file (truncated) is errs.Corrupt.
+// number of blocks) and verifies them (see entry.good for settled): a
+// *mismatch for a block that fails. A read past the end of the file
+// (truncated) is errs.Corrupt.
 func (s *Store) readBlocks(oid ids.ObjectID, h *handle, b0 int64, dst []byte, settled bool) error {
 	n, err := h.f.ReadAt(dst, b0*SumBlock)
 	if n < len(dst) {
@@ -205,11 +290,11 @@ func (s *Store) readBlocks(oid ids.ObjectID, h *handle, b0 int64, dst []byte, se
 		}
 		return objErr("read", oid, err)
 	}
-	t, err := s.sums(oid, h)
+	es, _, err := s.sums(oid, h, false)
 	if err != nil {
 		return err
 	}
-	return s.verify(oid, b0, dst, t, settled)
+	return verify(oid, b0, dst, es, settled)
 }
 
 // settle makes every entry of oid's file f hold one sum, the one its block
@@ -217,14 +302,14 @@ func (s *Store) readBlocks(oid ids.ObjectID, h *handle, b0 int64, dst []byte, se
 // before it. Blocks that match neither are left as they are: reads find
 // them. The caller holds oid's stripe lock.
 func (s *Store) settle(oid ids.ObjectID, h *handle) error {
-	t, err := s.sums(oid, h)
+	es, _, err := s.sums(oid, h, true)
 	if err != nil {
 		return err
 	}
 	var block [SumBlock]byte
 	lo, hi := int64(-1), int64(0) // the entries changed
 	for b := range s.objSize / SumBlock {
-		e := t.get(b)
+		e := es.get(b)
 		if e.prev == e.cur {
 			continue
 		}
@@ -232,7 +317,7 @@ func (s *Store) settle(oid ids.ObjectID, h *handle) error {
 			return objErr("read", oid, err)
 		}
 		if v := blockSum(oid, b, block[:]); e.matches(v) {
-			t.set(b, entry{v, v})
+			es.set(b, entry{v, v})
 			if lo < 0 {
 				lo = b
 			}
@@ -240,7 +325,7 @@ func (s *Store) settle(oid ids.ObjectID, h *handle) error {
 		}
 	}
 	if lo >= 0 {
-		if err := s.storeSums(h, lo, hi); err != nil {
+		if err := s.storeSums(h, es, lo, hi); err != nil {
 			return objErr("write checksums of", oid, err)
 		}
 	}
@@ -271,14 +356,14 @@ func (s *Store) collapse(oid ids.ObjectID) {
 		// until it is. The next Sync collapses it.
 		return
 	}
-	t, err := s.sums(oid, h)
+	es, _, err := s.sums(oid, h, true)
 	if err != nil {
 		return
 	}
 	lo, hi := int64(-1), int64(0) // the entries changed
 	for b := range s.objSize / SumBlock {
-		if e := t.get(b); e.prev != e.cur {
-			t.set(b, entry{e.cur, e.cur})
+		if e := es.get(b); e.prev != e.cur {
+			es.set(b, entry{e.cur, e.cur})
 			if lo < 0 {
 				lo = b
 			}
@@ -288,7 +373,7 @@ func (s *Store) collapse(oid ids.ObjectID) {
 	if lo >= 0 {
 		// On failure the copy is dropped and the file keeps two sums
 		// where it had them: still correct.
-		_ = s.storeSums(h, lo, hi)
+		_ = s.storeSums(h, es, lo, hi)
 	}
 }
 
@@ -366,7 +451,7 @@ func (s *Store) Patch(oid ids.ObjectID, exts []Extent, data []byte) (int, error)
 		return 0, err
 	}
 	nb := s.objSize / SumBlock
-	t, err := s.sums(oid, h)
+	es, _, err := s.sums(oid, h, true)
 	if err != nil {
 		return 0, err
 	}
@@ -377,7 +462,7 @@ func (s *Store) Patch(oid ids.ObjectID, exts []Extent, data []byte) (int, error)
 		if _, err := h.f.ReadAt(block, b*SumBlock); err != nil {
 			return patched, objErr("read", oid, err)
 		}
-		if t.get(b).good(blockSum(oid, b, block), true) {
+		if es.get(b).good(blockSum(oid, b, block), true) {
 			continue
 		}
 		// Their block: from the extents, zeros in their holes.
@@ -391,8 +476,8 @@ func (s *Store) Patch(oid ids.ObjectID, exts []Extent, data []byte) (int, error)
 			pos += e.Len
 		}
 		v := theirs[b]
-		t.set(b, entry{v, v})
-		if err := s.storeSums(h, b, b+1); err != nil {
+		es.set(b, entry{v, v})
+		if err := s.storeSums(h, es, b, b+1); err != nil {
 			s.unsettle(oid)
 			return patched, objErr("write checksums of", oid, err)
 		}

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"math/rand/v2"
 	"os"
+	"sync"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -180,6 +183,9 @@ func TestChecksumsAcrossCrashes(t *testing.T) {
 			t.Fatal(err)
 		}
 		next := pattern(oid, 0, 4*SumBlock, byte(10+round))
+		if err := s.settleOnce(oid, h); err != nil {
+			t.Fatal(err)
+		}
 		if err := s.changeSummed(oid, h, 2*SumBlock, 4*SumBlock, next, func() error {
 			_, err := h.f.WriteAt(next[:SumBlock], 2*SumBlock)
 			return err
@@ -430,4 +436,97 @@ func TestCollapseSparesUnsyncedChanges(t *testing.T) {
 	if es[0].prev != es[0].cur {
 		t.Fatalf("entry %+v after the Sync that made the change durable, want it collapsed", es[0])
 	}
+}
+
+// TestParallelChangesOfOneObject: writers change the same blocks of one
+// object at once, each its own bytes of every block (so each block's sum
+// depends on all of them), with punches and readers alongside. No read
+// or write fails or counts damage, every byte ends as its writer's last
+// write left it, and so it reads after a crash.
+func TestParallelChangesOfOneObject(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{ObjectSize: testObjSize, MaxOpenFiles: 2})
+	const (
+		oid     = ids.ObjectID(0x4242)
+		writers = 4
+		part    = SumBlock / 8 // each writer's bytes of a block
+		blocks  = 16
+		rounds  = 40
+	)
+	mustWrite(t, s, oid, 0, make([]byte, SumBlock), 1, 1)
+	// Widen the window between a change's reading of a block it covers
+	// in part and its new entry for that block.
+	s.afterVerify = func() { time.Sleep(50 * time.Microsecond) }
+	want := make([]byte, testObjSize)
+	var wg sync.WaitGroup
+	errc := make(chan error, writers+2)
+	for w := range writers {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			for r := range rounds {
+				// Blocks b0..b1 of this writer's bytes, one write each.
+				b0 := rng.Int64N(blocks - 3)
+				for b := b0; b < b0+3; b++ {
+					off := b*SumBlock + int64(w)*part
+					data := bytes.Repeat([]byte{byte(1 + w*rounds + r)}, part)
+					if err := s.Write(oid, off, data, ids.Version(2+r), 1); err != nil {
+						errc <- err
+						return
+					}
+					copy(want[off:], data) // this writer's bytes only
+				}
+			}
+		})
+	}
+	done := make(chan struct{})
+	var bg sync.WaitGroup
+	bg.Go(func() { // readers of whole and partial blocks
+		buf := make([]byte, blocks*SumBlock)
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if _, err := s.Read(oid, int64(i%7)*100, buf[:blocks*SumBlock-1000]); err != nil {
+				errc <- err
+				return
+			}
+		}
+	})
+	bg.Go(func() { // a punch of bytes nobody writes, in the same blocks
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			b := int64(i % blocks)
+			if err := s.Punch(oid, b*SumBlock+writers*part, part, 1, 1); err != nil {
+				errc <- err
+				return
+			}
+			_ = s.Sync()
+		}
+	})
+	wg.Wait()
+	close(done)
+	bg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	if n := s.Corruptions(); n != 0 {
+		t.Fatalf("%d damaged copies counted in changes that never damaged anything", n)
+	}
+	check := func(when string) {
+		got, _ := mustRead(t, s, oid, 0, testObjSize)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s: object reads wrong", when)
+		}
+	}
+	check("after the changes")
+	s.crash()
+	s = open(t, dir, Options{ObjectSize: testObjSize})
+	check("after a crash")
 }
