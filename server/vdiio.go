@@ -1,0 +1,71 @@
+package server
+
+import (
+	"context"
+
+	"github.com/sheepfs/sheepfs/cluster"
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/proto"
+)
+
+// VDI I/O: the client requests that read and change a VDI's data.
+
+func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*proto.Msg, error) {
+	n.rec.clientIO()
+	if req.ID > uint64(ids.MaxVDIID) || req.ID == 0 {
+		return nil, errs.E(errs.Invalid, "bad VDI ID %d", req.ID)
+	}
+	v, meta, err := n.volumeFor(ids.VDIID(req.ID))
+	if err != nil {
+		return nil, err
+	}
+	if req.Offset > cluster.MaxVDISize {
+		return nil, errs.E(errs.TooLarge, "offset %d is past the end of VDI %q", req.Offset, meta.Name)
+	}
+	off := int64(req.Offset)
+	resp := &proto.Msg{}
+	switch req.Op {
+	case proto.OpVDIRead:
+		buf := proto.GetBuf(int(req.Length))
+		if err := v.ReadAt(ctx, buf, off); err != nil {
+			proto.PutBuf(buf)
+			return nil, err
+		}
+		resp.Data = buf
+		resp.SetPooled()
+	case proto.OpVDIWrite:
+		if err := n.checkWriter(c, meta); err != nil {
+			return nil, err
+		}
+		ctx := n.writerFence(ctx, c, meta)
+		if err := n.writeTo(ctx, v, meta.ID, func(v *volume) error { return v.WriteAt(ctx, req.Data, off) }); err != nil {
+			return nil, err
+		}
+		if req.Flags&proto.FlagSync != 0 {
+			if err := v.Flush(ctx); err != nil {
+				return nil, err
+			}
+		}
+	case proto.OpVDIDiscard:
+		if err := n.checkWriter(c, meta); err != nil {
+			return nil, err
+		}
+		ctx := n.writerFence(ctx, c, meta)
+		keep := req.Flags&proto.FlagZeroKeep != 0
+		if err := n.writeTo(ctx, v, meta.ID, func(v *volume) error { return v.Discard(ctx, off, int64(req.Aux), keep) }); err != nil {
+			return nil, err
+		}
+	case proto.OpVDIFlush:
+		if err := v.Flush(ctx); err != nil {
+			return nil, err
+		}
+	case proto.OpVDIAllocMap:
+		bm, cnt, err := v.AllocMap(ctx)
+		if err != nil {
+			return nil, err
+		}
+		resp.Data, resp.Aux = bm, uint64(cnt)
+	}
+	return resp, nil
+}
