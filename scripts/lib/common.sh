@@ -1,4 +1,4 @@
-# Shared by scripts/up, scripts/down, scripts/test and scripts/bench.
+# Shared by scripts/up, scripts/down, scripts/test and the benchmarks.
 # Settings (environment overrides, so several clusters can live side by side):
 #   SHEEP_NODES  number of sheep daemons (default 3)
 #   SHEEP_PORT   data port of the first; node i uses SHEEP_PORT+10*i, and
