@@ -1,7 +1,7 @@
 # shellcheck shell=bash
-# Shared by the fio benchmarks (scripts/bench): the fio jobs and their
-# settings, and what they do around them. Source it after
-# scripts/lib/common.sh, once SHEEP_* and BENCH_OUT are set.
+# Shared by the fio benchmarks, scripts/bench and scripts/bench-peers: the
+# fio jobs and their settings, and what they do around them. Source it
+# after scripts/lib/common.sh, once SHEEP_* and BENCH_OUT are set.
 #
 # Settings (environment), as documented in scripts/bench:
 #   BENCH_RUNTIME, BENCH_SIZE, BENCH_SEQ_RUNTIME, BENCH_IODEPTH, BENCH_WAIT_IDLE

@@ -1,4 +1,4 @@
-"""Reads the fio reports that the fio benchmarks (scripts/bench) keep in
+"""Reads the fio reports that scripts/bench and scripts/bench-peers keep in
 BENCH_OUT: one TARGET-JOB.json per job and target (see scripts/lib/bench.sh)."""
 import json
 
