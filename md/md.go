@@ -135,6 +135,7 @@ func Open(opts Options) (*Set, error) {
 			if gone, err := objstore.ListIndex(ip); err == nil {
 				lost = append(lost, gone...)
 				_ = os.Remove(ip)
+				_ = os.Remove(ip + ".log") // the index's log (objstore)
 			}
 		}
 		s.ids[d.path] = d.id

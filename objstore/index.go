@@ -16,11 +16,13 @@ import (
 // The index is a bbolt database, dir/index.db, with two buckets:
 //
 //	config   "format" -> uint64 formatVersion, "objectSize" -> uint64 bytes
-//	         (format 1: object files without checksums; Open adds them)
+//	         (format 1: object files without checksums; Open adds them),
+//	         "logGen" -> uint64, the generation of the index log (indexlog.go)
 //	objects  8-byte big-endian ObjectID -> 16 bytes: Version, Epoch
 //	         (big-endian uint64 each)
 //
-// It holds no object data.
+// It holds no object data. Changes reach it through the index log
+// (indexlog.go), which holds those made since its last checkpoint.
 var (
 	configBucket  = []byte("config")
 	objectsBucket = []byte("objects")
@@ -131,12 +133,10 @@ func loadIndex(db *bolt.DB) (metas map[ids.ObjectID]Meta, bad [][]byte, err erro
 	return metas, bad, nil
 }
 
-// commitIndex applies a batch of index changes in one transaction. The
-// batch is not modified.
-func commitIndex(db *bolt.DB, batch map[ids.ObjectID]dirtyEntry, badKeys [][]byte) error {
-	if len(batch) == 0 && len(badKeys) == 0 {
-		return nil
-	}
+// commitIndex applies a batch of index changes and records logGen (the
+// index log's next generation), in one transaction. The batch is not
+// modified.
+func commitIndex(db *bolt.DB, batch map[ids.ObjectID]dirtyEntry, badKeys [][]byte, logGen uint64) error {
 	oids := make([]ids.ObjectID, 0, len(batch))
 	for oid := range batch {
 		oids = append(oids, oid)
@@ -144,6 +144,9 @@ func commitIndex(db *bolt.DB, batch map[ids.ObjectID]dirtyEntry, badKeys [][]byt
 	slices.Sort(oids) // sequential puts keep bbolt's page splits cheap
 	buf := make([]byte, len(oids)*(keySize+metaSize))
 	err := db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(configBucket).Put(keyLogGen, encodeUint(logGen)); err != nil {
+			return err
+		}
 		b := tx.Bucket(objectsBucket)
 		for _, k := range badKeys {
 			if err := b.Delete(k); err != nil {

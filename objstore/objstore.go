@@ -5,6 +5,8 @@
 // Layout under the store's directory:
 //
 //	index.db            bbolt: ObjectID -> Meta (see index.go); no data
+//	index.db.log        the index changes of the Syncs since the last
+//	                    checkpoint into index.db (see indexlog.go)
 //	obj/XX/<oid>        one sparse file of ObjectSize bytes per object;
 //	                    <oid> is ObjectID.String() (16 hex digits) and XX
 //	                    its last two hex digits (the ID's low byte)
@@ -13,8 +15,8 @@
 // Durability is that of a disk with a volatile write cache: Write, Punch
 // and Remove take effect at once for users of the Store and become
 // durable at the next successful Sync. Sync makes object data durable
-// before it commits the index, so after a crash the index never claims a
-// version whose data was lost; it may claim an older one (a crash between
+// before it logs the index changes, so after a crash the index never
+// claims a version whose data was lost; it may claim an older one (a crash between
 // the two), which only makes this replica look staler than it is. Objects
 // created since the last Sync come back from a crash with version 0.
 //
@@ -119,6 +121,7 @@ type Store struct {
 
 	afterVerify func() // tests: called after a change verified a block it covers in part
 
+	log     *indexLog  // the index log; guarded by syncMu
 	syncMu  sync.Mutex // serialises syncBatch; guards durable and syncErr
 	durable uint64     // every batch numbered below this is durable
 	syncErr error      // sticky: a failed fdatasync or fsync
@@ -375,6 +378,9 @@ func ListIndex(path string) ([]ids.ObjectID, error) {
 	defer db.Close()
 	metas, _, err := loadIndex(db)
 	if err != nil {
+		return nil, err
+	}
+	if err := readLog(path+".log", db, metas); err != nil {
 		return nil, err
 	}
 	out := make([]ids.ObjectID, 0, len(metas))
@@ -999,8 +1005,14 @@ func (s *Store) Close() error {
 	if err == nil {
 		err = s.syncBatch()
 	}
+	if err == nil && len(s.log.pending) > 0 {
+		err = s.log.checkpoint(s.db, nil)
+	}
 	s.syncMu.Unlock()
 	s.closeAll()
+	if cerr := s.log.f.Close(); cerr != nil && err == nil {
+		err = diskErr(cerr, "objstore: close index log %s", s.dir)
+	}
 	if cerr := s.db.Close(); cerr != nil && err == nil {
 		err = diskErr(cerr, "objstore: close index %s", s.dir)
 	}
@@ -1026,7 +1038,8 @@ func (s *Store) crash() {
 	s.closed = true
 	s.closeMu.Unlock()
 	s.closeAll()
-	_ = s.db.Close() // a crash reports nothing
+	_ = s.log.f.Close() // a crash reports nothing
+	_ = s.db.Close()
 }
 
 // Replace makes oid a fresh object that holds data at off and zeros

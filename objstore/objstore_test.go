@@ -819,19 +819,26 @@ func TestSyncDurable(t *testing.T) {
 	}
 }
 
-// committed returns oid's entry in the committed index.
+// committed returns oid's entry in the durable index: bbolt and the
+// index log, as the files hold them now.
 func committed(t testing.TB, s *Store, oid ids.ObjectID) (m Meta, ok bool) {
 	t.Helper()
+	metas := map[ids.ObjectID]Meta{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(objectsBucket).Get(binary.BigEndian.AppendUint64(nil, uint64(oid)))
-		if ok = len(v) == metaSize; ok {
-			m = decodeMeta(v)
+		if len(v) == metaSize {
+			metas[oid] = decodeMeta(v)
 		}
 		return nil
 	})
+	if err == nil {
+		// And the index log, as the file holds it now.
+		err = readLog(s.log.f.Name(), s.db, metas)
+	}
 	if err != nil {
 		t.Error(err)
 	}
+	m, ok = metas[oid]
 	return m, ok
 }
 

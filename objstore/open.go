@@ -68,18 +68,29 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	s.db = db
 	s.noSums = noSums
-	if err := s.load(); err != nil {
+	if err := s.load(ipath + ".log"); err != nil {
+		if s.log != nil {
+			_ = s.log.f.Close()
+		}
 		_ = db.Close() // the load error is the one to report
 		return nil, err
 	}
 	return s, nil
 }
 
-// load fills s.objects from the index and the object files, and commits
-// the reconciliation in one transaction.
-func (s *Store) load() error {
+// load fills s.objects from the index, its log at logPath and the object
+// files, and commits the log and the reconciliation in one transaction (a
+// checkpoint).
+func (s *Store) load(logPath string) error {
 	indexed, badKeys, err := loadIndex(s.db)
 	if err != nil {
+		return err
+	}
+	gen, err := logGenOf(s.db)
+	if err != nil {
+		return err
+	}
+	if s.log, err = openLog(logPath, gen, indexed); err != nil {
 		return err
 	}
 	if err := s.makeDirs(); err != nil {
@@ -97,7 +108,10 @@ func (s *Store) load() error {
 			s.missing = append(s.missing, oid)
 		}
 	}
-	if err := commitIndex(s.db, changes, badKeys); err != nil {
+	for oid, e := range changes {
+		s.log.pending[oid] = e
+	}
+	if err := s.log.checkpoint(s.db, badKeys); err != nil {
 		return err
 	}
 	if s.noSums {

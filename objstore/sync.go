@@ -17,8 +17,8 @@ const maxSyncWorkers = 16
 // Sync makes durable every Write, Punch, creation and Remove that
 // completed before Sync was called: it fdatasyncs each object file written
 // or punched since the last Sync (up to 16 at a time), fsyncs the obj/XX
-// directories that gained or lost entries, then commits the pending index
-// updates to bbolt in one transaction. Operations may go on meanwhile;
+// directories that gained or lost entries, then appends the pending index
+// updates to the index log as one record and fdatasyncs it (indexlog.go). Operations may go on meanwhile;
 // those that complete after Sync was called are left for the next Sync.
 // Concurrent calls share work: a Sync that finds its changes already
 // made durable by another returns at once.
@@ -77,7 +77,7 @@ func (s *Store) syncBatch() error {
 		}
 	}
 	if err == nil {
-		err = commitIndex(s.db, batch, nil)
+		fatal, err = s.log.append(batch)
 	}
 	if fatal {
 		s.syncErr = err
@@ -98,6 +98,11 @@ func (s *Store) syncBatch() error {
 	s.spare = batch
 	s.mu.Unlock()
 	s.durable = seq + 1
+	if s.log.off >= logMax {
+		// The batches are durable in the log whatever this does: a
+		// failed checkpoint is tried again at the next Sync.
+		_ = s.log.checkpoint(s.db, nil)
+	}
 	return nil
 }
 
