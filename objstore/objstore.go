@@ -337,15 +337,16 @@ func (s *Store) writeDirectTo(f File, off int64, data []byte) bool {
 	return true
 }
 
-// writeDirect writes data at off with O_DIRECT if the write qualifies, and
+// writeDirect writes data at off into object oid with O_DIRECT if the write
+// qualifies (its path is worked out only then), and
 // reports whether it did. On any failure it reports false, and the caller
 // writes through the page cache instead; a filesystem that refuses
 // O_DIRECT turns the path off for the store.
-func (s *Store) writeDirect(path string, off int64, data []byte) bool {
+func (s *Store) writeDirect(oid ids.ObjectID, off int64, data []byte) bool {
 	if !s.directOK(off, data) {
 		return false
 	}
-	f := s.openDirectWrite(path)
+	f := s.openDirectWrite(s.objPath(oid))
 	if f == nil {
 		return false
 	}
@@ -438,7 +439,7 @@ func (s *Store) write(oid ids.ObjectID, off int64, data []byte, ver ids.Version,
 	return s.change(oid, off, n, "write", creator, func(h *handle) error {
 		if n > 0 {
 			err := s.changeSummed(oid, h, off, n, data, func() error {
-				if s.writeDirect(s.objPath(oid), off, data) {
+				if s.writeDirect(oid, off, data) {
 					return nil
 				}
 				_, err := h.f.WriteAt(data, off)
