@@ -92,11 +92,23 @@ func (r *replicated) fanout(ctx context.Context, st *cluster.State, ts []cluster
 	if len(ts) == 1 {
 		return r.one(ctx, ts[0], local, req)
 	}
+	// The peers' requests in goroutines of their own; this node's copy
+	// on the caller's goroutine, whose stack has room for the store's
+	// call chain (a new goroutine would grow its stack on every write).
 	errc := make(chan error, len(ts))
-	for _, m := range ts {
+	var here *cluster.Member
+	for i, m := range ts {
+		if m.ID == r.n.id {
+			here = &ts[i]
+			continue
+		}
 		go func() { errc <- r.one(ctx, m, local, req) }()
 	}
 	var first error
+	if here != nil {
+		first = r.one(ctx, *here, local, req)
+		errc <- nil
+	}
 	for range ts {
 		if err := <-errc; err != nil && first == nil {
 			first = err
