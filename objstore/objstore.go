@@ -477,6 +477,38 @@ func (s *Store) change(oid ids.ObjectID, off, n int64, op string, create func() 
 }
 
 func (s *Store) changeOnce(oid ids.ObjectID, off, n int64, op string, excl bool, create func() error, do func(h *handle) error) error {
+	return s.withObject(oid, op, excl, func() error {
+		if create == nil {
+			return notFound(op, oid)
+		}
+		if !excl {
+			return errExclusive
+		}
+		return create()
+	}, func(h *handle, info objInfo) error {
+		if excl {
+			if err := s.settleOnce(oid, h); err != nil {
+				return err
+			}
+		} else if !info.settled {
+			return errExclusive
+		}
+		if _, ok, err := s.sums(oid, h, excl); err != nil {
+			return err
+		} else if !ok {
+			return errExclusive
+		}
+		b0, b1 := off/SumBlock, (off+n+SumBlock-1)/SumBlock
+		h.lockBlocks(b0, b1)
+		defer h.unlockBlocks(b0, b1)
+		return do(h)
+	})
+}
+
+// withObject runs fn on oid's handle under oid's stripe lock, held
+// exclusively if excl, shared otherwise; absent if the object does not
+// exist.
+func (s *Store) withObject(oid ids.ObjectID, op string, excl bool, absent func() error, fn func(h *handle, info objInfo) error) error {
 	l := s.lock(oid)
 	if excl {
 		l.Lock()
@@ -487,34 +519,13 @@ func (s *Store) changeOnce(oid ids.ObjectID, off, n int64, op string, excl bool,
 	}
 	h, info, err := s.acquire(oid)
 	if err == errAbsent {
-		switch {
-		case create == nil:
-			return notFound(op, oid)
-		case !excl:
-			return errExclusive
-		}
-		return create()
+		return absent()
 	}
 	if err != nil {
 		return objErr(op, oid, err)
 	}
 	defer s.release(h)
-	if excl {
-		if err := s.settleOnce(oid, h); err != nil {
-			return err
-		}
-	} else if !info.settled {
-		return errExclusive
-	}
-	if _, ok, err := s.sums(oid, h, excl); err != nil {
-		return err
-	} else if !ok {
-		return errExclusive
-	}
-	b0, b1 := off/SumBlock, (off+n+SumBlock-1)/SumBlock
-	h.lockBlocks(b0, b1)
-	defer h.unlockBlocks(b0, b1)
-	return do(h)
+	return fn(h, info)
 }
 
 // changeSummed changes [off, off+n) of oid's file f with do (which writes
@@ -722,28 +733,14 @@ func (s *Store) look(oid ids.ObjectID, op string, fn func(h *handle, info objInf
 }
 
 func (s *Store) lookOnce(oid ids.ObjectID, op string, excl bool, fn func(h *handle, info objInfo) error) error {
-	l := s.lock(oid)
-	if excl {
-		l.Lock()
-		defer l.Unlock()
-	} else {
-		l.RLock()
-		defer l.RUnlock()
-	}
-	h, info, err := s.acquire(oid)
-	if err == errAbsent {
-		return notFound(op, oid)
-	}
-	if err != nil {
-		return objErr(op, oid, err)
-	}
-	defer s.release(h)
-	if excl {
-		if _, _, err := s.sums(oid, h, true); err != nil {
-			return err
+	return s.withObject(oid, op, excl, func() error { return notFound(op, oid) }, func(h *handle, info objInfo) error {
+		if excl {
+			if _, _, err := s.sums(oid, h, true); err != nil {
+				return err
+			}
 		}
-	}
-	return fn(h, info)
+		return fn(h, info)
+	})
 }
 
 // readVerified reads buf at off from oid's file f, verifying every block
