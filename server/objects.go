@@ -137,66 +137,77 @@ func (n *Node) unreachable(id ids.NodeID, err error) {
 	}
 }
 
-// Write implements vdi.Objects.
-func (r *replicated) Write(ctx context.Context, oid ids.ObjectID, copies int, off int64, data []byte) error {
-	return r.write(ctx, oid, copies, off, data, false)
+// writer changes objects for one writer: every attempt of a change must
+// first pass fence, if any, against that attempt's cluster state. It
+// implements vdi.Writer. Client writes get a fenced one (Node.clientWriter);
+// the daemon's own changes (resize under its lock session, freeing a dead
+// image's objects, the scrub's removals) ask for unfenced by name.
+type writer struct {
+	r     *replicated
+	fence func(*cluster.State) error
 }
 
-// Create implements vdi.Objects.
-func (r *replicated) Create(ctx context.Context, oid ids.ObjectID, copies int, off int64, data []byte) error {
-	return r.write(ctx, oid, copies, off, data, true)
+var _ vdi.Writer = writer{}
+
+// fenced returns a writer whose changes pass fence first.
+func (r *replicated) fenced(fence func(*cluster.State) error) writer {
+	return writer{r: r, fence: fence}
 }
 
-func (r *replicated) write(ctx context.Context, oid ids.ObjectID, copies int, off int64, data []byte, create bool) error {
+// unfenced returns a writer for changes that no client's write lock
+// governs.
+func (r *replicated) unfenced() writer { return writer{r: r} }
+
+// Write implements vdi.Writer.
+func (w writer) Write(ctx context.Context, oid ids.ObjectID, copies int, off int64, data []byte) error {
+	return w.write(ctx, oid, copies, off, data, false)
+}
+
+// Create implements vdi.Writer.
+func (w writer) Create(ctx context.Context, oid ids.ObjectID, copies int, off int64, data []byte) error {
+	return w.write(ctx, oid, copies, off, data, true)
+}
+
+func (w writer) write(ctx context.Context, oid ids.ObjectID, copies int, off int64, data []byte, create bool) error {
 	req := proto.Msg{Header: proto.Header{Op: proto.OpWriteObj, Offset: uint64(off)}, Data: data}
 	if create {
 		req.Flags |= proto.FlagCreate
 	}
-	return r.change(ctx, oid, copies, req, func(epoch ids.Epoch, ver ids.Version) error {
-		return r.n.localWrite(ctx, oid, off, data, ver, epoch, create)
+	return w.r.change(ctx, w.fence, oid, copies, req, func(epoch ids.Epoch, ver ids.Version) error {
+		return w.r.n.localWrite(ctx, oid, off, data, ver, epoch, create)
 	})
 }
 
-// Punch implements vdi.Objects.
-func (r *replicated) Punch(ctx context.Context, oid ids.ObjectID, copies int, off, length int64) error {
+// Punch implements vdi.Writer.
+func (w writer) Punch(ctx context.Context, oid ids.ObjectID, copies int, off, length int64) error {
 	req := proto.Msg{Header: proto.Header{Op: proto.OpPunchObj, Offset: uint64(off), Length: uint32(length)}}
-	return r.change(ctx, oid, copies, req, func(epoch ids.Epoch, ver ids.Version) error {
-		return r.n.localPunch(ctx, oid, off, length, ver, epoch)
+	return w.r.change(ctx, w.fence, oid, copies, req, func(epoch ids.Epoch, ver ids.Version) error {
+		return w.r.n.localPunch(ctx, oid, off, length, ver, epoch)
 	})
 }
 
-// Remove implements vdi.Objects.
-func (r *replicated) Remove(ctx context.Context, oid ids.ObjectID, copies int) error {
-	return r.RemoveIfNotNewer(ctx, oid, copies, 0)
+// Remove implements vdi.Writer.
+func (w writer) Remove(ctx context.Context, oid ids.ObjectID, copies int) error {
+	return w.RemoveIfNotNewer(ctx, oid, copies, 0)
 }
 
 // RemoveIfNotNewer is Remove, except that a replica whose copy has a
 // version newer than ver (nonzero) keeps it: something wrote it since the
 // caller decided. A write to a replica that removed its copy meanwhile
 // fetches the kept one first.
-func (r *replicated) RemoveIfNotNewer(ctx context.Context, oid ids.ObjectID, copies int, ver ids.Version) error {
+func (w writer) RemoveIfNotNewer(ctx context.Context, oid ids.ObjectID, copies int, ver ids.Version) error {
 	req := proto.Msg{Header: proto.Header{Op: proto.OpRemoveObj, Offset: uint64(ver)}}
-	return r.change(ctx, oid, copies, req, func(epoch ids.Epoch, _ ids.Version) error {
-		return r.n.localRemove(ctx, oid, epoch, ver)
+	return w.r.change(ctx, w.fence, oid, copies, req, func(epoch ids.Epoch, _ ids.Version) error {
+		return w.r.n.localRemove(ctx, oid, epoch, ver)
 	})
-}
-
-type fenceKey struct{}
-
-// withFence returns ctx carrying fence, which every attempt of a change
-// made with it must pass, against that attempt's cluster state, before it
-// sends anything.
-func withFence(ctx context.Context, fence func(*cluster.State) error) context.Context {
-	return context.WithValue(ctx, fenceKey{}, fence)
 }
 
 // change sends a request that changes oid to every replica of the current
 // epoch (the local one is served in place by local), with a new version,
 // retrying across failures and epoch changes; the replicas are then dirty
 // until the next flush. Only a node in contact with the majority may
-// change data, and only while ctx's fence (withFence), if any, allows it.
-func (r *replicated) change(ctx context.Context, oid ids.ObjectID, copies int, req proto.Msg, local func(ids.Epoch, ids.Version) error) error {
-	fence, _ := ctx.Value(fenceKey{}).(func(*cluster.State) error)
+// change data, and only while fence, if any, allows it.
+func (r *replicated) change(ctx context.Context, fence func(*cluster.State) error, oid ids.ObjectID, copies int, req proto.Msg, local func(ids.Epoch, ids.Version) error) error {
 	what := func() string { return req.Op.String() + " " + oid.String() }
 	return r.retry(ctx, what, func(st *cluster.State) error {
 		if !r.n.cl.HasQuorum() {

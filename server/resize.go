@@ -60,12 +60,12 @@ func (n *Node) resizeVDI(ctx context.Context, a proto.AdminRequest) (*cluster.VD
 			}
 			keep := vdi.NumObjects(a.Size)
 			if cut := min(uint64(keep)*vdi.ObjectSize, meta.Size); cut > a.Size {
-				if err := v.Discard(ctx, int64(a.Size), int64(cut-a.Size), false); err != nil {
+				if err := v.Discard(ctx, n.objs.unfenced(), int64(a.Size), int64(cut-a.Size), false); err != nil {
 					return err
 				}
 			}
 			for idx := keep; idx < vdi.NumObjects(meta.Size); idx++ {
-				if err := v.Free(ctx, idx); err != nil {
+				if err := v.Free(ctx, n.objs.unfenced(), idx); err != nil {
 					return err
 				}
 			}

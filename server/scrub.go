@@ -260,7 +260,7 @@ func (n *Node) freeUnreferencedObjects(stop <-chan struct{}, oids []ids.ObjectID
 		if time.Since(first.when) >= scrubConfirm {
 			// A copy written since (a grow and a write racing this
 			// check) is kept.
-			if err := n.objs.RemoveIfNotNewer(ctx, oid, v.Copies, m.Version); err == nil {
+			if err := n.objs.unfenced().RemoveIfNotNewer(ctx, oid, v.Copies, m.Version); err == nil {
 				delete(now, oid)
 				freed++
 				n.log.Warn().Stringer("oid", oid).Str("vdi", v.Name).Msg("scrub: freed an object its VDI's index does not reference")

@@ -115,17 +115,18 @@ func (n *Node) checkWriter(c *proto.Conn, meta *cluster.VDI) error {
 	return nil
 }
 
-// writerFence returns ctx with a fence that checks, against the cluster
-// state of every attempt to change an object, that the client on c still
+// clientWriter returns the writer for a client's changes of meta's VDI: a
+// fence checks, against the cluster state of every attempt to change an
+// object, that the client on c still
 // holds the write lock of meta's VDI. A write retries for up to RetryFor
 // across failures and epoch changes: one stuck on a replica across a
 // partition, on the side without the majority, must fail once the heal
 // shows that the majority dropped the lock (it died with this node, as far
 // as the majority knew) and perhaps gave it to another client, instead of
 // landing then.
-func (n *Node) writerFence(ctx context.Context, c *proto.Conn, meta *cluster.VDI) context.Context {
+func (n *Node) clientWriter(c *proto.Conn, meta *cluster.VDI) writer {
 	vid := meta.ID
-	return withFence(ctx, func(st *cluster.State) error {
+	return n.objs.fenced(func(st *cluster.State) error {
 		meta, ok := st.VDIByID(vid)
 		if !ok {
 			return errs.E(errs.NotFound, "VDI %v is gone", vid)

@@ -412,7 +412,7 @@ func (n *Node) freeUnreferenced(ctx context.Context, st *cluster.State, d ids.VD
 		if used {
 			continue
 		}
-		if err := own.Free(ctx, idx); err != nil {
+		if err := own.Free(ctx, n.objs.unfenced(), idx); err != nil {
 			return freed, err
 		}
 		freed++
@@ -425,7 +425,7 @@ func (n *Node) freeUnreferenced(ctx context.Context, st *cluster.State, d ids.VD
 func (n *Node) freeIndex(ctx context.Context, st *cluster.State, d ids.VDIID) error {
 	img, _ := st.Image(d)
 	for c := uint32(0); c*vdi.EntriesPerIndexObject < max(vdi.NumObjects(img.Size), 1); c++ {
-		if err := n.objs.Remove(ctx, ids.IndexObject(d, c), img.Copies); err != nil {
+		if err := n.objs.unfenced().Remove(ctx, ids.IndexObject(d, c), img.Copies); err != nil {
 			return err
 		}
 	}

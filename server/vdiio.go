@@ -38,8 +38,8 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 		if err := n.checkWriter(c, meta); err != nil {
 			return nil, err
 		}
-		ctx := n.writerFence(ctx, c, meta)
-		if err := n.writeTo(ctx, v, meta.ID, func(v *volume) error { return v.WriteAt(ctx, req.Data, off) }); err != nil {
+		w := n.clientWriter(c, meta)
+		if err := n.writeTo(ctx, v, meta.ID, func(v *volume) error { return v.WriteAt(ctx, w, req.Data, off) }); err != nil {
 			return nil, err
 		}
 		if req.Flags&proto.FlagSync != 0 {
@@ -51,9 +51,9 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 		if err := n.checkWriter(c, meta); err != nil {
 			return nil, err
 		}
-		ctx := n.writerFence(ctx, c, meta)
+		w := n.clientWriter(c, meta)
 		keep := req.Flags&proto.FlagZeroKeep != 0
-		if err := n.writeTo(ctx, v, meta.ID, func(v *volume) error { return v.Discard(ctx, off, int64(req.Aux), keep) }); err != nil {
+		if err := n.writeTo(ctx, v, meta.ID, func(v *volume) error { return v.Discard(ctx, w, off, int64(req.Aux), keep) }); err != nil {
 			return nil, err
 		}
 	case proto.OpVDIFlush:

@@ -26,7 +26,7 @@ func BenchmarkWriteAt4K(b *testing.B) {
 	b.SetBytes(int64(len(data)))
 	off := int64(0)
 	for b.Loop() {
-		if err := v.WriteAt(ctx, data, off); err != nil {
+		if err := v.WriteAt(ctx, wr(v), data, off); err != nil {
 			b.Fatal(err)
 		}
 		off = (off + 1<<20 + 4096) % (size - 4096)

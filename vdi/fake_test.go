@@ -214,3 +214,6 @@ func indexWith(owners map[uint32]ids.VDIID) []byte {
 	}
 	return b
 }
+
+// wr returns the Writer of a test volume: its own store, unfenced.
+func wr(v *Volume) Writer { return v.objs.(Writer) }

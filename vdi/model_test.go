@@ -122,7 +122,7 @@ func TestRandomModel(t *testing.T) {
 		case r < 40:
 			off, n := randomRange()
 			d := randomData(n)
-			if err := v.WriteAt(ctx, d, off); err != nil {
+			if err := v.WriteAt(ctx, wr(v), d, off); err != nil {
 				t.Fatalf("step %d: WriteAt(%d, %d): %v", step, off, n, err)
 			}
 			copy(model[off:], d)
@@ -137,7 +137,7 @@ func TestRandomModel(t *testing.T) {
 		case r < 92:
 			off, n := randomRange()
 			keep := rng.IntN(3) == 0
-			if err := v.Discard(ctx, off, int64(n), keep); err != nil {
+			if err := v.Discard(ctx, wr(v), off, int64(n), keep); err != nil {
 				t.Fatalf("step %d: Discard(%d, %d, keep %v): %v", step, off, n, keep, err)
 			}
 			clear(model[off : off+int64(n)])

@@ -83,7 +83,7 @@ func TestRegressConcurrentFirstWritesRace(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				<-start
-				if err := v.WriteAt(context.Background(), bytes.Repeat([]byte{byte(w + 1)}, piece), int64(w)*piece); err != nil {
+				if err := v.WriteAt(context.Background(), wr(v), bytes.Repeat([]byte{byte(w + 1)}, piece), int64(w)*piece); err != nil {
 					t.Errorf("WriteAt: %v", err)
 				}
 			}()

@@ -232,7 +232,7 @@ func TestRandomSnapshots(t *testing.T) {
 			case r < 330:
 				off, n := randomRange(false)
 				data := randomData(n)
-				if err := d.v.WriteAt(ctx, data, off); err != nil {
+				if err := d.v.WriteAt(ctx, wr(d.v), data, off); err != nil {
 					fail(step, "%s: WriteAt(%d, %d): %v", d.name, off, n, err)
 				}
 				d.model.write(off, data)
@@ -243,7 +243,7 @@ func TestRandomSnapshots(t *testing.T) {
 			case r < 380:
 				off, n := randomRange(true)
 				keep := rng.IntN(3) == 0
-				if err := d.v.Discard(ctx, off, int64(n), keep); err != nil {
+				if err := d.v.Discard(ctx, wr(d.v), off, int64(n), keep); err != nil {
 					fail(step, "%s: Discard(%d, %d, keep %v): %v", d.name, off, n, keep, err)
 				}
 				d.model.zero(off, n)
@@ -253,7 +253,7 @@ func TestRandomSnapshots(t *testing.T) {
 				}
 			case r < 386:
 				idx := uint32(rng.IntN(nobj))
-				if err := d.v.Free(ctx, idx); err != nil {
+				if err := d.v.Free(ctx, wr(d.v), idx); err != nil {
 					fail(step, "%s: Free(%d): %v", d.name, idx, err)
 				}
 				d.model.zero(int64(idx)*ObjectSize, int(min(ObjectSize, size-int64(idx)*ObjectSize)))

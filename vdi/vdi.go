@@ -28,12 +28,21 @@ const EntriesPerIndexObject = ObjectSize / entrySize
 // (16 KiB, covering 16 GiB of VDI).
 const pageEntries = 4096
 
-// Objects is the replicated object store as a VDI sees it. Implementations
-// place each object on copies nodes and keep the replicas equal.
+// Objects is the replicated object store as a VDI sees it: the side that
+// reads and flushes. Implementations place each object on copies nodes and
+// keep the replicas equal. What changes objects is a Writer, given to each
+// changing call of a Volume, so that a gateway decides per request, and
+// visibly, which writer's fence a change must pass.
 type Objects interface {
 	// Read fills buf from object oid at off. errs.NotFound if no replica
 	// has the object.
 	Read(ctx context.Context, oid ids.ObjectID, copies int, off int64, buf []byte) error
+	// Flush makes every write acknowledged so far durable on every replica.
+	Flush(ctx context.Context) error
+}
+
+// Writer changes objects on every replica, on behalf of one writer.
+type Writer interface {
 	// Write writes data at off in object oid on every replica. A replica
 	// that lacks the object fetches it from the others first; if no
 	// replica has it, it is created zero-filled.
@@ -45,8 +54,6 @@ type Objects interface {
 	Punch(ctx context.Context, oid ids.ObjectID, copies int, off, length int64) error
 	// Remove deletes the object from every replica; absent is no error.
 	Remove(ctx context.Context, oid ids.ObjectID, copies int) error
-	// Flush makes every write acknowledged so far durable on every replica.
-	Flush(ctx context.Context) error
 }
 
 // Info is the cluster metadata a Volume needs.
@@ -231,7 +238,7 @@ func (v *Volume) readPage(ctx context.Context, img ids.VDIID, copies int, pn uin
 }
 
 // setOwner records owner for object idx in the stored index and in memory.
-func (v *Volume) setOwner(ctx context.Context, idx uint32, owner ids.VDIID) error {
+func (v *Volume) setOwner(ctx context.Context, w Writer, idx uint32, owner ids.VDIID) error {
 	v.mu.Lock()
 	info := v.info
 	v.mu.Unlock()
@@ -242,7 +249,7 @@ func (v *Volume) setOwner(ctx context.Context, idx uint32, owner ids.VDIID) erro
 		e = holeEntry
 	}
 	binary.LittleEndian.PutUint32(b[:], e)
-	err := v.objs.Write(ctx, oid, info.Copies, off, b[:])
+	err := w.Write(ctx, oid, info.Copies, off, b[:])
 	if err != nil {
 		return errs.E(errs.KindOf(err), "update index of VDI %v: %w", info.ID, err)
 	}
@@ -306,8 +313,9 @@ func (v *Volume) ReadAt(ctx context.Context, buf []byte, off int64) error {
 	})
 }
 
-// WriteAt writes data to the VDI at off, allocating objects on first write.
-func (v *Volume) WriteAt(ctx context.Context, data []byte, off int64) error {
+// WriteAt writes data to the VDI at off through w, allocating objects on
+// first write.
+func (v *Volume) WriteAt(ctx context.Context, w Writer, data []byte, off int64) error {
 	if err := v.checkRange(off, int64(len(data))); err != nil {
 		return err
 	}
@@ -320,7 +328,7 @@ func (v *Volume) WriteAt(ctx context.Context, data []byte, off int64) error {
 				return err
 			}
 			if owner == info.ID {
-				return v.objs.Write(ctx, oid, info.Copies, objOff, data[lo:hi])
+				return w.Write(ctx, oid, info.Copies, objOff, data[lo:hi])
 			}
 			// Allocate: one writer per object; the others wait and
 			// then write into the allocated object. The entry is read
@@ -331,23 +339,23 @@ func (v *Volume) WriteAt(ctx context.Context, data []byte, off int64) error {
 				v.mu.Unlock()
 				continue
 			}
-			if w := v.alloc[idx]; w != nil {
+			if aw := v.alloc[idx]; aw != nil {
 				v.mu.Unlock()
 				select {
-				case <-w.done:
+				case <-aw.done:
 					continue
 				case <-ctx.Done():
 					return errs.E(errs.IO, "write: %w", ctx.Err())
 				}
 			}
-			w := &allocWait{done: make(chan struct{})}
-			v.alloc[idx] = w
+			aw := &allocWait{done: make(chan struct{})}
+			v.alloc[idx] = aw
 			v.mu.Unlock()
-			err = v.allocate(ctx, idx, owner, info, objOff, data[lo:hi])
+			err = v.allocate(ctx, w, idx, owner, info, objOff, data[lo:hi])
 			v.mu.Lock()
 			delete(v.alloc, idx)
 			v.mu.Unlock()
-			close(w.done)
+			close(aw.done)
 			return err
 		}
 	})
@@ -356,7 +364,7 @@ func (v *Volume) WriteAt(ctx context.Context, data []byte, off int64) error {
 // allocate creates object idx of the VDI with data at objOff, then points
 // the index at it. owner is the current entry: 0 for a hole, or an
 // ancestor whose object is copied first (copy on write).
-func (v *Volume) allocate(ctx context.Context, idx uint32, owner ids.VDIID, info Info, objOff int64, data []byte) error {
+func (v *Volume) allocate(ctx context.Context, w Writer, idx uint32, owner ids.VDIID, info Info, objOff int64, data []byte) error {
 	oid := ids.DataObject(info.ID, idx)
 	if owner != 0 && owner != info.ID {
 		whole := make([]byte, ObjectSize)
@@ -366,10 +374,10 @@ func (v *Volume) allocate(ctx context.Context, idx uint32, owner ids.VDIID, info
 		copy(whole[objOff:], data)
 		objOff, data = 0, whole
 	}
-	if err := v.objs.Create(ctx, oid, info.Copies, objOff, data); err != nil {
+	if err := w.Create(ctx, oid, info.Copies, objOff, data); err != nil {
 		return err
 	}
-	if err := v.setOwner(ctx, idx, info.ID); err != nil {
+	if err := v.setOwner(ctx, w, idx, info.ID); err != nil {
 		return err
 	}
 	if owner != 0 {
@@ -385,8 +393,8 @@ func (v *Volume) allocate(ctx context.Context, idx uint32, owner ids.VDIID, info
 
 // Discard makes [off, off+length) read as zeros. Whole objects owned by
 // this VDI are removed and unmapped, unless keep is set (zero range keeps
-// the space allocated); partial ones are punched.
-func (v *Volume) Discard(ctx context.Context, off, length int64, keep bool) error {
+// the space allocated); partial ones are punched. Changes go through w.
+func (v *Volume) Discard(ctx context.Context, w Writer, off, length int64, keep bool) error {
 	if err := v.checkRange(off, length); err != nil {
 		return err
 	}
@@ -405,23 +413,23 @@ func (v *Volume) Discard(ctx context.Context, off, length int64, keep bool) erro
 			continue
 		case owner != info.ID && l == ObjectSize && !keep:
 			// Shared with an ancestor: just stop pointing at it.
-			if err := v.setOwner(ctx, idx, 0); err != nil {
+			if err := v.setOwner(ctx, w, idx, 0); err != nil {
 				return err
 			}
 		case owner != info.ID:
 			// Shared with an ancestor: write zeros through copy on write.
-			if err := v.WriteAt(ctx, make([]byte, l), int64(idx)*ObjectSize+objOff); err != nil {
+			if err := v.WriteAt(ctx, w, make([]byte, l), int64(idx)*ObjectSize+objOff); err != nil {
 				return err
 			}
 		case l == ObjectSize && !keep:
-			if err := v.setOwner(ctx, idx, 0); err != nil {
+			if err := v.setOwner(ctx, w, idx, 0); err != nil {
 				return err
 			}
-			if err := v.objs.Remove(ctx, ids.DataObject(info.ID, idx), info.Copies); err != nil {
+			if err := w.Remove(ctx, ids.DataObject(info.ID, idx), info.Copies); err != nil {
 				return err
 			}
 		default:
-			if err := v.objs.Punch(ctx, ids.DataObject(info.ID, idx), info.Copies, objOff, l); err != nil {
+			if err := w.Punch(ctx, ids.DataObject(info.ID, idx), info.Copies, objOff, l); err != nil {
 				return err
 			}
 		}
@@ -433,19 +441,20 @@ func (v *Volume) Discard(ctx context.Context, off, length int64, keep bool) erro
 // Discard does to a whole object, also for a last object that the VDI's
 // size cuts short. The index is updated first, so a failure in between
 // leaves an unreferenced object, never a reference to a missing one.
-func (v *Volume) Free(ctx context.Context, idx uint32) error {
+// Changes go through w.
+func (v *Volume) Free(ctx context.Context, w Writer, idx uint32) error {
 	owner, err := v.Owner(ctx, idx)
 	if err != nil || owner == 0 {
 		return err
 	}
-	if err := v.setOwner(ctx, idx, 0); err != nil {
+	if err := v.setOwner(ctx, w, idx, 0); err != nil {
 		return err
 	}
 	info := v.Info()
 	if owner != info.ID {
 		return nil
 	}
-	return v.objs.Remove(ctx, ids.DataObject(info.ID, idx), info.Copies)
+	return w.Remove(ctx, ids.DataObject(info.ID, idx), info.Copies)
 }
 
 // Flush makes every write acknowledged so far durable on all replicas.

@@ -35,7 +35,7 @@ func pattern(seed byte, n int) []byte {
 
 func mustWrite(t testing.TB, v *Volume, data []byte, off int64) {
 	t.Helper()
-	if err := v.WriteAt(context.Background(), data, off); err != nil {
+	if err := v.WriteAt(context.Background(), wr(v), data, off); err != nil {
 		t.Fatalf("WriteAt(%d bytes at %d): %v", len(data), off, err)
 	}
 }
@@ -115,11 +115,11 @@ func TestRangeChecks(t *testing.T) {
 				}
 			}
 			if tt.n <= 8*ObjectSize {
-				check("WriteAt", v.WriteAt(ctx, make([]byte, tt.n), tt.off))
+				check("WriteAt", v.WriteAt(ctx, wr(v), make([]byte, tt.n), tt.off))
 				check("ReadAt", v.ReadAt(ctx, make([]byte, tt.n), tt.off))
 			}
-			check("Discard", v.Discard(ctx, tt.off, tt.n, false))
-			check("Discard keep", v.Discard(ctx, tt.off, tt.n, true))
+			check("Discard", v.Discard(ctx, wr(v), tt.off, tt.n, false))
+			check("Discard keep", v.Discard(ctx, wr(v), tt.off, tt.n, true))
 			if tt.kind != errs.Other && f.count(opCreate)+f.count(opWrite)+f.count(opPunch)+f.count(opRemove) != 0 {
 				t.Errorf("a rejected request reached the store: %v", f.calls)
 			}
@@ -127,7 +127,7 @@ func TestRangeChecks(t *testing.T) {
 	}
 	t.Run("negative discard length", func(t *testing.T) {
 		v := Open(newFake(), Info{ID: testVID, Size: size, Copies: 1})
-		if err := v.Discard(ctx, 4096, -1, false); !errs.Is(err, errs.Invalid) {
+		if err := v.Discard(ctx, wr(v), 4096, -1, false); !errs.Is(err, errs.Invalid) {
 			t.Errorf("Discard(4096, -1): %v, want an invalid error", err)
 		}
 	})
@@ -295,7 +295,7 @@ func TestConcurrentFirstWrites(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				off := int64(o)*ObjectSize + int64(w)*piece*7
-				if err := v.WriteAt(context.Background(), pattern(byte(o*writers+w), piece), off); err != nil {
+				if err := v.WriteAt(context.Background(), wr(v), pattern(byte(o*writers+w), piece), off); err != nil {
 					t.Errorf("WriteAt: %v", err)
 				}
 			}()
@@ -335,7 +335,7 @@ func TestDiscard(t *testing.T) {
 	}
 	t.Run("whole object", func(t *testing.T) {
 		f, v := setup(t)
-		if err := v.Discard(ctx, ObjectSize, ObjectSize, false); err != nil {
+		if err := v.Discard(ctx, wr(v), ObjectSize, ObjectSize, false); err != nil {
 			t.Fatal(err)
 		}
 		if f.object(ids.DataObject(testVID, 1)) != nil || f.count(opRemove) != 1 {
@@ -359,7 +359,7 @@ func TestDiscard(t *testing.T) {
 	})
 	t.Run("partial", func(t *testing.T) {
 		f, v := setup(t)
-		if err := v.Discard(ctx, ObjectSize-100, 300, false); err != nil {
+		if err := v.Discard(ctx, wr(v), ObjectSize-100, 300, false); err != nil {
 			t.Fatal(err)
 		}
 		if f.count(opRemove) != 0 || f.count(opPunch) != 2 {
@@ -376,7 +376,7 @@ func TestDiscard(t *testing.T) {
 	})
 	t.Run("zero range keeps", func(t *testing.T) {
 		f, v := setup(t)
-		if err := v.Discard(ctx, 0, 2*ObjectSize, true); err != nil {
+		if err := v.Discard(ctx, wr(v), 0, 2*ObjectSize, true); err != nil {
 			t.Fatal(err)
 		}
 		if f.count(opRemove) != 0 || f.object(ids.DataObject(testVID, 0)) == nil {
@@ -394,7 +394,7 @@ func TestDiscard(t *testing.T) {
 	})
 	t.Run("unallocated", func(t *testing.T) {
 		f, v := setup(t)
-		if err := v.Discard(ctx, 3*ObjectSize, ObjectSize, false); err != nil {
+		if err := v.Discard(ctx, wr(v), 3*ObjectSize, ObjectSize, false); err != nil {
 			t.Fatal(err)
 		}
 		if n := f.count(opRemove) + f.count(opPunch) + f.count(opWrite) + f.count(opCreate); n != 0 {
@@ -403,7 +403,7 @@ func TestDiscard(t *testing.T) {
 	})
 	t.Run("everything", func(t *testing.T) {
 		f, v := setup(t)
-		if err := v.Discard(ctx, 0, size, false); err != nil {
+		if err := v.Discard(ctx, wr(v), 0, size, false); err != nil {
 			t.Fatal(err)
 		}
 		if f.count(opRemove) != 3 {
@@ -510,7 +510,7 @@ func TestCopyOnWrite(t *testing.T) {
 
 	// Discarding part of a shared object copies it and zeroes the part;
 	// the parent is untouched.
-	if err := cv.Discard(context.Background(), ObjectSize+10, 20, false); err != nil {
+	if err := cv.Discard(context.Background(), wr(cv), ObjectSize+10, 20, false); err != nil {
 		t.Fatal(err)
 	}
 	if e := f.entry(child, 1); e != child {
@@ -546,15 +546,15 @@ func TestStoreErrors(t *testing.T) {
 		do    func(v *Volume) error
 	}{
 		{"index read", true, failOn(opRead, true), func(v *Volume) error { return v.ReadAt(ctx, make([]byte, 10), 0) }},
-		{"index read on write", true, failOn(opRead, true), func(v *Volume) error { return v.WriteAt(ctx, []byte("x"), 0) }},
+		{"index read on write", true, failOn(opRead, true), func(v *Volume) error { return v.WriteAt(ctx, wr(v), []byte("x"), 0) }},
 		{"index read on allocmap", true, failOn(opRead, true), func(v *Volume) error { _, _, err := v.AllocMap(ctx); return err }},
 		{"data read", false, failOn(opRead, false), func(v *Volume) error { return v.ReadAt(ctx, make([]byte, 10), ObjectSize) }},
-		{"data create", true, failOn(opCreate, false), func(v *Volume) error { return v.WriteAt(ctx, []byte("x"), 0) }},
-		{"index first write", true, failOn(opWrite, true), func(v *Volume) error { return v.WriteAt(ctx, []byte("x"), 0) }},
-		{"data write", false, failOn(opWrite, false), func(v *Volume) error { return v.WriteAt(ctx, []byte("x"), ObjectSize) }},
-		{"index write", false, failOn(opWrite, true), func(v *Volume) error { return v.WriteAt(ctx, []byte("x"), 2*ObjectSize) }},
-		{"remove", false, failOn(opRemove, false), func(v *Volume) error { return v.Discard(ctx, ObjectSize, ObjectSize, false) }},
-		{"punch", false, failOn(opPunch, false), func(v *Volume) error { return v.Discard(ctx, ObjectSize, 10, false) }},
+		{"data create", true, failOn(opCreate, false), func(v *Volume) error { return v.WriteAt(ctx, wr(v), []byte("x"), 0) }},
+		{"index first write", true, failOn(opWrite, true), func(v *Volume) error { return v.WriteAt(ctx, wr(v), []byte("x"), 0) }},
+		{"data write", false, failOn(opWrite, false), func(v *Volume) error { return v.WriteAt(ctx, wr(v), []byte("x"), ObjectSize) }},
+		{"index write", false, failOn(opWrite, true), func(v *Volume) error { return v.WriteAt(ctx, wr(v), []byte("x"), 2*ObjectSize) }},
+		{"remove", false, failOn(opRemove, false), func(v *Volume) error { return v.Discard(ctx, wr(v), ObjectSize, ObjectSize, false) }},
+		{"punch", false, failOn(opPunch, false), func(v *Volume) error { return v.Discard(ctx, wr(v), ObjectSize, 10, false) }},
 		{"flush", false, failOn(opFlush, false), func(v *Volume) error { return v.Flush(ctx) }},
 	}
 	for _, tt := range tests {
@@ -580,7 +580,7 @@ func TestStoreErrors(t *testing.T) {
 		f := newFake()
 		v := Open(f, Info{ID: testVID, Size: 4 * ObjectSize, Copies: 2})
 		f.setHooks(failOn(opCreate, false), nil)
-		if err := v.WriteAt(ctx, []byte("x"), 0); err == nil {
+		if err := v.WriteAt(ctx, wr(v), []byte("x"), 0); err == nil {
 			t.Fatal("write succeeded")
 		}
 		f.setHooks(nil, nil)
@@ -606,7 +606,7 @@ func TestStoreErrors(t *testing.T) {
 func ExampleVolume() {
 	v := Open(newFake(), Info{ID: 1, Size: 8 << 20, Copies: 1})
 	ctx := context.Background()
-	_ = v.WriteAt(ctx, []byte("sheep"), ObjectSize-2) // spans objects 0 and 1
+	_ = v.WriteAt(ctx, wr(v), []byte("sheep"), ObjectSize-2) // spans objects 0 and 1
 	buf := make([]byte, 5)
 	_ = v.ReadAt(ctx, buf, ObjectSize-2)
 	bm, n, _ := v.AllocMap(ctx)
