@@ -8,9 +8,9 @@ import (
 )
 
 // FS is the filesystem seam of a Store: every file and directory operation
-// on object files goes through it, so tests can inject faults (see
-// FaultFS). The bbolt index file does not go through FS; bbolt opens it
-// itself.
+// on object files and on the index log goes through it, so tests can
+// inject faults (see FaultFS). The bbolt index file does not go through FS;
+// bbolt opens it itself.
 //
 // Implementations return the operating system's errors unchanged
 // (*os.PathError wrapping a syscall.Errno), because the Store classifies

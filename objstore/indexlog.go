@@ -53,21 +53,22 @@ var keyLogGen = []byte("logGen")
 // indexLog is the open log of a store's index. Its fields are guarded by
 // Store.syncMu (Open and Close have the store to themselves).
 type indexLog struct {
-	f       *os.File
+	f       File
+	path    string
 	gen     uint64
 	seq     uint64
 	off     int64                       // end of the last good record
 	pending map[ids.ObjectID]dirtyEntry // logged since the last checkpoint
 }
 
-// openLog opens (creating) the log at path and reads back the batches of
-// generation gen, applying them to metas.
-func openLog(path string, gen uint64, metas map[ids.ObjectID]Meta) (*indexLog, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+// openLog opens (creating) the log at path through fsys and reads back the
+// batches of generation gen, applying them to metas.
+func openLog(fsys FS, path string, gen uint64, metas map[ids.ObjectID]Meta) (*indexLog, error) {
+	f, err := fsys.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, diskErr(err, "objstore: open index log %s", path)
 	}
-	l := &indexLog{f: f, gen: gen, pending: make(map[ids.ObjectID]dirtyEntry)}
+	l := &indexLog{f: f, path: path, gen: gen, pending: make(map[ids.ObjectID]dirtyEntry)}
 	if err := l.replay(metas); err != nil {
 		_ = f.Close() // the replay error is the one to report
 		return nil, err
@@ -79,7 +80,7 @@ func openLog(path string, gen uint64, metas map[ids.ObjectID]Meta) (*indexLog, e
 func (l *indexLog) replay(metas map[ids.ObjectID]Meta) error {
 	data, err := io.ReadAll(io.NewSectionReader(l.f, 0, 1<<62))
 	if err != nil {
-		return diskErr(err, "objstore: read index log %s", l.f.Name())
+		return diskErr(err, "objstore: read index log %s", l.path)
 	}
 	for {
 		n, batch := decodeRecord(data[l.off:], l.gen, l.seq)
@@ -166,10 +167,10 @@ func (l *indexLog) append(batch map[ids.ObjectID]dirtyEntry) (fatal bool, err er
 	}
 	rec := encodeRecord(batch, l.gen, l.seq)
 	if _, err := l.f.WriteAt(rec, l.off); err != nil {
-		return false, diskErr(err, "objstore: write index log %s", l.f.Name())
+		return false, diskErr(err, "objstore: write index log %s", l.path)
 	}
 	if err := l.f.Sync(); err != nil {
-		return true, diskErr(err, "objstore: sync index log %s", l.f.Name())
+		return true, diskErr(err, "objstore: sync index log %s", l.path)
 	}
 	l.off += int64(len(rec))
 	l.seq++
@@ -190,12 +191,12 @@ func (l *indexLog) checkpoint(db *bolt.DB, badKeys [][]byte) error {
 	l.seq, l.off = 0, 0
 	clear(l.pending)
 	if err := l.f.Truncate(0); err != nil {
-		return diskErr(err, "objstore: empty index log %s", l.f.Name())
+		return diskErr(err, "objstore: empty index log %s", l.path)
 	}
 	// Not required for safety (old records are ignored), but keeps a
 	// crash from leaving a long log of them to read.
 	if err := l.f.Sync(); err != nil {
-		return diskErr(err, "objstore: sync index log %s", l.f.Name())
+		return diskErr(err, "objstore: sync index log %s", l.path)
 	}
 	return nil
 }
@@ -226,7 +227,7 @@ func readLog(path string, db *bolt.DB, metas map[ids.ObjectID]Meta) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.Open(path)
+	f, err := OSFS().OpenFile(path, os.O_RDONLY, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -234,6 +235,6 @@ func readLog(path string, db *bolt.DB, metas map[ids.ObjectID]Meta) error {
 		return diskErr(err, "objstore: open index log %s", path)
 	}
 	defer f.Close()
-	l := &indexLog{f: f, gen: gen, pending: make(map[ids.ObjectID]dirtyEntry)}
+	l := &indexLog{f: f, path: path, gen: gen, pending: make(map[ids.ObjectID]dirtyEntry)}
 	return l.replay(metas)
 }

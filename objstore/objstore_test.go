@@ -833,7 +833,7 @@ func committed(t testing.TB, s *Store, oid ids.ObjectID) (m Meta, ok bool) {
 	})
 	if err == nil {
 		// And the index log, as the file holds it now.
-		err = readLog(s.log.f.Name(), s.db, metas)
+		err = readLog(s.log.path, s.db, metas)
 	}
 	if err != nil {
 		t.Error(err)

@@ -90,7 +90,7 @@ func (s *Store) load(logPath string) error {
 	if err != nil {
 		return err
 	}
-	if s.log, err = openLog(logPath, gen, indexed); err != nil {
+	if s.log, err = openLog(s.fs, logPath, gen, indexed); err != nil {
 		return err
 	}
 	if err := s.makeDirs(); err != nil {
