@@ -2,6 +2,7 @@ package objstore
 
 import (
 	"os"
+	"strconv"
 	"sync"
 	"syscall"
 )
@@ -20,9 +21,104 @@ type FaultFS struct {
 	write    fault
 	sync     fault
 	injected int
-	corrupt  bool   // reads return their data with its first byte inverted
-	tearMin  int    // a write of at least this many bytes is torn (0: none)
-	tearThen func() // called after the torn write (a test's kill)
+	corrupt  bool             // reads return their data with its first byte inverted
+	tearMin  int              // a write of at least this many bytes is torn (0: none)
+	tearThen func()           // called after the torn write (a test's kill)
+	undos    map[uint64]*undo // TrackDurability: unsynced changes by inode
+}
+
+// undo is what a file's unsynced changes overwrote, for PowerLoss.
+type undo struct {
+	fd   int   // a descriptor of the file of its own (the file may be renamed or closed)
+	size int64 // its size at its last sync
+	recs []undoRec
+}
+
+type undoRec struct {
+	off int64
+	old []byte
+}
+
+// TrackDurability makes f remember, for every file, what each write,
+// punch and truncation since the file's last sync replaced, so that
+// PowerLoss can undo them. Only file contents are modelled: creations,
+// renames and removals stay as they are.
+func (f *FaultFS) TrackDurability() {
+	f.mu.Lock()
+	if f.undos == nil {
+		f.undos = make(map[uint64]*undo)
+	}
+	f.mu.Unlock()
+}
+
+// PowerLoss undoes every change of a file's contents made since that
+// file's last sync (fdatasync or fsync through f), as a power loss might,
+// and forgets them. Call it with nothing writing through f (a test's
+// Store crashed first).
+func (f *FaultFS) PowerLoss() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var first error
+	for ino, u := range f.undos {
+		for i := len(u.recs) - 1; i >= 0; i-- {
+			r := u.recs[i]
+			if _, err := syscall.Pwrite(u.fd, r.old, r.off); err != nil && first == nil {
+				first = err
+			}
+		}
+		if err := syscall.Ftruncate(u.fd, u.size); err != nil && first == nil {
+			first = err
+		}
+		_ = syscall.Close(u.fd)
+		delete(f.undos, ino)
+	}
+	return first
+}
+
+// remember records what a change of [off, off+n) of file is about to
+// replace, if durability is tracked.
+func (f *FaultFS) remember(file File, off, n int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.undos == nil {
+		return
+	}
+	fi, err := file.Stat()
+	if err != nil {
+		return
+	}
+	ino := fi.Sys().(*syscall.Stat_t).Ino
+	u := f.undos[ino]
+	if u == nil {
+		// A new open file description: one without O_DIRECT.
+		fd, err := syscall.Open("/proc/self/fd/"+strconv.Itoa(int(file.Fd())), syscall.O_RDWR|syscall.O_CLOEXEC, 0)
+		if err != nil {
+			return
+		}
+		u = &undo{fd: fd, size: fi.Size()}
+		f.undos[ino] = u
+	}
+	old := make([]byte, max(0, min(n, fi.Size()-off)))
+	m, _ := syscall.Pread(u.fd, old, off)
+	u.recs = append(u.recs, undoRec{off: off, old: old[:max(m, 0)]})
+}
+
+// synced forgets file's unsynced changes: they are durable now.
+func (f *FaultFS) synced(file File) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.undos == nil {
+		return
+	}
+	fi, err := file.Stat()
+	if err != nil {
+		return
+	}
+	ino := fi.Sys().(*syscall.Stat_t).Ino
+	if u := f.undos[ino]; u != nil {
+		_ = syscall.Close(u.fd)
+		delete(f.undos, ino)
+	}
 }
 
 // CorruptReads makes every read through f return its data with the first
@@ -222,6 +318,7 @@ func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
 		}
 		return n, &os.PathError{Op: "write", Path: f.name, Err: syscall.EIO}
 	}
+	f.fs.remember(f.File, off, int64(len(p)))
 	return f.File.WriteAt(p, off)
 }
 
@@ -229,12 +326,22 @@ func (f *faultFile) Punch(off, length int64) error {
 	if err := f.fs.check(&f.fs.write, "fallocate", f.name); err != nil {
 		return err
 	}
+	f.fs.remember(f.File, off, length)
 	return f.File.Punch(off, length)
+}
+
+func (f *faultFile) Truncate(size int64) error {
+	f.fs.remember(f.File, size, 1<<40)
+	return f.File.Truncate(size)
 }
 
 func (f *faultFile) Sync() error {
 	if err := f.fs.check(&f.fs.sync, "sync", f.name); err != nil {
 		return err
 	}
-	return f.File.Sync()
+	err := f.File.Sync()
+	if err == nil {
+		f.fs.synced(f.File)
+	}
+	return err
 }

@@ -33,6 +33,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -137,8 +138,36 @@ type objInfo struct {
 // dirtyEntry is a change to the index awaiting Sync.
 type dirtyEntry struct {
 	meta    Meta
-	data    bool // the object file needs fdatasync
-	removed bool // delete the index entry
+	data    bool    // the object file needs fdatasync
+	removed bool    // delete the index entry
+	blocks  []int32 // blocks changed by small writes only: Sync journals them (unless data)
+}
+
+// Small writes are journaled: the blocks they change go into the index
+// log's record with the Sync's index changes, and their object file is
+// not fdatasynced by that Sync (see indexlog.go). An object with more than
+// maxJournalBlocks blocks changed since the last Sync, or changed by a
+// creation, a punch, a repair or a direct write, is fdatasynced instead,
+// as is every object past maxJournalBytes of journaled blocks in a Sync.
+const (
+	maxJournalBlocks = 16
+	maxJournalBytes  = 8 << 20
+)
+
+// addBlocks records that blocks [b0, b1) changed; b0 == b1 records a
+// change that the object's file must be fdatasynced for.
+func (e *dirtyEntry) addBlocks(b0, b1 int64) {
+	if e.data {
+		return
+	}
+	for b := b0; b < b1; b++ {
+		if !slices.Contains(e.blocks, int32(b)) {
+			e.blocks = append(e.blocks, int32(b))
+		}
+	}
+	if b0 == b1 || len(e.blocks) > maxJournalBlocks {
+		e.data, e.blocks = true, nil
+	}
 }
 
 // nStripes is the number of per-object lock stripes (a power of two).
@@ -280,13 +309,21 @@ func closeFiles(f File, h *handle) {
 	}
 }
 
-// noteLocked records a completed write or punch of oid. s.mu is held.
-func (s *Store) noteLocked(oid ids.ObjectID, ver ids.Version, epoch ids.Epoch) {
+// noteLocked records a completed change of oid: of blocks [b0, b1) by a
+// small write that Sync may journal, or (b0 == b1) one its file must be
+// fdatasynced for. s.mu is held.
+func (s *Store) noteLocked(oid ids.ObjectID, ver ids.Version, epoch ids.Epoch, b0, b1 int64) {
 	info := s.objects[oid]
 	info.Version = max(info.Version, ver)
 	info.Epoch = epoch
 	s.objects[oid] = info
-	s.dirty[oid] = dirtyEntry{meta: info.Meta, data: true}
+	e := s.dirty[oid]
+	if e.removed {
+		e = dirtyEntry{}
+	}
+	e.meta = info.Meta
+	e.addBlocks(b0, b1)
+	s.dirty[oid] = e
 	s.stale[oid] = struct{}{}
 }
 
@@ -437,9 +474,12 @@ func (s *Store) write(oid ids.ObjectID, off int64, data []byte, ver ids.Version,
 		creator = func() error { return s.create(oid, off, data, ver, epoch) }
 	}
 	return s.change(oid, off, n, "write", creator, func(h *handle) error {
+		// A small buffered write is journaled by the next Sync.
+		b0, b1 := off/SumBlock, (off+n+SumBlock-1)/SumBlock
 		if n > 0 {
 			err := s.changeSummed(oid, h, off, n, data, func() error {
 				if s.writeDirect(oid, off, data) {
+					b1 = b0
 					return nil
 				}
 				_, err := h.f.WriteAt(data, off)
@@ -450,7 +490,7 @@ func (s *Store) write(oid ids.ObjectID, off int64, data []byte, ver ids.Version,
 			}
 		}
 		s.mu.Lock()
-		s.noteLocked(oid, ver, epoch)
+		s.noteLocked(oid, ver, epoch, b0, b1)
 		s.mu.Unlock()
 		return nil
 	})
@@ -674,7 +714,7 @@ func (s *Store) createExtents(oid ids.ObjectID, exts []Extent, data []byte, ver 
 	}
 	s.mu.Lock()
 	s.objects[oid] = objInfo{settled: true}
-	s.noteLocked(oid, ver, epoch)
+	s.noteLocked(oid, ver, epoch, 0, 0)
 	s.dirtyDirs[fanout(oid)] = true
 	h, dup, victim := s.fds.add(oid, f)
 	if dup == nil { // nobody else has h yet
@@ -821,7 +861,7 @@ func (s *Store) Punch(oid ids.ObjectID, off, length int64, ver ids.Version, epoc
 			alloc = allocOf(fi)
 		}
 		s.mu.Lock()
-		s.noteLocked(oid, ver, epoch)
+		s.noteLocked(oid, ver, epoch, 0, 0)
 		if alloc >= 0 {
 			s.setAllocLocked(oid, alloc)
 		}
@@ -1004,7 +1044,7 @@ func (s *Store) Close() error {
 		err = s.syncBatch()
 	}
 	if err == nil && len(s.log.pending) > 0 {
-		err = s.log.checkpoint(s.db, nil)
+		_, err = s.checkpoint(nil)
 	}
 	s.syncMu.Unlock()
 	s.closeAll()

@@ -111,7 +111,10 @@ func (s *Store) load(logPath string) error {
 	for oid, e := range changes {
 		s.log.pending[oid] = e
 	}
-	if err := s.log.checkpoint(s.db, badKeys); err != nil {
+	if err := s.applyJournal(); err != nil {
+		return err
+	}
+	if _, err := s.checkpoint(badKeys); err != nil {
 		return err
 	}
 	if s.noSums {
@@ -269,4 +272,52 @@ func (s *Store) Damaged() []ids.ObjectID {
 	d := s.damaged
 	s.damaged = nil
 	return d
+}
+
+// applyJournal writes the journaled blocks that the log's records leave
+// standing into their objects, with their checksums, as a Sync had made
+// them durable: a power loss may have cut them from the files, which that
+// Sync did not fdatasync. Blocks of objects that are gone are dropped.
+// The checkpoint that follows fdatasyncs the files.
+func (s *Store) applyJournal() error {
+	for oid, blocks := range s.log.replayed {
+		if _, ok := s.objects[oid]; !ok {
+			continue
+		}
+		f, err := s.fs.OpenFile(s.objPath(oid), os.O_RDWR, 0)
+		if err != nil {
+			return diskErr(err, "objstore: open %s: journaled blocks of %v", s.dir, oid)
+		}
+		err = s.applyBlocks(oid, f, blocks)
+		if cerr := f.Close(); err == nil && cerr != nil {
+			err = diskErr(cerr, "objstore: open %s: journaled blocks of %v", s.dir, oid)
+		}
+		if err != nil {
+			return err
+		}
+		s.log.unsynced[oid] = struct{}{}
+	}
+	clear(s.log.replayed)
+	return nil
+}
+
+// applyBlocks writes blocks, in order, into oid's file f.
+func (s *Store) applyBlocks(oid ids.ObjectID, f File, blocks []logBlock) error {
+	t, err := s.readTrailer(oid, f)
+	if err != nil {
+		return err
+	}
+	for _, b := range blocks {
+		if b.block >= s.objSize/SumBlock || blockSum(oid, b.block, b.data) != b.sum {
+			return errs.E(errs.IO, "objstore: open %s: index log: journaled block %d of %v is not a block of it", s.dir, b.block, oid)
+		}
+		if _, err := f.WriteAt(b.data, b.block*SumBlock); err != nil {
+			return diskErr(err, "objstore: open %s: write journaled block of %v", s.dir, oid)
+		}
+		t.set(b.block, entry{b.sum, b.sum})
+	}
+	if err := s.writeTrailer(f, t, 0, s.objSize/SumBlock); err != nil {
+		return diskErr(err, "objstore: open %s: write checksums of %v", s.dir, oid)
+	}
+	return nil
 }

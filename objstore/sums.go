@@ -490,7 +490,10 @@ func (s *Store) Patch(oid ids.ObjectID, exts []Extent, data []byte) (int, error)
 	if patched > 0 {
 		s.mu.Lock()
 		info := s.objects[oid]
-		s.dirty[oid] = dirtyEntry{meta: info.Meta, data: true}
+		e := s.dirty[oid]
+		e.meta = info.Meta
+		e.addBlocks(0, 0)
+		s.dirty[oid] = e
 		s.stale[oid] = struct{}{}
 		s.mu.Unlock()
 	}

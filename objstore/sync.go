@@ -15,13 +15,17 @@ import (
 const maxSyncWorkers = 16
 
 // Sync makes durable every Write, Punch, creation and Remove that
-// completed before Sync was called: it fdatasyncs each object file written
-// or punched since the last Sync (up to 16 at a time), fsyncs the obj/XX
-// directories that gained or lost entries, then appends the pending index
-// updates to the index log as one record and fdatasyncs it (indexlog.go). Operations may go on meanwhile;
-// those that complete after Sync was called are left for the next Sync.
-// Concurrent calls share work: a Sync that finds its changes already
-// made durable by another returns at once.
+// completed before Sync was called: it journals the blocks of objects
+// changed only by small writes since the last Sync (reads them back, up to
+// maxJournalBlocks per object and maxJournalBytes in all), fdatasyncs the
+// other object files written or punched since (up to 16 at a time), fsyncs
+// the obj/XX directories that gained or lost entries, then appends the
+// pending index updates with the journaled blocks to the index log as one
+// record and fdatasyncs it (indexlog.go). A flush of small writes thus
+// costs one fdatasync. Operations may go on meanwhile; those that complete
+// after Sync was called are left for the next Sync. Concurrent calls share
+// work: a Sync that finds its changes already made durable by another
+// returns at once.
 //
 // Errors: errs.Closed after Close. errs.NoSpace or errs.IO if an object
 // or directory cannot be opened or the index cannot be committed; the
@@ -67,6 +71,7 @@ func (s *Store) syncBatch() error {
 	s.batch++
 	s.mu.Unlock()
 
+	journal := s.capture(batch)
 	fatal, err := s.syncObjects(batch)
 	for i := range dirs {
 		if err != nil {
@@ -77,7 +82,7 @@ func (s *Store) syncBatch() error {
 		}
 	}
 	if err == nil {
-		fatal, err = s.log.append(batch)
+		fatal, err = s.log.append(batch, journal)
 	}
 	if fatal {
 		s.syncErr = err
@@ -89,7 +94,7 @@ func (s *Store) syncBatch() error {
 	}
 	// The changes are durable: each object's blocks match their cur.
 	for oid, e := range batch {
-		if e.data && !e.removed {
+		if (e.data || len(e.blocks) > 0) && !e.removed {
 			s.collapse(oid)
 		}
 	}
@@ -100,10 +105,100 @@ func (s *Store) syncBatch() error {
 	s.durable = seq + 1
 	if s.log.off >= logMax {
 		// The batches are durable in the log whatever this does: a
-		// failed checkpoint is tried again at the next Sync.
-		_ = s.log.checkpoint(s.db, nil)
+		// failed checkpoint is tried again at the next Sync, unless an
+		// fdatasync failed.
+		if fatal, err := s.checkpoint(nil); fatal {
+			s.syncErr = err
+		}
 	}
 	return nil
+}
+
+// checkpoint fdatasyncs the objects whose journaled blocks the log holds,
+// then commits the log's batches to the index and starts the log again.
+// fatal reports that an fdatasync itself failed. s.syncMu is held (or the
+// store is being opened or closed).
+func (s *Store) checkpoint(badKeys [][]byte) (fatal bool, err error) {
+	batch := make(map[ids.ObjectID]dirtyEntry, len(s.log.unsynced))
+	for oid := range s.log.unsynced {
+		batch[oid] = dirtyEntry{data: true}
+	}
+	if fatal, err := s.syncObjects(batch); err != nil {
+		return fatal, err
+	}
+	clear(s.log.unsynced)
+	return false, s.log.checkpoint(s.db, badKeys)
+}
+
+// capture reads back the blocks that batch's objects changed by small
+// writes only, with their checksums, for Sync to journal. An object whose
+// blocks cannot be taken (unreadable, not matching their checksum, past
+// maxJournalBytes in all) gets its data set instead: Sync fdatasyncs it.
+// An object removed since has nothing to journal.
+func (s *Store) capture(batch map[ids.ObjectID]dirtyEntry) map[ids.ObjectID][]logBlock {
+	var out map[ids.ObjectID][]logBlock
+	total := 0
+	for oid, e := range batch {
+		if e.data || e.removed || len(e.blocks) == 0 {
+			continue
+		}
+		var bs []logBlock
+		if total+len(e.blocks)*SumBlock <= maxJournalBytes {
+			bs = s.captureObject(oid, e.blocks)
+		}
+		if bs == nil {
+			e.data, e.blocks = true, nil
+			batch[oid] = e
+			continue
+		}
+		if out == nil {
+			out = make(map[ids.ObjectID][]logBlock)
+		}
+		out[oid] = bs
+		total += len(bs) * SumBlock
+	}
+	return out
+}
+
+// captureObject reads blocks of oid, each under its block lock so that no
+// change is half made, and returns them with their current sums; nil if
+// one cannot be read or does not match its sum, or the object is gone.
+func (s *Store) captureObject(oid ids.ObjectID, blocks []int32) []logBlock {
+	var out []logBlock
+	err := s.withObject(oid, "journal", false, func() error { return errAbsent }, func(h *handle, _ objInfo) error {
+		buf := make([]byte, len(blocks)*SumBlock)
+		for i, b := range blocks {
+			blk := int64(b)
+			data := buf[i*SumBlock : (i+1)*SumBlock : (i+1)*SumBlock]
+			h.lockBlocks(blk, blk+1)
+			_, err := h.f.ReadAt(data, blk*SumBlock)
+			var cur uint32
+			if err == nil {
+				var es entries
+				var ok bool
+				es, ok, err = s.sums(oid, h, false)
+				if err == nil && !ok {
+					err = errExclusive
+				}
+				if err == nil {
+					cur = es.get(blk).cur
+				}
+			}
+			h.unlockBlocks(blk, blk+1)
+			if err != nil {
+				return err
+			}
+			if blockSum(oid, blk, data) != cur {
+				return errExclusive // not settled, or damaged: fdatasync it
+			}
+			out = append(out, logBlock{block: blk, sum: cur, data: data})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil
+	}
+	return out
 }
 
 // requeue returns the changes of a failed batch to the pending ones,
@@ -113,8 +208,13 @@ func (s *Store) requeue(batch map[ids.ObjectID]dirtyEntry, dirs [256]bool) {
 	defer s.mu.Unlock()
 	for oid, e := range batch {
 		if newer, ok := s.dirty[oid]; ok {
-			if !newer.removed && e.data && !e.removed {
-				newer.data = true
+			if !newer.removed && !e.removed {
+				if e.data {
+					newer.addBlocks(0, 0)
+				}
+				for _, b := range e.blocks {
+					newer.addBlocks(int64(b), int64(b)+1)
+				}
 				s.dirty[oid] = newer
 			}
 			continue
