@@ -89,6 +89,7 @@ type indexLog struct {
 	gen     uint64
 	seq     uint64
 	off     int64                       // end of the last good record
+	size    int64                       // the file's size
 	pending map[ids.ObjectID]dirtyEntry // logged since the last checkpoint
 	// unsynced holds the objects with journaled blocks since the last
 	// checkpoint whose files have not been fdatasynced since.
@@ -136,6 +137,7 @@ func (l *indexLog) replay(metas map[ids.ObjectID]Meta) error {
 	if err != nil {
 		return diskErr(err, "objstore: read index log %s", l.path)
 	}
+	l.size = int64(len(data))
 	for {
 		n, batch, blocks := decodeRecord(data[l.off:], l.gen, l.seq)
 		if n == 0 {
@@ -354,6 +356,9 @@ func (l *indexLog) append(batch map[ids.ObjectID]dirtyEntry, blocks map[ids.Obje
 	}
 	l.buf = encodeRecord(l.buf, batch, blocks, l.gen, l.seq)
 	rec := l.buf
+	if err := l.grow(l.off + int64(len(rec))); err != nil {
+		return false, err
+	}
 	if _, err := l.f.WriteAt(rec, l.off); err != nil {
 		return false, diskErr(err, "objstore: write index log %s", l.path)
 	}
@@ -375,6 +380,27 @@ func (l *indexLog) append(batch map[ids.ObjectID]dirtyEntry, blocks map[ids.Obje
 	return false, nil
 }
 
+// logChunk is how much the log grows by at a time.
+const logChunk = 1 << 20
+
+var zeroChunk [logChunk]byte
+
+// grow makes the log at least end bytes long, in whole chunks of zeros
+// written out (not a hole, nor fallocate's unwritten extents): a record
+// then overwrites blocks that are allocated and written, so its fdatasync
+// changes no metadata and needs no journal commit of the filesystem,
+// except once per chunk. Reading stops at the zeros.
+func (l *indexLog) grow(end int64) error {
+	for l.size < end {
+		n := min(logChunk-l.size%logChunk, logChunk)
+		if _, err := l.f.WriteAt(zeroChunk[:n], l.size); err != nil {
+			return diskErr(err, "objstore: grow index log %s", l.path)
+		}
+		l.size += n
+	}
+	return nil
+}
+
 // checkpoint commits the logged batches to db with the next generation;
 // the log is then written again from its start. Until the commit, the log
 // holds them; after it, its records are of an old generation. The caller
@@ -391,10 +417,11 @@ func (l *indexLog) checkpoint(db *bolt.DB, badKeys [][]byte) error {
 	// its fdatasyncs do not change its size (no journal commit of the
 	// filesystem for its metadata). One much longer than logMax (from a
 	// store that had a bigger one) is cut back.
-	if fi, err := l.f.Stat(); err == nil && fi.Size() > 2*logMax {
+	if l.size > max(2*logMax, logChunk) {
 		if err := l.f.Truncate(0); err != nil {
 			return diskErr(err, "objstore: empty index log %s", l.path)
 		}
+		l.size = 0
 	}
 	return nil
 }
