@@ -24,6 +24,7 @@ import (
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/fs"
 	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/objstore"
 	"github.com/sheepfs/sheepfs/proto"
 	"github.com/sheepfs/sheepfs/server"
 )
@@ -132,6 +133,13 @@ func (d *DaemonCmd) Run(g *Globals) error {
 		return err
 	}
 	log.Info().Str("key", keys.Current().ID()).Str("file", keys.Source()).Msg("cluster key")
+	if id := os.Getenv("SHEEP_BOOT_ID"); id != "" && os.Getenv("SHEEP_FAULTS") == "1" {
+		// A fault drill plays a reboot (see md fault powerloss).
+		if err := objstore.SetBootID(id); err != nil {
+			return err
+		}
+		log.Warn().Str("boot_id", id).Msg("fault drill: playing a reboot")
+	}
 	n, err := server.Start(server.Config{Dir: d.Dir, Host: host, Port: port, Join: d.Join,
 		ID: ids.NodeID(d.ID), DeadGrace: d.DeadGrace, Log: log, Zone: d.Zone, Weight: weight,
 		Disks: d.Disk, Faults: os.Getenv("SHEEP_FAULTS") == "1", Keys: keys})
@@ -299,7 +307,7 @@ func (c *MDUnplugCmd) Run(g *Globals) error {
 // MDFaultCmd injects a disk fault.
 type MDFaultCmd struct {
 	Dir string `arg:"" help:"The disk's directory."`
-	Op  string `arg:"" help:"What fails from now on: read, write or sync (EIO); corrupt: every read returns damaged data; tear: the next large write is torn and the daemon killed; heal stops it." enum:"read,write,sync,corrupt,tear,heal"`
+	Op  string `arg:"" help:"What fails from now on: read, write or sync (EIO); corrupt: every read returns damaged data; tear: the next large write is torn and the daemon killed; track: remember what each write replaces until its file is synced; powerloss: undo what was not synced on every disk of the node and kill the daemon (restart it with SHEEP_BOOT_ID set to play the reboot); heal stops the failures." enum:"read,write,sync,corrupt,tear,track,powerloss,heal"`
 }
 
 // Run arms the fault.

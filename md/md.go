@@ -522,6 +522,18 @@ func (s *Set) Corruptions() uint64 {
 	return n
 }
 
+// Replayed returns how many journaled blocks the disks' stores wrote back
+// when they were opened after a reboot (objstore.Store.Replayed).
+func (s *Set) Replayed() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	n := 0
+	for _, d := range s.disks {
+		n += d.st.Replayed()
+	}
+	return n
+}
+
 // Capacity returns the size in bytes of the filesystems of the disks in
 // service, each counted once: the node's weight.
 func (s *Set) Capacity() int64 {
@@ -717,7 +729,11 @@ func (s *Set) Plug(path string, suspect func([]ids.ObjectID)) error {
 // be set): every read, write or sync (as op says) from now on fails with
 // EIO; or every read returns damaged data ("corrupt"); or the next large
 // write is torn and the process killed ("tear"); or, for op "heal",
-// nothing fails any more.
+// nothing fails any more. "track" starts remembering what every write
+// replaces until its file is synced, and "powerloss" then undoes what was
+// not synced, as a power loss might, and kills the process (a drill for
+// the journal: restart the daemon as after a reboot, see
+// objstore.SetBootID).
 func (s *Set) Fault(path, op string) error {
 	d, _ := s.diskAt(path)
 	switch {
@@ -742,8 +758,37 @@ func (s *Set) Fault(path, op string) error {
 		d.fault.TearWrite(16<<10, func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL) })
 	case "heal":
 		d.fault.Heal()
+	case "track":
+		d.fault.TrackDurability()
+	case "powerloss":
+		die := func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL) }
+		// Every disk of the node loses power at once.
+		s.mu.Lock()
+		disks := slices.Clone(s.disks)
+		s.mu.Unlock()
+		var faults []*objstore.FaultFS
+		for _, d := range disks {
+			if d.fault != nil {
+				faults = append(faults, d.fault)
+			}
+		}
+		return powerLoss(faults, die)
 	default:
-		return errs.E(errs.Invalid, "fault %q: want read, write, sync, corrupt, tear or heal", op)
+		return errs.E(errs.Invalid, "fault %q: want read, write, sync, corrupt, tear, track, powerloss or heal", op)
 	}
 	return nil
+}
+
+// powerLoss undoes the unsynced changes of every disk in faults, holding
+// each one's writes and syncs back until die kills the process.
+func powerLoss(faults []*objstore.FaultFS, die func()) error {
+	if len(faults) == 0 {
+		die()
+		return nil
+	}
+	return faults[0].PowerLossAndDie(func() {
+		if err := powerLoss(faults[1:], die); err != nil {
+			die()
+		}
+	})
 }

@@ -25,6 +25,10 @@ type FaultFS struct {
 	tearMin  int              // a write of at least this many bytes is torn (0: none)
 	tearThen func()           // called after the torn write (a test's kill)
 	undos    map[uint64]*undo // TrackDurability: unsynced changes by inode
+	// io is held shared by every write and sync through f while
+	// durability is tracked, and exclusively by PowerLoss: a sync that
+	// returned success is never undone, and none returns after.
+	io sync.RWMutex
 }
 
 // undo is what a file's unsynced changes overwrote, for PowerLoss.
@@ -53,9 +57,29 @@ func (f *FaultFS) TrackDurability() {
 
 // PowerLoss undoes every change of a file's contents made since that
 // file's last sync (fdatasync or fsync through f), as a power loss might,
-// and forgets them. Call it with nothing writing through f (a test's
-// Store crashed first).
+// and forgets them. Writes and syncs in flight finish first; a running
+// daemon's drill kills the process right after (PowerLossAndDie).
 func (f *FaultFS) PowerLoss() error {
+	f.io.Lock()
+	defer f.io.Unlock()
+	return f.powerLoss()
+}
+
+// PowerLossAndDie is PowerLoss for a running daemon: once writes and
+// syncs in flight are done, it undoes the unsynced changes and calls die
+// (which kills the process) before any other write or sync goes on.
+func (f *FaultFS) PowerLossAndDie(die func()) error {
+	f.io.Lock()
+	if err := f.powerLoss(); err != nil {
+		f.io.Unlock()
+		return err
+	}
+	die()
+	f.io.Unlock() // if die returned
+	return nil
+}
+
+func (f *FaultFS) powerLoss() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var first error
@@ -318,6 +342,8 @@ func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
 		}
 		return n, &os.PathError{Op: "write", Path: f.name, Err: syscall.EIO}
 	}
+	f.fs.io.RLock()
+	defer f.fs.io.RUnlock()
 	f.fs.remember(f.File, off, int64(len(p)))
 	return f.File.WriteAt(p, off)
 }
@@ -326,11 +352,15 @@ func (f *faultFile) Punch(off, length int64) error {
 	if err := f.fs.check(&f.fs.write, "fallocate", f.name); err != nil {
 		return err
 	}
+	f.fs.io.RLock()
+	defer f.fs.io.RUnlock()
 	f.fs.remember(f.File, off, length)
 	return f.File.Punch(off, length)
 }
 
 func (f *faultFile) Truncate(size int64) error {
+	f.fs.io.RLock()
+	defer f.fs.io.RUnlock()
 	f.fs.remember(f.File, size, 1<<40)
 	return f.File.Truncate(size)
 }
@@ -339,6 +369,8 @@ func (f *faultFile) Sync() error {
 	if err := f.fs.check(&f.fs.sync, "sync", f.name); err != nil {
 		return err
 	}
+	f.fs.io.RLock()
+	defer f.fs.io.RUnlock()
 	err := f.File.Sync()
 	if err == nil {
 		f.fs.synced(f.File)

@@ -249,6 +249,19 @@ func decodeRecord(b []byte, gen, seq uint64) (int, map[ids.ObjectID]dirtyEntry, 
 // so tests can play a reboot.
 var bootID = readBootID()
 
+// SetBootID makes the stores of this process take id (a UUID, as Linux
+// writes its boot ID) as the system's boot ID: a fault drill restarts a
+// daemon with a new one to play a reboot after a power loss. Call it
+// before opening any store.
+func SetBootID(id string) error {
+	h, err := hex.DecodeString(strings.ReplaceAll(strings.TrimSpace(id), "-", ""))
+	if err != nil || len(h) != len(bootID) {
+		return errs.E(errs.Invalid, "objstore: boot ID %q is not a UUID", id)
+	}
+	bootID = [16]byte(h)
+	return nil
+}
+
 // readBootID reads the boot ID Linux makes at every boot.
 func readBootID() (id [16]byte) {
 	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")

@@ -115,10 +115,11 @@ type Store struct {
 	used      int64                       // sum of objects[*].alloc
 	batch     uint64                      // number of the batch dirty collects
 
-	missing []ids.ObjectID // in the index but without a file at Open
-	damaged []ids.ObjectID // files Open found damaged and removed
-	noSums  bool           // Open: the files have no checksums yet (format 1)
-	corrupt atomic.Uint64  // damaged copies found (Corruptions)
+	missing  []ids.ObjectID // in the index but without a file at Open
+	damaged  []ids.ObjectID // files Open found damaged and removed
+	noSums   bool           // Open: the files have no checksums yet (format 1)
+	corrupt  atomic.Uint64  // damaged copies found (Corruptions)
+	replayed int            // journaled blocks Open wrote back (Replayed)
 
 	afterVerify func() // tests: called after a change verified a block it covers in part
 
@@ -474,8 +475,12 @@ func (s *Store) write(oid ids.ObjectID, off int64, data []byte, ver ids.Version,
 		creator = func() error { return s.create(oid, off, data, ver, epoch) }
 	}
 	return s.change(oid, off, n, "write", creator, func(h *handle) error {
-		// A small buffered write is journaled by the next Sync.
+		// A small buffered write is journaled by the next Sync (b0 == b1:
+		// its file is fdatasynced instead).
 		b0, b1 := off/SumBlock, (off+n+SumBlock-1)/SumBlock
+		if n == 0 {
+			b1 = b0
+		}
 		if n > 0 {
 			err := s.changeSummed(oid, h, off, n, data, func() error {
 				if s.writeDirect(oid, off, data) {

@@ -296,10 +296,15 @@ func (s *Store) applyJournal() error {
 			return err
 		}
 		s.log.unsynced[oid] = struct{}{}
+		s.replayed += len(blocks)
 	}
 	clear(s.log.replayed)
 	return nil
 }
+
+// Replayed returns how many journaled blocks Open wrote back into their
+// objects (records written before a reboot).
+func (s *Store) Replayed() int { return s.replayed }
 
 // applyBlocks writes blocks, in order, into oid's file f.
 func (s *Store) applyBlocks(oid ids.ObjectID, f File, blocks []logBlock) error {

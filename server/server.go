@@ -141,6 +141,9 @@ func Start(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	if r := n.store.Replayed(); r > 0 {
+		n.log.Warn().Int("blocks", r).Msg("wrote back journaled blocks: the system restarted since they were synced")
+	}
 	if cfg.Keys == nil || !cfg.Keys.IsCluster() {
 		n.store.Close()
 		return nil, errs.E(errs.Invalid, "a daemon needs the cluster key (not a client key)")
