@@ -167,6 +167,32 @@ func (c *Client) Call(ctx context.Context, req *Msg) (*Msg, error) {
 // arriving, CallInto waits for that payload (or the connection's failure)
 // before it returns, since the caller may reuse dst at once.
 func (c *Client) CallInto(ctx context.Context, req *Msg, dst []byte) (*Msg, error) {
+	p, err := c.StartInto(ctx, req, dst)
+	if err != nil {
+		return nil, err
+	}
+	return p.Wait(ctx)
+}
+
+// Pending is a call sent and not yet answered (see Start).
+type Pending struct {
+	c   *Client
+	cc  *clientConn
+	ch  chan *Msg
+	req *Msg
+}
+
+// Start sends req and returns at once; Wait then waits for the answer. It
+// lets a caller send several requests, do its own work, and only then
+// wait, without a goroutine per request. req.Data may be reused once Start
+// returns. Every Pending must be waited for.
+func (c *Client) Start(ctx context.Context, req *Msg) (*Pending, error) {
+	return c.StartInto(ctx, req, nil)
+}
+
+// StartInto is Start, with the answer's payload read into dst as CallInto
+// does.
+func (c *Client) StartInto(ctx context.Context, req *Msg, dst []byte) (*Pending, error) {
 	cc, err := c.get(ctx)
 	if err != nil {
 		return nil, err
@@ -197,9 +223,16 @@ func (c *Client) CallInto(ctx context.Context, req *Msg, dst []byte) (*Msg, erro
 	if err != nil {
 		cc.fail(errs.E(errs.IO, "send to %s: %w", c.addr, transportError{err}))
 	}
+	return &Pending{c: c, cc: cc, ch: ch, req: req}, nil
+}
 
+// Wait waits for the answer of a started call, or for ctx to end. A
+// response that carries an error is returned as that error (with its
+// kind); transport failures are errs.IO.
+func (p *Pending) Wait(ctx context.Context) (*Msg, error) {
+	cc := p.cc
 	select {
-	case m, ok := <-ch:
+	case m, ok := <-p.ch:
 		if !ok {
 			cc.pmu.Lock()
 			err := cc.err
@@ -212,16 +245,16 @@ func (c *Client) CallInto(ctx context.Context, req *Msg, dst []byte) (*Msg, erro
 		return m, nil
 	case <-ctx.Done():
 		cc.pmu.Lock()
-		if w := cc.pending[req.ReqID]; w != nil && w.receiving {
+		if w := cc.pending[p.req.ReqID]; w != nil && w.receiving {
 			// The answer is being read into dst: let it finish (or
 			// the connection fail) before dst is given back.
 			cc.pmu.Unlock()
-			<-ch
+			<-p.ch
 		} else {
-			delete(cc.pending, req.ReqID)
+			delete(cc.pending, p.req.ReqID)
 			cc.pmu.Unlock()
 		}
-		return nil, errs.E(errs.IO, "%v to %s: %w", req.Op, c.addr, ctx.Err())
+		return nil, errs.E(errs.IO, "%v to %s: %w", p.req.Op, p.c.addr, ctx.Err())
 	}
 }
 

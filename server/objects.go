@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/sheepfs/sheepfs/cluster"
@@ -86,11 +85,26 @@ func targets(st *cluster.State, oid ids.ObjectID, copies int) []cluster.Member {
 	return out
 }
 
-// fanout sends one request to every target in parallel (the local node is
-// served in place) and returns the first error.
+// sendMax is the largest payload fanout sends to the peers one after the
+// other from the caller's goroutine before it waits for them all; a larger
+// one goes to each peer from a goroutine of its own, so that their TLS
+// encryption runs in parallel.
+const sendMax = 64 << 10
+
+// fanout sends one request to every target (the local node is served in
+// place) and returns the first error.
 func (r *replicated) fanout(ctx context.Context, st *cluster.State, ts []cluster.Member, local func() error, req proto.Msg) error {
 	if len(ts) == 1 {
 		return r.one(ctx, ts[0], local, req)
+	}
+	var first error
+	if len(req.Data) <= sendMax {
+		r.callAll(ctx, ts, local, req, func(_ cluster.Member, err error) {
+			if err != nil && first == nil {
+				first = err
+			}
+		})
+		return first
 	}
 	// The peers' requests in goroutines of their own; this node's copy
 	// on the caller's goroutine, whose stack has room for the store's
@@ -104,7 +118,6 @@ func (r *replicated) fanout(ctx context.Context, st *cluster.State, ts []cluster
 		}
 		go func() { errc <- r.one(ctx, m, local, req) }()
 	}
-	var first error
 	if here != nil {
 		first = r.one(ctx, *here, local, req)
 		errc <- nil
@@ -115,6 +128,44 @@ func (r *replicated) fanout(ctx context.Context, st *cluster.State, ts []cluster
 		}
 	}
 	return first
+}
+
+// callAll sends req to every member of ts but this node, serves this
+// node's part with local (if it is in ts) meanwhile, then waits for the
+// answers, all from the caller's goroutine: no goroutine per peer and
+// request. done receives each member's outcome, this node's first.
+func (r *replicated) callAll(ctx context.Context, ts []cluster.Member, local func() error, req proto.Msg, done func(m cluster.Member, err error)) {
+	type sent struct {
+		m   cluster.Member
+		p   *proto.Pending
+		err error
+	}
+	var buf [8]sent
+	out := buf[:0]
+	here := -1
+	for i, m := range ts {
+		if m.ID == r.n.id {
+			here = i
+			continue
+		}
+		rq := req // each send sets its own request ID
+		p, err := r.n.peers.Get(m.Addr).Start(ctx, &rq)
+		out = append(out, sent{m: m, p: p, err: err})
+	}
+	if here >= 0 {
+		done(ts[here], local())
+	}
+	for _, s := range out {
+		err := s.err
+		if err == nil {
+			_, err = s.p.Wait(ctx)
+		}
+		if err != nil {
+			r.n.unreachable(s.m.ID, err)
+			err = errs.E(errs.KindOf(err), "%v on %s: %w", req.Op, s.m.ID, err)
+		}
+		done(s.m, err)
+	}
 }
 
 func (r *replicated) one(ctx context.Context, m cluster.Member, local func() error, req proto.Msg) error {
@@ -341,22 +392,15 @@ func (r *replicated) Flush(ctx context.Context) error {
 					delete(dirty, id) // gone or down: its copies are not counted on
 				}
 			}
-			var mu sync.Mutex
-			var wg sync.WaitGroup
 			var first error
-			for _, m := range ts {
-				wg.Go(func() {
-					err := r.one(ctx, m, r.n.store.Sync, proto.Msg{Header: proto.Header{Op: proto.OpSyncObjs, Epoch: st.Epoch}})
-					mu.Lock()
-					defer mu.Unlock()
-					if err == nil {
-						delete(dirty, m.ID)
-					} else if first == nil {
-						first = err
-					}
-				})
-			}
-			wg.Wait()
+			req := proto.Msg{Header: proto.Header{Op: proto.OpSyncObjs, Epoch: st.Epoch}}
+			r.callAll(ctx, ts, r.n.store.Sync, req, func(m cluster.Member, err error) {
+				if err == nil {
+					delete(dirty, m.ID)
+				} else if first == nil {
+					first = err
+				}
+			})
 			return first
 		})
 	})
