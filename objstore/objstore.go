@@ -112,6 +112,7 @@ type Store struct {
 	spare     map[ids.ObjectID]dirtyEntry // an emptied batch map, for reuse
 	dirtyDirs [256]bool                   // obj/XX gained or lost entries since the last Sync
 	stale     map[ids.ObjectID]struct{}   // written since Usage last measured them
+	journaled map[ids.ObjectID]struct{}   // blocks in the log, file not fdatasynced (see keepJournaled)
 	used      int64                       // sum of objects[*].alloc
 	batch     uint64                      // number of the batch dirty collects
 
@@ -709,6 +710,9 @@ func (s *Store) createExtents(oid ids.ObjectID, exts []Extent, data []byte, ver 
 		_ = direct.Close()
 	}
 	if err == nil {
+		err = s.keepJournaled(oid)
+	}
+	if err == nil {
 		err = s.fs.Rename(tmp, path)
 	}
 	if err != nil {
@@ -911,6 +915,9 @@ func (s *Store) Remove(oid ids.ObjectID) error {
 	if _, ok := s.forget(oid); !ok {
 		return nil
 	}
+	if err := s.keepJournaled(oid); err != nil {
+		return err
+	}
 	if err := s.fs.Remove(s.objPath(oid)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return objErr("remove", oid, err)
 	}
@@ -921,6 +928,35 @@ func (s *Store) Remove(oid ids.ObjectID) error {
 	s.dirty[oid] = dirtyEntry{removed: true}
 	s.dirtyDirs[fanout(oid)] = true
 	s.mu.Unlock()
+	return nil
+}
+
+// keepJournaled fdatasyncs oid's file before it is removed or replaced if
+// the index log holds blocks of it that the file may not have on disk yet:
+// until the next checkpoint drops them from the log, and until the unlink
+// or rename is durable, a power loss may bring that file back, and it must
+// then hold them (the checkpoint cannot sync a file no longer at its
+// path). The caller holds oid's stripe lock exclusively.
+func (s *Store) keepJournaled(oid ids.ObjectID) error {
+	s.mu.Lock()
+	_, ok := s.journaled[oid]
+	s.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	f, err := s.fs.OpenFile(s.objPath(oid), os.O_RDWR, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err == nil {
+		err = f.Sync()
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		return objErr("sync journaled", oid, err)
+	}
 	return nil
 }
 

@@ -41,13 +41,14 @@ func Open(dir string, opts Options) (*Store, error) {
 		opts.FS = OSFS()
 	}
 	s := &Store{
-		dir:     dir,
-		objDir:  filepath.Join(dir, "obj"),
-		fs:      opts.FS,
-		objSize: opts.ObjectSize,
-		objects: make(map[ids.ObjectID]objInfo),
-		dirty:   make(map[ids.ObjectID]dirtyEntry),
-		stale:   make(map[ids.ObjectID]struct{}),
+		dir:       dir,
+		objDir:    filepath.Join(dir, "obj"),
+		fs:        opts.FS,
+		objSize:   opts.ObjectSize,
+		objects:   make(map[ids.ObjectID]objInfo),
+		dirty:     make(map[ids.ObjectID]dirtyEntry),
+		stale:     make(map[ids.ObjectID]struct{}),
+		journaled: make(map[ids.ObjectID]struct{}),
 	}
 	s.fds.init(opts.MaxOpenFiles)
 	if err := s.fs.MkdirAll(dir, 0o755); err != nil {

@@ -92,6 +92,13 @@ func (s *Store) syncBatch() error {
 		s.requeue(batch, dirs)
 		return err
 	}
+	if len(journal) > 0 {
+		s.mu.Lock()
+		for oid := range journal {
+			s.journaled[oid] = struct{}{}
+		}
+		s.mu.Unlock()
+	}
 	// The changes are durable: each object's blocks match their cur.
 	for oid, e := range batch {
 		if (e.data || len(e.blocks) > 0) && !e.removed {
@@ -127,6 +134,9 @@ func (s *Store) checkpoint(badKeys [][]byte) (fatal bool, err error) {
 		return fatal, err
 	}
 	clear(s.log.unsynced)
+	s.mu.Lock()
+	clear(s.journaled)
+	s.mu.Unlock()
 	return false, s.log.checkpoint(s.db, badKeys)
 }
 
@@ -166,6 +176,15 @@ func (s *Store) capture(batch map[ids.ObjectID]dirtyEntry) map[ids.ObjectID][]lo
 func (s *Store) captureObject(oid ids.ObjectID, blocks []int32) []logBlock {
 	var out []logBlock
 	err := s.withObject(oid, "journal", false, func() error { return errAbsent }, func(h *handle, _ objInfo) error {
+		// Removed or replaced (re-created) since the batch was taken:
+		// this file is not the one the small writes went to. (Those
+		// take the stripe lock exclusively, so none runs now.)
+		s.mu.Lock()
+		later, ok := s.dirty[oid]
+		s.mu.Unlock()
+		if ok && (later.data || later.removed) {
+			return errExclusive
+		}
 		buf := make([]byte, len(blocks)*SumBlock)
 		for i, b := range blocks {
 			blk := int64(b)
