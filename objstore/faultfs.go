@@ -104,10 +104,14 @@ func (f *FaultFS) powerLoss() error {
 func (f *FaultFS) remember(file File, off, n int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	fi, ino, ok := f.tracked(file)
-	if !ok {
+	if f.undos == nil {
 		return
 	}
+	fi, err := file.Stat()
+	if err != nil {
+		return
+	}
+	ino := fi.Sys().(*syscall.Stat_t).Ino
 	u := f.undos[ino]
 	if u == nil {
 		// A new open file description: one without O_DIRECT.
@@ -123,25 +127,19 @@ func (f *FaultFS) remember(file File, off, n int64) {
 	u.recs = append(u.recs, undoRec{off: off, old: old[:max(m, 0)]})
 }
 
-// tracked returns file's metadata and inode if durability is tracked.
-// f.mu is held.
-func (f *FaultFS) tracked(file File) (os.FileInfo, uint64, bool) {
-	if f.undos == nil {
-		return nil, 0, false
-	}
-	fi, err := file.Stat()
-	if err != nil {
-		return nil, 0, false
-	}
-	return fi, fi.Sys().(*syscall.Stat_t).Ino, true
-}
-
 // synced forgets file's unsynced changes: they are durable now.
 func (f *FaultFS) synced(file File) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	_, ino, ok := f.tracked(file)
-	if u := f.undos[ino]; ok && u != nil {
+	if f.undos == nil {
+		return
+	}
+	fi, err := file.Stat()
+	if err != nil {
+		return
+	}
+	ino := fi.Sys().(*syscall.Stat_t).Ino
+	if u := f.undos[ino]; u != nil {
 		_ = syscall.Close(u.fd)
 		delete(f.undos, ino)
 	}

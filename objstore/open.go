@@ -94,10 +94,6 @@ func (s *Store) load(logPath string) error {
 	if s.log, err = openLog(s.fs, logPath, gen, indexed); err != nil {
 		return err
 	}
-	for oid := range s.log.unsynced {
-		s.journaled[oid] = struct{}{}
-	}
-	clear(s.log.unsynced)
 	if err := s.makeDirs(); err != nil {
 		return err
 	}
@@ -300,7 +296,7 @@ func (s *Store) applyJournal() error {
 		if err != nil {
 			return err
 		}
-		s.journaled[oid] = struct{}{}
+		s.log.unsynced[oid] = struct{}{}
 		s.replayed += len(blocks)
 	}
 	clear(s.log.replayed)
