@@ -104,14 +104,10 @@ func (f *FaultFS) powerLoss() error {
 func (f *FaultFS) remember(file File, off, n int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.undos == nil {
+	fi, ino, ok := f.tracked(file)
+	if !ok {
 		return
 	}
-	fi, err := file.Stat()
-	if err != nil {
-		return
-	}
-	ino := fi.Sys().(*syscall.Stat_t).Ino
 	u := f.undos[ino]
 	if u == nil {
 		// A new open file description: one without O_DIRECT.
@@ -127,19 +123,25 @@ func (f *FaultFS) remember(file File, off, n int64) {
 	u.recs = append(u.recs, undoRec{off: off, old: old[:max(m, 0)]})
 }
 
+// tracked returns file's metadata and inode if durability is tracked.
+// f.mu is held.
+func (f *FaultFS) tracked(file File) (os.FileInfo, uint64, bool) {
+	if f.undos == nil {
+		return nil, 0, false
+	}
+	fi, err := file.Stat()
+	if err != nil {
+		return nil, 0, false
+	}
+	return fi, fi.Sys().(*syscall.Stat_t).Ino, true
+}
+
 // synced forgets file's unsynced changes: they are durable now.
 func (f *FaultFS) synced(file File) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.undos == nil {
-		return
-	}
-	fi, err := file.Stat()
-	if err != nil {
-		return
-	}
-	ino := fi.Sys().(*syscall.Stat_t).Ino
-	if u := f.undos[ino]; u != nil {
+	_, ino, ok := f.tracked(file)
+	if u := f.undos[ino]; ok && u != nil {
 		_ = syscall.Close(u.fd)
 		delete(f.undos, ino)
 	}

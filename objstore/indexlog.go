@@ -91,8 +91,9 @@ type indexLog struct {
 	off     int64                       // end of the last good record
 	size    int64                       // the file's size
 	pending map[ids.ObjectID]dirtyEntry // logged since the last checkpoint
-	// unsynced holds the objects with journaled blocks since the last
-	// checkpoint whose files have not been fdatasynced since.
+	// unsynced holds, from Open until it takes them over (as
+	// Store.journaled), the objects whose blocks records of this boot
+	// journaled: their files hold them, perhaps not on the disk yet.
 	unsynced map[ids.ObjectID]struct{}
 	// replayed holds, from Open until it applies them, the journaled
 	// blocks of each object that the log's records leave standing.
@@ -174,8 +175,8 @@ func (l *indexLog) replay(metas map[ids.ObjectID]Meta) error {
 
 // decodeRecord decodes the record at the start of b if it is good and is
 // record seq of generation gen: its length, entries and journaled blocks
-// (slices of b); 0 otherwise. An entry's data reports flagSynced. Use
-// record.sameBoot to learn whether the blocks are to be applied.
+// (slices of b); 0 otherwise. An entry's data reports flagSynced.
+// sameBoot tells whether the blocks are to be written back.
 func decodeRecord(b []byte, gen, seq uint64) (int, map[ids.ObjectID]dirtyEntry, map[ids.ObjectID][]logBlock) {
 	if len(b) >= 4 && binary.LittleEndian.Uint32(b) == logMagicV1 {
 		n, batch := decodeRecordV1(b, gen, seq)
@@ -383,9 +384,6 @@ func (l *indexLog) append(batch map[ids.ObjectID]dirtyEntry, blocks map[ids.Obje
 	for oid, e := range batch {
 		e.blocks = nil
 		l.pending[oid] = e
-		if len(blocks[oid]) > 0 && !e.removed && !e.data {
-			l.unsynced[oid] = struct{}{}
-		}
 	}
 	if cap(l.buf) > 2*maxJournalBytes {
 		l.buf = nil // one large record's buffer is not kept
@@ -405,7 +403,7 @@ var zeroChunk [logChunk]byte
 // except once per chunk. Reading stops at the zeros.
 func (l *indexLog) grow(end int64) error {
 	for l.size < end {
-		n := min(logChunk-l.size%logChunk, logChunk)
+		n := logChunk - l.size%logChunk
 		if _, err := l.f.WriteAt(zeroChunk[:n], l.size); err != nil {
 			return diskErr(err, "objstore: grow index log %s", l.path)
 		}
@@ -425,7 +423,6 @@ func (l *indexLog) checkpoint(db *bolt.DB, badKeys [][]byte) error {
 	l.gen++
 	l.seq, l.off = 0, 0
 	clear(l.pending)
-	clear(l.unsynced)
 	// The log keeps its size: records are written over the old ones, so
 	// its fdatasyncs do not change its size (no journal commit of the
 	// filesystem for its metadata). One much longer than logMax (from a

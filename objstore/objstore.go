@@ -112,7 +112,7 @@ type Store struct {
 	spare     map[ids.ObjectID]dirtyEntry // an emptied batch map, for reuse
 	dirtyDirs [256]bool                   // obj/XX gained or lost entries since the last Sync
 	stale     map[ids.ObjectID]struct{}   // written since Usage last measured them
-	journaled map[ids.ObjectID]struct{}   // blocks in the log, file not fdatasynced (see keepJournaled)
+	journaled map[ids.ObjectID]struct{}   // blocks in the log since the last checkpoint, file perhaps not synced
 	used      int64                       // sum of objects[*].alloc
 	batch     uint64                      // number of the batch dirty collects
 

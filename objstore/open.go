@@ -94,6 +94,10 @@ func (s *Store) load(logPath string) error {
 	if s.log, err = openLog(s.fs, logPath, gen, indexed); err != nil {
 		return err
 	}
+	for oid := range s.log.unsynced {
+		s.journaled[oid] = struct{}{}
+	}
+	clear(s.log.unsynced)
 	if err := s.makeDirs(); err != nil {
 		return err
 	}
@@ -296,7 +300,7 @@ func (s *Store) applyJournal() error {
 		if err != nil {
 			return err
 		}
-		s.log.unsynced[oid] = struct{}{}
+		s.journaled[oid] = struct{}{}
 		s.replayed += len(blocks)
 	}
 	clear(s.log.replayed)

@@ -1,6 +1,7 @@
 package objstore
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"sync"
@@ -126,14 +127,16 @@ func (s *Store) syncBatch() error {
 // fatal reports that an fdatasync itself failed. s.syncMu is held (or the
 // store is being opened or closed).
 func (s *Store) checkpoint(badKeys [][]byte) (fatal bool, err error) {
-	batch := make(map[ids.ObjectID]dirtyEntry, len(s.log.unsynced))
-	for oid := range s.log.unsynced {
+	s.mu.Lock()
+	batch := make(map[ids.ObjectID]dirtyEntry, len(s.journaled))
+	for oid := range s.journaled {
 		batch[oid] = dirtyEntry{data: true}
 	}
+	s.mu.Unlock()
 	if fatal, err := s.syncObjects(batch); err != nil {
 		return fatal, err
 	}
-	clear(s.log.unsynced)
+	// Only a Sync adds to journaled, and it holds syncMu as we do.
 	s.mu.Lock()
 	clear(s.journaled)
 	s.mu.Unlock()
@@ -170,6 +173,10 @@ func (s *Store) capture(batch map[ids.ObjectID]dirtyEntry) map[ids.ObjectID][]lo
 	return out
 }
 
+// errNoJournal sends an object to the fdatasync path instead of the
+// journal.
+var errNoJournal = errors.New("not journaled")
+
 // captureObject reads blocks of oid, each under its block lock so that no
 // change is half made, and returns them with their current sums; nil if
 // one cannot be read or does not match its sum, or the object is gone.
@@ -183,7 +190,12 @@ func (s *Store) captureObject(oid ids.ObjectID, blocks []int32) []logBlock {
 		later, ok := s.dirty[oid]
 		s.mu.Unlock()
 		if ok && (later.data || later.removed) {
-			return errExclusive
+			return errNoJournal
+		}
+		// A block's entry does not change while its lock is held.
+		es, ok, err := s.sums(oid, h, false)
+		if err != nil || !ok {
+			return errNoJournal
 		}
 		buf := make([]byte, len(blocks)*SumBlock)
 		for i, b := range blocks {
@@ -191,24 +203,10 @@ func (s *Store) captureObject(oid ids.ObjectID, blocks []int32) []logBlock {
 			data := buf[i*SumBlock : (i+1)*SumBlock : (i+1)*SumBlock]
 			h.lockBlocks(blk, blk+1)
 			_, err := h.f.ReadAt(data, blk*SumBlock)
-			var cur uint32
-			if err == nil {
-				var es entries
-				var ok bool
-				es, ok, err = s.sums(oid, h, false)
-				if err == nil && !ok {
-					err = errExclusive
-				}
-				if err == nil {
-					cur = es.get(blk).cur
-				}
-			}
+			cur := es.get(blk).cur
 			h.unlockBlocks(blk, blk+1)
-			if err != nil {
-				return err
-			}
-			if blockSum(oid, blk, data) != cur {
-				return errExclusive // not settled, or damaged: fdatasync it
+			if err != nil || blockSum(oid, blk, data) != cur {
+				return errNoJournal // unreadable, not settled, or damaged: fdatasync it
 			}
 			out = append(out, logBlock{block: blk, sum: cur, data: data})
 		}
