@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/sheepfs/sheepfs/cluster"
@@ -85,55 +86,29 @@ func targets(st *cluster.State, oid ids.ObjectID, copies int) []cluster.Member {
 	return out
 }
 
-// sendMax is the largest payload fanout sends to the peers one after the
-// other from the caller's goroutine before it waits for them all; a larger
-// one goes to each peer from a goroutine of its own, so that their TLS
-// encryption runs in parallel.
+// sendMax is the largest payload callAll sends to the peers one after the
+// other from the caller's goroutine; a larger one is sent to each peer
+// from a goroutine of its own, so that their TLS encryption runs in
+// parallel (with each other and with this node's part).
 const sendMax = 64 << 10
 
 // fanout sends one request to every target (the local node is served in
 // place) and returns the first error.
 func (r *replicated) fanout(ctx context.Context, st *cluster.State, ts []cluster.Member, local func() error, req proto.Msg) error {
-	if len(ts) == 1 {
-		return r.one(ctx, ts[0], local, req)
-	}
 	var first error
-	if len(req.Data) <= sendMax {
-		r.callAll(ctx, ts, local, req, func(_ cluster.Member, err error) {
-			if err != nil && first == nil {
-				first = err
-			}
-		})
-		return first
-	}
-	// The peers' requests in goroutines of their own; this node's copy
-	// on the caller's goroutine, whose stack has room for the store's
-	// call chain (a new goroutine would grow its stack on every write).
-	errc := make(chan error, len(ts))
-	var here *cluster.Member
-	for i, m := range ts {
-		if m.ID == r.n.id {
-			here = &ts[i]
-			continue
-		}
-		go func() { errc <- r.one(ctx, m, local, req) }()
-	}
-	if here != nil {
-		first = r.one(ctx, *here, local, req)
-		errc <- nil
-	}
-	for range ts {
-		if err := <-errc; err != nil && first == nil {
+	r.callAll(ctx, ts, local, req, func(_ cluster.Member, err error) {
+		if err != nil && first == nil {
 			first = err
 		}
-	}
+	})
 	return first
 }
 
 // callAll sends req to every member of ts but this node, serves this
-// node's part with local (if it is in ts) meanwhile, then waits for the
-// answers, all from the caller's goroutine: no goroutine per peer and
-// request. done receives each member's outcome, this node's first.
+// node's part with local (if it is in ts) on the caller's goroutine, whose
+// stack has room for the store's call chain, then waits for the answers:
+// no goroutine per peer and request waits for an answer. done receives
+// each member's outcome, this node's first.
 func (r *replicated) callAll(ctx context.Context, ts []cluster.Member, local func() error, req proto.Msg, done func(m cluster.Member, err error)) {
 	type sent struct {
 		m   cluster.Member
@@ -146,15 +121,26 @@ func (r *replicated) callAll(ctx context.Context, ts []cluster.Member, local fun
 	for i, m := range ts {
 		if m.ID == r.n.id {
 			here = i
-			continue
+		} else {
+			out = append(out, sent{m: m})
 		}
+	}
+	send := func(s *sent) {
 		rq := req // each send sets its own request ID
-		p, err := r.n.peers.Get(m.Addr).Start(ctx, &rq)
-		out = append(out, sent{m: m, p: p, err: err})
+		s.p, s.err = r.n.peers.Get(s.m.Addr).Start(ctx, &rq)
+	}
+	var wg sync.WaitGroup
+	for i := range out {
+		if len(req.Data) <= sendMax {
+			send(&out[i])
+		} else {
+			wg.Go(func() { send(&out[i]) })
+		}
 	}
 	if here >= 0 {
 		done(ts[here], local())
 	}
+	wg.Wait()
 	for _, s := range out {
 		err := s.err
 		if err == nil {
@@ -166,18 +152,6 @@ func (r *replicated) callAll(ctx context.Context, ts []cluster.Member, local fun
 		}
 		done(s.m, err)
 	}
-}
-
-func (r *replicated) one(ctx context.Context, m cluster.Member, local func() error, req proto.Msg) error {
-	if m.ID == r.n.id {
-		return local()
-	}
-	_, err := r.n.peers.Get(m.Addr).Call(ctx, &req)
-	if err != nil {
-		r.n.unreachable(m.ID, err)
-		return errs.E(errs.KindOf(err), "%v on %s: %w", req.Op, m.ID, err)
-	}
-	return nil
 }
 
 // unreachable reports a member whose connection broke or was refused to
