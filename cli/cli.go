@@ -312,7 +312,30 @@ type MDFaultCmd struct {
 
 // Run arms the fault.
 func (c *MDFaultCmd) Run(g *Globals) error {
-	return mdRun(g, proto.AdminRequest{Cmd: proto.AdminMDFault, Name: c.Dir, Tag: c.Op})
+	req := proto.AdminRequest{Cmd: proto.AdminMDFault, Name: c.Dir, Tag: c.Op}
+	if c.Op != "powerloss" {
+		return mdRun(g, req)
+	}
+	// The node dies without an answer. It must be up to begin with
+	// (that is retried as usual); then the request goes out once, never
+	// again (a retry could reach the node restarted), and the connection
+	// breaking is the drill working.
+	if err := g.adminAs(auth.RolePeer, proto.AdminRequest{Cmd: proto.AdminMDInfo}, nil); err != nil {
+		return err
+	}
+	cl := client.New([]string{g.Addr}, client.Options{RetryFor: time.Nanosecond, Dial: dialer(g.keys, auth.RolePeer)})
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), g.Timeout)
+	defer cancel()
+	err := cl.Admin(ctx, req, nil)
+	switch {
+	case err == nil:
+		return errs.E(errs.IO, "the node at %s answered instead of losing power", g.Addr)
+	case proto.IsTransport(err) && ctx.Err() == nil:
+		fmt.Fprintf(g.out, "the node at %s lost power (start it with SHEEP_BOOT_ID set to play a reboot)\n", g.Addr)
+		return nil
+	}
+	return err
 }
 
 func mdRun(g *Globals, req proto.AdminRequest) error {
