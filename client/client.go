@@ -43,6 +43,12 @@ type Client struct {
 	locked uint64          // gen at which locks were last (re)taken
 	locks  map[string]bool // VDI names held for writing
 	relock sync.Mutex
+
+	// unflushed holds, per VDI, the nodes its writes since the last
+	// flush reached and their boots (proto.NodeBoot): a flush asks
+	// those nodes to sync and to answer in the same boot.
+	bootMu    sync.Mutex
+	unflushed map[ids.VDIID]map[uint64]uint64
 }
 
 // New returns a client for the given gateway addresses (host:port), tried
@@ -56,7 +62,8 @@ func New(addrs []string, opts Options) *Client {
 		rand.Read(b[:])
 		opts.Mount = ids.MountID("m" + hex.EncodeToString(b[:]))
 	}
-	return &Client{addrs: addrs, opts: opts, pc: proto.NewClientOnce(addrs[0], opts.Dial), locks: map[string]bool{}}
+	return &Client{addrs: addrs, opts: opts, pc: proto.NewClientOnce(addrs[0], opts.Dial), locks: map[string]bool{},
+		unflushed: map[ids.VDIID]map[uint64]uint64{}}
 }
 
 // Mount returns the client's mount ID.
@@ -251,14 +258,69 @@ func (c *Client) WriteAt(ctx context.Context, vid ids.VDIID, data []byte, off in
 	if sync {
 		m.Flags |= proto.FlagSync
 	}
-	_, err := c.Call(ctx, m)
+	resp, err := c.Call(ctx, m)
+	if err == nil && !sync {
+		c.wrote(vid, resp.Data)
+	}
 	return err
 }
 
+// wrote records the nodes and boots a gateway says a write of vid reached
+// (proto.NodeBoot). An answer that does not decode adds nothing: the
+// gateway's own record still covers the nodes it wrote.
+func (c *Client) wrote(vid ids.VDIID, list []byte) {
+	bs, err := proto.DecodeNodeBoots(list)
+	if err != nil || len(bs) == 0 {
+		return
+	}
+	c.bootMu.Lock()
+	defer c.bootMu.Unlock()
+	for _, b := range bs {
+		c.noteLocked(vid, b.Node, b.Boot)
+	}
+}
+
+// bootChanged stands for a node seen in two boots: no boot matches it
+// (boots are odd), so the next flush reports the writes lost.
+const bootChanged = 2
+
 // Flush makes every acknowledged write to vid durable on all replicas.
+// errs.Lost if a node that took some of them restarted its machine before
+// they were flushed: they may be gone (reported once; later flushes cover
+// later writes).
 func (c *Client) Flush(ctx context.Context, vid ids.VDIID) error {
-	_, err := c.Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpVDIFlush, ID: uint64(vid)}})
+	c.bootMu.Lock()
+	taken := c.unflushed[vid]
+	delete(c.unflushed, vid)
+	c.bootMu.Unlock()
+	list := make([]proto.NodeBoot, 0, len(taken))
+	for node, boot := range taken {
+		list = append(list, proto.NodeBoot{Node: node, Boot: boot})
+	}
+	_, err := c.Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpVDIFlush, ID: uint64(vid)}, Data: proto.AppendNodeBoots(nil, list)})
+	if err != nil && errs.KindOf(err) != errs.Lost {
+		// Not flushed: the next flush covers these writes again.
+		c.bootMu.Lock()
+		for node, boot := range taken {
+			c.noteLocked(vid, node, boot)
+		}
+		c.bootMu.Unlock()
+	}
 	return err
+}
+
+// noteLocked records that node took a write of vid in boot. c.bootMu is
+// held.
+func (c *Client) noteLocked(vid ids.VDIID, node, boot uint64) {
+	m := c.unflushed[vid]
+	if m == nil {
+		m = make(map[uint64]uint64)
+		c.unflushed[vid] = m
+	}
+	if old, ok := m[node]; ok && old != boot {
+		boot = bootChanged
+	}
+	m[node] = boot
 }
 
 // Discard makes [off, off+length) of vid read as zeros; keep keeps the space
@@ -268,7 +330,10 @@ func (c *Client) Discard(ctx context.Context, vid ids.VDIID, off, length int64, 
 	if keep {
 		m.Flags |= proto.FlagZeroKeep
 	}
-	_, err := c.Call(ctx, m)
+	resp, err := c.Call(ctx, m)
+	if err == nil {
+		c.wrote(vid, resp.Data)
+	}
 	return err
 }
 

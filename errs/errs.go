@@ -29,6 +29,7 @@ const (
 	Closed                  // the connection or node is shutting down
 	Denied                  // not authorized: wrong key, or not allowed to this role
 	Corrupt                 // stored data failed its checksum, or a copy is damaged
+	Lost                    // acknowledged writes may be gone: a replica's machine restarted before they were flushed
 	maxKind
 )
 
@@ -48,6 +49,7 @@ var kindNames = [...]string{
 	Closed:      "closed",
 	Denied:      "not authorized",
 	Corrupt:     "data corrupt",
+	Lost:        "writes lost",
 }
 
 func (k Kind) String() string {

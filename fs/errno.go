@@ -23,6 +23,7 @@ var errnoOf = map[errs.Kind]syscall.Errno{
 	errs.Closed:      syscall.EIO,
 	errs.Denied:      syscall.EACCES,
 	errs.Corrupt:     syscall.EIO,
+	errs.Lost:        syscall.EIO,
 }
 
 // toErrno maps err to the errno the kernel should see.

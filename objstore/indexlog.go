@@ -263,6 +263,16 @@ func SetBootID(id string) error {
 	return nil
 }
 
+// BootToken names this boot of the system (as SetBootID may have set it)
+// in 64 bits, never 0; 0 if the boot ID is unknown. Writes a store took in
+// one boot and had not synced may be gone in the next.
+func BootToken() uint64 {
+	if bootID == [16]byte{} {
+		return 0
+	}
+	return binary.LittleEndian.Uint64(bootID[:8]) ^ binary.LittleEndian.Uint64(bootID[8:]) | 1
+}
+
 // readBootID reads the boot ID Linux makes at every boot.
 func readBootID() (id [16]byte) {
 	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/ids"
 )
@@ -69,6 +71,10 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	s.db = db
 	s.noSums = noSums
+	if err := syncFS(dir); err != nil {
+		_ = db.Close() // the sync error is the one to report
+		return nil, err
+	}
 	if err := s.load(ipath + ".log"); err != nil {
 		if s.log != nil {
 			_ = s.log.f.Close()
@@ -328,6 +334,24 @@ func (s *Store) applyBlocks(oid ids.ObjectID, f File, blocks []logBlock) error {
 	}
 	if err := s.writeTrailer(f, t, 0, s.objSize/SumBlock); err != nil {
 		return diskErr(err, "objstore: open %s: write checksums of %v", s.dir, oid)
+	}
+	return nil
+}
+
+// syncFS makes durable everything written to the file system holding dir
+// (syncfs(2)). A process that stopped without a Sync (killed, or it
+// crashed) may have acknowledged writes that are only in the page cache,
+// and this process's Syncs know nothing of them: a flush a client retries
+// after the restart would vouch for them. After a reboot there is nothing
+// left to write back, and it costs nothing.
+func syncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return diskErr(err, "objstore: open %s", dir)
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return diskErr(err, "objstore: sync the file system of %s", dir)
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -563,5 +564,25 @@ func TestClientOnceDoesNotRedial(t *testing.T) {
 	}
 	if n := ln.n.Load(); n != 1 {
 		t.Fatalf("the server accepted %d connections, want 1", n)
+	}
+}
+
+func TestNodeBoots(t *testing.T) {
+	in := []proto.NodeBoot{{Node: proto.NodeHash("node0"), Boot: 7}, {Node: proto.NodeHash("node1"), Boot: 2}}
+	got, err := proto.DecodeNodeBoots(proto.AppendNodeBoots(nil, in))
+	if err != nil || !slices.Equal(got, in) {
+		t.Fatalf("round trip: %v, %v; want %v", got, err, in)
+	}
+	if got, err := proto.DecodeNodeBoots(nil); err != nil || len(got) != 0 {
+		t.Fatalf("empty list: %v, %v", got, err)
+	}
+	for name, b := range map[string][]byte{
+		"torn entry": make([]byte, 17),
+		"zero boot":  proto.AppendNodeBoots(nil, []proto.NodeBoot{{Node: 1, Boot: 0}}),
+		"too many":   proto.AppendNodeBoots(nil, make([]proto.NodeBoot, proto.MaxNodeBoots+1)),
+	} {
+		if _, err := proto.DecodeNodeBoots(b); !errs.Is(err, errs.Invalid) {
+			t.Errorf("%s: %v, want an invalid argument error", name, err)
+		}
 	}
 }

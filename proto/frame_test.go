@@ -100,9 +100,9 @@ func TestDecodeHeaderErrors(t *testing.T) {
 		{"response of unknown op", func(b []byte) []byte { b[2] = byte(proto.RespBit | 0x7f); return b }, errs.Invalid},
 		{"bare RespBit", func(b []byte) []byte { b[2] = byte(proto.RespBit); return b }, errs.Invalid},
 		{"response op", func(b []byte) []byte { b[2] = byte(proto.OpApply | proto.RespBit); return b }, errs.Other},
-		{"unknown kind", func(b []byte) []byte { b[3] = byte(errs.Corrupt) + 1; return b }, errs.Invalid},
+		{"unknown kind", func(b []byte) []byte { b[3] = byte(errs.Lost) + 1; return b }, errs.Invalid},
 		{"kind 255", func(b []byte) []byte { b[3] = 255; return b }, errs.Invalid},
-		{"last kind", func(b []byte) []byte { b[3] = byte(errs.Corrupt); return b }, errs.Other},
+		{"last kind", func(b []byte) []byte { b[3] = byte(errs.Lost); return b }, errs.Other},
 		{"unknown flag", func(b []byte) []byte { binary.BigEndian.PutUint16(b[4:], uint16(proto.FlagSparse)<<1); return b }, errs.Invalid},
 		{"high flag", func(b []byte) []byte { binary.BigEndian.PutUint16(b[4:], 0x8000); return b }, errs.Invalid},
 		{"all known flags", func(b []byte) []byte {

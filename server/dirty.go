@@ -5,6 +5,7 @@ import (
 
 	"github.com/sheepfs/sheepfs/cluster"
 	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/proto"
 )
 
 // dirtyNodes remembers which nodes a gateway wrote to since their last
@@ -56,4 +57,44 @@ func (d *dirtyNodes) flush(sync func(map[ids.NodeID]bool) error) error {
 		d.mu.Unlock()
 	}
 	return err
+}
+
+// bootSet gathers the boots of the nodes that took a client's writes
+// (proto.NodeBoot). Safe for concurrent use; a nil *bootSet gathers
+// nothing.
+type bootSet struct {
+	mu sync.Mutex
+	m  map[ids.NodeID]uint64
+}
+
+// bootChanged stands for a node that answered in two boots: what it took
+// in the first may be gone. Boots are odd (objstore.BootToken), so it
+// matches none.
+const bootChanged = 2
+
+// add records that node id took a write in boot (0: unknown, ignored).
+func (b *bootSet) add(id ids.NodeID, boot uint64) {
+	if b == nil || boot == 0 {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.m == nil {
+		b.m = make(map[ids.NodeID]uint64, 4)
+	}
+	if old, ok := b.m[id]; ok && old != boot {
+		boot = bootChanged
+	}
+	b.m[id] = boot
+}
+
+// list returns the set in wire form.
+func (b *bootSet) list() []proto.NodeBoot {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]proto.NodeBoot, 0, len(b.m))
+	for id, boot := range b.m {
+		out = append(out, proto.NodeBoot{Node: proto.NodeHash(id), Boot: boot})
+	}
+	return out
 }

@@ -93,13 +93,18 @@ func targets(st *cluster.State, oid ids.ObjectID, copies int) []cluster.Member {
 const sendMax = 64 << 10
 
 // fanout sends one request to every target (the local node is served in
-// place) and returns the first error.
-func (r *replicated) fanout(ctx context.Context, st *cluster.State, ts []cluster.Member, local func() error, req proto.Msg) error {
+// place) and returns the first error; boots, if set, records the boot of
+// each target that took it.
+func (r *replicated) fanout(ctx context.Context, st *cluster.State, ts []cluster.Member, local func() error, req proto.Msg, boots *bootSet) error {
 	var first error
-	r.callAll(ctx, ts, local, req, func(_ cluster.Member, err error) {
-		if err != nil && first == nil {
-			first = err
+	r.callAll(ctx, ts, local, req, func(m cluster.Member, boot uint64, err error) {
+		if err != nil {
+			if first == nil {
+				first = err
+			}
+			return
 		}
+		boots.add(m.ID, boot)
 	})
 	return first
 }
@@ -108,8 +113,9 @@ func (r *replicated) fanout(ctx context.Context, st *cluster.State, ts []cluster
 // node's part with local (if it is in ts) on the caller's goroutine, whose
 // stack has room for the store's call chain, then waits for the answers:
 // no goroutine per peer and request waits for an answer. done receives
-// each member's outcome, this node's first.
-func (r *replicated) callAll(ctx context.Context, ts []cluster.Member, local func() error, req proto.Msg, done func(m cluster.Member, err error)) {
+// each member's outcome, this node's first, with the boot its answer named
+// (Aux, see proto.NodeBoot; this node's own for the local part).
+func (r *replicated) callAll(ctx context.Context, ts []cluster.Member, local func() error, req proto.Msg, done func(m cluster.Member, boot uint64, err error)) {
 	type sent struct {
 		m   cluster.Member
 		p   *proto.Pending
@@ -138,19 +144,23 @@ func (r *replicated) callAll(ctx context.Context, ts []cluster.Member, local fun
 		}
 	}
 	if here >= 0 {
-		done(ts[here], local())
+		done(ts[here], r.n.boot, local())
 	}
 	wg.Wait()
 	for _, s := range out {
 		err := s.err
+		var boot uint64
 		if err == nil {
-			_, err = s.p.Wait(ctx)
+			var resp *proto.Msg
+			if resp, err = s.p.Wait(ctx); err == nil {
+				boot = resp.Aux
+			}
 		}
 		if err != nil {
 			r.n.unreachable(s.m.ID, err)
 			err = errs.E(errs.KindOf(err), "%v on %s: %w", req.Op, s.m.ID, err)
 		}
-		done(s.m, err)
+		done(s.m, boot, err)
 	}
 }
 
@@ -170,6 +180,7 @@ func (n *Node) unreachable(id ids.NodeID, err error) {
 type writer struct {
 	r     *replicated
 	fence func(*cluster.State) error
+	boots *bootSet // if set, gathers the boots of the replicas written
 }
 
 var _ vdi.Writer = writer{}
@@ -198,7 +209,7 @@ func (w writer) write(ctx context.Context, oid ids.ObjectID, copies int, off int
 	if create {
 		req.Flags |= proto.FlagCreate
 	}
-	return w.r.change(ctx, w.fence, oid, copies, req, func(epoch ids.Epoch, ver ids.Version) error {
+	return w.r.change(ctx, w, oid, copies, req, func(epoch ids.Epoch, ver ids.Version) error {
 		return w.r.n.localWrite(ctx, oid, off, data, ver, epoch, create)
 	})
 }
@@ -206,7 +217,7 @@ func (w writer) write(ctx context.Context, oid ids.ObjectID, copies int, off int
 // Punch implements vdi.Writer.
 func (w writer) Punch(ctx context.Context, oid ids.ObjectID, copies int, off, length int64) error {
 	req := proto.Msg{Header: proto.Header{Op: proto.OpPunchObj, Offset: uint64(off), Length: uint32(length)}}
-	return w.r.change(ctx, w.fence, oid, copies, req, func(epoch ids.Epoch, ver ids.Version) error {
+	return w.r.change(ctx, w, oid, copies, req, func(epoch ids.Epoch, ver ids.Version) error {
 		return w.r.n.localPunch(ctx, oid, off, length, ver, epoch)
 	})
 }
@@ -222,7 +233,7 @@ func (w writer) Remove(ctx context.Context, oid ids.ObjectID, copies int) error 
 // fetches the kept one first.
 func (w writer) RemoveIfNotNewer(ctx context.Context, oid ids.ObjectID, copies int, ver ids.Version) error {
 	req := proto.Msg{Header: proto.Header{Op: proto.OpRemoveObj, Offset: uint64(ver)}}
-	return w.r.change(ctx, w.fence, oid, copies, req, func(epoch ids.Epoch, _ ids.Version) error {
+	return w.r.change(ctx, w, oid, copies, req, func(epoch ids.Epoch, _ ids.Version) error {
 		return w.r.n.localRemove(ctx, oid, epoch, ver)
 	})
 }
@@ -231,8 +242,9 @@ func (w writer) RemoveIfNotNewer(ctx context.Context, oid ids.ObjectID, copies i
 // epoch (the local one is served in place by local), with a new version,
 // retrying across failures and epoch changes; the replicas are then dirty
 // until the next flush. Only a node in contact with the majority may
-// change data, and only while fence, if any, allows it.
-func (r *replicated) change(ctx context.Context, fence func(*cluster.State) error, oid ids.ObjectID, copies int, req proto.Msg, local func(ids.Epoch, ids.Version) error) error {
+// change data, and only while w's fence, if any, allows it.
+func (r *replicated) change(ctx context.Context, w writer, oid ids.ObjectID, copies int, req proto.Msg, local func(ids.Epoch, ids.Version) error) error {
+	fence := w.fence
 	what := func() string { return req.Op.String() + " " + oid.String() }
 	return r.retry(ctx, what, func(st *cluster.State) error {
 		if !r.n.cl.HasQuorum() {
@@ -254,7 +266,7 @@ func (r *replicated) change(ctx context.Context, fence func(*cluster.State) erro
 				return err
 			}
 			return local(st.Epoch, ver)
-		}, req)
+		}, req, w.boots)
 		if err == nil {
 			r.dirty.mark(ts)
 		}
@@ -355,8 +367,31 @@ func (r *replicated) readAny(ctx context.Context, st *cluster.State, oid ids.Obj
 // Flush implements vdi.Objects: every node written since the last flush
 // syncs its store. A node that left the epoch meanwhile is skipped: its
 // replicas are no longer counted on.
-func (r *replicated) Flush(ctx context.Context) error {
-	return r.dirty.flush(func(dirty map[ids.NodeID]bool) error {
+func (r *replicated) Flush(ctx context.Context) error { return r.flushBoots(ctx, nil) }
+
+// flushBoots is Flush for a client whose unflushed writes reached the
+// nodes in expect, in those boots: those nodes sync too (this gateway may
+// not have written them: it may have restarted since, or the client came
+// from another), and if one of them answers in another boot, the writes
+// it took may be gone: errs.Lost, once every node is synced.
+func (r *replicated) flushBoots(ctx context.Context, expect []proto.NodeBoot) error {
+	want := map[ids.NodeID]uint64{}
+	if len(expect) > 0 {
+		byHash := make(map[uint64]uint64, len(expect))
+		for _, e := range expect {
+			byHash[e.Node] = e.Boot
+		}
+		var ms []cluster.Member
+		for _, m := range r.n.cl.State().Members {
+			if boot, ok := byHash[proto.NodeHash(m.ID)]; ok {
+				want[m.ID] = boot
+				ms = append(ms, m)
+			}
+		}
+		r.dirty.mark(ms)
+	}
+	var lost []ids.NodeID
+	err := r.dirty.flush(func(dirty map[ids.NodeID]bool) error {
 		return r.retry(ctx, func() string { return "flush" }, func(st *cluster.State) error {
 			var ts []cluster.Member
 			for id := range dirty {
@@ -368,14 +403,24 @@ func (r *replicated) Flush(ctx context.Context) error {
 			}
 			var first error
 			req := proto.Msg{Header: proto.Header{Op: proto.OpSyncObjs, Epoch: st.Epoch}}
-			r.callAll(ctx, ts, r.n.store.Sync, req, func(m cluster.Member, err error) {
-				if err == nil {
-					delete(dirty, m.ID)
-				} else if first == nil {
-					first = err
+			r.callAll(ctx, ts, r.n.store.Sync, req, func(m cluster.Member, boot uint64, err error) {
+				if err != nil {
+					if first == nil {
+						first = err
+					}
+					return
+				}
+				delete(dirty, m.ID)
+				if w, ok := want[m.ID]; ok && boot != 0 && w != boot && !slices.Contains(lost, m.ID) {
+					lost = append(lost, m.ID)
 				}
 			})
 			return first
 		})
 	})
+	if err == nil && len(lost) > 0 {
+		slices.Sort(lost)
+		err = errs.E(errs.Lost, "writes since the last flush may be lost: node(s) %v took them, then their machine restarted before they were flushed", lost)
+	}
+	return err
 }

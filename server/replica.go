@@ -221,5 +221,9 @@ func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, e
 		}
 		resp.Data = out
 	}
+	switch req.Op {
+	case proto.OpWriteObj, proto.OpPunchObj, proto.OpRemoveObj, proto.OpSyncObjs:
+		resp.Aux = n.boot // see proto.NodeBoot
+	}
 	return resp, nil
 }

@@ -89,8 +89,11 @@ type Node struct {
 	ln    net.Listener
 	objs  *replicated
 	rec   *healer
-	hlc   atomic.Uint64
-	stop  chan struct{}
+	// boot names this boot of the node's machine (objstore.BootToken)
+	// in its answers to writes and syncs (proto.NodeBoot).
+	boot uint64
+	hlc  atomic.Uint64
+	stop chan struct{}
 
 	keyMu     sync.Mutex         // one key roll step at a time
 	run       string             // random, new at every start: names this run's lock sessions
@@ -133,6 +136,7 @@ func Start(cfg Config) (*Node, error) {
 		volumes: map[ids.VDIID]*volume{}, conns: map[*proto.Conn]*connState{},
 		gcPending: map[ids.VDIID]bool{}, gcKick: make(chan struct{}, 1)}
 	n.objs = &replicated{n: n}
+	n.boot = objstore.BootToken()
 	n.rec = newHealer(n)
 	n.stop = make(chan struct{})
 	n.store, err = md.Open(md.Options{Dir: cfg.Dir, Disks: cfg.Disks, FaultFS: cfg.Faults,

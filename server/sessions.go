@@ -123,14 +123,17 @@ func (n *Node) checkWriter(c *proto.Conn, meta *cluster.VDI) error {
 // partition, on the side without the majority, must fail once the heal
 // shows that the majority dropped the lock (it died with this node, as far
 // as the majority knew) and perhaps gave it to another client, instead of
-// landing then.
+// landing then. The writer gathers the boots of the nodes written
+// (proto.NodeBoot) for the answer.
 func (n *Node) clientWriter(c *proto.Conn, meta *cluster.VDI) writer {
 	vid := meta.ID
-	return n.objs.fenced(func(st *cluster.State) error {
+	w := n.objs.fenced(func(st *cluster.State) error {
 		meta, ok := st.VDIByID(vid)
 		if !ok {
 			return errs.E(errs.NotFound, "VDI %v is gone", vid)
 		}
 		return n.checkWriter(c, meta)
 	})
+	w.boots = &bootSet{} // the answer tells the client where its write went
+	return w
 }

@@ -42,11 +42,13 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 		if err := n.writeTo(ctx, v, meta.ID, func(v *volume) error { return v.WriteAt(ctx, w, req.Data, off) }); err != nil {
 			return nil, err
 		}
+		boots := w.boots.list()
 		if req.Flags&proto.FlagSync != 0 {
-			if err := v.Flush(ctx); err != nil {
+			if err := n.objs.flushBoots(ctx, boots); err != nil {
 				return nil, err
 			}
 		}
+		resp.Data = proto.AppendNodeBoots(nil, boots)
 	case proto.OpVDIDiscard:
 		if err := n.checkWriter(c, meta); err != nil {
 			return nil, err
@@ -56,8 +58,15 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 		if err := n.writeTo(ctx, v, meta.ID, func(v *volume) error { return v.Discard(ctx, w, off, int64(req.Aux), keep) }); err != nil {
 			return nil, err
 		}
+		resp.Data = proto.AppendNodeBoots(nil, w.boots.list())
 	case proto.OpVDIFlush:
-		if err := v.Flush(ctx); err != nil {
+		// Data: the nodes and boots of the client's unflushed writes
+		// (proto.NodeBoot; empty from older clients).
+		expect, err := proto.DecodeNodeBoots(req.Data)
+		if err != nil {
+			return nil, err
+		}
+		if err := n.objs.flushBoots(ctx, expect); err != nil {
 			return nil, err
 		}
 	case proto.OpVDIAllocMap:
