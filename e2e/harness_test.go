@@ -64,6 +64,9 @@ func testMain(m *testing.M) int {
 	if spec := os.Getenv("SHEEP_E2E_FLOOD"); spec != "" {
 		floodHelper(spec)
 	}
+	if spec := os.Getenv(syncWriterEnv); spec != "" {
+		syncWriter(spec)
+	}
 	out, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil || strings.TrimSpace(string(out)) == "" || strings.TrimSpace(string(out)) == os.DevNull {
 		fmt.Fprintf(os.Stderr, "e2e: cannot find the module root (go env GOMOD): %v\n", err)
