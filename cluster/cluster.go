@@ -74,6 +74,8 @@ type Config struct {
 	Weight uint64
 	// Store names the node's data directory (see Member.Store).
 	Store string
+	// Boot names the boot of this machine (see Member.Boot).
+	Boot string
 	// Keys are the cluster's keys: raft and gossip admit only nodes
 	// holding them. Required.
 	Keys *auth.Keys
@@ -117,13 +119,14 @@ type nodeMeta struct {
 	Zone   string `json:"z,omitempty"`
 	Weight uint64 `json:"w,omitempty"`
 	Store  string `json:"s,omitempty"`
+	Boot   string `json:"b,omitempty"`
 }
 
 // parseMeta decodes and checks a member's gossiped metadata.
 func parseMeta(b []byte) (nodeMeta, bool) {
 	var m nodeMeta
 	if json.Unmarshal(b, &m) != nil || m.Data == "" || len(m.Data) > 256 || len(m.Raft) > 256 ||
-		len(m.Store) > 64 || m.Weight > 1<<40 || CheckZone(m.Zone) != nil {
+		len(m.Store) > 64 || len(m.Boot) > 64 || m.Weight > 1<<40 || CheckZone(m.Zone) != nil {
 		return nodeMeta{}, false
 	}
 	return m, true
@@ -354,7 +357,7 @@ func (c *Cluster) self() nodeMeta {
 	c.meta.mu.Unlock()
 	return nodeMeta{Data: net.JoinHostPort(c.cfg.Host, strconv.Itoa(c.cfg.Port)),
 		Raft: net.JoinHostPort(c.cfg.Host, strconv.Itoa(c.cfg.Port+RaftPortOffset)),
-		Zone: c.cfg.Zone, Weight: w, Store: c.cfg.Store}
+		Zone: c.cfg.Zone, Weight: w, Store: c.cfg.Store, Boot: c.cfg.Boot}
 }
 
 // setMeta encodes this node's metadata for gossip.
@@ -483,7 +486,7 @@ func (c *Cluster) Alive() []Member {
 		if !ok {
 			continue
 		}
-		out = append(out, Member{ID: ids.NodeID(n.Name), Addr: m.Data, Zone: m.Zone, Weight: m.Weight, Store: m.Store})
+		out = append(out, Member{ID: ids.NodeID(n.Name), Addr: m.Data, Zone: m.Zone, Weight: m.Weight, Store: m.Store, Boot: m.Boot})
 	}
 	slices.SortFunc(out, func(a, b Member) int { return cmpID(a.ID, b.ID) })
 	return out
@@ -847,7 +850,7 @@ func (c *Cluster) reconcile(goneSince map[ids.NodeID]time.Time) error {
 	st := c.State()
 	want := make([]Member, 0, len(alive))
 	for id, m := range alive {
-		want = append(want, Member{ID: id, Addr: m.Data, Zone: m.Zone, Weight: m.Weight, Store: m.Store, Down: !reachable[id]})
+		want = append(want, Member{ID: id, Addr: m.Data, Zone: m.Zone, Weight: m.Weight, Store: m.Store, Boot: m.Boot, Down: !reachable[id]})
 	}
 	for _, m := range st.Members {
 		if _, ok := alive[m.ID]; !ok && !gone(m.ID) {

@@ -45,6 +45,11 @@ type Member struct {
 	// node that comes back under its ID with an empty directory has a new
 	// Store, and nothing counts it as holding what the old one held.
 	Store string `json:"store,omitempty"`
+	// Boot names the boot of the node's machine its daemon started in
+	// (objstore.BootToken in hex; "" if unknown). Writes a node took and
+	// had not flushed may be gone after its machine restarts, so its
+	// copies are vouched for only up to the last epoch of its old boot.
+	Boot string `json:"boot,omitempty"`
 	// Down marks a member that is unreachable but not yet gone for the
 	// grace period: it keeps its place in the ring (nothing moves), and
 	// writes and reads skip it. Its copies of objects written meanwhile
@@ -531,7 +536,7 @@ func checkMembers(ms []Member) error {
 		return errs.E(errs.Invalid, "%d members: at most %d", len(ms), maxMembers)
 	}
 	for i, m := range ms {
-		if m.ID == "" || len(m.ID) > 64 || len(m.Addr) > 256 || len(m.Store) > 64 || m.Weight > 1<<40 {
+		if m.ID == "" || len(m.ID) > 64 || len(m.Addr) > 256 || len(m.Store) > 64 || len(m.Boot) > 64 || m.Weight > 1<<40 {
 			return errs.E(errs.Invalid, "member %q: bad fields", m.ID)
 		}
 		if err := CheckZone(m.Zone); err != nil {

@@ -9,8 +9,10 @@
 // (the gateway acknowledges it only when all of them have it). So a copy
 // that node X held current at epoch F is still current at epoch T if, at
 // every epoch after F up to T, X was a member with the same data directory
-// (Member.Store) and either one of the object's writers or the object had
-// no writers at all (nothing could be written). The last epoch of that run
+// (Member.Store), in the same boot of its machine (Member.Boot: a write
+// acknowledged but not yet flushed may be gone after a restart of the
+// machine, and the flush then failed), and either one of the object's
+// writers or the object had no writers at all (nothing could be written). The last epoch of that run
 // is the copy's *valid* epoch: T for a current copy, earlier for one that
 // missed writes (or may have), 0 for one nothing vouches for.
 //
@@ -191,7 +193,7 @@ func (t *trace) valid(n int32, start ids.Epoch) ids.Epoch {
 	}
 	for i++; i < len(w.recs); i++ {
 		m, ok := w.member(i, n)
-		if !ok || m.Store != m0.Store {
+		if !ok || m.Store != m0.Store || m.Boot != m0.Boot && m.Boot != "" && m0.Boot != "" {
 			return w.recs[i-1].Epoch
 		}
 		if isW, any := t.writerAt(i, n); !isW && any {

@@ -1387,6 +1387,9 @@ func sleep(stop <-chan struct{}, d time.Duration) {
 // another replica (a client read then never waits for a whole object's
 // copy when a current one is elsewhere).
 func (n *Node) localRead(ctx context.Context, oid ids.ObjectID, off int64, buf []byte, wait bool) (objstore.Meta, error) {
+	if err := n.bootKnown(ctx); err != nil {
+		return objstore.Meta{}, err
+	}
 	n.rec.catchUp()
 	if !wait && n.rec.doubted(oid) {
 		n.rec.hurry(oid)

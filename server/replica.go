@@ -17,8 +17,16 @@ import (
 // its own that a request carries.
 const epochWait = 3 * time.Second
 
-// checkEpoch rejects requests from an older epoch and waits for a newer one.
+// checkEpoch rejects requests from an older epoch and waits for a newer one,
+// then for the cluster to know this node's boot (bootKnown).
 func (n *Node) checkEpoch(ctx context.Context, e ids.Epoch) error {
+	if err := n.checkEpochOnly(ctx, e); err != nil {
+		return err
+	}
+	return n.bootKnown(ctx)
+}
+
+func (n *Node) checkEpochOnly(ctx context.Context, e ids.Epoch) error {
 	st := n.cl.State()
 	if e == st.Epoch {
 		return nil
@@ -35,6 +43,38 @@ func (n *Node) checkEpoch(ctx context.Context, e ids.Epoch) error {
 	if st.Epoch > e {
 		return errs.E(errs.StaleEpoch, "request from epoch %v, node %s is at epoch %v", e, n.id, st.Epoch)
 	}
+	return nil
+}
+
+// bootKnown waits (up to epochWait) until the cluster's state has this
+// node in the boot of its machine it runs in (Member.Boot), and fails
+// NotReady if it does not. A node back from a restart of its machine may
+// have lost writes it took and had not flushed; only the epoch that
+// records its new boot makes it doubt its copies (package recovery).
+// Until then it must neither serve them nor take writes, which recovery
+// would count as made to copies it vouches for. A state without its boot
+// (a leader that does not carry it) does not hold it back.
+func (n *Node) bootKnown(ctx context.Context) error {
+	if n.bootOK.Load() {
+		return nil
+	}
+	name := bootName(n.boot)
+	m, ok := n.cl.State().Member(n.id)
+	if !ok {
+		return nil // not a member (yet, as far as this state knows): no copies to doubt
+	}
+	known := func(st *cluster.State) bool {
+		m, ok := st.Member(n.id)
+		return ok && (m.Boot == "" || m.Boot == name)
+	}
+	if m.Boot != "" && m.Boot != name {
+		ctx, cancel := context.WithTimeout(ctx, epochWait)
+		defer cancel()
+		if _, err := n.cl.WaitFor(ctx, known); err != nil {
+			return errs.E(errs.NotReady, "node %s restarted with its machine; the cluster does not know yet: %w", n.id, err)
+		}
+	}
+	n.bootOK.Store(true)
 	return nil
 }
 
@@ -144,11 +184,13 @@ func (n *Node) handleReplica(ctx context.Context, req *proto.Msg) (*proto.Msg, e
 	switch req.Op {
 	case proto.OpReadObj:
 		if req.Flags&proto.FlagSparse != 0 {
-			// A whole object for recovery: only its allocated ranges.
+			// A whole object for recovery: only its allocated ranges,
+			// as they are. The node fetching it chose this copy as the
+			// best of all (package recovery: Choose), doubted or not; a
+			// source that refreshed its own doubted copy first could wait
+			// on a node that is fetching from it (every copy is doubted
+			// after every machine restarted).
 			n.rec.catchUp()
-			if err := n.rec.ensure(ctx, oid, false); err != nil {
-				return nil, err
-			}
 			data, buf, m, err := n.rec.readSparse(oid, req.Aux&sparseUrgent != 0)
 			if err != nil {
 				return nil, err

@@ -91,9 +91,10 @@ type Node struct {
 	rec   *healer
 	// boot names this boot of the node's machine (objstore.BootToken)
 	// in its answers to writes and syncs (proto.NodeBoot).
-	boot uint64
-	hlc  atomic.Uint64
-	stop chan struct{}
+	boot   uint64
+	bootOK atomic.Bool // the cluster knows boot (bootKnown)
+	hlc    atomic.Uint64
+	stop   chan struct{}
 
 	keyMu     sync.Mutex         // one key roll step at a time
 	run       string             // random, new at every start: names this run's lock sessions
@@ -183,7 +184,7 @@ func Start(cfg Config) (*Node, error) {
 	weight := n.capacity()
 	n.cl, err = cluster.Start(cluster.Config{ID: id, Dir: filepath.Join(cfg.Dir, "cluster"),
 		Host: cfg.Host, Port: cfg.Port, Join: cfg.Join, DeadGrace: cfg.DeadGrace, Log: cfg.Log,
-		Zone: cfg.Zone, Weight: weight, Store: store, Keys: cfg.Keys, Dial: dialer.DialContext,
+		Zone: cfg.Zone, Weight: weight, Store: store, Boot: bootName(n.boot), Keys: cfg.Keys, Dial: dialer.DialContext,
 		// Requests waiting on a node gossip holds dead fail (and are
 		// retried elsewhere or later) instead of waiting on a connection
 		// whose packets a partition drops, which does not break for
@@ -458,4 +459,12 @@ func (n *Node) handle(ctx context.Context, conn *proto.Conn, req *proto.Msg) *pr
 		return proto.ErrorResponse(req, err)
 	}
 	return resp
+}
+
+// bootName is a boot token as Member.Boot carries it.
+func bootName(boot uint64) string {
+	if boot == 0 {
+		return ""
+	}
+	return strconv.FormatUint(boot, 16)
 }
