@@ -317,7 +317,11 @@ func (c *Client) noteLocked(vid ids.VDIID, node, boot uint64) {
 		m = make(map[uint64]uint64)
 		c.unflushed[vid] = m
 	}
-	if old, ok := m[node]; ok && old != boot {
+	old, ok := m[node]
+	switch {
+	case !ok && len(m) >= proto.MaxNodeBoots:
+		return // more nodes than a cluster has: a gateway's nonsense
+	case ok && old != boot:
 		boot = bootChanged
 	}
 	m[node] = boot
