@@ -2,11 +2,13 @@ package server
 
 import (
 	"errors"
+	"maps"
 	"testing"
 	"time"
 
 	"github.com/sheepfs/sheepfs/cluster"
 	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/proto"
 )
 
 // TestFlushWaitsForEarlierFlush: a flush that starts while an earlier one
@@ -60,5 +62,25 @@ func TestFlushKeepsFailedNodes(t *testing.T) {
 	})
 	if len(got) != 1 || !got["y"] {
 		t.Fatalf("after a failed flush the next one syncs %v, want only y", got)
+	}
+}
+
+func TestBootSet(t *testing.T) {
+	var none *bootSet
+	none.add("a", 3) // a nil set gathers nothing, and does not panic
+
+	var b bootSet
+	b.add("a", 3)
+	b.add("a", 3)
+	b.add("b", 0) // unknown boot: nothing to check
+	b.add("c", 5)
+	b.add("c", 7) // answered in two boots: the first write may be gone
+	got := map[uint64]uint64{}
+	for _, nb := range b.list() {
+		got[nb.Node] = nb.Boot
+	}
+	want := map[uint64]uint64{proto.NodeHash("a"): 3, proto.NodeHash("c"): bootChanged}
+	if !maps.Equal(got, want) {
+		t.Fatalf("list = %v, want %v", got, want)
 	}
 }
