@@ -70,6 +70,8 @@ type FS struct {
 
 	writeback bool      // the kernel's writeback cache is on
 	fixers    threadSet // the threads fixing the kernel's size of a file (size.go)
+	internal  threadSet // the threads writing a file's cached writes back (cached.go)
+	stats     threadSet // the threads serving a GETATTR without a file (cached.go)
 
 	mu       sync.Mutex
 	writers  map[string]*writers // per VDI name, while it has writers or a lock change is under way
@@ -110,8 +112,12 @@ func Mount(dir string, c *client.Client, opts Options) (*FS, error) {
 		o.MountOptions.ExtraCapabilities |= fuse.CAP_WRITEBACK_CACHE
 	}
 	root := &rootNode{fs: f}
-	srv, err := gofs.Mount(dir, root, o)
+	srv, err := fuse.NewServer(rawFS{gofs.NewNodeFS(root, o), f}, dir, &o.MountOptions)
 	if err != nil {
+		return nil, err
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
 		return nil, err
 	}
 	f.srv = srv

@@ -28,6 +28,7 @@ type image struct {
 	allocAt   time.Time
 	allocBits []byte
 	allocN    uint32
+	allocGen  uint64 // counts allocChanged calls
 }
 
 // allocMap returns the image's allocation bitmap, fetched at most once per
@@ -39,6 +40,7 @@ func (m *image) allocMap(ctx context.Context, fresh bool) ([]byte, uint32, error
 		m.mu.Unlock()
 		return bm, cnt, nil
 	}
+	gen := m.allocGen
 	m.mu.Unlock()
 	bm, cnt, err := m.fs.c.AllocMap(ctx, m.id)
 	if err != nil {
@@ -46,6 +48,11 @@ func (m *image) allocMap(ctx context.Context, fresh bool) ([]byte, uint32, error
 	}
 	m.mu.Lock()
 	m.allocBits, m.allocN, m.allocAt = bm, cnt, time.Now()
+	if m.allocGen != gen {
+		// Changed while it was fetched: the map may miss the change,
+		// so it is not kept for the next call.
+		m.allocAt = time.Time{}
+	}
 	m.mu.Unlock()
 	return bm, cnt, nil
 }
@@ -54,6 +61,7 @@ func (m *image) allocMap(ctx context.Context, fresh bool) ([]byte, uint32, error
 func (m *image) allocChanged() {
 	m.mu.Lock()
 	m.allocAt = time.Time{}
+	m.allocGen++
 	m.mu.Unlock()
 }
 

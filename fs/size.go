@@ -146,7 +146,7 @@ func (n *vdiNode) waitSizeFix(ctx context.Context) {
 	}
 }
 
-// threadSet is the set of OS threads running size fixes. FUSE tells which
+// threadSet is a set of OS threads (those running size fixes, say). FUSE tells which
 // thread made a request (its pid field holds the thread ID).
 type threadSet struct {
 	mu  sync.Mutex
@@ -171,10 +171,12 @@ func (s *threadSet) remove(tid int) {
 // caller reports whether the FUSE request of ctx comes from a thread in s.
 func (s *threadSet) caller(ctx context.Context) bool {
 	c, ok := fuse.FromContext(ctx)
-	if !ok {
-		return false
-	}
+	return ok && s.has(int(c.Pid))
+}
+
+// has reports whether thread tid is in s.
+func (s *threadSet) has(tid int) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.ids[int(c.Pid)]
+	return s.ids[tid]
 }

@@ -2,6 +2,8 @@ package fs
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -34,7 +36,7 @@ var (
 )
 
 func (d *vdiDir) child(ctx context.Context, info proto.VDIInfo, out *fuse.EntryOut) *gofs.Inode {
-	n := &vdiNode{name: info.Name, created: uint64(info.Created)}
+	n := &vdiNode{name: info.Name, created: uint64(info.Created), wbFD: -1}
 	n.fs, n.id = d.fs, info.ID
 	n.size.Store(info.Size)
 	ch := d.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: vdiInoBase + uint64(info.ID)})
@@ -125,6 +127,11 @@ type vdiNode struct {
 	created  uint64   // unix seconds
 	cacheGen uint64   // the VDI's WriteGen when the page cache was last valid (under mu)
 	fix      *sizeFix // a fix of the kernel's size of the file under way (size.go; under mu)
+	// writeOpens counts the file's handles open for writing here: while
+	// there are any, the kernel may hold writes of it (cached.go).
+	writeOpens atomic.Int32
+	wbMu       sync.Mutex // guards wbFD
+	wbFD       int        // the file opened by sheepfs for writeBack, or -1
 }
 
 var (
@@ -184,6 +191,9 @@ func (n *vdiNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.Att
 	ctx, cancel := n.fs.ctx(ctx)
 	defer cancel()
 	n.waitSizeFix(ctx)
+	if n.fs.forStat() {
+		n.writeBack(0) // st_blocks counts the cached writes too (cached.go)
+	}
 	if errno := n.refresh(ctx); errno != 0 {
 		return errno
 	}
@@ -200,6 +210,11 @@ func (n *vdiNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.Att
 // whose name now belongs to another VDI (deleted and created again) fails
 // with ESTALE, so that the open goes to the new VDI's inode instead.
 func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if n.fs.internal.caller(ctx) {
+		// sheepfs's own open for a write-back (cached.go): the file is
+		// open for writing here, so the cache holds its data.
+		return &handle{}, fuse.FOPEN_KEEP_CACHE, 0
+	}
 	ctx, cancel := n.fs.ctx(ctx)
 	defer cancel()
 	h := &handle{write: flags&syscall.O_ACCMODE != syscall.O_RDONLY,
@@ -233,6 +248,7 @@ func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 			keep = true // we hold the lock: nobody else writes
 		}
 		w.n++
+		n.writeOpens.Add(1)
 		done()
 		if flags&syscall.O_TRUNC != 0 {
 			if errno := n.resize(ctx, 0); errno != 0 {
@@ -280,6 +296,9 @@ func (n *vdiNode) keepCache(gen, want uint64) bool {
 func (n *vdiNode) release(ctx context.Context, h *handle) {
 	if !h.write {
 		return
+	}
+	if n.writeOpens.Add(-1) == 0 {
+		n.closeWriteBack()
 	}
 	w, done := n.fs.writersOf(n.name)
 	defer done()
@@ -440,8 +459,10 @@ func fixedAttrs(in *fuse.SetAttrIn, cur *fuse.Attr) syscall.Errno {
 	return 0
 }
 
-// Lseek answers SEEK_DATA and SEEK_HOLE from the VDI's allocated objects.
+// Lseek answers SEEK_DATA and SEEK_HOLE from the VDI's allocated objects,
+// once the kernel has written back what it holds from off on (cached.go).
 func (n *vdiNode) Lseek(ctx context.Context, fh gofs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
+	n.writeBack(off)
 	return n.lseek(ctx, off, whence)
 }
 

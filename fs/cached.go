@@ -1,0 +1,119 @@
+package fs
+
+import (
+	"path/filepath"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// Writes the kernel still holds (the writeback cache).
+//
+// Under the writeback cache write(2) only fills the kernel's page cache;
+// sheepfs hears of the data when the kernel writes it back (seconds later,
+// at fsync, or at close). What sheepfs reports of a file's allocation comes
+// from the cluster: SEEK_DATA/SEEK_HOLE and st_blocks. Answered from the
+// cluster alone, they would call freshly written data a hole (SEEK_DATA
+// fails with ENXIO on a file that reads back the data), and a copy or
+// backup that skips holes (cp --sparse, qemu's block status) would skip it.
+//
+// So before it answers them for a file that is open for writing here,
+// sheepfs has the kernel write the file's dirty pages back: it calls
+// sync_file_range (write and wait, no flush to disk) on a file descriptor
+// of its own, opened through its own mount, which makes the kernel send
+// the dirty pages as WRITE requests that the other request goroutines
+// serve. sync_file_range takes no inode lock, so it may run while the
+// kernel holds the file's inode lock for the LSEEK being answered. That
+// descriptor stays open while the file has writers here, and is closed by
+// a goroutine of its own after the last one (a close's FLUSH takes the
+// inode lock). A file with no writer here has no dirty pages (the last
+// close wrote them back) and costs nothing; with no dirty pages,
+// sync_file_range costs about a microsecond.
+//
+// The kernel asks for st_blocks with GETATTR whenever a cached write has
+// made its copy stale, but it also sends GETATTR to refresh a file's size
+// and times on reads, once per attribute timeout; a write-back there would
+// make reads wait for it. Only a stat(2) matters, and the kernel names the
+// open file (FUSE_GETATTR_FH) in its own refreshes but never in a stat, a
+// difference go-fuse hides from Getattr: rawFS marks the thread serving a
+// GETATTR without a file, and Getattr writes back only on such a thread.
+
+// rawFS is go-fuse's node filesystem with the origin of a GETATTR made
+// known to Getattr (statThreads).
+type rawFS struct {
+	fuse.RawFileSystem
+	f *FS
+}
+
+func (r rawFS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
+	if in.Flags()&fuse.FUSE_GETATTR_FH != 0 {
+		return r.RawFileSystem.GetAttr(cancel, in, out)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	tid := unix.Gettid()
+	r.f.stats.add(tid)
+	defer r.f.stats.remove(tid)
+	return r.RawFileSystem.GetAttr(cancel, in, out)
+}
+
+// forStat reports whether the calling goroutine serves a stat(2) (see
+// rawFS). Threads in stats are locked to the goroutine that added them,
+// so no other goroutine runs on one.
+func (f *FS) forStat() bool { return f.stats.has(unix.Gettid()) }
+
+// writeBack has the kernel write the file's cached writes from off to its
+// end back to sheepfs, and waits for them. Errors are the writers' (told at
+// their fsync) and are not returned: the answer is then the cluster's.
+func (n *vdiNode) writeBack(off uint64) {
+	if !n.fs.writeback || n.writeOpens.Load() == 0 {
+		return
+	}
+	n.wbMu.Lock()
+	defer n.wbMu.Unlock()
+	if n.writeOpens.Load() == 0 { // the last writer left meanwhile (closeWriteBack)
+		return
+	}
+	if n.wbFD < 0 && !n.openWriteBack() {
+		return
+	}
+	_ = unix.SyncFileRange(n.wbFD, int64(off), 0,
+		unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER)
+}
+
+// openWriteBack opens the file through the mount for writeBack (under
+// wbMu). The file stays open until its last writer here closes
+// (closeWriteBack): an open and a close cost four FUSE requests.
+func (n *vdiNode) openWriteBack() bool {
+	if n.fs.dir == "" {
+		return false
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	tid := unix.Gettid()
+	n.fs.internal.add(tid)
+	defer n.fs.internal.remove(tid)
+	fd, err := unix.Open(filepath.Join(n.fs.dir, "vdi", n.name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false // renamed or deleted: its writers' data is theirs to flush
+	}
+	n.wbFD = fd
+	return true
+}
+
+// closeWriteBack closes writeBack's file, once the file has no writer
+// here. The close runs on its own: the kernel's FLUSH of it may wait for
+// the file's inode lock, which the caller's request may hold.
+func (n *vdiNode) closeWriteBack() {
+	n.wbMu.Lock()
+	fd := n.wbFD
+	if n.writeOpens.Load() != 0 || fd < 0 {
+		n.wbMu.Unlock()
+		return
+	}
+	n.wbFD = -1
+	n.wbMu.Unlock()
+	go unix.Close(fd)
+}
