@@ -49,6 +49,12 @@ type Client struct {
 	// those nodes to sync and to answer in the same boot.
 	bootMu    sync.Mutex
 	unflushed map[ids.VDIID]map[uint64]uint64
+	// doubt lists nodes (proto.NodeHash) that may hold unflushed writes
+	// this client does not know of (an earlier process of its mount
+	// made them: DoubtAll); the first flush of each VDI syncs them too.
+	doubt        []uint64
+	doubted      map[ids.VDIID]bool // VDIs flushed since DoubtAll
+	doubtPending bool               // DoubtAll called, doubt not fetched yet
 }
 
 // New returns a client for the given gateway addresses (host:port), tried
@@ -289,15 +295,34 @@ const bootChanged = 2
 // they were flushed: they may be gone (reported once; later flushes cover
 // later writes).
 func (c *Client) Flush(ctx context.Context, vid ids.VDIID) error {
+	doubt, err := c.doubtList(ctx, vid)
+	if err != nil {
+		return err
+	}
 	c.bootMu.Lock()
 	taken := c.unflushed[vid]
 	delete(c.unflushed, vid)
 	c.bootMu.Unlock()
-	list := make([]proto.NodeBoot, 0, len(taken))
+	list := make([]proto.NodeBoot, 0, len(taken)+len(doubt))
 	for node, boot := range taken {
 		list = append(list, proto.NodeBoot{Node: node, Boot: boot})
 	}
-	_, err := c.Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpVDIFlush, ID: uint64(vid)}, Data: proto.AppendNodeBoots(nil, list)})
+	for _, node := range doubt {
+		if _, ok := taken[node]; !ok && len(list) < proto.MaxNodeBoots {
+			list = append(list, proto.NodeBoot{Node: node}) // boot 0: sync, compare nothing
+		}
+	}
+	_, err = c.Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpVDIFlush, ID: uint64(vid)}, Data: proto.AppendNodeBoots(nil, list)})
+	if errs.Is(err, errs.Invalid) && len(list) > len(taken) {
+		// A gateway from before boot 0 (sync, compare nothing): it
+		// flushes what it wrote itself.
+		_, err = c.Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpVDIFlush, ID: uint64(vid)}, Data: proto.AppendNodeBoots(nil, list[:len(taken)])})
+	}
+	if err == nil && doubt != nil {
+		c.bootMu.Lock()
+		c.doubted[vid] = true
+		c.bootMu.Unlock()
+	}
 	if err != nil && errs.KindOf(err) != errs.Lost {
 		// Not flushed: the next flush covers these writes again.
 		c.bootMu.Lock()
@@ -307,6 +332,44 @@ func (c *Client) Flush(ctx context.Context, vid ids.VDIID) error {
 		c.bootMu.Unlock()
 	}
 	return err
+}
+
+// DoubtAll makes the first flush of each VDI from now on sync every
+// member of the cluster too: a process that takes over a mount does not
+// know which nodes the writes of its predecessor reached, nor through which
+// gateway. The members are asked for at the first flush.
+func (c *Client) DoubtAll() {
+	c.bootMu.Lock()
+	defer c.bootMu.Unlock()
+	c.doubtPending = true
+	c.doubted = map[ids.VDIID]bool{}
+}
+
+// doubtList returns the nodes (NodeHash) the flush of vid must sync
+// besides those it wrote to (DoubtAll).
+func (c *Client) doubtList(ctx context.Context, vid ids.VDIID) ([]uint64, error) {
+	c.bootMu.Lock()
+	pending, done, none := c.doubtPending, c.doubted[vid], c.doubt == nil
+	c.bootMu.Unlock()
+	if done || (!pending && none) {
+		return nil, nil
+	}
+	if pending {
+		var ci proto.ClusterInfo
+		if err := c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminClusterInfo}, &ci); err != nil {
+			return nil, err
+		}
+		hs := make([]uint64, 0, len(ci.Nodes))
+		for _, n := range ci.Nodes[:min(len(ci.Nodes), proto.MaxNodeBoots)] {
+			hs = append(hs, proto.NodeHash(n.ID))
+		}
+		c.bootMu.Lock()
+		c.doubt, c.doubtPending = hs, false
+		c.bootMu.Unlock()
+	}
+	c.bootMu.Lock()
+	defer c.bootMu.Unlock()
+	return c.doubt, nil
 }
 
 // noteLocked records that node took a write of vid in boot. c.bootMu is

@@ -19,7 +19,7 @@ import (
 // errs.IO instead of vouching for writes that node may have lost.
 type NodeBoot struct {
 	Node uint64 // NodeHash of the node's ID
-	Boot uint64 // the node's boot (nonzero)
+	Boot uint64 // the node's boot; 0 in a flush: sync the node, compare no boot
 }
 
 // MaxNodeBoots bounds the entries of one list (a cluster of that many
@@ -46,7 +46,7 @@ func AppendNodeBoots(b []byte, bs []NodeBoot) []byte {
 }
 
 // DecodeNodeBoots decodes a NodeBoot list; errs.Invalid if it is not whole
-// entries, has more than MaxNodeBoots, or a zero boot.
+// entries or has more than MaxNodeBoots.
 func DecodeNodeBoots(b []byte) ([]NodeBoot, error) {
 	if len(b)%nodeBootSize != 0 {
 		return nil, errs.E(errs.Invalid, "node boots: %d bytes is not a whole number of entries", len(b))
@@ -58,9 +58,6 @@ func DecodeNodeBoots(b []byte) ([]NodeBoot, error) {
 	out := make([]NodeBoot, n)
 	for i := range out {
 		out[i] = NodeBoot{Node: binary.BigEndian.Uint64(b[i*nodeBootSize:]), Boot: binary.BigEndian.Uint64(b[i*nodeBootSize+8:])}
-		if out[i].Boot == 0 {
-			return nil, errs.E(errs.Invalid, "node boots: entry %d has no boot", i)
-		}
 	}
 	return out, nil
 }

@@ -411,7 +411,7 @@ func (r *replicated) flushBoots(ctx context.Context, expect []proto.NodeBoot) er
 					return
 				}
 				delete(dirty, m.ID)
-				if w, ok := want[m.ID]; ok && boot != 0 && w != boot && !slices.Contains(lost, m.ID) {
+				if w, ok := want[m.ID]; ok && w != 0 && boot != 0 && w != boot && !slices.Contains(lost, m.ID) {
 					lost = append(lost, m.ID)
 				}
 			})
