@@ -3,12 +3,16 @@
 package cli
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"os/signal"
 	"strconv"
 	"strings"
@@ -494,7 +498,7 @@ func (c *VDIResizeCmd) Run(g *Globals) error {
 
 // Sheepfs is the sheepfs command line.
 type Sheepfs struct {
-	Mountpoint  string   `arg:"" help:"Where to mount." type:"existingdir"`
+	Mountpoint  string   `arg:"" help:"Where to mount (a directory)."`
 	Addr        []string `help:"Sheep daemon address(es) to use, tried in order." default:"127.0.0.1:7000" env:"SHEEP_ADDR"`
 	AllowOther  bool     `help:"Let other users use the mount."`
 	Debug       bool     `help:"Log every FUSE request."`
@@ -502,10 +506,18 @@ type Sheepfs struct {
 	Pprof       string   `help:"Serve Go profiles (net/http/pprof) on this address. Off by default." placeholder:"ADDR"`
 	KeyFile     string   `help:"The cluster key or a client key (sheep keygen). Default: $SHEEP_KEY_FILE, else /etc/sheepfs/cluster.key." placeholder:"FILE" type:"path"`
 	NoLocal     bool     `help:"Use TLS over the data port also to a daemon on this machine, instead of its local channel (a unix socket)." env:"SHEEPFS_NO_LOCAL"`
+	NoHold      bool     `help:"Do not keep the mount when sheepfs exits: without a holder process, a crash or restart of sheepfs fails every open file with ENOTCONN, and SIGTERM unmounts." env:"SHEEPFS_NO_HOLD"`
+	Hold        bool     `hidden:"" help:"Run as the holder of the mount (started by sheepfs; the /dev/fuse file is fd 3, the state on stdin)."`
 }
 
-// Run mounts and serves until unmounted or signalled.
+// Run mounts and serves until unmounted or signalled. If a holder keeps
+// the mount at Mountpoint (an earlier sheepfs died), it serves that mount
+// instead; on SIGINT or SIGTERM it then exits and leaves the mount to the
+// holder for the next sheepfs (fusermount3 -u unmounts).
 func (s *Sheepfs) Run() error {
+	if s.Hold {
+		return s.runHolder()
+	}
 	if err := servePprof(s.Pprof); err != nil {
 		return err
 	}
@@ -518,23 +530,112 @@ func (s *Sheepfs) Run() error {
 		return err
 	}
 	d.Local = !s.NoLocal
-	c := client.New(s.Addr, client.Options{Dial: d.DialContext})
-	f, err := fs.Mount(s.Mountpoint, c, fs.Options{Debug: s.Debug, AllowOther: s.AllowOther, NoWritebackCache: s.NoWriteback})
+	opts := fs.Options{Debug: s.Debug, AllowOther: s.AllowOther, NoWritebackCache: s.NoWriteback}
+	var mountID ids.MountID
+	if !s.NoHold {
+		dev, held, err := fs.Fetch(s.Mountpoint)
+		if err != nil {
+			return err
+		}
+		if held == nil {
+			fs.ClearDead(s.Mountpoint)
+		} else {
+			defer dev.Close()
+			opts.Dev, opts.Held, mountID = dev, held, held.Mount
+			fmt.Fprintf(os.Stderr, "sheepfs: taking over the mount at %s (generation %d)\n", held.Dir, held.Gen)
+		}
+	}
+	c := client.New(s.Addr, client.Options{Dial: d.DialContext, Mount: mountID})
+	if opts.Held != nil {
+		c.DoubtAll() // the writes of the dead process: their nodes are unknown
+	}
+	f, err := fs.Mount(s.Mountpoint, c, opts)
 	if err != nil {
 		return errs.E(errs.IO, "mount %s: %w", s.Mountpoint, err)
 	}
 	if err := f.ReadaheadErr(); err != nil {
 		fmt.Fprintf(os.Stderr, "sheepfs: could not raise the mount's readahead (sequential reads will be slower): %v\n", err)
 	}
+	held := opts.Held != nil
+	if !s.NoHold && !held {
+		if err := startHolder(f); err != nil {
+			fmt.Fprintf(os.Stderr, "sheepfs: no holder for the mount (a restart of sheepfs will fail its open files): %v\n", err)
+		} else {
+			held = true
+		}
+	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		<-sig
+		if held {
+			fmt.Fprintf(os.Stderr, "sheepfs: exiting; the mount stays with its holder for the next sheepfs (fusermount3 -u %s unmounts)\n", s.Mountpoint)
+			os.Exit(0)
+		}
 		f.Unmount()
 	}()
 	f.Wait()
 	c.Close()
 	return nil
+}
+
+// startHolder starts the holder of f's mount (sheepfs --hold) and waits
+// until it answers.
+func startHolder(f *fs.FS) error {
+	dev, held, err := f.Device()
+	if err != nil {
+		return err
+	}
+	defer dev.Close()
+	state, err := json.Marshal(held)
+	if err != nil {
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(exe, held.Dir, "--hold")
+	cmd.Stdin = bytes.NewReader(state)
+	cmd.ExtraFiles = []*os.File{dev}
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // not in sheepfs's process group
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	go func() { _ = cmd.Wait() }()
+	ready := make(chan error, 1)
+	go func() {
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err == nil && line != "ready\n" {
+			err = fmt.Errorf("holder said %q", line)
+		}
+		ready <- err
+	}()
+	select {
+	case err := <-ready:
+		return err
+	case <-time.After(10 * time.Second):
+		return errors.New("the holder did not start")
+	}
+}
+
+// runHolder keeps the mount's /dev/fuse file (fd 3) until the mount ends.
+func (s *Sheepfs) runHolder() error {
+	var held fs.Held
+	if err := json.NewDecoder(io.LimitReader(os.Stdin, 1<<20)).Decode(&held); err != nil {
+		return errs.E(errs.Invalid, "holder state: %w", err)
+	}
+	dev := os.NewFile(3, "/dev/fuse")
+	signal.Ignore(syscall.SIGHUP, syscall.SIGINT)
+	return fs.Hold(dev, held, func() {
+		fmt.Println("ready")
+		os.Stdout.Close()
+	})
 }
 
 // Main parses args for one of the command lines and runs it, printing errors

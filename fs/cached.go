@@ -5,8 +5,6 @@ import (
 	"runtime"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
 // Writes the kernel still holds (the writeback cache).
@@ -39,25 +37,6 @@ import (
 // open file (FUSE_GETATTR_FH) in its own refreshes but never in a stat, a
 // difference go-fuse hides from Getattr: rawFS marks the thread serving a
 // GETATTR without a file, and Getattr writes back only on such a thread.
-
-// rawFS is go-fuse's node filesystem with the origin of a GETATTR made
-// known to Getattr (statThreads).
-type rawFS struct {
-	fuse.RawFileSystem
-	f *FS
-}
-
-func (r rawFS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
-	if in.Flags()&fuse.FUSE_GETATTR_FH != 0 {
-		return r.RawFileSystem.GetAttr(cancel, in, out)
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	tid := unix.Gettid()
-	r.f.stats.add(tid)
-	defer r.f.stats.remove(tid)
-	return r.RawFileSystem.GetAttr(cancel, in, out)
-}
 
 // forStat reports whether the calling goroutine serves a stat(2) (see
 // rawFS). Threads in stats are locked to the goroutine that added them,

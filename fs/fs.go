@@ -60,29 +60,47 @@ type Options struct {
 	// NoWritebackCache turns off the kernel's writeback cache, so that
 	// every write(2) reaches the cluster before it returns.
 	NoWritebackCache bool
+	// Dev and Held, from Fetch, make Mount serve a mount that an earlier
+	// sheepfs served (takeover.go) instead of mounting: its settings
+	// (the writeback cache, the mount's ID) come from Held.
+	Dev  *os.File
+	Held *Held
 }
 
 // FS is a mounted sheepfs.
 type FS struct {
-	c   *client.Client
-	srv *fuse.Server
-	dir string // the mount point, absolute
+	c    *client.Client
+	srv  *fuse.Server
+	dir  string // the mount point, absolute
+	gen  uint64 // the generation of this process's file handles (raw.go)
+	init []byte // the kernel's INIT request (takeover.go)
+	held bool   // serving a connection taken over (takeover.go)
 
 	writeback bool      // the kernel's writeback cache is on
 	fixers    threadSet // the threads fixing the kernel's size of a file (size.go)
 	internal  threadSet // the threads writing a file's cached writes back (cached.go)
 	stats     threadSet // the threads serving a GETATTR without a file (cached.go)
 
-	mu       sync.Mutex
-	writers  map[string]*writers // per VDI name, while it has writers or a lock change is under way
-	snapDirs map[string]uint64   // inode numbers of the directories of /snapshot
+	mu          sync.Mutex
+	writers     map[string]*writers // per VDI name, while it has writers or a lock change is under way
+	snapDirs    map[string]uint64   // inode numbers of the directories of /snapshot
+	snapDirInos map[uint64]bool     // the numbers in snapDirs
 
 	readaheadErr error
 }
 
 // Mount mounts sheepfs at dir, served through c. Call Wait or Unmount.
+// With opts.Held it serves that mount instead; c must then use the
+// mount's ID (Held.Mount).
 func Mount(dir string, c *client.Client, opts Options) (*FS, error) {
-	f := &FS{c: c, writers: map[string]*writers{}, snapDirs: map[string]uint64{}, writeback: !opts.NoWritebackCache}
+	gen := uint64(1)
+	if opts.Held != nil {
+		gen = opts.Held.Gen
+		opts.NoWritebackCache = !opts.Held.Writeback
+		dir = opts.Held.Dir
+	}
+	f := &FS{c: c, writers: map[string]*writers{}, snapDirs: map[string]uint64{}, snapDirInos: map[uint64]bool{},
+		writeback: !opts.NoWritebackCache, gen: gen, held: opts.Held != nil}
 	if abs, err := filepath.Abs(dir); err == nil {
 		f.dir = abs
 	}
@@ -104,6 +122,11 @@ func Mount(dir string, c *client.Client, opts Options) (*FS, error) {
 			// Reads of MaxWrite bytes exceed the default pipe size.
 			DisableSplice: true,
 		},
+		// Node IDs are inode numbers, which mean the same in every
+		// sheepfs process (raw.go); the numbers go-fuse makes up
+		// (for /node's directories) differ between processes.
+		ExternalNodeID:    true,
+		FirstAutomaticIno: 1<<63 | gen<<32,
 	}
 	// Async direct I/O: the kernel sends a queue of O_DIRECT requests
 	// (qemu cache=none, aio=native) at once instead of one at a time.
@@ -111,8 +134,17 @@ func Mount(dir string, c *client.Client, opts Options) (*FS, error) {
 	if !opts.NoWritebackCache {
 		o.MountOptions.ExtraCapabilities |= fuse.CAP_WRITEBACK_CACHE
 	}
+	o.MountOptions.DisabledCapabilities |= fuse.CAP_READDIRPLUS | fuse.CAP_READDIRPLUS_AUTO
 	root := &rootNode{fs: f}
-	srv, err := fuse.NewServer(rawFS{gofs.NewNodeFS(root, o), f}, dir, &o.MountOptions)
+	raw := newRawFS(gofs.NewNodeFS(root, o), f, gen)
+	var srv *fuse.Server
+	var err error
+	if opts.Held != nil {
+		srv, err = serveHeld(opts.Dev, opts.Held, raw, &o.MountOptions)
+		f.init = opts.Held.Init
+	} else {
+		srv, err = fuse.NewServer(raw, dir, &o.MountOptions)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +153,10 @@ func Mount(dir string, c *client.Client, opts Options) (*FS, error) {
 		return nil, err
 	}
 	f.srv = srv
-	f.readaheadErr = setReadahead(dir, readaheadKB)
+	if f.init == nil {
+		f.init = initRequest(srv)
+	}
+	f.readaheadErr = setReadahead(f.dir, readaheadKB)
 	return f, nil
 }
 
@@ -151,7 +186,13 @@ func setReadahead(dir string, kb int) error {
 func (f *FS) Wait() { f.srv.Wait() }
 
 // Unmount unmounts the filesystem.
-func (f *FS) Unmount() error { return f.srv.Unmount() }
+func (f *FS) Unmount() error {
+	if f.held {
+		// go-fuse knows the mount only by its /dev/fd/N name.
+		return unix.Unmount(f.dir, 0)
+	}
+	return f.srv.Unmount()
+}
 
 // ctx returns the context for the cluster requests of one FUSE request.
 // It is not cancelled when the kernel interrupts the request (FUSE_INTERRUPT,

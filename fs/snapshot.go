@@ -48,19 +48,6 @@ var (
 	_ gofs.NodeLinker    = (*snapRoot)(nil)
 )
 
-// snapDirIno returns the inode number of /snapshot/name, the same for the
-// life of the mount.
-func (f *FS) snapDirIno(name string) uint64 {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	ino, ok := f.snapDirs[name]
-	if !ok {
-		ino = snapDirInoBase + uint64(len(f.snapDirs))
-		f.snapDirs[name] = ino
-	}
-	return ino
-}
-
 // snapList returns the snapshots of VDI name (every snapshot if name is
 // empty), oldest first.
 func (f *FS) snapList(ctx context.Context, name string) ([]proto.VDIInfo, error) {

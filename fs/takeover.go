@@ -1,0 +1,301 @@
+package fs
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/sheepfs/sheepfs/ids"
+)
+
+// A mount that outlives its sheepfs process.
+//
+// The kernel keeps a FUSE connection while any process holds its
+// /dev/fuse file; requests wait in it meanwhile. So sheepfs hands a copy of
+// the file to a small holder process (sheepfs --hold, started by the first
+// sheepfs of a mount), which does nothing but keep it and give it to the
+// next sheepfs for the same mount point. If sheepfs dies (kill -9, a
+// crash, an upgrade), the mount stays: processes using it wait, as for a
+// slow disk, instead of getting ENOTCONN forever. A new sheepfs for that
+// mount point asks the holder, gets the file and the Held state, and
+// serves the connection from where it stands (Mount with Held):
+//
+//   - go-fuse starts a server only with the connection's INIT, which the
+//     kernel sent once, long ago. So the new server is given one end of a
+//     socket pair with the first INIT (kept in Held) written into the
+//     other; once it has answered, the /dev/fuse file is put in place of
+//     its end (dup3) before it reads anything else.
+//   - The kernel sends again, on FUSE_NOTIFY_RESEND (Linux 6.9), the
+//     requests the dead process had read and not answered. Requests to a
+//     sheepfs are safe to repeat (a write writes the same bytes again).
+//   - Node IDs and file handles given out by the dead process stay valid
+//     (raw.go), and the mount's ID is kept, so that the write locks it
+//     took are taken again in its name at the first use of each file.
+//
+// The holder exits when the connection ends (unmount, or an abort through
+// /sys/fs/fuse/connections). It answers only processes of its own user.
+
+// Held is what the holder keeps besides the /dev/fuse file.
+type Held struct {
+	Mount     ids.MountID // the mount's ID, for its write locks
+	Init      []byte      // the kernel's INIT request
+	Gen       uint64      // the generation of the last process to serve the mount
+	Writeback bool        // the writeback cache was negotiated
+	Dir       string      // the mount point
+	Server    int         // the process serving the mount (kept by the holder only)
+	Error     string      `json:",omitempty"` // the holder's refusal
+}
+
+// holdSocket is the abstract unix socket name of the holder of dir. It
+// does not look at dir: a mount whose sheepfs died answers nothing.
+func holdSocket(dir string) string {
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	sum := sha256.Sum256([]byte(dir))
+	return "@sheepfs-hold-" + hex.EncodeToString(sum[:16])
+}
+
+// Fetch asks the holder of the mount at dir for its connection. It returns
+// nil, nil if no holder answers for dir (nothing to take over).
+func Fetch(dir string) (*os.File, *Held, error) {
+	c, err := net.DialTimeout("unix", holdSocket(dir), 5*time.Second)
+	if err != nil {
+		return nil, nil, nil
+	}
+	defer c.Close()
+	uc := c.(*net.UnixConn)
+	_ = uc.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := uc.Write([]byte("get\n")); err != nil {
+		return nil, nil, fmt.Errorf("holder of %s: %w", dir, err)
+	}
+	buf := make([]byte, 64<<10)
+	oob := make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return nil, nil, fmt.Errorf("holder of %s: %w", dir, err)
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil {
+		return nil, nil, fmt.Errorf("holder of %s: %w", dir, err)
+	}
+	var h Held
+	if len(msgs) == 0 && json.Unmarshal(buf[:n], &h) == nil && h.Error != "" {
+		return nil, nil, errors.New(h.Error)
+	}
+	if len(msgs) != 1 {
+		return nil, nil, fmt.Errorf("holder of %s sent no file", dir)
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		return nil, nil, fmt.Errorf("holder of %s sent no file", dir)
+	}
+	f := os.NewFile(uintptr(fds[0]), "/dev/fuse")
+	if err := json.Unmarshal(buf[:n], &h); err != nil || len(h.Init) != initInSize || h.Gen == 0 || h.Gen > fhGenMax {
+		f.Close()
+		return nil, nil, fmt.Errorf("holder of %s sent a bad state", dir)
+	}
+	return f, &h, nil
+}
+
+// Hold runs the holder of the mount at h.Dir, whose /dev/fuse file is dev,
+// until the connection ends. ready is called once it answers.
+func Hold(dev *os.File, h Held, ready func()) error {
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: holdSocket(h.Dir), Net: "unix"})
+	if err != nil {
+		return fmt.Errorf("hold %s: %w", h.Dir, err)
+	}
+	defer l.Close()
+	ready()
+	go func() {
+		// No events asked: poll returns when the connection is gone.
+		fds := []unix.PollFd{{Fd: int32(dev.Fd())}}
+		for {
+			if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
+				break
+			}
+			if fds[0].Revents&(unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0 {
+				break
+			}
+		}
+		l.Close()
+	}()
+	for {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			return nil // the connection ended
+		}
+		h = handOver(c, dev, h)
+	}
+}
+
+// handOver gives dev and h, with the next generation, to the process on c
+// if it runs as this one's user and the process serving the mount is gone;
+// it returns the state now.
+func handOver(c *net.UnixConn, dev *os.File, h Held) Held {
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return h
+	}
+	var cred *unix.Ucred
+	_ = raw.Control(func(fd uintptr) { cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
+	if err != nil || cred == nil || int(cred.Uid) != os.Geteuid() {
+		return h
+	}
+	line, err := bufio.NewReaderSize(io.LimitReader(c, 64), 64).ReadString('\n')
+	if err != nil || line != "get\n" {
+		return h
+	}
+	if h.Server > 0 && unix.Kill(h.Server, 0) == nil {
+		// Two processes serving one connection would split its
+		// requests between them.
+		b, _ := json.Marshal(Held{Error: fmt.Sprintf("the mount at %s is served by process %d", h.Dir, h.Server)})
+		_, _ = c.Write(b)
+		return h
+	}
+	next := h
+	next.Gen = h.Gen%fhGenMax + 1
+	next.Server = int(cred.Pid)
+	b, _ := json.Marshal(next)
+	if _, _, err := c.WriteMsgUnix(b, unix.UnixRights(int(dev.Fd())), nil); err != nil {
+		return h
+	}
+	return next
+}
+
+// ClearDead unmounts (lazily) a sheepfs mount at dir that nobody serves
+// or holds (its sheepfs died without a holder: ENOTCONN), so that a new
+// mount can be made there. Call it when Fetch found no holder: dir is then
+// looked at, which would wait on a held mount.
+func ClearDead(dir string) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(abs, &st); err != unix.ENOTCONN {
+		return
+	}
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS ... - FSTYPE SOURCE ...
+		f := strings.Fields(line)
+		if len(f) < 5 || f[4] != abs {
+			continue
+		}
+		if i := slices.Index(f, "-"); i > 0 && i+1 < len(f) && f[i+1] == "fuse.sheepfs" {
+			_ = unix.Unmount(abs, unix.MNT_DETACH)
+		}
+	}
+}
+
+// notifyResend is FUSE_NOTIFY_RESEND, as the kernel numbers it.
+const notifyResend = 7
+
+// initInSize is the size of the INIT request kept in Held.
+var initInSize = binary.Size(fuse.InitIn{})
+
+// initRequest encodes the kernel's INIT request of srv.
+func initRequest(srv *fuse.Server) []byte {
+	in := *srv.KernelSettings()
+	in.Length = uint32(initInSize)
+	in.Opcode = 26 // FUSE_INIT
+	in.Unique = 1
+	var b bytes.Buffer
+	_ = binary.Write(&b, binary.LittleEndian, &in)
+	return b.Bytes()
+}
+
+// deviceFD returns the number of this process's /dev/fuse file, which
+// go-fuse opened for the mount and does not show.
+func deviceFD() (int, error) {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return -1, err
+	}
+	found := -1
+	for _, e := range ents {
+		if t, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && t == "/dev/fuse" {
+			if found >= 0 {
+				return -1, errors.New("more than one /dev/fuse file open")
+			}
+			found, _ = strconv.Atoi(e.Name())
+		}
+	}
+	if found < 0 {
+		return -1, errors.New("no /dev/fuse file open")
+	}
+	return found, nil
+}
+
+// Device returns a copy of the mount's /dev/fuse file and the state a
+// holder keeps for it.
+func (f *FS) Device() (*os.File, Held, error) {
+	fd, err := deviceFD()
+	if err != nil {
+		return nil, Held{}, err
+	}
+	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, Held{}, err
+	}
+	return os.NewFile(uintptr(nfd), "/dev/fuse"), Held{Mount: f.c.Mount(), Init: f.init, Gen: f.gen, Writeback: f.writeback, Dir: f.dir, Server: os.Getpid()}, nil
+}
+
+// serveHeld starts a server for the held connection dev, through raw.
+func serveHeld(dev *os.File, h *Held, raw fuse.RawFileSystem, o *fuse.MountOptions) (*fuse.Server, error) {
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	ours, its := pair[0], pair[1]
+	defer unix.Close(ours)
+	if _, err := unix.Write(ours, h.Init); err != nil {
+		unix.Close(its)
+		return nil, err
+	}
+	mo := *o
+	mo.DirectMount = false // the magic /dev/fd/N mount point: serve its
+	srv, err := fuse.NewServer(raw, "/dev/fd/"+strconv.Itoa(its), &mo)
+	if err != nil {
+		unix.Close(its)
+		return nil, fmt.Errorf("take over %s: %w", h.Dir, err)
+	}
+	// The server answered the INIT; from now on its file is the
+	// connection itself.
+	if err := unix.Dup3(int(dev.Fd()), its, unix.O_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("take over %s: %w", h.Dir, err)
+	}
+	// FUSE_NOTIFY_RESEND: the requests the dead process read come again.
+	resend := make([]byte, 16)
+	binary.LittleEndian.PutUint32(resend[0:], 16)
+	binary.LittleEndian.PutUint32(resend[4:], notifyResend)
+	if _, err := unix.Write(its, resend); err != nil {
+		// Before Linux 6.9: requests it had read wait until they
+		// time out, if ever; everything else is served.
+		fmt.Fprintf(os.Stderr, "sheepfs: the kernel did not take FUSE_NOTIFY_RESEND (%v): requests the previous process had read are lost\n", err)
+	}
+	return srv, nil
+}
