@@ -63,6 +63,15 @@ build() {
 
 node_port() { echo $(( SHEEP_PORT + 10 * $1 )); }
 
+# mounted DIR: something is mounted at DIR, by /proc/self/mountinfo (not
+# by looking at DIR, which waits on a mount whose sheepfs died while its
+# holder keeps it).
+mounted() {
+	local abs=$1
+	[ "${abs#/}" != "$abs" ] || abs=$PWD/$abs
+	awk -v d="$abs" '$5 == d { found = 1 } END { exit !found }' /proc/self/mountinfo
+}
+
 # alive PIDFILE NAME: the pid in PIDFILE runs a command containing NAME.
 alive() {
 	local pid
