@@ -825,6 +825,7 @@ type Mount struct {
 	Dir   string
 	Log   string
 	Addrs []string
+	args  []string // sheepfs's arguments
 	proc  *proc
 	t     testing.TB
 	once  sync.Once
@@ -871,7 +872,7 @@ func (c *Cluster) mount(extra []string, addrs ...string) *Mount {
 	if err != nil {
 		c.t.Fatalf("start sheepfs: %v", err)
 	}
-	m.proc = p
+	m.proc, m.args = p, margs
 	c.mounts = append(c.mounts, m)
 	deadline := time.Now().Add(readyTimeout)
 	var last Result
@@ -888,6 +889,29 @@ func (c *Cluster) mount(extra []string, addrs ...string) *Mount {
 	}
 	c.t.Fatalf("sheepfs did not mount %s: %v", m.Dir, last)
 	return nil
+}
+
+// KillAndRestart kills sheepfs with SIGKILL and, after down, starts a new
+// one for the mount point, which takes the mount over from its holder. It
+// returns when the new one answers (a read of cluster/info, which waits
+// until then) and fails the test unless it took the mount over.
+func (m *Mount) KillAndRestart(down time.Duration) {
+	m.t.Helper()
+	m.proc.kill()
+	time.Sleep(down)
+	p, err := startProc(m.Log, sheepfsBin, m.args...)
+	if err != nil {
+		m.t.Fatalf("start sheepfs: %v", err)
+	}
+	m.proc = p
+	if r := runCmd(readyTimeout, nil, nil, "cat", m.Path("cluster", "info")); r.Code != 0 {
+		logTail(m.t, m.Log, 20)
+		m.t.Fatalf("the restarted sheepfs does not serve %s: %v", m.Dir, r)
+	}
+	if b, _ := os.ReadFile(m.Log); !strings.Contains(string(b[max(0, len(b)-4096):]), "taking over the mount") {
+		logTail(m.t, m.Log, 20)
+		m.t.Fatalf("the restarted sheepfs did not take the mount over")
+	}
 }
 
 // Unmount unmounts (fusermount3 -u, falling back to a lazy unmount) and
