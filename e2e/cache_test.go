@@ -3,6 +3,8 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -40,4 +42,33 @@ os.close(fd)
 	check(a, "y", "mount a reads its own write")
 	write(b, "z")
 	check(a, "z", "after mount b wrote the VDI")
+}
+
+// TestReadOpenKeepsWritersCache: while this mount writes a VDI, opening
+// it read-only here (qemu probing its own disk, cat, cp) keeps the page
+// cache: nobody else can have changed the VDI. The read-only open used to
+// take the lock as another mount's and drop the cache every time.
+func TestReadOpenKeepsWritersCache(t *testing.T) {
+	requireEnv(t, "python3", "fincore")
+	c := NewCluster(t, 3, 3)
+	m := c.Mount()
+	vdi := m.VDI("v")
+	run(t, quickTimeout, "truncate", "-s", "64M", vdi)
+	h, msg := holdOpen(t, vdi, "os.O_RDWR") // this mount holds the write lock
+	if h == nil {
+		t.Fatalf("open for writing: %s", msg)
+	}
+	defer h.Release()
+	run(t, cmdTimeout, "dd", "if=/dev/urandom", "of="+vdi, "bs=1M", "count=16", "conv=notrunc,fsync", "status=none")
+	run(t, cmdTimeout, "cat", vdi) // read-only opens from here on
+	for i := range 3 {
+		r := run(t, quickTimeout, "fincore", "--bytes", "--noheadings", "--output", "RES", vdi)
+		res, err := strconv.ParseInt(strings.TrimSpace(r.Stdout), 10, 64)
+		if err != nil {
+			t.Fatalf("fincore: %q: %v", r.Stdout, err)
+		}
+		if res < 16<<20 {
+			t.Fatalf("read-only open %d through the writing mount: %d bytes of the VDI cached, want the 16 MiB written and read", i+1, res)
+		}
+	}
 }

@@ -261,7 +261,7 @@ func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 		if errno != 0 {
 			return nil, 0, errno
 		}
-		ours := info.Locked && info.Mount == n.fs.c.Mount()
+		ours := info.Locked && info.Mount == n.fs.c.Mount().Shown()
 		if !info.Locked || ours {
 			keep = n.keepCache(info.WriteGen, info.WriteGen)
 		} else {

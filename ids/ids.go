@@ -4,6 +4,8 @@
 package ids
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strconv"
 )
@@ -82,3 +84,12 @@ type Version uint64
 // MountID names one sheepfs mount (or admin client) that holds VDI write
 // locks. It is chosen at random when the client starts.
 type MountID string
+
+// Shown is what answers show of a lock holder's mount ID: a short
+// fingerprint. The ID itself names the holder to the gateways (a mount
+// takes its locks again under it after a failover), so whoever knew it
+// could take the lock over and release it.
+func (m MountID) Shown() MountID {
+	h := sha256.Sum256([]byte(m))
+	return MountID("m~" + hex.EncodeToString(h[:4]))
+}

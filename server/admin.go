@@ -2,8 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"slices"
 	"strings"
@@ -33,18 +31,9 @@ func (n *Node) vdiInfo(v *cluster.VDI) proto.VDIInfo {
 		out.ParentName = p.VDI.FullName()
 	}
 	if v.Lock != nil {
-		out.Locked, out.Mount, out.Node = true, shownMount(v.Lock.Mount), v.Lock.Node
+		out.Locked, out.Mount, out.Node = true, v.Lock.Mount.Shown(), v.Lock.Node
 	}
 	return out
-}
-
-// shownMount is what answers show of a lock holder's mount ID: a short
-// fingerprint. The ID itself names the holder to the gateways (a mount
-// takes its locks again under it after a failover), so whoever knew it
-// could take the lock over and release it.
-func shownMount(m ids.MountID) ids.MountID {
-	h := sha256.Sum256([]byte(m))
-	return ids.MountID("m~" + hex.EncodeToString(h[:4]))
 }
 
 // needsPeer reports whether an admin request needs a connection holding the
