@@ -228,7 +228,7 @@ func applySnap(s, n *State, c *Command) (*State, Result) {
 			return fail(errs.E(errs.NotFound, "snapshot %s@%s", c.Name, c.Tag))
 		}
 		if v.Lock != nil {
-			return fail(errs.E(errs.Busy, "VDI %q is open for writing by mount %s on node %s: close it before a rollback", c.Name, v.Lock.Mount, v.Lock.Node))
+			return fail(errs.E(errs.Busy, "VDI %q is open for writing by mount %s on node %s: close it before a rollback", c.Name, v.Lock.Mount.Shown(), v.Lock.Node))
 		}
 		// The VDI goes on from the snapshot's objects, which it reads
 		// with its own replica count: they must be the same. (A snapshot

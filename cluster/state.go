@@ -677,7 +677,7 @@ func applyCmd(s *State, c *Command) (*State, Result) {
 		switch c.Op {
 		case CmdVDIDelete:
 			if v.Lock != nil {
-				return s, Result{Err: errs.E(errs.Busy, "VDI %q is open for writing by mount %s on node %s", c.Name, v.Lock.Mount, v.Lock.Node)}
+				return s, Result{Err: errs.E(errs.Busy, "VDI %q is open for writing by mount %s on node %s", c.Name, v.Lock.Mount.Shown(), v.Lock.Node)}
 			}
 			delete(n.VDIs, c.Name)
 			n.bury(v)
@@ -691,12 +691,12 @@ func applyCmd(s *State, c *Command) (*State, Result) {
 				return s, Result{VDI: v}
 			}
 			if c.Size < v.Size && v.Lock != nil && v.Lock.Mount != c.Mount {
-				return s, Result{Err: errs.E(errs.Busy, "VDI %q is open for writing by mount %s: cannot shrink it", c.Name, v.Lock.Mount)}
+				return s, Result{Err: errs.E(errs.Busy, "VDI %q is open for writing by mount %s: cannot shrink it", c.Name, v.Lock.Mount.Shown())}
 			}
 			nv.Size = c.Size
 		case CmdVDILock:
 			if v.Lock != nil && v.Lock.Mount != c.Mount {
-				return s, Result{Err: errs.E(errs.Busy, "VDI %q is open for writing by mount %s on node %s", c.Name, v.Lock.Mount, v.Lock.Node)}
+				return s, Result{Err: errs.E(errs.Busy, "VDI %q is open for writing by mount %s on node %s", c.Name, v.Lock.Mount.Shown(), v.Lock.Node)}
 			}
 			if _, ok := s.Member(c.Node); !ok {
 				return s, Result{Err: errs.E(errs.NotReady, "node %s is not a member of epoch %v", c.Node, s.Epoch)}

@@ -29,7 +29,7 @@ func (n *Node) resizeVDI(ctx context.Context, a proto.AdminRequest) (*cluster.VD
 	}
 	if a.Size < meta.Size {
 		if meta.Lock != nil && meta.Lock.Mount != a.Mount {
-			return nil, errs.E(errs.Busy, "VDI %q is open for writing by mount %s: cannot shrink it", a.Name, meta.Lock.Mount)
+			return nil, errs.E(errs.Busy, "VDI %q is open for writing by mount %s: cannot shrink it", a.Name, meta.Lock.Mount.Shown())
 		}
 		if meta.Lock == nil {
 			// A shrink writes (it frees the tail): it takes the write

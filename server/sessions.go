@@ -85,7 +85,7 @@ func (n *Node) releaseStaleLocks() {
 		_, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDIUnlock, Name: name, Mount: v.Lock.Mount, Node: n.id, Session: v.Lock.Session})
 		cancel()
 		if err == nil {
-			n.log.Info().Str("vdi", name).Str("mount", string(v.Lock.Mount)).Msg("released a write lock held through this node before it restarted")
+			n.log.Info().Str("vdi", name).Str("mount", string(v.Lock.Mount.Shown())).Msg("released a write lock held through this node before it restarted")
 		}
 	}
 }
