@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -43,7 +45,7 @@ func lsSize(t testing.TB, path string) int64 {
 // deleted or opened for writing elsewhere while a process has them open
 // for writing.
 func TestVDILifecycle(t *testing.T) {
-	requireEnv(t, "python3", "truncate")
+	requireEnv(t, "python3", "truncate", "getfattr")
 	c := NewCluster(t, 3, 3)
 	m := c.Mount()
 
@@ -151,6 +153,23 @@ func TestVDILifecycle(t *testing.T) {
 		t.Errorf("a second mount opened b for writing while the first holds it")
 	} else if !strings.Contains(errMsg, "Device or resource busy") {
 		t.Errorf("a second mount opening b for writing: want \"Device or resource busy\", got %q", errMsg)
+	}
+	// The program sees only EBUSY; the refusing mount's log and the
+	// writer attribute name the writer.
+	if !waitFor(5*time.Second, func() bool {
+		log, _ := os.ReadFile(m2.Log)
+		return regexp.MustCompile(`open vdi/b for writing: .*open for writing by mount m~[0-9a-f]+ on node node0`).Match(log)
+	}) {
+		logTail(t, m2.Log, 5)
+		t.Errorf("the second mount's log does not name the writer of b")
+	}
+	writer := strings.TrimSpace(run(t, quickTimeout, "getfattr", "--only-values", "-n", "user.sheepfs.writer", m2.VDI("b")).Stdout)
+	if !regexp.MustCompile(`^mount m~[0-9a-f]+ on node node0$`).MatchString(writer) {
+		t.Errorf("user.sheepfs.writer of b through the second mount: %q, want mount ... on node node0", writer)
+	}
+	own := strings.TrimSpace(run(t, quickTimeout, "getfattr", "--only-values", "-n", "user.sheepfs.writer", b).Stdout)
+	if own != writer+", this mount" {
+		t.Errorf("user.sheepfs.writer of b through the writing mount: %q, want %q", own, writer+", this mount")
 	}
 	if h2, errMsg := holdOpen(t, m2.VDI("b"), "os.O_RDONLY"); h2 == nil {
 		t.Errorf("a second mount cannot open b read-only while the first writes it: %s", errMsg)

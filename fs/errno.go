@@ -1,7 +1,10 @@
 package fs
 
 import (
+	"fmt"
+	"os"
 	"syscall"
+	"time"
 
 	"github.com/sheepfs/sheepfs/errs"
 )
@@ -35,4 +38,28 @@ func toErrno(err error) syscall.Errno {
 		return e
 	}
 	return syscall.EIO
+}
+
+// logEvery is the least time between two log lines of one kind.
+const logEvery = 10 * time.Second
+
+// logf writes a line to sheepfs's log (stderr), at most one per logEvery
+// for each key: a program retrying a refused open must not flood it.
+func (f *FS) logf(key, format string, args ...any) {
+	now := time.Now()
+	f.logMu.Lock()
+	if t, ok := f.logged[key]; ok && now.Sub(t) < logEvery {
+		f.logMu.Unlock()
+		return
+	}
+	if len(f.logged) >= 1024 {
+		for k, t := range f.logged {
+			if now.Sub(t) >= logEvery {
+				delete(f.logged, k)
+			}
+		}
+	}
+	f.logged[key] = now
+	f.logMu.Unlock()
+	fmt.Fprintf(os.Stderr, "sheepfs: "+format+"\n", args...)
 }

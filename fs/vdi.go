@@ -226,6 +226,10 @@ func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 			info, err := n.fs.c.Lock(ctx, n.name)
 			if err != nil {
 				done()
+				if errs.Is(err, errs.Busy) {
+					// The program sees only EBUSY: say who writes.
+					n.fs.logf("busy "+n.name, "open vdi/%s for writing: %v (one writer at a time; a live migration's destination opens it read-only until the hand-over, as qemu does with auto-read-only=on)", n.name, err)
+				}
 				return nil, 0, toErrno(err)
 			}
 			if info.ID != n.id {

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"syscall"
@@ -9,6 +10,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 
+	"github.com/sheepfs/sheepfs/ids"
 	"github.com/sheepfs/sheepfs/proto"
 )
 
@@ -20,6 +22,8 @@ import (
 //	user.sheepfs.parent         the snapshot NAME@TAG the data descends from (if any)
 //	user.sheepfs.source         the snapshot a clone or the last rollback started from (if any)
 //	user.sheepfs.snapshot_time  when a snapshot was taken, RFC 3339 in UTC (snapshots only)
+//	user.sheepfs.writer         who holds the write lock: "mount M on node N", with
+//	                            ", this mount" if it is this one (while locked)
 //
 // Values are plain text without a newline. sheepfs stores no attributes
 // of its own: setting or removing any fails with ENOTSUP, which copying
@@ -30,8 +34,9 @@ const xattrPrefix = "user.sheepfs."
 // xattr is one extended attribute.
 type xattr struct{ name, value string }
 
-// xattrsOf lists the attributes of info, in a fixed order.
-func xattrsOf(info proto.VDIInfo) []xattr {
+// xattrsOf lists the attributes of info, in a fixed order, as seen by
+// the mount whose shown ID is self.
+func xattrsOf(info proto.VDIInfo, self ids.MountID) []xattr {
 	a := []xattr{
 		{"id", info.ID.String()},
 		{"copies", strconv.Itoa(info.Copies)},
@@ -44,6 +49,13 @@ func xattrsOf(info proto.VDIInfo) []xattr {
 	}
 	if info.Tag != "" {
 		a = append(a, xattr{"snapshot_time", time.Unix(info.SnapTime, 0).UTC().Format(time.RFC3339)})
+	}
+	if info.Locked {
+		w := fmt.Sprintf("mount %s on node %s", info.Mount, info.Node)
+		if info.Mount == self {
+			w += ", this mount"
+		}
+		a = append(a, xattr{"writer", w})
 	}
 	for i := range a {
 		a[i].name = xattrPrefix + a[i].name
@@ -94,7 +106,7 @@ func (f *FS) getxattr(ctx context.Context, info infoFunc, name string, dest []by
 	if errno != 0 {
 		return 0, errno
 	}
-	return getxattr(xattrsOf(v), name, dest)
+	return getxattr(xattrsOf(v, f.c.Mount().Shown()), name, dest)
 }
 
 func (f *FS) listxattr(ctx context.Context, info infoFunc, dest []byte) (uint32, syscall.Errno) {
@@ -104,7 +116,7 @@ func (f *FS) listxattr(ctx context.Context, info infoFunc, dest []byte) (uint32,
 	if errno != 0 {
 		return 0, errno
 	}
-	return listxattr(xattrsOf(v), dest)
+	return listxattr(xattrsOf(v, f.c.Mount().Shown()), dest)
 }
 
 var (
