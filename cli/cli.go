@@ -35,10 +35,11 @@ import (
 
 // Globals are the flags every admin command takes.
 type Globals struct {
-	Addr    string        `help:"Address of a sheep daemon (host:port)." default:"127.0.0.1:7000" env:"SHEEP_ADDR"`
-	Timeout time.Duration `help:"How long to wait for the cluster." default:"60s"`
-	JSON    bool          `help:"Print JSON instead of tables." name:"json"`
-	KeyFile string        `help:"The cluster key (or a client key), from sheep keygen. Default: $SHEEP_KEY_FILE, else /etc/sheepfs/cluster.key." placeholder:"FILE" type:"path"`
+	Addr    string           `help:"Address of a sheep daemon (host:port)." default:"127.0.0.1:7000" env:"SHEEP_ADDR"`
+	Timeout time.Duration    `help:"How long to wait for the cluster." default:"60s"`
+	JSON    bool             `help:"Print JSON instead of tables." name:"json"`
+	KeyFile string           `help:"The cluster key (or a client key), from sheep keygen. Default: $SHEEP_KEY_FILE, else /etc/sheepfs/cluster.key." placeholder:"FILE" type:"path"`
+	Version kong.VersionFlag `help:"Print the version and exit."`
 	out     io.Writer
 	keys    *auth.Keys
 }
@@ -95,6 +96,7 @@ type Sheep struct {
 	Cluster ClusterCmd `cmd:"" help:"Format the cluster or show its state."`
 	Node    NodeCmd    `cmd:"" help:"Show nodes."`
 	VDI     VDICmd     `cmd:"" name:"vdi" help:"Create, list, resize and delete VDIs."`
+	Version VersionCmd `cmd:"" help:"Print the version: the release, the commit built, the Go toolchain."`
 }
 
 // DaemonCmd runs a node.
@@ -215,6 +217,7 @@ func (k *KeygenCmd) Run(g *Globals) error {
 type ClusterCmd struct {
 	Format   ClusterFormatCmd   `cmd:"" help:"Format a new cluster (once)."`
 	Info     ClusterInfoCmd     `cmd:"" help:"Show the cluster's state."`
+	Health   ClusterHealthCmd   `cmd:"" help:"Print the cluster's health in one line; exit 0 when healthy, 1 when degraded (a node down, objects below their copies, recovery under way), 2 when unavailable (no quorum, not formatted, no answer)."`
 	Recovery ClusterRecoveryCmd `cmd:"" help:"Show recovery per node; set its throttle."`
 	Key      ClusterKeyCmd      `cmd:"" help:"Show the nodes' keys; roll a new cluster key through the running cluster."`
 	Check    ClusterCheckCmd    `cmd:"" help:"Check every object of every VDI and snapshot on all its copies, and repair what differs."`
@@ -250,7 +253,7 @@ func (c *ClusterInfoCmd) Run(g *Globals) error {
 	deadline := time.Now().Add(g.Timeout)
 	for {
 		err := g.admin(proto.AdminRequest{Cmd: proto.AdminClusterInfo}, &ci)
-		if err == nil && (!c.Wait || ci.Status == "ok") {
+		if err == nil && (!c.Wait || ci.Status == proto.HealthOK) {
 			break
 		}
 		if !c.Wait || time.Now().After(deadline) {
@@ -498,16 +501,17 @@ func (c *VDIResizeCmd) Run(g *Globals) error {
 
 // Sheepfs is the sheepfs command line.
 type Sheepfs struct {
-	Mountpoint  string   `arg:"" help:"Where to mount (a directory)."`
-	Addr        []string `help:"Sheep daemon address(es) to use, tried in order." default:"127.0.0.1:7000" env:"SHEEP_ADDR"`
-	AllowOther  bool     `help:"Let other users use the mount."`
-	Debug       bool     `help:"Log every FUSE request."`
-	NoWriteback bool     `help:"Turn off the kernel writeback cache: every write(2) reaches the cluster before it returns (slower)."`
-	Pprof       string   `help:"Serve Go profiles (net/http/pprof) on this address. Off by default." placeholder:"ADDR"`
-	KeyFile     string   `help:"The cluster key or a client key (sheep keygen). Default: $SHEEP_KEY_FILE, else /etc/sheepfs/cluster.key." placeholder:"FILE" type:"path"`
-	NoLocal     bool     `help:"Use TLS over the data port also to a daemon on this machine, instead of its local channel (a unix socket)." env:"SHEEPFS_NO_LOCAL"`
-	NoHold      bool     `help:"Do not keep the mount when sheepfs exits: without a holder process, a crash or restart of sheepfs fails every open file with ENOTCONN, and SIGTERM unmounts." env:"SHEEPFS_NO_HOLD"`
-	Hold        bool     `hidden:"" help:"Run as the holder of the mount (started by sheepfs; the /dev/fuse file is fd 3, the state on stdin)."`
+	Mountpoint  string           `arg:"" help:"Where to mount (a directory)."`
+	Addr        []string         `help:"Sheep daemon address(es) to use, tried in order." default:"127.0.0.1:7000" env:"SHEEP_ADDR"`
+	AllowOther  bool             `help:"Let other users use the mount."`
+	Debug       bool             `help:"Log every FUSE request."`
+	NoWriteback bool             `help:"Turn off the kernel writeback cache: every write(2) reaches the cluster before it returns (slower)."`
+	Pprof       string           `help:"Serve Go profiles (net/http/pprof) on this address. Off by default." placeholder:"ADDR"`
+	KeyFile     string           `help:"The cluster key or a client key (sheep keygen). Default: $SHEEP_KEY_FILE, else /etc/sheepfs/cluster.key." placeholder:"FILE" type:"path"`
+	NoLocal     bool             `help:"Use TLS over the data port also to a daemon on this machine, instead of its local channel (a unix socket)." env:"SHEEPFS_NO_LOCAL"`
+	Version     kong.VersionFlag `help:"Print the version and exit."`
+	NoHold      bool             `help:"Do not keep the mount when sheepfs exits: without a holder process, a crash or restart of sheepfs fails every open file with ENOTCONN, and SIGTERM unmounts." env:"SHEEPFS_NO_HOLD"`
+	Hold        bool             `hidden:"" help:"Run as the holder of the mount (started by sheepfs; the /dev/fuse file is fd 3, the state on stdin)."`
 }
 
 // Run mounts and serves until unmounted or signalled. If a holder keeps
@@ -638,10 +642,21 @@ func (s *Sheepfs) runHolder() error {
 	})
 }
 
+// keyless reports whether command (kong's path, "cluster info") runs
+// without the cluster key.
+func keyless(command string) bool {
+	for _, c := range []string{"keygen", "daemon", "version", "completion"} {
+		if command == c || strings.HasPrefix(command, c+" ") {
+			return true
+		}
+	}
+	return false
+}
+
 // Main parses args for one of the command lines and runs it, printing errors
 // as "name: message" and returning the exit status.
 func Main(name string, cmd any, args []string, stdout io.Writer) int {
-	parser, err := kong.New(cmd, kong.Name(name), kong.UsageOnError(),
+	parser, err := kong.New(cmd, kong.Name(name), kong.UsageOnError(), kong.Vars{"version": Version(name)},
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
@@ -654,8 +669,12 @@ func Main(name string, cmd any, args []string, stdout io.Writer) int {
 	}
 	if s, ok := cmd.(*Sheep); ok {
 		s.Globals.out = stdout
-		if c := ctx.Command(); !strings.HasPrefix(c, "keygen") && !strings.HasPrefix(c, "daemon") {
+		if c := ctx.Command(); !keyless(c) {
 			if s.Globals.keys, err = auth.Load(s.KeyFile); err != nil {
+				if strings.HasPrefix(c, "cluster health") {
+					fmt.Fprintf(stdout, "unavailable: %s\n", err)
+					return 2
+				}
 				fmt.Fprintf(os.Stderr, "%s: %s\n", name, err)
 				return 1
 			}
@@ -663,6 +682,10 @@ func Main(name string, cmd any, args []string, stdout io.Writer) int {
 		err = ctx.Run(&s.Globals)
 	} else {
 		err = ctx.Run()
+	}
+	var st exitStatus
+	if errors.As(err, &st) {
+		return int(st)
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %s\n", name, strings.TrimSpace(err.Error()))

@@ -79,7 +79,7 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(binDir)
-	build := exec.Command("go", "build", "-o", binDir+"/", "./cmd/sheep", "./cmd/sheepfs")
+	build := exec.Command("go", "build", "-buildvcs=auto", "-o", binDir+"/", "./cmd/sheep", "./cmd/sheepfs")
 	build.Dir = repoRoot
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: building sheep and sheepfs failed: %v\n%s", err, out)

@@ -1,10 +1,16 @@
 package e2e
 
 import (
+	"encoding/json"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/sheepfs/sheepfs/auth"
 )
 
 // TestStatusFiles: cluster/info, cluster/info.json, node/list and
@@ -194,5 +200,66 @@ func checkNodeTable(t *testing.T, what, text string, wantAddr map[string]string)
 	}
 	if !regexp.MustCompile(`(?m)^ID\s+ADDRESS\s+STATE`).MatchString(text) {
 		t.Errorf("%s: no node table header:\n%s", what, text)
+	}
+}
+
+// TestClusterHealth: sheep cluster health exits 0 on a healthy cluster, 1
+// once a node is killed (a member down), and 2 when the node asked has no
+// quorum; --json says the same.
+func TestClusterHealth(t *testing.T) {
+	c := NewCluster(t, 3, 3)
+	c.WaitOK()
+	health := func(args ...string) Result {
+		var env []string
+		if c.KeyFile != "" {
+			env = []string{auth.EnvFile + "=" + c.KeyFile}
+		}
+		return runCmd(cmdTimeout, env, nil, sheepBin, append([]string{"--addr", c.Nodes[0].Addr(), "--timeout", "5s", "cluster", "health"}, args...)...)
+	}
+	want := func(code int, line string) {
+		t.Helper()
+		var last Result
+		if !waitFor(60*time.Second, func() bool {
+			last = health()
+			return last.Code == code
+		}) {
+			t.Fatalf("cluster health: %v, printed %q; want exit %d", last, last.Stdout, code)
+		}
+		if !strings.HasPrefix(last.Stdout, line) || strings.Count(last.Stdout, "\n") != 1 {
+			t.Errorf("cluster health printed %q; want one line starting %q", last.Stdout, line)
+		}
+		r := health("--json")
+		var h struct {
+			Health string `json:"health"`
+			Exit   int    `json:"exit"`
+		}
+		if err := json.Unmarshal([]byte(r.Stdout), &h); err != nil || r.Code != code || h.Exit != code || !strings.HasPrefix(line, h.Health) {
+			t.Errorf("cluster health --json: %v (%v); want exit %d, health %q", r, err, code, strings.TrimSuffix(line, ":"))
+		}
+	}
+	want(0, "healthy:")
+	c.Kill(1)
+	want(1, "degraded: "+string(c.Nodes[1].ID)+" down")
+	c.Kill(2)
+	want(2, "unavailable:")
+}
+
+// TestVersion: sheep version, sheep --version and sheepfs --version print
+// one line naming the program, and the commit built when built from a git
+// checkout; none needs a cluster key.
+func TestVersion(t *testing.T) {
+	commit := ""
+	if out, err := exec.Command("git", "-C", repoRoot, "rev-parse", "HEAD").Output(); err == nil {
+		commit = strings.TrimSpace(string(out))[:12]
+	}
+	for _, args := range [][]string{{sheepBin, "version"}, {sheepBin, "--version"}, {sheepfsBin, "--version"}} {
+		r := runCmd(quickTimeout, []string{"SHEEP_KEY_FILE=/nonexistent"}, nil, args[0], args[1:]...)
+		name := filepath.Base(args[0])
+		if r.Code != 0 || !strings.HasPrefix(r.Stdout, name+" ") || strings.Count(r.Stdout, "\n") != 1 {
+			t.Errorf("%s %s: %v; want one line starting %q", name, args[1], r, name+" ")
+		}
+		if commit != "" && !strings.Contains(r.Stdout, "commit "+commit) {
+			t.Errorf("%s %s printed %q; want the commit built, %s", name, args[1], r.Stdout, commit)
+		}
 	}
 }

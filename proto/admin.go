@@ -228,11 +228,19 @@ type ObjCheck struct {
 // CheckFix in the Aux of OpCheckObj: make the copy good.
 const CheckFix = 1
 
+// Health is a cluster's state in a word (ClusterInfo.Status).
+type Health string
+
+const (
+	HealthOK          Health = "ok"
+	HealthDegraded    Health = "degraded"    // members down, fewer nodes than copies, or objects below their copies
+	HealthUnformatted Health = "unformatted" // never formatted
+	HealthNoQuorum    Health = "no quorum"   // the answering node sees no majority: nothing changes
+)
+
 // ClusterInfo is the answer to AdminClusterInfo.
 type ClusterInfo struct {
-	// Status is "ok", "unformatted", "degraded" (members down, fewer
-	// nodes than copies, or objects below their copies) or "no quorum".
-	Status     string     `json:"status"`
+	Status     Health     `json:"status"`
 	Epoch      ids.Epoch  `json:"epoch"`
 	Copies     int        `json:"copies"`
 	FormatTime int64      `json:"format_time,omitempty"`

@@ -96,13 +96,13 @@ func (n *Node) clusterInfo(ctx context.Context) proto.ClusterInfo {
 	}
 	switch {
 	case !n.cl.HasQuorum():
-		ci.Status = "no quorum"
+		ci.Status = proto.HealthNoQuorum
 	case !st.Formatted():
-		ci.Status = "unformatted"
+		ci.Status = proto.HealthUnformatted
 	case down > 0 || len(st.Members) < st.Copies || r.Degraded > 0:
-		ci.Status = "degraded"
+		ci.Status = proto.HealthDegraded
 	default:
-		ci.Status = "ok"
+		ci.Status = proto.HealthOK
 	}
 	return ci
 }
