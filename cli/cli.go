@@ -91,12 +91,13 @@ func (g *Globals) printJSON(v any) error {
 // Sheep is the sheep command line.
 type Sheep struct {
 	Globals
-	Daemon  DaemonCmd  `cmd:"" help:"Run a sheep daemon (one per node)."`
-	Keygen  KeygenCmd  `cmd:"" help:"Print a new cluster key (or, with --client, the client key of one)."`
-	Cluster ClusterCmd `cmd:"" help:"Format the cluster or show its state."`
-	Node    NodeCmd    `cmd:"" help:"Show nodes."`
-	VDI     VDICmd     `cmd:"" name:"vdi" help:"Create, list, resize and delete VDIs."`
-	Version VersionCmd `cmd:"" help:"Print the version: the release, the commit built, the Go toolchain."`
+	Daemon     DaemonCmd     `cmd:"" help:"Run a sheep daemon (one per node)."`
+	Keygen     KeygenCmd     `cmd:"" help:"Print a new cluster key (or, with --client, the client key of one)."`
+	Cluster    ClusterCmd    `cmd:"" help:"Format the cluster or show its state."`
+	Node       NodeCmd       `cmd:"" help:"Show nodes."`
+	VDI        VDICmd        `cmd:"" name:"vdi" help:"Create, list, resize and delete VDIs."`
+	Version    VersionCmd    `cmd:"" help:"Print the version: the release, the commit built, the Go toolchain."`
+	Completion CompletionCmd `cmd:"" help:"Print a shell completion script: source <(sheep completion bash)."`
 }
 
 // DaemonCmd runs a node.
