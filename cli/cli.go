@@ -544,6 +544,10 @@ func (s *Sheepfs) Run() error {
 		}
 		if held == nil {
 			fs.ClearDead(s.Mountpoint)
+			// Nothing held there: looking at the directory cannot wait.
+			if err := os.MkdirAll(s.Mountpoint, 0o755); err != nil {
+				return errs.E(errs.IO, "mount point: %w", err)
+			}
 		} else {
 			defer dev.Close()
 			opts.Dev, opts.Held, mountID = dev, held, held.Mount
