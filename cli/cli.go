@@ -28,6 +28,7 @@ import (
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/fs"
 	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/metrics"
 	"github.com/sheepfs/sheepfs/objstore"
 	"github.com/sheepfs/sheepfs/proto"
 	"github.com/sheepfs/sheepfs/server"
@@ -114,6 +115,7 @@ type DaemonCmd struct {
 	Disk      []string      `help:"A data disk's directory; repeatable. Objects are spread over the disks by size, metadata stays in --dir. Default: the objects stay in --dir." placeholder:"DIR" type:"path"`
 	LogLevel  string        `help:"Log level: debug, info, warn, error." default:"info" enum:"debug,info,warn,error"`
 	Pprof     string        `help:"Serve Go profiles (net/http/pprof) on this address, e.g. 127.0.0.1:6060. Off by default." placeholder:"ADDR"`
+	Metrics   string        `help:"Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, no key: counters and states, no data). Default: the listen address, port+3; off turns them off." placeholder:"ADDR"`
 }
 
 // Run starts the daemon and serves until SIGINT or SIGTERM.
@@ -147,11 +149,28 @@ func (d *DaemonCmd) Run(g *Globals) error {
 		}
 		log.Warn().Str("boot_id", id).Msg("fault drill: playing a reboot")
 	}
+	reg := metrics.New()
+	if err := metrics.NewSink(reg, "sheep").Install(); err != nil {
+		return err
+	}
+	metrics.CollectRuntime(reg)
 	n, err := server.Start(server.Config{Dir: d.Dir, Host: host, Port: port, Join: d.Join,
 		ID: ids.NodeID(d.ID), DeadGrace: d.DeadGrace, Log: log, Zone: d.Zone, Weight: weight,
-		Disks: d.Disk, Faults: os.Getenv("SHEEP_FAULTS") == "1", Keys: keys})
+		Disks: d.Disk, Faults: os.Getenv("SHEEP_FAULTS") == "1", Keys: keys, Metrics: reg})
 	if err != nil {
 		return err
+	}
+	if d.Metrics != "off" {
+		addr := d.Metrics
+		if addr == "" {
+			addr = net.JoinHostPort(host, strconv.Itoa(port+3))
+		}
+		at, err := reg.Serve(addr)
+		if err != nil {
+			n.Close()
+			return err
+		}
+		log.Info().Str("addr", "http://"+at.String()+"/metrics").Msg("serving metrics")
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
@@ -511,6 +530,7 @@ type Sheepfs struct {
 	KeyFile     string           `help:"The cluster key or a client key (sheep keygen). Default: $SHEEP_KEY_FILE, else /etc/sheepfs/cluster.key." placeholder:"FILE" type:"path"`
 	NoLocal     bool             `help:"Use TLS over the data port also to a daemon on this machine, instead of its local channel (a unix socket)." env:"SHEEPFS_NO_LOCAL"`
 	Version     kong.VersionFlag `help:"Print the version and exit."`
+	Metrics     string           `help:"Serve Prometheus metrics at http://ADDR/metrics (plain HTTP: counters, no data). Off by default." placeholder:"ADDR"`
 	NoHold      bool             `help:"Do not keep the mount when sheepfs exits: without a holder process, a crash or restart of sheepfs fails every open file with ENOTCONN, and SIGTERM unmounts." env:"SHEEPFS_NO_HOLD"`
 	Hold        bool             `hidden:"" help:"Run as the holder of the mount (started by sheepfs; the /dev/fuse file is fd 3, the state on stdin)."`
 }
@@ -554,7 +574,17 @@ func (s *Sheepfs) Run() error {
 			fmt.Fprintf(os.Stderr, "sheepfs: taking over the mount at %s (generation %d)\n", held.Dir, held.Gen)
 		}
 	}
-	c := client.New(s.Addr, client.Options{Dial: d.DialContext, Mount: mountID})
+	var reg *metrics.Registry
+	if s.Metrics != "" {
+		reg = metrics.New()
+		metrics.CollectRuntime(reg)
+		at, err := reg.Serve(s.Metrics)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "sheepfs: serving metrics at http://%s/metrics\n", at)
+	}
+	c := client.New(s.Addr, client.Options{Dial: d.DialContext, Mount: mountID, Metrics: reg})
 	if opts.Held != nil {
 		c.DoubtAll() // the writes of the dead process: their nodes are unknown
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/metrics"
 	"github.com/sheepfs/sheepfs/proto"
 )
 
@@ -28,6 +29,47 @@ type Options struct {
 	// Dial connects to a gateway: over TLS with the cluster's key (see
 	// auth.Keys.NewDialer). nil: plain TCP, which a daemon refuses.
 	Dial proto.DialFunc
+	// Metrics, if set, receives the client's request metrics
+	// (sheepfs_requests_total and friends).
+	Metrics *metrics.Registry
+}
+
+// clientMetrics are a client's request metrics.
+type clientMetrics struct {
+	requests  metrics.Counter   // op, result
+	seconds   metrics.Histogram // op
+	sent      metrics.Counter   // op
+	received  metrics.Counter   // op
+	failovers metrics.Counter
+}
+
+func newClientMetrics(r *metrics.Registry) *clientMetrics {
+	if r == nil {
+		return nil
+	}
+	return &clientMetrics{
+		requests:  r.Counter("sheepfs_requests_total", "Requests to the cluster, by operation and result (ok or the error's kind), retries included in one.", "op", "result"),
+		seconds:   r.Histogram("sheepfs_request_seconds", "Time to a request's answer, retries included, by operation.", metrics.LatencyBuckets, "op"),
+		sent:      r.Counter("sheepfs_request_sent_bytes_total", "Payload bytes sent in requests (data written), by operation.", "op"),
+		received:  r.Counter("sheepfs_request_received_bytes_total", "Payload bytes received in answers (data read), by operation.", "op"),
+		failovers: r.Counter("sheepfs_gateway_failovers_total", "Times the connection to a gateway was lost and another was tried."),
+	}
+}
+
+func (m *clientMetrics) observe(req, resp *proto.Msg, err error, start time.Time) {
+	if m == nil {
+		return
+	}
+	op, result := req.Op.String(), "ok"
+	if err != nil {
+		result = errs.KindOf(err).String()
+	}
+	m.requests.Add(1, op, result)
+	m.seconds.Since(start, op)
+	m.sent.Add(uint64(len(req.Data)), op)
+	if resp != nil {
+		m.received.Add(uint64(len(resp.Data)), op)
+	}
 }
 
 // Client is a connection to the cluster through one gateway at a time.
@@ -55,6 +97,8 @@ type Client struct {
 	doubt        []uint64
 	doubted      map[ids.VDIID]bool // VDIs flushed since DoubtAll
 	doubtPending bool               // DoubtAll called, doubt not fetched yet
+
+	met *clientMetrics // nil without Options.Metrics
 }
 
 // New returns a client for the given gateway addresses (host:port), tried
@@ -69,7 +113,7 @@ func New(addrs []string, opts Options) *Client {
 		opts.Mount = ids.MountID("m" + hex.EncodeToString(b[:]))
 	}
 	return &Client{addrs: addrs, opts: opts, pc: proto.NewClientOnce(addrs[0], opts.Dial), locks: map[string]bool{},
-		unflushed: map[ids.VDIID]map[uint64]uint64{}}
+		unflushed: map[ids.VDIID]map[uint64]uint64{}, met: newClientMetrics(opts.Metrics)}
 }
 
 // Mount returns the client's mount ID.
@@ -117,6 +161,13 @@ func (c *Client) Call(ctx context.Context, req *proto.Msg) (*proto.Msg, error) {
 
 // CallInto is Call with the answer's payload read into dst when it fits.
 func (c *Client) CallInto(ctx context.Context, req *proto.Msg, dst []byte) (*proto.Msg, error) {
+	start := time.Now()
+	resp, err := c.callInto(ctx, req, dst)
+	c.met.observe(req, resp, err, start)
+	return resp, err
+}
+
+func (c *Client) callInto(ctx context.Context, req *proto.Msg, dst []byte) (*proto.Msg, error) {
 	deadline := time.Now().Add(c.opts.RetryFor)
 	backoff := 50 * time.Millisecond
 	for {
@@ -131,6 +182,9 @@ func (c *Client) CallInto(ctx context.Context, req *proto.Msg, dst []byte) (*pro
 			return resp, err
 		}
 		c.failover(gen)
+		if c.met != nil {
+			c.met.failovers.Add(1)
+		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return nil, err
 		}

@@ -350,7 +350,7 @@ func portFree(port int) bool {
 	return true
 }
 
-// freeBase returns a base port P such that P+10*i .. P+10*i+2 are free for
+// freeBase returns a base port P such that P+10*i .. P+10*i+3 are free for
 // every node i < nodes. It stays below the kernel's ephemeral range.
 func freeBase(t testing.TB, nodes int) int {
 	t.Helper()
@@ -364,7 +364,7 @@ func freeBase(t testing.TB, nodes int) int {
 		base := 21000 + int(n.Int64())*10
 		ok := true
 		for i := 0; i < nodes && ok; i++ {
-			for p := base + 10*i; p <= base+10*i+2; p++ {
+			for p := base + 10*i; p <= base+10*i+3; p++ {
 				if portUsed[p] || !portFree(p) {
 					ok = false
 					break
@@ -373,7 +373,7 @@ func freeBase(t testing.TB, nodes int) int {
 		}
 		if ok {
 			for i := 0; i < nodes; i++ {
-				for p := base + 10*i; p <= base+10*i+2; p++ {
+				for p := base + 10*i; p <= base+10*i+3; p++ {
 					portUsed[p] = true
 				}
 			}

@@ -26,6 +26,7 @@ import (
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/ids"
 	"github.com/sheepfs/sheepfs/md"
+	"github.com/sheepfs/sheepfs/metrics"
 	"github.com/sheepfs/sheepfs/objstore"
 	"github.com/sheepfs/sheepfs/proto"
 	"github.com/sheepfs/sheepfs/vdi"
@@ -74,6 +75,8 @@ type Config struct {
 	Keys *auth.Keys
 	// Log receives the daemon's logs.
 	Log zerolog.Logger
+	// Metrics receives the node's metrics (nil: kept, never shown).
+	Metrics *metrics.Registry
 }
 
 // Node is a running sheep daemon.
@@ -105,6 +108,7 @@ type Node struct {
 	mu        sync.RWMutex       // guards volumes and conns
 	volumes   map[ids.VDIID]*volume
 	conns     map[*proto.Conn]*connState
+	met       *nodeMetrics
 }
 
 type connState struct {
@@ -121,6 +125,9 @@ func Start(cfg Config) (*Node, error) {
 	if cfg.Port == 0 {
 		cfg.Port = 7000
 	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.New()
+	}
 	if cfg.RetryFor == 0 {
 		cfg.RetryFor = 30 * time.Second
 	}
@@ -135,7 +142,7 @@ func Start(cfg Config) (*Node, error) {
 	_, _ = rand.Read(run[:])
 	n := &Node{cfg: cfg, id: id, log: cfg.Log.With().Str("node", string(id)).Logger(), run: hex.EncodeToString(run[:]),
 		volumes: map[ids.VDIID]*volume{}, conns: map[*proto.Conn]*connState{},
-		gcPending: map[ids.VDIID]bool{}, gcKick: make(chan struct{}, 1)}
+		gcPending: map[ids.VDIID]bool{}, gcKick: make(chan struct{}, 1), met: newNodeMetrics(cfg.Metrics)}
 	n.objs = &replicated{n: n}
 	n.boot = objstore.BootToken()
 	n.rec = newHealer(n)
@@ -237,6 +244,7 @@ func Start(cfg Config) (*Node, error) {
 	go n.collectLoop()
 	go n.releaseStaleLocks()
 	go n.evictLoop()
+	cfg.Metrics.Collect(n.writeMetrics)
 	n.log.Info().Str("addr", addr).Msg("sheep started")
 	return n, nil
 }
@@ -396,9 +404,18 @@ func peerOnly(op proto.Op) bool {
 }
 
 func (n *Node) handle(ctx context.Context, conn *proto.Conn, req *proto.Msg) *proto.Msg {
+	start := time.Now()
+	role := auth.RoleOf(conn.NetConn())
+	resp := n.serve(ctx, conn, role, req)
+	n.met.observe(role, req, resp, start)
+	return resp
+}
+
+// serve answers req, from a connection of role.
+func (n *Node) serve(ctx context.Context, conn *proto.Conn, role auth.Role, req *proto.Msg) *proto.Msg {
 	var resp *proto.Msg
 	var err error
-	if peerOnly(req.Op) && auth.RoleOf(conn.NetConn()) != auth.RolePeer {
+	if peerOnly(req.Op) && role != auth.RolePeer {
 		return proto.ErrorResponse(req, errs.E(errs.Denied, "%v is for the cluster's nodes only, not for a client connection", req.Op))
 	}
 	switch req.Op {
