@@ -897,6 +897,10 @@ func (c *Cluster) mount(extra []string, addrs ...string) *Mount {
 // until then) and fails the test unless it took the mount over.
 func (m *Mount) KillAndRestart(down time.Duration) {
 	m.t.Helper()
+	var before int64
+	if st, err := os.Stat(m.Log); err == nil {
+		before = st.Size()
+	}
 	m.proc.kill()
 	time.Sleep(down)
 	p, err := startProc(m.Log, sheepfsBin, m.args...)
@@ -908,7 +912,7 @@ func (m *Mount) KillAndRestart(down time.Duration) {
 		logTail(m.t, m.Log, 20)
 		m.t.Fatalf("the restarted sheepfs does not serve %s: %v", m.Dir, r)
 	}
-	if b, _ := os.ReadFile(m.Log); !strings.Contains(string(b[max(0, len(b)-4096):]), "taking over the mount") {
+	if b, _ := os.ReadFile(m.Log); !strings.Contains(string(b[min(before, int64(len(b))):]), "taking over the mount") {
 		logTail(m.t, m.Log, 20)
 		m.t.Fatalf("the restarted sheepfs did not take the mount over")
 	}

@@ -87,9 +87,6 @@ type FS struct {
 	snapDirInos map[uint64]bool     // the numbers in snapDirs
 
 	readaheadErr error
-
-	logMu  sync.Mutex
-	logged map[string]time.Time // when a line of each kind was last logged (logf)
 }
 
 // Mount mounts sheepfs at dir, served through c. Call Wait or Unmount.
@@ -102,7 +99,7 @@ func Mount(dir string, c *client.Client, opts Options) (*FS, error) {
 		opts.NoWritebackCache = !opts.Held.Writeback
 		dir = opts.Held.Dir
 	}
-	f := &FS{c: c, writers: map[string]*writers{}, snapDirs: map[string]uint64{}, snapDirInos: map[uint64]bool{}, logged: map[string]time.Time{},
+	f := &FS{c: c, writers: map[string]*writers{}, snapDirs: map[string]uint64{}, snapDirInos: map[uint64]bool{},
 		writeback: !opts.NoWritebackCache, gen: gen, held: opts.Held != nil}
 	if abs, err := filepath.Abs(dir); err == nil {
 		f.dir = abs
