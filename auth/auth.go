@@ -413,6 +413,17 @@ func (ks *Keys) Gossip() [][]byte {
 	return out
 }
 
+// Discovery returns what LAN discovery needs of the key in use: a cluster
+// ID that nodes advertise (safe to show: it does not give the key) and the
+// key that authenticates discovery messages. nil for a client key.
+func (ks *Keys) Discovery() (id, mac []byte) {
+	k := ks.Current()
+	if k.secret == nil {
+		return nil, nil
+	}
+	return derive(k.secret, "discovery id", 16), derive(k.secret, "discovery mac", 32)
+}
+
 // cert makes the self-signed certificate of an identity. Its fields do not
 // matter (keys are pinned); Ed25519 signatures are deterministic, so the
 // same key always gives the same certificate.

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/sheepfs/sheepfs/auth"
 	"github.com/sheepfs/sheepfs/client"
+	"github.com/sheepfs/sheepfs/discovery"
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/fs"
 	"github.com/sheepfs/sheepfs/ids"
@@ -103,19 +105,21 @@ type Sheep struct {
 
 // DaemonCmd runs a node.
 type DaemonCmd struct {
-	Dir       string        `help:"Data directory (objects, cluster log, node ID)." default:"/var/lib/sheep" type:"path"`
-	Listen    string        `help:"IP address to listen on and advertise to the other nodes, or IP:PORT (then the data port). Use an address the other nodes reach; every port speaks TLS with the cluster key." default:"127.0.0.1" placeholder:"ADDR"`
-	Host      string        `hidden:"" help:"Old name of --listen."`
-	Port      int           `help:"Data port; gossip uses port+1 and raft port+2." default:"7000"`
-	Join      []string      `help:"Data address (host:port) of a running node to join; repeatable." placeholder:"ADDR"`
-	ID        string        `help:"Node ID on first start (default: random); kept in the data directory."`
-	DeadGrace time.Duration `help:"How long a node may be gone before the cluster moves on without it." default:"5s"`
-	Zone      string        `help:"Failure domain (a rack, a room): an object's copies go to distinct zones whenever there are as many zones as copies. Default: a zone of its own." placeholder:"NAME"`
-	Weight    string        `help:"Capacity to advertise for placement, e.g. 4T (default: the size of the filesystems holding the objects). A node's share of the data follows it." placeholder:"SIZE"`
-	Disk      []string      `help:"A data disk's directory; repeatable. Objects are spread over the disks by size, metadata stays in --dir. Default: the objects stay in --dir." placeholder:"DIR" type:"path"`
-	LogLevel  string        `help:"Log level: debug, info, warn, error." default:"info" enum:"debug,info,warn,error"`
-	Pprof     string        `help:"Serve Go profiles (net/http/pprof) on this address, e.g. 127.0.0.1:6060. Off by default." placeholder:"ADDR"`
-	Metrics   string        `help:"Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, no key: counters and states, no data). Default: the listen address, port+3; off turns them off." placeholder:"ADDR"`
+	Dir         string        `help:"Data directory (objects, cluster log, node ID)." default:"/var/lib/sheep" type:"path"`
+	Listen      string        `help:"IP address to listen on and advertise to the other nodes, or IP:PORT (then the data port). Use an address the other nodes reach; every port speaks TLS with the cluster key." default:"127.0.0.1" placeholder:"ADDR"`
+	Host        string        `hidden:"" help:"Old name of --listen."`
+	Port        int           `help:"Data port; gossip uses port+1 and raft port+2." default:"7000"`
+	Join        []string      `help:"Data address (host:port) of a running node to join; repeatable." placeholder:"ADDR"`
+	ID          string        `help:"Node ID on first start (default: random); kept in the data directory."`
+	DeadGrace   time.Duration `help:"How long a node may be gone before the cluster moves on without it." default:"5s"`
+	Zone        string        `help:"Failure domain (a rack, a room): an object's copies go to distinct zones whenever there are as many zones as copies. Default: a zone of its own." placeholder:"NAME"`
+	Weight      string        `help:"Capacity to advertise for placement, e.g. 4T (default: the size of the filesystems holding the objects). A node's share of the data follows it." placeholder:"SIZE"`
+	Disk        []string      `help:"A data disk's directory; repeatable. Objects are spread over the disks by size, metadata stays in --dir. Default: the objects stay in --dir." placeholder:"DIR" type:"path"`
+	LogLevel    string        `help:"Log level: debug, info, warn, error." default:"info" enum:"debug,info,warn,error"`
+	Pprof       string        `help:"Serve Go profiles (net/http/pprof) on this address, e.g. 127.0.0.1:6060. Off by default." placeholder:"ADDR"`
+	Bootstrap   bool          `help:"Start a new cluster without looking for one on the local network (with no --join and no cluster state of its own, a node first looks for a running cluster of its key by multicast, for 3 seconds)."`
+	NoDiscovery bool          `help:"Neither look for a cluster on the local network nor answer the nodes that look (multicast group 239.255.83.72, UDP port 7099)."`
+	Metrics     string        `help:"Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, no key: counters and states, no data). Default: the listen address, port+3; off turns them off." placeholder:"ADDR"`
 }
 
 // Run starts the daemon and serves until SIGINT or SIGTERM.
@@ -149,12 +153,29 @@ func (d *DaemonCmd) Run(g *Globals) error {
 		}
 		log.Warn().Str("boot_id", id).Msg("fault drill: playing a reboot")
 	}
+	dkey := discovery.Key{}
+	dkey.ID, dkey.MAC = keys.Discovery()
+	join := d.Join
+	if _, err := os.Stat(filepath.Join(d.Dir, "cluster", "raft.db")); len(join) == 0 && !d.Bootstrap && !d.NoDiscovery && errors.Is(err, os.ErrNotExist) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		found, err := discovery.Find(ctx, dkey, 3*time.Second)
+		cancel()
+		switch {
+		case err != nil:
+			log.Warn().Err(err).Msg("could not look for a cluster on the local network; starting a new one")
+		case len(found) == 0:
+			log.Info().Str("cluster_id", discovery.IDOf(dkey.ID)).Msg("no cluster of this key answered on the local network; starting a new one (--bootstrap skips the search)")
+		default:
+			log.Info().Strs("nodes", found).Str("cluster_id", discovery.IDOf(dkey.ID)).Msg("found the cluster on the local network; joining it")
+			join = found
+		}
+	}
 	reg := metrics.New()
 	if err := metrics.NewSink(reg, "sheep").Install(); err != nil {
 		return err
 	}
 	metrics.CollectRuntime(reg)
-	n, err := server.Start(server.Config{Dir: d.Dir, Host: host, Port: port, Join: d.Join,
+	n, err := server.Start(server.Config{Dir: d.Dir, Host: host, Port: port, Join: join,
 		ID: ids.NodeID(d.ID), DeadGrace: d.DeadGrace, Log: log, Zone: d.Zone, Weight: weight,
 		Disks: d.Disk, Faults: os.Getenv("SHEEP_FAULTS") == "1", Keys: keys, Metrics: reg})
 	if err != nil {
@@ -171,6 +192,17 @@ func (d *DaemonCmd) Run(g *Globals) error {
 			return err
 		}
 		log.Info().Str("addr", "http://"+at.String()+"/metrics").Msg("serving metrics")
+	}
+	if !d.NoDiscovery {
+		stopAnswer := make(chan struct{})
+		defer close(stopAnswer)
+		go func() {
+			ctx, cancel := context.WithCancel(context.Background())
+			go func() { <-stopAnswer; cancel() }()
+			if err := discovery.Answer(ctx, dkey, net.JoinHostPort(host, strconv.Itoa(port))); err != nil {
+				log.Warn().Err(err).Msg("not answering nodes that look for the cluster on the local network")
+			}
+		}()
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)

@@ -462,8 +462,12 @@ type Node struct {
 	Host  string   // IP address to listen on (empty: 127.0.0.1)
 	NetNS string   // network namespace to run in (empty: the test's own)
 	Args  []string // more daemon flags (--disk, --zone ...)
-	proc  *proc
-	c     *Cluster
+	// Discover lets the node, started with nothing to join, look for a
+	// cluster on the network; otherwise it starts one (--bootstrap):
+	// every test's cluster has the same key.
+	Discover bool
+	proc     *proc
+	c        *Cluster
 }
 
 // Addr is the node's data address.
@@ -522,6 +526,9 @@ func (c *Cluster) startNode(n *Node, join []string) {
 	args := []string{"daemon", "--dir", n.Dir, "--port", strconv.Itoa(n.Port), "--id", n.ID}
 	for _, j := range join {
 		args = append(args, "--join", j)
+	}
+	if len(join) == 0 && !n.Discover {
+		args = append(args, "--bootstrap")
 	}
 	if n.Host != "" {
 		args = append(args, "--host", n.Host)
