@@ -251,3 +251,35 @@ func TestFixedAttrs(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseReportsWriteBackError: a write that the cluster refuses when
+// the kernel writes it back (past 64 TiB, under the writeback cache) is
+// reported at the writer's close even when a stat(2) in between made
+// sheepfs write the file back itself (which takes the kernel's one report
+// meant for a close).
+func TestCloseReportsWriteBackError(t *testing.T) {
+	requireEnv(t, "python3", "stat")
+	c := NewCluster(t, 3, 3)
+	m := c.Mount()
+	vdi := m.VDI("v")
+	run(t, quickTimeout, "truncate", "-s", "16M", vdi)
+	script := fmt.Sprintf(`
+import os, subprocess, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+os.pwrite(fd, b"x" * 4096, %d)
+subprocess.run(["stat", sys.argv[1]], check=True, stdout=subprocess.DEVNULL)
+try:
+    os.close(fd)
+except OSError as e:
+    print("close:", e.strerror)
+    sys.exit(0)
+print("close: ok")
+`, maxVDISize)
+	r := run(t, cmdTimeout, "python3", "-c", script, vdi)
+	if out := strings.TrimSpace(r.Stdout); out != "close: Input/output error" && out != "close: File too large" {
+		t.Errorf("close after a refused write-back and a stat: %q, want the error", out)
+	}
+	if st := statFile(t, vdi); st.Size != 16*miB {
+		t.Errorf("after the refused write the VDI shows %d bytes, want %d", st.Size, 16*miB)
+	}
+}

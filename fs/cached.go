@@ -44,8 +44,10 @@ import (
 func (f *FS) forStat() bool { return f.stats.has(unix.Gettid()) }
 
 // writeBack has the kernel write the file's cached writes from off to its
-// end back to sheepfs, and waits for them. Errors are the writers' (told at
-// their fsync) and are not returned: the answer is then the cluster's.
+// end back to sheepfs, and waits for them. Errors are the writers': the
+// kernel reports them to every writer's fsync, and Write records them for
+// the writers' next close (this file's sync_file_range takes the kernel's
+// report to a close). The answer is then the cluster's.
 func (n *vdiNode) writeBack(off uint64) {
 	if !n.fs.writeback || n.writeOpens.Load() == 0 {
 		return
@@ -94,5 +96,5 @@ func (n *vdiNode) closeWriteBack() {
 	}
 	n.wbFD = -1
 	n.wbMu.Unlock()
-	go unix.Close(fd)
+	go unix.Close(fd) // its errors are the writers' (Write records them)
 }

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -130,8 +131,15 @@ type vdiNode struct {
 	// writeOpens counts the file's handles open for writing here: while
 	// there are any, the kernel may hold writes of it (cached.go).
 	writeOpens atomic.Int32
-	wbMu       sync.Mutex // guards wbFD
+	wbMu       sync.Mutex // guards wbFD, wbErrs, wbErrno
 	wbFD       int        // the file opened by sheepfs for writeBack, or -1
+	// wbErrs counts the errors of write-backs of cached writes (the
+	// kernel reports such an error to one close only, which sheepfs's
+	// own files, for a write-back or a size fix, may take); wbErrno is
+	// the last. Each writer's close reports those since it opened
+	// (Flush).
+	wbErrs  uint64
+	wbErrno syscall.Errno
 }
 
 var (
@@ -144,12 +152,43 @@ var (
 	_ gofs.NodeSetattrer = (*vdiNode)(nil)
 	_ gofs.NodeLseeker   = (*vdiNode)(nil)
 	_ gofs.NodeAllocater = (*vdiNode)(nil)
+	_ gofs.NodeFlusher   = (*vdiNode)(nil)
 )
 
 // handle is one open of a VDI file.
 type handle struct {
-	write bool
-	sync  bool // O_SYNC / O_DSYNC
+	write  bool
+	sync   bool   // O_SYNC / O_DSYNC
+	direct bool   // O_DIRECT: its writes bypass the cache (their errors go to write(2))
+	errs   uint64 // the node's wbErrs this handle's closes have reported (under wbMu)
+}
+
+// wbErrorLocked records an error of a write-back. n.wbMu is held.
+func (n *vdiNode) wbErrorLocked(err error) {
+	var e syscall.Errno
+	if !errors.As(err, &e) || e == 0 {
+		e = syscall.EIO
+	}
+	n.wbErrs++
+	n.wbErrno = e
+}
+
+// Flush (at each close) reports to a writer the errors of write-backs
+// since it opened, once: the kernel reports them to a close only if no
+// other close took the report first, and sheepfs's own files (cached.go,
+// size.go) take it. fsync reports them anyway.
+func (n *vdiNode) Flush(ctx context.Context, fh gofs.FileHandle) syscall.Errno {
+	h, ok := fh.(*handle)
+	if !ok || !h.write {
+		return 0
+	}
+	n.wbMu.Lock()
+	defer n.wbMu.Unlock()
+	if h.errs == n.wbErrs {
+		return 0
+	}
+	h.errs = n.wbErrs
+	return n.wbErrno
 }
 
 func (n *vdiNode) fill(a *fuse.Attr) {
@@ -218,7 +257,10 @@ func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 	ctx, cancel := n.fs.ctx(ctx)
 	defer cancel()
 	h := &handle{write: flags&syscall.O_ACCMODE != syscall.O_RDONLY,
-		sync: flags&(syscall.O_SYNC|syscall.O_DSYNC) != 0}
+		sync: flags&(syscall.O_SYNC|syscall.O_DSYNC) != 0, direct: flags&syscall.O_DIRECT != 0}
+	n.wbMu.Lock()
+	h.errs = n.wbErrs // errors before this open are not its own
+	n.wbMu.Unlock()
 	keep := false
 	if h.write {
 		w, done := n.fs.writersOf(n.name)
@@ -342,6 +384,18 @@ func (n *vdiNode) Write(ctx context.Context, fh gofs.FileHandle, data []byte, of
 	if off < 0 {
 		return 0, syscall.EINVAL
 	}
+	n32, errno := n.write(ctx, h, data, off)
+	if errno != 0 && n.fs.writeback && !h.direct {
+		// A write-back of cached writes: the kernel tells its error
+		// to one close only, which sheepfs's own files may take.
+		n.wbMu.Lock()
+		n.wbErrorLocked(errno)
+		n.wbMu.Unlock()
+	}
+	return n32, errno
+}
+
+func (n *vdiNode) write(ctx context.Context, h *handle, data []byte, off int64) (uint32, syscall.Errno) {
 	end := uint64(off) + uint64(len(data))
 	if err := checkSize(n.name, end); err != nil {
 		n.sizeRefused()
