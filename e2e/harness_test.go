@@ -54,6 +54,9 @@ var (
 	binDir     string
 	sheepBin   string
 	sheepfsBin string
+	// builtCommit is the commit checked out when they were built (empty
+	// outside a git checkout).
+	builtCommit string
 )
 
 func TestMain(m *testing.M) {
@@ -79,6 +82,9 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(binDir)
+	if out, err := exec.Command("git", "-C", repoRoot, "rev-parse", "HEAD").Output(); err == nil {
+		builtCommit = strings.TrimSpace(string(out))
+	}
 	build := exec.Command("go", "build", "-buildvcs=auto", "-o", binDir+"/", "./cmd/sheep", "./cmd/sheepfs")
 	build.Dir = repoRoot
 	if out, err := build.CombinedOutput(); err != nil {
