@@ -88,3 +88,18 @@ func TestSinkAndServe(t *testing.T) {
 		}
 	}
 }
+
+// The cost a served request pays: one counter series and one histogram
+// series per request, looked up by label values.
+func BenchmarkRequestMetrics(b *testing.B) {
+	r := New()
+	c := r.Counter("x_requests_total", "Requests.", "op", "role", "result")
+	h := r.Histogram("x_seconds", "Time.", LatencyBuckets, "op", "role")
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			c.Add(1, "vdi_write", "client", "ok")
+			h.Observe(0.0004, "vdi_write", "client")
+			c.Add(4096, "vdi_write", "client", "bytes")
+		}
+	})
+}
