@@ -37,9 +37,9 @@ need_pkgs() {
 	[ ${#missing[@]} -eq 0 ] && return 0
 	say "installing ${missing[*]} ..."
 	export DEBIAN_FRONTEND=noninteractive
-	if ! apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1; then
+	if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
 		apt-get update -qq >/dev/null 2>&1 || true
-		apt-get install -y -qq "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
+		apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
 	fi
 }
 
