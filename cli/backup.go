@@ -47,7 +47,10 @@ With one snapshot, writes every allocated object of TO (a full backup). With
 two snapshots of the same VDI family, FROM older, writes only the objects that
 differ between them (an increment). Restore with "sheep vdi restore": a full
 backup first, then its increments in order. Back up a snapshot, not a
-writable VDI: take one with "sheep vdi snapshot NAME@TAG".`
+writable VDI: take one with "sheep vdi snapshot NAME@TAG".
+
+  sheep vdi backup disk1@mon > disk1-mon.full
+  sheep vdi backup disk1@mon disk1@tue > disk1-tue.incr`
 }
 
 // Run writes the backup.
@@ -340,7 +343,9 @@ Creates VDI NAME (it must not exist) with the size of the first backup, which
 must be a full one, then applies each increment in turn; each must start from
 the snapshot the file before it ended at. The headers of all files are
 checked before anything is written. If a file turns out to be damaged
-halfway, NAME is left incomplete: delete it before trying again.`
+halfway, NAME is left incomplete: delete it before trying again.
+
+  sheep vdi restore disk1-copy disk1-mon.full disk1-tue.incr`
 }
 
 // restoreFile is one input of a restore.

@@ -58,3 +58,34 @@ func quoteAll(ws []string) []string {
 	}
 	return out
 }
+
+// TestEveryCommandHasHelp: every command a user runs has a detailed help
+// with an example (kong shows it in COMMAND --help).
+func TestEveryCommandHasHelp(t *testing.T) {
+	parser, err := kong.New(&Sheep{}, kong.Name("sheep"), kong.Vars{"version": "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var walk func(n *kong.Node)
+	walk = func(n *kong.Node) {
+		leaf := true
+		for _, c := range n.Children {
+			if c.Type == kong.CommandNode && !c.Hidden {
+				leaf = false
+				walk(c)
+			}
+		}
+		if !leaf || n.Type != kong.CommandNode {
+			return
+		}
+		hp, ok := n.Target.Addr().Interface().(kong.HelpProvider)
+		if !ok {
+			t.Errorf("%s has no detailed help", n.FullPath())
+			return
+		}
+		if !strings.Contains(hp.Help(), "\n  sheep ") && !strings.Contains(hp.Help(), "\n  source ") {
+			t.Errorf("%s: its help has no example", n.FullPath())
+		}
+	}
+	walk(parser.Model.Node)
+}
