@@ -116,6 +116,7 @@ type DaemonCmd struct {
 	Weight      string        `help:"Capacity to advertise for placement, e.g. 4T (default: the size of the filesystems holding the objects). A node's share of the data follows it." placeholder:"SIZE"`
 	Disk        []string      `help:"A data disk's directory; repeatable. Objects are spread over the disks by size, metadata stays in --dir. Default: the objects stay in --dir." placeholder:"DIR" type:"path"`
 	LogLevel    string        `help:"Log level: debug, info, warn, error." default:"info" enum:"debug,info,warn,error"`
+	LogFormat   string        `help:"Log format: text (a readable line per event, for journald and terminals) or json (an object per line, for log collectors)." default:"text" enum:"text,json"`
 	Pprof       string        `help:"Serve Go profiles (net/http/pprof) on this address, e.g. 127.0.0.1:6060. Off by default." placeholder:"ADDR"`
 	Bootstrap   bool          `help:"Start a new cluster without looking for one on the local network (with no --join and no cluster state of its own, a node first looks for a running cluster of its key by multicast, for 3 seconds)."`
 	NoDiscovery bool          `help:"Neither look for a cluster on the local network nor answer the nodes that look (multicast group 239.255.83.72, UDP port 7099)."`
@@ -125,7 +126,13 @@ type DaemonCmd struct {
 // Run starts the daemon and serves until SIGINT or SIGTERM.
 func (d *DaemonCmd) Run(g *Globals) error {
 	lvl, _ := zerolog.ParseLevel(d.LogLevel)
-	log := zerolog.New(os.Stderr).Level(lvl).With().Timestamp().Logger()
+	var out io.Writer = os.Stderr
+	if d.LogFormat == "text" {
+		// One readable line per event (journald, a terminal), the
+		// fields as key=value after the message.
+		out = zerolog.ConsoleWriter{Out: os.Stderr, NoColor: !isTerminal(os.Stderr), TimeFormat: time.RFC3339Nano}
+	}
+	log := zerolog.New(out).Level(lvl).With().Timestamp().Logger()
 	if err := servePprof(d.Pprof); err != nil {
 		return err
 	}
