@@ -18,9 +18,9 @@ import (
 	"github.com/sheepfs/sheepfs/client"
 	"github.com/sheepfs/sheepfs/cluster"
 	"github.com/sheepfs/sheepfs/errs"
-	"github.com/sheepfs/sheepfs/fs"
 	"github.com/sheepfs/sheepfs/ids"
 	"github.com/sheepfs/sheepfs/proto"
+	"github.com/sheepfs/sheepfs/status"
 	"github.com/sheepfs/sheepfs/vdi"
 )
 
@@ -492,7 +492,7 @@ func (c *VDIRestoreCmd) Run(g *Globals) error {
 			"objects": st.data, "holes": st.holes, "bytes": read.Load()})
 	}
 	fmt.Fprintf(g.out, "restored %s (%s) to %s from %d file(s): %d objects written, %d discarded\n", c.Name,
-		fs.HumanBytes(int64(size)), hs[len(hs)-1].To.Name, len(files), st.data, st.holes)
+		status.HumanBytes(int64(size)), hs[len(hs)-1].To.Name, len(files), st.data, st.holes)
 	return nil
 }
 
@@ -515,7 +515,7 @@ func (c *VDIRestoreCmd) check(g *Globals, files []*restoreFile) error {
 			what = "increment from " + h.From.Name + " to " + h.To.Name
 		}
 		fmt.Fprintf(g.out, "%s: intact %s (%s VDI): %d records, %s of data\n", rf.name, what,
-			fs.HumanBytes(int64(h.Size)), n, fs.HumanBytes(int64(b)))
+			status.HumanBytes(int64(h.Size)), n, status.HumanBytes(int64(b)))
 	}
 	return nil
 }
@@ -691,21 +691,21 @@ func (p *progress) add(n int64) {
 func (p *progress) draw() {
 	done := p.done.Load()
 	if p.objects {
-		fmt.Fprintf(os.Stderr, "\r%s: %s of %s objects\x1b[K", p.what, fs.Count(int(done)), fs.Count(int(p.total)))
+		fmt.Fprintf(os.Stderr, "\r%s: %s of %s objects\x1b[K", p.what, status.Count(int(done)), status.Count(int(p.total)))
 		return
 	}
 	el := time.Since(p.start).Seconds()
 	rate := ""
 	if el > 0 {
-		rate = fs.HumanBytes(int64(float64(done)/el)) + "/s"
+		rate = status.HumanBytes(int64(float64(done)/el)) + "/s"
 	}
-	line := fmt.Sprintf("%s: %s", p.what, fs.HumanBytes(done))
+	line := fmt.Sprintf("%s: %s", p.what, status.HumanBytes(done))
 	if p.total >= 0 {
 		pct := 100
 		if p.total > 0 {
 			pct = int(done * 100 / p.total)
 		}
-		line += fmt.Sprintf(" / %s (%d%%)", fs.HumanBytes(p.total), pct)
+		line += fmt.Sprintf(" / %s (%d%%)", status.HumanBytes(p.total), pct)
 	}
 	fmt.Fprintf(os.Stderr, "\r%s  %s\x1b[K", line, rate)
 }

@@ -6,9 +6,9 @@ import (
 	"slices"
 
 	"github.com/sheepfs/sheepfs/errs"
-	"github.com/sheepfs/sheepfs/fs"
 	"github.com/sheepfs/sheepfs/ids"
 	"github.com/sheepfs/sheepfs/proto"
+	"github.com/sheepfs/sheepfs/status"
 )
 
 // VDICheckCmd checks a VDI's objects on all their replicas.
@@ -132,15 +132,15 @@ func (g *Globals) check(what string, oids []ids.ObjectID) error {
 		for _, p := range sum.Problems {
 			fmt.Fprintf(g.out, "%-9s %v  %s\n", p.Status, p.OID, p.Detail)
 		}
-		fmt.Fprintf(g.out, "checked %s objects of %s: %s ok, %s repaired, %s lost", fs.Count(sum.Checked), what,
-			fs.Count(sum.OK), fs.Count(sum.Repaired), fs.Count(sum.Lost))
+		fmt.Fprintf(g.out, "checked %s objects of %s: %s ok, %s repaired, %s lost", status.Count(sum.Checked), what,
+			status.Count(sum.OK), status.Count(sum.Repaired), status.Count(sum.Lost))
 		if sum.Degraded > 0 {
-			fmt.Fprintf(g.out, ", %s not repaired", fs.Count(sum.Degraded))
+			fmt.Fprintf(g.out, ", %s not repaired", status.Count(sum.Degraded))
 		}
 		if sum.Unknown > 0 {
-			fmt.Fprintf(g.out, ", %s not checked everywhere", fs.Count(sum.Unknown))
+			fmt.Fprintf(g.out, ", %s not checked everywhere", status.Count(sum.Unknown))
 		}
-		fmt.Fprintf(g.out, " (%s absent: never written)\n", fs.Count(sum.Absent))
+		fmt.Fprintf(g.out, " (%s absent: never written)\n", status.Count(sum.Absent))
 	}
 	switch {
 	case sum.Lost > 0:

@@ -34,6 +34,7 @@ import (
 	"github.com/sheepfs/sheepfs/objstore"
 	"github.com/sheepfs/sheepfs/proto"
 	"github.com/sheepfs/sheepfs/server"
+	"github.com/sheepfs/sheepfs/status"
 )
 
 // Globals are the flags every admin command takes.
@@ -326,7 +327,7 @@ func (c *ClusterInfoCmd) Run(g *Globals) error {
 	if g.JSON {
 		return g.printJSON(ci)
 	}
-	_, err := g.out.Write(fs.FormatClusterInfo(ci))
+	_, err := g.out.Write(status.FormatClusterInfo(ci))
 	return err
 }
 
@@ -419,7 +420,7 @@ func mdRun(g *Globals, req proto.AdminRequest) error {
 	tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PATH\tSTATE\tOBJECTS\tUSED\tFREE\tSIZE")
 	for _, d := range disks {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", d.Path, d.State, d.Objects, fs.HumanBytes(d.Used), fs.HumanBytes(d.Free), fs.HumanBytes(d.Size))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", d.Path, d.State, d.Objects, status.HumanBytes(d.Used), status.HumanBytes(d.Free), status.HumanBytes(d.Size))
 	}
 	return tw.Flush()
 }
@@ -436,7 +437,7 @@ func (NodeListCmd) Run(g *Globals) error {
 	if g.JSON {
 		return g.printJSON(nodes)
 	}
-	_, err := g.out.Write(fs.FormatNodes(nodes))
+	_, err := g.out.Write(status.FormatNodes(nodes))
 	return err
 }
 
@@ -496,7 +497,7 @@ func (c *VDICreateCmd) Run(g *Globals) error {
 	if g.JSON {
 		return g.printJSON(v)
 	}
-	fmt.Fprintf(g.out, "created %s (%s, %d copies)\n", v.Name, fs.HumanBytes(int64(v.Size)), v.Copies)
+	fmt.Fprintf(g.out, "created %s (%s, %d copies)\n", v.Name, status.HumanBytes(int64(v.Size)), v.Copies)
 	return nil
 }
 
@@ -519,7 +520,7 @@ func (VDIListCmd) Run(g *Globals) error {
 		if v.Locked {
 			w = fmt.Sprintf("%s@%s", v.Mount, v.Node)
 		}
-		fmt.Fprintf(tw, "%s\t%v\t%s\t%d\t%s\t%s\n", v.Name, v.ID, fs.HumanBytes(int64(v.Size)), v.Copies,
+		fmt.Fprintf(tw, "%s\t%v\t%s\t%d\t%s\t%s\n", v.Name, v.ID, status.HumanBytes(int64(v.Size)), v.Copies,
 			time.Unix(v.Created, 0).UTC().Format("2006-01-02 15:04"), w)
 	}
 	return tw.Flush()
@@ -554,7 +555,7 @@ func (c *VDIResizeCmd) Run(g *Globals) error {
 	if g.JSON {
 		return g.printJSON(v)
 	}
-	fmt.Fprintf(g.out, "%s is now %s\n", v.Name, fs.HumanBytes(int64(v.Size)))
+	fmt.Fprintf(g.out, "%s is now %s\n", v.Name, status.HumanBytes(int64(v.Size)))
 	return nil
 }
 

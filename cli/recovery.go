@@ -7,8 +7,8 @@ import (
 	"text/tabwriter"
 
 	"github.com/sheepfs/sheepfs/errs"
-	"github.com/sheepfs/sheepfs/fs"
 	"github.com/sheepfs/sheepfs/proto"
+	"github.com/sheepfs/sheepfs/status"
 )
 
 // ClusterRecoveryCmd shows recovery and changes its throttle.
@@ -81,19 +81,19 @@ func nodeRecoveries(ci proto.ClusterInfo) []nodeRecovery {
 func formatRecovery(ci proto.ClusterInfo) []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "epoch:      %v\n", ci.Epoch)
-	fmt.Fprintf(&b, "recovery:   %s\n", fs.FormatRecovery(ci.Recovery))
+	fmt.Fprintf(&b, "recovery:   %s\n", status.FormatRecovery(ci.Recovery))
 	if ci.Recovery.Degraded > 0 {
-		fmt.Fprintf(&b, "redundancy: %s objects below their copies\n", fs.Count(ci.Recovery.Degraded))
+		fmt.Fprintf(&b, "redundancy: %s objects below their copies\n", status.Count(ci.Recovery.Degraded))
 	} else {
 		fmt.Fprintf(&b, "redundancy: every object has its copies\n")
 	}
-	fmt.Fprintf(&b, "throttle:   %s\n\n", fs.FormatThrottle(ci.Throttle))
+	fmt.Fprintf(&b, "throttle:   %s\n\n", status.FormatThrottle(ci.Throttle))
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tSTATE\tRECOVERED\tPROGRESS\tFETCHED\tDEGRADED\tMISPLACED")
 	for _, n := range ci.Nodes {
 		r := n.Recovery
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s (%s)\t%s\t%s\n", n.ID, n.State, r.Recovered, fs.FormatRecovery(r),
-			fs.Count(r.Fetched), fs.HumanBytes(r.Bytes), fs.Count(r.Degraded), fs.Count(r.Misplaced))
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s (%s)\t%s\t%s\n", n.ID, n.State, r.Recovered, status.FormatRecovery(r),
+			status.Count(r.Fetched), status.HumanBytes(r.Bytes), status.Count(r.Degraded), status.Count(r.Misplaced))
 	}
 	tw.Flush()
 	return b.Bytes()

@@ -9,8 +9,8 @@ import (
 
 	"github.com/sheepfs/sheepfs/cluster"
 	"github.com/sheepfs/sheepfs/errs"
-	"github.com/sheepfs/sheepfs/fs"
 	"github.com/sheepfs/sheepfs/proto"
+	"github.com/sheepfs/sheepfs/status"
 )
 
 // ClusterScrubCmd shows the background scrub and changes its setting.
@@ -93,21 +93,21 @@ func FormatScrub(ci proto.ClusterInfo) []byte {
 		state = "paused"
 	}
 	fmt.Fprintf(&b, "scrub %s: %s/s per node, a pass every %v; unreferenced objects freed %v after their last write\n",
-		state, fs.HumanBytes(s.MaxRate), time.Duration(s.Every)*time.Second, time.Duration(s.Grace)*time.Second)
+		state, status.HumanBytes(s.MaxRate), time.Duration(s.Every)*time.Second, time.Duration(s.Grace)*time.Second)
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tSTATE\tPASS\tLAST FINISHED\tCHECKED\tREPAIRED\tLOST\tORPHANS")
 	for _, n := range ci.Nodes {
 		sc := n.Scrub
 		pass := "-"
 		if sc.State == "scrubbing" || sc.Objects > 0 {
-			pass = fmt.Sprintf("%s of %s", fs.Count(sc.Done), fs.Count(sc.Objects))
+			pass = fmt.Sprintf("%s of %s", status.Count(sc.Done), status.Count(sc.Objects))
 		}
 		state := sc.State
 		if n.State != "up" {
 			state = n.State
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.ID, state, pass, fs.FormatWhen(sc.Finished),
-			fs.Count(sc.Checked), fs.Count(sc.Repaired), fs.Count(sc.Lost), fs.Count(sc.Orphans))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.ID, state, pass, status.FormatWhen(sc.Finished),
+			status.Count(sc.Checked), status.Count(sc.Repaired), status.Count(sc.Lost), status.Count(sc.Orphans))
 	}
 	tw.Flush()
 	return b.Bytes()

@@ -8,9 +8,9 @@ import (
 	"time"
 
 	"github.com/sheepfs/sheepfs/cluster"
-	"github.com/sheepfs/sheepfs/fs"
 	"github.com/sheepfs/sheepfs/ids"
 	"github.com/sheepfs/sheepfs/proto"
+	"github.com/sheepfs/sheepfs/status"
 )
 
 // VDISnapshotCmd takes a snapshot.
@@ -52,7 +52,7 @@ func (c *VDISnapshotsCmd) Run(g *Globals) error {
 	tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SNAPSHOT\tID\tSIZE\tCOPIES\tTAKEN")
 	for _, v := range list {
-		fmt.Fprintf(tw, "%s\t%v\t%s\t%d\t%s\n", v.FullName(), v.ID, fs.HumanBytes(int64(v.Size)), v.Copies,
+		fmt.Fprintf(tw, "%s\t%v\t%s\t%d\t%s\n", v.FullName(), v.ID, status.HumanBytes(int64(v.Size)), v.Copies,
 			time.Unix(v.SnapTime, 0).UTC().Format("2006-01-02 15:04:05"))
 	}
 	return tw.Flush()
@@ -74,7 +74,7 @@ func (c *VDICloneCmd) Run(g *Globals) error {
 	if g.JSON {
 		return g.printJSON(v)
 	}
-	fmt.Fprintf(g.out, "created %s from %s (%s, %d copies)\n", v.Name, v.Source, fs.HumanBytes(int64(v.Size)), v.Copies)
+	fmt.Fprintf(g.out, "created %s from %s (%s, %d copies)\n", v.Name, v.Source, status.HumanBytes(int64(v.Size)), v.Copies)
 	return nil
 }
 
@@ -161,7 +161,7 @@ func DrawTree(imgs []proto.ImageInfo) string {
 		case im.VDI.Tag != "":
 			label = fmt.Sprintf("%s  (snapshot, %s)", im.VDI.FullName(), time.Unix(im.VDI.SnapTime, 0).UTC().Format("2006-01-02 15:04:05"))
 		default:
-			label = fmt.Sprintf("%s  (current, %s)", im.VDI.Name, fs.HumanBytes(int64(im.VDI.Size)))
+			label = fmt.Sprintf("%s  (current, %s)", im.VDI.Name, status.HumanBytes(int64(im.VDI.Size)))
 		}
 		next := prefix
 		switch {
