@@ -1,4 +1,4 @@
-package cli
+package backup
 
 import (
 	"bytes"
@@ -10,7 +10,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/sheepfs/sheepfs/backup"
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/ids"
 	"github.com/sheepfs/sheepfs/proto"
@@ -155,24 +154,24 @@ func runBackup(t *testing.T, f *fakeCluster, from, to string) []byte {
 	t.Helper()
 	ci := proto.ClusterInfo{FormatTime: 42}
 	toInfo := f.snaps[to].info
-	h := backup.Header{ObjectSize: obj, Size: toInfo.Size, To: identOf(ci, toInfo)}
+	h := Header{ObjectSize: obj, Size: toInfo.Size, To: IdentOf(ci, toInfo)}
 	var fromInfo *proto.VDIInfo
 	if from != "" {
 		fi := f.snaps[from].info
 		fromInfo = &fi
-		h.From = identOf(ci, fi)
+		h.From = IdentOf(ci, fi)
 	}
 	var buf bytes.Buffer
-	w, err := backup.NewWriter(&buf, h)
+	w, err := NewWriter(&buf, h)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var done int64
-	total, err := backupPlan(context.Background(), f, fromInfo, toInfo, func(uint32, bool) error { return nil })
+	total, err := Plan(context.Background(), f, fromInfo, toInfo, func(uint32, bool) error { return nil })
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := writeBackup(context.Background(), f, fromInfo, toInfo, w, func(n int64) { done += n }); err != nil {
+	if err := Dump(context.Background(), f, fromInfo, toInfo, w, func(n int64) { done += n }); err != nil {
 		t.Fatalf("backup %s %s: %v", from, to, err)
 	}
 	if err := w.Close(); err != nil {
@@ -187,7 +186,7 @@ func runBackup(t *testing.T, f *fakeCluster, from, to string) []byte {
 // records lists a stream's records as "D0 H2 ...".
 func records(t *testing.T, stream []byte) string {
 	t.Helper()
-	rd, err := backup.NewReader(bytes.NewReader(stream))
+	rd, err := NewReader(bytes.NewReader(stream))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,17 +203,17 @@ func records(t *testing.T, stream []byte) string {
 	}
 }
 
-func apply(t *testing.T, v *fakeVDI, stream []byte, fresh bool) (restoreStats, error) {
+func apply(t *testing.T, v *fakeVDI, stream []byte, fresh bool) (Stats, error) {
 	t.Helper()
-	rd, err := backup.NewReader(bytes.NewReader(stream))
+	rd, err := NewReader(bytes.NewReader(stream))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if h := rd.Header(); uint64(len(v.data)) != h.Size {
 		v.data = append(v.data, make([]byte, int(h.Size)-len(v.data))...) // the restore's resize (growing)
 	}
-	var st restoreStats
-	err = applyBackup(context.Background(), v, v.id, rd, fresh, &st)
+	var st Stats
+	err = Apply(context.Background(), v, v.id, rd, fresh, &st)
 	return st, err
 }
 
@@ -241,7 +240,7 @@ func TestBackupRestoreChain(t *testing.T) {
 	if !bytes.Equal(v.data, f.content(t, "d@mon")) {
 		t.Fatalf("after the full backup: %s", firstDiffAt(v.data, f.content(t, "d@mon")))
 	}
-	if st.data != 6 || st.holes != 0 || v.discards != 0 {
+	if st.Data != 6 || st.Holes != 0 || v.discards != 0 {
 		t.Errorf("full restore: %+v, %d discards", st, v.discards)
 	}
 	st, err = apply(t, v, inc, false)
@@ -251,7 +250,7 @@ func TestBackupRestoreChain(t *testing.T) {
 	if !bytes.Equal(v.data, f.content(t, "d@tue")) {
 		t.Fatalf("after the increment: %s", firstDiffAt(v.data, f.content(t, "d@tue")))
 	}
-	if st.data != 3 || st.holes != 2 || v.discards != 2 {
+	if st.Data != 3 || st.Holes != 2 || v.discards != 2 {
 		t.Errorf("increment: %+v, %d discards", st, v.discards)
 	}
 
@@ -289,7 +288,7 @@ func TestRestoreWriteFails(t *testing.T) {
 	bad := bytes.Clone(full)
 	bad[len(bad)/2] ^= 1
 	v = &fakeVDI{id: 77}
-	if _, err := apply(t, v, bad, true); !errors.Is(err, backup.ErrCorrupt) {
+	if _, err := apply(t, v, bad, true); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("damaged stream: %v", err)
 	}
 }
@@ -298,8 +297,8 @@ func TestBackupReadFails(t *testing.T) {
 	f := family()
 	toInfo := f.snaps["d@mon"].info
 	toInfo.ID = 98 // reads find no VDI
-	w, _ := backup.NewWriter(io.Discard, backup.Header{ObjectSize: obj, Size: toInfo.Size, To: identOf(proto.ClusterInfo{}, toInfo)})
-	err := writeBackup(context.Background(), f, nil, toInfo, w, func(int64) {})
+	w, _ := NewWriter(io.Discard, Header{ObjectSize: obj, Size: toInfo.Size, To: IdentOf(proto.ClusterInfo{}, toInfo)})
+	err := Dump(context.Background(), f, nil, toInfo, w, func(int64) {})
 	if !errs.Is(err, errs.NotFound) || !strings.Contains(err.Error(), "read object 0 of d@mon") {
 		t.Fatalf("error %v", err)
 	}
@@ -309,31 +308,31 @@ func TestCheckChain(t *testing.T) {
 	f := family()
 	mon, tue := f.snaps["d@mon"].info, f.snaps["d@tue"].info
 	ci := proto.ClusterInfo{FormatTime: 42}
-	full := backup.Header{ObjectSize: obj, Size: mon.Size, To: identOf(ci, mon)}
-	inc := backup.Header{ObjectSize: obj, Size: tue.Size, From: identOf(ci, mon), To: identOf(ci, tue)}
-	inc2 := backup.Header{ObjectSize: obj, Size: tue.Size, From: identOf(ci, tue), To: backup.Ident{Cluster: 42, Image: 3, SnapTime: 300, Name: "d@wed"}}
+	full := Header{ObjectSize: obj, Size: mon.Size, To: IdentOf(ci, mon)}
+	inc := Header{ObjectSize: obj, Size: tue.Size, From: IdentOf(ci, mon), To: IdentOf(ci, tue)}
+	inc2 := Header{ObjectSize: obj, Size: tue.Size, From: IdentOf(ci, tue), To: Ident{Cluster: 42, Image: 3, SnapTime: 300, Name: "d@wed"}}
 	other := inc
 	other.From.Cluster = 43
 	small := full
 	small.ObjectSize = 512
 	for _, c := range []struct {
-		hs   []backup.Header
+		hs   []Header
 		want string
 	}{
-		{[]backup.Header{full}, ""},
-		{[]backup.Header{full, inc, inc2}, ""},
-		{[]backup.Header{inc}, "b0 is an increment from d@mon to d@tue: a restore starts with a full backup"},
-		{[]backup.Header{full, inc2}, "b1 starts from d@tue (image 000002"},
-		{[]backup.Header{full, inc2, inc}, "b1 starts from d@tue"},
-		{[]backup.Header{full, full}, "b1 is a full backup of d@mon: only the first"},
-		{[]backup.Header{full, other}, "b1 starts from d@mon"},
-		{[]backup.Header{small}, "objects of 512 bytes"},
+		{[]Header{full}, ""},
+		{[]Header{full, inc, inc2}, ""},
+		{[]Header{inc}, "b0 is an increment from d@mon to d@tue: a restore starts with a full backup"},
+		{[]Header{full, inc2}, "b1 starts from d@tue (image 000002"},
+		{[]Header{full, inc2, inc}, "b1 starts from d@tue"},
+		{[]Header{full, full}, "b1 is a full backup of d@mon: only the first"},
+		{[]Header{full, other}, "b1 starts from d@mon"},
+		{[]Header{small}, "objects of 512 bytes"},
 	} {
 		names := make([]string, len(c.hs))
 		for i := range names {
 			names[i] = fmt.Sprintf("b%d", i)
 		}
-		err := checkChain(names, c.hs)
+		err := CheckChain(names, c.hs)
 		switch {
 		case c.want == "" && err != nil:
 			t.Errorf("%v: %v", names, err)
@@ -361,7 +360,7 @@ func TestCheckFamily(t *testing.T) {
 		{snap("d@mon", 1), snap("e@x", 9), "not of the same family"},
 		{snap("d@mon", 1), snap("d@mon2", 1), "same image"},
 	} {
-		err := checkFamily(imgs, c.from, c.to)
+		err := CheckFamily(imgs, c.from, c.to)
 		if (c.want == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s %s: error %v, want %q", c.from.FullName(), c.to.FullName(), err, c.want)
 		}
