@@ -15,6 +15,7 @@ type nodeMetrics struct {
 	seconds  metrics.Histogram // op, role
 	received metrics.Counter   // op, role: payload bytes in requests
 	sent     metrics.Counter   // op, role: payload bytes in answers
+	retries  metrics.Counter   // kind: replica operations tried again (epoch change, node down ...)
 }
 
 func newNodeMetrics(r *metrics.Registry) *nodeMetrics {
@@ -23,6 +24,7 @@ func newNodeMetrics(r *metrics.Registry) *nodeMetrics {
 		seconds:  r.Histogram("sheep_request_seconds", "Time to serve a request, by operation and role.", metrics.LatencyBuckets, "op", "role"),
 		received: r.Counter("sheep_request_received_bytes_total", "Payload bytes received in requests (data written, commands), by operation and role.", "op", "role"),
 		sent:     r.Counter("sheep_request_sent_bytes_total", "Payload bytes sent in answers (data read), by operation and role.", "op", "role"),
+		retries:  r.Counter("sheep_retries_total", "Times this node, as a gateway, tried a replica operation again, by the kind of error it met (a new epoch, a node down ...).", "kind"),
 	}
 }
 

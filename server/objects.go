@@ -55,6 +55,7 @@ func (r *replicated) retry(ctx context.Context, what func() string, op func(st *
 		if err == nil || !retryable(err) {
 			return err
 		}
+		r.n.met.retries.Add(1, errs.KindOf(err).String())
 		if time.Now().After(deadline) {
 			return errs.E(errs.KindOf(err), "%s: gave up after %v: %w", what(), r.n.cfg.RetryFor, err)
 		}
