@@ -105,6 +105,15 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 	t.Logf("%d bytes written through the mount; the nodes received %.0f for writes", n, written)
+	for _, lib := range []string{"sheep_raft_", "sheep_memberlist_"} {
+		found := false
+		for name := range names {
+			found = found || strings.HasPrefix(name, lib)
+		}
+		if !found {
+			t.Errorf("no %s* metric: raft's and memberlist's go-metrics do not reach /metrics", lib)
+		}
+	}
 	if written < 3*n {
 		t.Errorf("the nodes received %.0f bytes for writes, want at least %d (%d written, 3 copies)", written, 3*n, n)
 	}
