@@ -88,4 +88,7 @@ func TestEveryCommandHasHelp(t *testing.T) {
 		}
 	}
 	walk(parser.Model.Node)
+	if _, ok := any(&Sheepfs{}).(kong.HelpProvider); !ok {
+		t.Errorf("sheepfs has no detailed help")
+	}
 }

@@ -193,3 +193,13 @@ func (VersionCmd) Help() string {
 
   sheep version`
 }
+
+func (Sheepfs) Help() string {
+	return `Mounts the cluster: each VDI is a raw file at MOUNTPOINT/vdi/NAME, snapshots
+are under snapshot/, status files under cluster/ and node/. A holder process
+keeps the mount if sheepfs dies or is stopped; running sheepfs again for the
+same mount point takes it over (fusermount3 -u unmounts).
+
+  sheepfs /mnt/sheep --addr 10.0.0.5:7000,10.0.0.6:7000
+  qemu-system-x86_64 -drive file=/mnt/sheep/vdi/disk1,format=raw,cache=none ...`
+}
