@@ -55,7 +55,9 @@ func toErrno(err error) syscall.Errno {
 	case errs.ReadOnly, errs.Unsupported:
 		level = LogInfo
 	}
-	logLimited(level, "errno "+k.String(), "%s to the kernel: %s", errnoName(e), strings.TrimSpace(err.Error()))
+	if logs(level) { // ENOENT of a lookup is common: no message made for nothing
+		logLimited(level, "errno "+k.String(), "%s to the kernel: %s", errnoName(e), strings.TrimSpace(err.Error()))
+	}
 	return e
 }
 
@@ -83,6 +85,9 @@ func SetLogLevel(l int) { logLevel.Store(int32(l)) }
 
 func init() { logLevel.Store(LogInfo) }
 
+// logs reports whether lines of level are logged.
+func logs(level int) bool { return int32(level) >= logLevel.Load() }
+
 // logEvery is the least time between two log lines of one key.
 const logEvery = 10 * time.Second
 
@@ -98,7 +103,7 @@ var logged = struct {
 // per logEvery for each key (a program retrying a failing call must not
 // flood it); the next line of a key says how many were left out.
 func logLimited(level int, key, format string, args ...any) {
-	if int32(level) < logLevel.Load() {
+	if !logs(level) {
 		return
 	}
 	now := time.Now()

@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -131,13 +130,15 @@ type vdiNode struct {
 	// writeOpens counts the file's handles open for writing here: while
 	// there are any, the kernel may hold writes of it (cached.go).
 	writeOpens atomic.Int32
-	wbMu       sync.Mutex // guards wbFD, wbErrs, wbErrno
+	wbMu       sync.Mutex // guards wbFD; held across a write-back
 	wbFD       int        // the file opened by sheepfs for writeBack, or -1
 	// wbErrs counts the errors of write-backs of cached writes (the
 	// kernel reports such an error to one close only, which sheepfs's
 	// own files, for a write-back or a size fix, may take); wbErrno is
 	// the last. Each writer's close reports those since it opened
-	// (Flush).
+	// (Flush). Not under wbMu: the WRITE that fails may be the one a
+	// write-back holding wbMu waits for.
+	errMu   sync.Mutex
 	wbErrs  uint64
 	wbErrno syscall.Errno
 }
@@ -160,17 +161,15 @@ type handle struct {
 	write  bool
 	sync   bool   // O_SYNC / O_DSYNC
 	direct bool   // O_DIRECT: its writes bypass the cache (their errors go to write(2))
-	errs   uint64 // the node's wbErrs this handle's closes have reported (under wbMu)
+	errs   uint64 // the node's wbErrs this handle's closes have reported (under errMu)
 }
 
-// wbErrorLocked records an error of a write-back. n.wbMu is held.
-func (n *vdiNode) wbErrorLocked(err error) {
-	var e syscall.Errno
-	if !errors.As(err, &e) || e == 0 {
-		e = syscall.EIO
-	}
+// wbError records the error e of a write-back.
+func (n *vdiNode) wbError(e syscall.Errno) {
+	n.errMu.Lock()
 	n.wbErrs++
 	n.wbErrno = e
+	n.errMu.Unlock()
 }
 
 // Flush (at each close) reports to a writer the errors of write-backs
@@ -182,8 +181,8 @@ func (n *vdiNode) Flush(ctx context.Context, fh gofs.FileHandle) syscall.Errno {
 	if !ok || !h.write {
 		return 0
 	}
-	n.wbMu.Lock()
-	defer n.wbMu.Unlock()
+	n.errMu.Lock()
+	defer n.errMu.Unlock()
 	if h.errs == n.wbErrs {
 		return 0
 	}
@@ -258,9 +257,9 @@ func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 	defer cancel()
 	h := &handle{write: flags&syscall.O_ACCMODE != syscall.O_RDONLY,
 		sync: flags&(syscall.O_SYNC|syscall.O_DSYNC) != 0, direct: flags&syscall.O_DIRECT != 0}
-	n.wbMu.Lock()
+	n.errMu.Lock()
 	h.errs = n.wbErrs // errors before this open are not its own
-	n.wbMu.Unlock()
+	n.errMu.Unlock()
 	keep := false
 	if h.write {
 		w, done := n.fs.writersOf(n.name)
@@ -388,9 +387,7 @@ func (n *vdiNode) Write(ctx context.Context, fh gofs.FileHandle, data []byte, of
 	if errno != 0 && n.fs.writeback && !h.direct {
 		// A write-back of cached writes: the kernel tells its error
 		// to one close only, which sheepfs's own files may take.
-		n.wbMu.Lock()
-		n.wbErrorLocked(errno)
-		n.wbMu.Unlock()
+		n.wbError(errno)
 	}
 	return n32, errno
 }
