@@ -77,16 +77,19 @@ func (f *family) get(values []string) *series {
 	if len(values) != len(f.labels) {
 		panic(fmt.Sprintf("metrics: %s takes %d labels, got %d", f.name, len(f.labels), len(values)))
 	}
-	key := strings.Join(values, "\xff")
+	// The key is made on the stack: a lookup of an existing series (every
+	// update but a series' first) allocates nothing.
+	var buf [128]byte
+	key := seriesKey(buf[:0], values)
 	f.mu.RLock()
-	s, ok := f.series[key]
+	s, ok := f.series[string(key)]
 	f.mu.RUnlock()
 	if ok {
 		return s
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if s, ok = f.series[key]; ok {
+	if s, ok = f.series[string(key)]; ok {
 		return s
 	}
 	if len(f.series) >= maxSeries {
@@ -94,8 +97,8 @@ func (f *family) get(values []string) *series {
 		for i := range values {
 			values[i] = "other"
 		}
-		key = strings.Join(values, "\xff")
-		if s, ok = f.series[key]; ok {
+		key = seriesKey(buf[:0], values)
+		if s, ok = f.series[string(key)]; ok {
 			return s
 		}
 	}
@@ -103,8 +106,20 @@ func (f *family) get(values []string) *series {
 	if f.buckets != nil {
 		s.counts = make([]uint64, len(f.buckets))
 	}
-	f.series[key] = s
+	f.series[string(key)] = s
 	return s
+}
+
+// seriesKey appends the label values, joined by 0xff (which no UTF-8
+// text holds), to b.
+func seriesKey(b []byte, values []string) []byte {
+	for i, v := range values {
+		if i > 0 {
+			b = append(b, 0xff)
+		}
+		b = append(b, v...)
+	}
+	return b
 }
 
 // Counter is a family of counters.
