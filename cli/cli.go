@@ -109,7 +109,7 @@ type DaemonCmd struct {
 	Dir         string        `help:"Data directory (objects, cluster log, node ID)." default:"/var/lib/sheep" type:"path"`
 	Listen      string        `help:"IP address to listen on and advertise to the other nodes, or IP:PORT (then the data port). Use an address the other nodes reach; every port speaks TLS with the cluster key." default:"127.0.0.1" placeholder:"ADDR"`
 	Host        string        `hidden:"" help:"Old name of --listen."`
-	Port        int           `help:"Data port; gossip uses port+1 and raft port+2." default:"7000"`
+	Port        int           `help:"Data port; gossip uses port+1, raft port+2, metrics port+3." default:"7000"`
 	Join        []string      `help:"Data address (host:port) of a running node to join; repeatable." placeholder:"ADDR"`
 	ID          string        `help:"Node ID on first start (default: random); kept in the data directory."`
 	DeadGrace   time.Duration `help:"How long a node may be gone before the cluster moves on without it." default:"5s"`
@@ -131,7 +131,7 @@ func (d *DaemonCmd) Run(g *Globals) error {
 	if d.LogFormat == "text" {
 		// One readable line per event (journald, a terminal), the
 		// fields as key=value after the message.
-		out = zerolog.ConsoleWriter{Out: os.Stderr, NoColor: !isTerminal(os.Stderr), TimeFormat: time.RFC3339Nano}
+		out = zerolog.ConsoleWriter{Out: os.Stderr, NoColor: !isTerminal(os.Stderr), TimeFormat: time.RFC3339}
 	}
 	log := zerolog.New(out).Level(lvl).With().Timestamp().Logger()
 	if err := servePprof(d.Pprof); err != nil {
@@ -202,11 +202,9 @@ func (d *DaemonCmd) Run(g *Globals) error {
 		log.Info().Str("addr", "http://"+at.String()+"/metrics").Msg("serving metrics")
 	}
 	if !d.NoDiscovery {
-		stopAnswer := make(chan struct{})
-		defer close(stopAnswer)
+		ctx, stopAnswer := context.WithCancel(context.Background())
+		defer stopAnswer()
 		go func() {
-			ctx, cancel := context.WithCancel(context.Background())
-			go func() { <-stopAnswer; cancel() }()
 			if err := discovery.Answer(ctx, dkey, net.JoinHostPort(host, strconv.Itoa(port))); err != nil {
 				log.Warn().Err(err).Msg("not answering nodes that look for the cluster on the local network")
 			}

@@ -252,11 +252,7 @@ func Answer(ctx context.Context, k Key, addr string) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return fmt.Errorf("discovery: %w", err)
+			return fmt.Errorf("discovery: %w", err) // no deadline is set: not a time-out
 		}
 		m, err := k.decode(buf[:n])
 		if err != nil || m.typ != typeProbe {
