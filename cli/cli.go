@@ -625,6 +625,7 @@ func (s *Sheepfs) Run() error {
 		fmt.Fprintf(os.Stderr, "sheepfs: serving metrics at http://%s/metrics\n", at)
 	}
 	c := client.New(s.Addr, client.Options{Dial: d.DialContext, Mount: mountID, Metrics: reg})
+	opts.Metrics = reg
 	if opts.Held != nil {
 		c.DoubtAll() // the writes of the dead process: their nodes are unknown
 	}

@@ -67,6 +67,17 @@ next:
 	return s
 }
 
+// freeAddr returns a loopback address with a port nobody listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
 // TestMetrics: every node serves Prometheus metrics on port+3; after N
 // bytes are written and fsynced through a mount, the bytes the nodes
 // received for writes (the gateway's vdi_write and the peers' write_obj)
@@ -74,12 +85,7 @@ next:
 // at least N bytes sent.
 func TestMetrics(t *testing.T) {
 	c := NewCluster(t, 3, 3)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fsAddr := l.Addr().String()
-	l.Close()
+	fsAddr := freeAddr(t)
 	m := c.mount([]string{"--metrics", fsAddr})
 	const n = 32 << 20
 	run(t, quickTimeout, "truncate", "-s", "64M", m.VDI("v"))

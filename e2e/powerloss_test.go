@@ -14,12 +14,16 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // TestPowerLossKeepsFsyncedWrites: a writer does 4 KiB writes each followed
-// by fsync through a mount (a database in a VM). Meanwhile every node is
+// by fsync through a mount (a database in a VM); now and then a group of
+// four before one fsync. The mount sends the single ones as synced writes
+// and answers their fsyncs itself; a group's fsync is flushed. Meanwhile every node is
 // killed with -9 at once and started again (the same boot: the page cache
 // kept everything), and later every node loses power at once (the
 // daemons' fault seam undoes every file change not synced and kills them)
@@ -40,7 +44,8 @@ func TestPowerLossKeepsFsyncedWrites(t *testing.T) {
 	t.Setenv("SHEEP_FAULTS", "1")
 	requireEnv(t)
 	c := NewCluster(t, 3, 3)
-	m := c.Mount(c.Nodes[0].Addr())
+	fsMetrics := freeAddr(t)
+	m := c.mount([]string{"--metrics", fsMetrics}, c.Nodes[0].Addr())
 	vdi := m.VDI("pl")
 	const size = 32 << 20
 	const blk = 4096
@@ -233,6 +238,14 @@ func TestPowerLossKeepsFsyncedWrites(t *testing.T) {
 		t.Fatalf("%d of %d blocks differ (%d fsyncs acknowledged, %d failed)", bad, size/blk, acked, failed)
 	}
 	t.Logf("%d fsyncs acknowledged (%d failed while the cluster was away): all read back", acked, failed)
+	// Both kinds of fsync were tested: those after one write, which the
+	// mount sent synced, and those after a group, which it flushed.
+	ms := scrape(t, "http://"+fsMetrics+"/metrics")
+	synced, flushed := ms[`sheepfs_fsyncs_total{answer="synced"}`], ms[`sheepfs_fsyncs_total{answer="flushed"}`]
+	t.Logf("fsyncs answered by the mount after a synced write: %.0f; flushed: %.0f", synced, flushed)
+	if synced < 100 || flushed < 10 {
+		t.Errorf("fsyncs after a synced write %.0f, flushed %.0f: the writer's pattern should give many of each", synced, flushed)
+	}
 
 	// The copies agree: each gateway reads its own copy first, so a node
 	// that came back with an older copy than its peers (a write it had
@@ -260,12 +273,13 @@ func TestPowerLossKeepsFsyncedWrites(t *testing.T) {
 // TestPowerLossKeepsFsyncedWrites: "PATH BLOCKS SEED" (see syncWriter).
 const syncWriterEnv = "SHEEP_E2E_SYNCWRITER"
 
-// syncWriter writes 4 KiB blocks of the file at path, each followed by
-// fsync, until its standard input ends: write n goes to block syncBlock
-// and holds syncData. It reports on standard output "w N BLOCK" before
-// write n, "a N" once its fsync returned success, "f N ERROR" if the write
-// or its fsync failed (and waits 200 ms: the cluster is away), and "done"
-// at the end. It exits the process.
+// syncWriter writes 4 KiB blocks of the file at path, in groups of
+// syncGroup writes each followed by fsync, until its standard input ends:
+// write n goes to block syncBlock and holds syncData. It reports on
+// standard output "w N BLOCK" before write n, "a N" once its fsync
+// returned success, "f N ERROR" if a write of its group or their fsync
+// failed (and waits 200 ms: the cluster is away), and "done" at the end.
+// It exits the process.
 func syncWriter(spec string) {
 	var path string
 	var blocks int
@@ -284,26 +298,46 @@ func syncWriter(spec string) {
 		_, _ = io.Copy(io.Discard, os.Stdin)
 		close(stop)
 	}()
-	for n := 1; ; n++ {
+	for n := 1; ; {
 		select {
 		case <-stop:
 			fmt.Println("done")
 			os.Exit(0)
 		default:
 		}
-		b := syncBlock(seed, n, blocks)
-		fmt.Printf("w %d %d\n", n, b)
-		_, err := f.WriteAt(syncData(seed, n), int64(b)*syncBlockSize)
+		first, k := n, syncGroup(seed, n)
+		var err error
+		for err == nil && n < first+k {
+			b := syncBlock(seed, n, blocks)
+			fmt.Printf("w %d %d\n", n, b)
+			_, err = f.WriteAt(syncData(seed, n), int64(b)*syncBlockSize)
+			n++
+		}
 		if err == nil {
 			err = f.Sync()
 		}
-		if err != nil {
-			fmt.Printf("f %d %v\n", n, err)
-			time.Sleep(200 * time.Millisecond)
-			continue
+		for i := first; i < n; i++ {
+			if err != nil {
+				fmt.Printf("f %d %v\n", i, err)
+			} else {
+				fmt.Printf("a %d\n", i)
+			}
 		}
-		fmt.Printf("a %d\n", n)
+		if err != nil {
+			time.Sleep(200 * time.Millisecond)
+		}
 	}
+}
+
+// syncGroup is how many writes syncWriter makes from write n on before
+// their fsync: mostly one (sheepfs then sends each write synced and has
+// nothing left for the fsync to flush), now and then four (the first
+// synced, the others not: that fsync must flush them).
+func syncGroup(seed uint64, n int) int {
+	if h := syncHash(seed, n, -2); h[0]%8 == 0 {
+		return 4
+	}
+	return 1
 }
 
 const syncBlockSize = 4096
@@ -396,4 +430,147 @@ func copiesOf(c *Cluster, off int, first []byte, hist []ackedWrite, maybe [][]by
 		}
 	}
 	return b.String()
+}
+
+// TestPowerLossKeepsSyncedWrites: what a mount answered survives a power
+// loss of every node right after, with no flush in between. First an
+// O_DSYNC write to an object whose copy is not on the node of the index's
+// copy, after O_DIRECT writes that allocated it (the index entry written,
+// not synced): the fsync the kernel sends after it must make the entry
+// durable too. Then a file is written and fsynced a block at a time until
+// the mount sends each write synced and answers the fsync after it itself;
+// the last fsync follows a group of four writes (the first synced, three
+// not) and must flush the three.
+func TestPowerLossKeepsSyncedWrites(t *testing.T) {
+	t.Setenv("SHEEP_FAULTS", "1")
+	requireEnv(t)
+	c := NewCluster(t, 3, 1)
+	fsMetrics := freeAddr(t)
+	m := c.mount([]string{"--metrics", fsMetrics}, c.Nodes[0].Addr())
+	vdi := m.VDI("sw")
+	const obj = 4 << 20
+	run(t, quickTimeout, "truncate", "-s", fmt.Sprint(16*obj), vdi)
+	for _, n := range c.Nodes {
+		if r := c.SheepAt(n.Addr(), "node", "md", "fault", n.Dir, "track"); r.Code != 0 {
+			t.Fatalf("md fault track on %s: %v", n.ID, r)
+		}
+	}
+	want := map[int64][]byte{} // offset -> what must read back
+	block := func(tag string, i int) []byte {
+		b := alignedBlock()
+		for j := range b {
+			b[j] = byte(j*7 + i + len(tag))
+		}
+		copy(b, fmt.Sprintf("%s %d", tag, i))
+		return b
+	}
+
+	plain, err := os.OpenFile(vdi, os.O_RDWR|syscall.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	synced, err := os.OpenFile(vdi, os.O_RDWR|syscall.O_DIRECT|syscall.O_DSYNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 8 {
+		if _, err := plain.WriteAt(block("alloc", i), int64(i)*obj); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An object whose copy is not on the node of the index's copy.
+	files := c.ObjectFiles()
+	var indexNode string
+	for node := range files["8000000100000000"] {
+		indexNode = node
+	}
+	k := -1
+	for i := range 8 {
+		if _, ok := files[fmt.Sprintf("00000001%08x", i)][indexNode]; !ok && indexNode != "" {
+			k = i
+		}
+	}
+	if k < 0 {
+		t.Fatalf("every object's copy is on %q, with the index's: %v", indexNode, files)
+	}
+	b := block("dsync", k)
+	if _, err := synced.WriteAt(b, int64(k)*obj+4096); err != nil {
+		t.Fatal(err)
+	}
+	want[int64(k)*obj+4096] = b
+	// The files stay open until the nodes are back: the last close ends
+	// the mount's write lock, and the gateway flushes then.
+	defer plain.Close()
+	defer synced.Close()
+
+	// O_DIRECT, as qemu with cache=none: the writes of a group reach the
+	// mount one after the other (write-back from the page cache would send
+	// them together, and the synced one's sync could cover the others).
+	f, err := os.OpenFile(vdi, os.O_RDWR|syscall.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(i int, off int64) {
+		t.Helper()
+		b := block("fsync", i)
+		if _, err := f.WriteAt(b, off); err != nil {
+			t.Fatal(err)
+		}
+		want[off] = b
+	}
+	for i := range 6 {
+		write(i, 8*obj+int64(i)*8192)
+		if err := f.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 4 {
+		write(10+i, 8*obj+int64(i)*8192+4096) // object 8 exists: these are not creations, which stay
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ms := scrape(t, "http://"+fsMetrics+"/metrics")
+	if s := ms[`sheepfs_fsyncs_total{answer="synced"}`]; s < 3 {
+		t.Fatalf("%.0f fsyncs answered after a synced write, want at least 3: the mount did not switch to synced writes", s)
+	}
+
+	var wg sync.WaitGroup
+	for _, n := range c.Nodes {
+		wg.Go(func() {
+			if r := c.SheepAt(n.Addr(), "node", "md", "fault", n.Dir, "powerloss"); r.Code != 0 {
+				t.Errorf("md fault powerloss on %s: %v", n.ID, r)
+			}
+		})
+	}
+	wg.Wait()
+	if !waitFor(30*time.Second, func() bool {
+		return !c.Nodes[0].Running() && !c.Nodes[1].Running() && !c.Nodes[2].Running()
+	}) {
+		t.Fatal("the nodes did not die of the power loss")
+	}
+	t.Setenv("SHEEP_BOOT_ID", "0badc0de-0000-4000-8000-000000000002")
+	for i := range c.Nodes {
+		c.Restart(i)
+	}
+	c.WaitOK()
+	// Read through a mount of its own: the writer's kernel still caches
+	// what was written through its page cache.
+	got, err := os.ReadFile(c.Mount(c.Nodes[1].Addr()).VDI("sw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for off, w := range want {
+		if g := got[off : off+int64(len(w))]; !bytes.Equal(g, w) {
+			t.Errorf("offset %d (object %d) reads %q..., want %q...", off, off/obj, g[:12], w[:12])
+		}
+	}
+}
+
+// alignedBlock returns a 4 KiB buffer aligned for O_DIRECT.
+func alignedBlock() []byte {
+	b := make([]byte, 2*4096)
+	a := int(4096 - uintptr(unsafe.Pointer(&b[0]))%4096)
+	return b[a%4096 : a%4096+4096]
 }

@@ -27,6 +27,7 @@ import (
 
 	"github.com/sheepfs/sheepfs/client"
 	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/metrics"
 	"github.com/sheepfs/sheepfs/proto"
 )
 
@@ -65,6 +66,9 @@ type Options struct {
 	// (the writeback cache, the mount's ID) come from Held.
 	Dev  *os.File
 	Held *Held
+	// Metrics, if set, receives the mount's own metrics
+	// (sheepfs_fsyncs_total).
+	Metrics *metrics.Registry
 }
 
 // FS is a mounted sheepfs.
@@ -87,6 +91,16 @@ type FS struct {
 	snapDirInos map[uint64]bool     // the numbers in snapDirs
 
 	readaheadErr error
+	fsyncs       *metrics.Counter // answer; nil without Options.Metrics
+}
+
+// countFsync counts an fsync by how it was answered: "flushed" (the
+// cluster was asked) or "synced" (every change since the last flush was a
+// synced write).
+func (f *FS) countFsync(answer string) {
+	if f.fsyncs != nil {
+		f.fsyncs.Add(1, answer)
+	}
 }
 
 // Mount mounts sheepfs at dir, served through c. Call Wait or Unmount.
@@ -101,6 +115,10 @@ func Mount(dir string, c *client.Client, opts Options) (*FS, error) {
 	}
 	f := &FS{c: c, writers: map[string]*writers{}, snapDirs: map[string]uint64{}, snapDirInos: map[uint64]bool{},
 		writeback: !opts.NoWritebackCache, gen: gen, held: opts.Held != nil}
+	if opts.Metrics != nil {
+		c := opts.Metrics.Counter("sheepfs_fsyncs_total", "fsyncs by how they were answered: flushed (the cluster synced the writes since the last flush) or synced (every write since was a synced write: nothing to flush).", "answer")
+		f.fsyncs = &c
+	}
 	if abs, err := filepath.Abs(dir); err == nil {
 		f.dir = abs
 	}

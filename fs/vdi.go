@@ -141,7 +141,20 @@ type vdiNode struct {
 	errMu   sync.Mutex
 	wbErrs  uint64
 	wbErrno syscall.Errno
+
+	// A file written and fsynced one write at a time (a database's log,
+	// a guest's synced writes) has each such write sent as a synced
+	// write, and the fsync that follows answered here: one trip to the
+	// cluster per write and fsync, not two (see Fsync).
+	syncMu    sync.Mutex   // one fsync at a time: a later one may rely on an earlier one's flush
+	clean     atomic.Bool  // every change since the last flush was a synced write
+	sinceSync atomic.Int32 // writes since the last fsync began
+	syncRun   atomic.Int32 // fsyncs in a row that each followed at most one write
 }
+
+// syncRunMin is how many fsyncs in a row must each follow a single write
+// before the first write after an fsync is sent as a synced write.
+const syncRunMin = 2
 
 var (
 	_ gofs.NodeOpener    = (*vdiNode)(nil)
@@ -403,7 +416,16 @@ func (n *vdiNode) write(ctx context.Context, h *handle, data []byte, off int64) 
 			return 0, errno
 		}
 	}
-	if err := n.fs.c.WriteAt(ctx, n.id, data, off, h.sync); err != nil {
+	// The first write after an fsync goes out synced when the fsyncs so
+	// far each followed a single write: the next fsync is then likely to
+	// find nothing to flush. The others are plain, so a burst between
+	// two fsyncs costs at most one synced write.
+	sync := h.sync || (n.sinceSync.Add(1) == 1 && n.syncRun.Load() >= syncRunMin)
+	err := n.fs.c.WriteAt(ctx, n.id, data, off, sync)
+	if !sync || err != nil {
+		n.clean.Store(false)
+	}
+	if err != nil {
 		return 0, toErrno(err)
 	}
 	n.allocChanged()
@@ -418,6 +440,7 @@ func (n *vdiNode) grow(ctx context.Context, size uint64) syscall.Errno {
 	}
 	var info proto.VDIInfo
 	err := n.fs.c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDIResize, Name: n.name, Size: size, Grow: true}, &info)
+	n.clean.Store(false) // after the change, like every change but a synced write (Fsync)
 	if err != nil {
 		return toErrno(err)
 	}
@@ -438,6 +461,7 @@ func (n *vdiNode) resize(ctx context.Context, size uint64) syscall.Errno {
 	}
 	var info proto.VDIInfo
 	err := n.fs.c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDIResize, Name: n.name, Size: size, Mount: n.fs.c.Mount()}, &info)
+	n.clean.Store(false) // a shrink discards the tail: a flush syncs it
 	if err != nil {
 		return toErrno(err)
 	}
@@ -446,11 +470,36 @@ func (n *vdiNode) resize(ctx context.Context, size uint64) syscall.Errno {
 	return 0
 }
 
-// Fsync makes every write so far durable on all replicas.
+// Fsync makes every write so far durable on all replicas. If every
+// change since the last flush was a synced write (durable when it was
+// answered), there is nothing to flush. clean starts false (a new node, or
+// a new sheepfs on a mount taken over, knows nothing of earlier writes)
+// and a change that is not a synced write clears it after it is done, so
+// any change answered before this fsync began is either covered by a
+// flush or was synced. syncMu makes an fsync that finds clean set wait
+// for an earlier one's flush to end.
 func (n *vdiNode) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) syscall.Errno {
+	if n.sinceSync.Swap(0) <= 1 {
+		if n.syncRun.Load() < syncRunMin {
+			n.syncRun.Add(1)
+		}
+	} else {
+		n.syncRun.Store(0)
+	}
 	ctx, cancel := n.fs.ctx(ctx)
 	defer cancel()
-	return toErrno(n.fs.c.Flush(ctx, n.id))
+	n.syncMu.Lock()
+	defer n.syncMu.Unlock()
+	if n.clean.Swap(true) {
+		n.fs.countFsync("synced")
+		return 0
+	}
+	err := n.fs.c.Flush(ctx, n.id)
+	if err != nil {
+		n.clean.Store(false)
+	}
+	n.fs.countFsync("flushed")
+	return toErrno(err)
 }
 
 // Setattr changes the size (grow, or shrink discarding the tail). Mode,
@@ -552,7 +601,9 @@ func (n *vdiNode) Allocate(ctx context.Context, fh gofs.FileHandle, off uint64, 
 		return 0
 	}
 	length = min(length, size-off)
-	if err := n.fs.c.Discard(ctx, n.id, int64(off), int64(length), keep); err != nil {
+	err := n.fs.c.Discard(ctx, n.id, int64(off), int64(length), keep)
+	n.clean.Store(false)
+	if err != nil {
 		return toErrno(err)
 	}
 	n.allocChanged()

@@ -182,6 +182,11 @@ type writer struct {
 	r     *replicated
 	fence func(*cluster.State) error
 	boots *bootSet // if set, gathers the boots of the replicas written
+	// sync makes each write durable on its replicas before it counts as
+	// done: the request carries proto.FlagSync, and each replica syncs
+	// its store after the write, in the same request. Such a write
+	// leaves no replica dirty (replicated.change).
+	sync bool
 }
 
 var _ vdi.Writer = writer{}
@@ -210,8 +215,17 @@ func (w writer) write(ctx context.Context, oid ids.ObjectID, copies int, off int
 	if create {
 		req.Flags |= proto.FlagCreate
 	}
+	if w.sync {
+		req.Flags |= proto.FlagSync
+	}
 	return w.r.change(ctx, w, oid, copies, req, func(epoch ids.Epoch, ver ids.Version) error {
-		return w.r.n.localWrite(ctx, oid, off, data, ver, epoch, create)
+		if err := w.r.n.localWrite(ctx, oid, off, data, ver, epoch, create); err != nil {
+			return err
+		}
+		if w.sync {
+			return w.r.n.store.Sync()
+		}
+		return nil
 	})
 }
 
@@ -242,7 +256,8 @@ func (w writer) RemoveIfNotNewer(ctx context.Context, oid ids.ObjectID, copies i
 // change sends a request that changes oid to every replica of the current
 // epoch (the local one is served in place by local), with a new version,
 // retrying across failures and epoch changes; the replicas are then dirty
-// until the next flush. Only a node in contact with the majority may
+// until the next flush, unless req carries proto.FlagSync (each replica
+// synced its store after the change, before it answered). Only a node in contact with the majority may
 // change data, and only while w's fence, if any, allows it.
 func (r *replicated) change(ctx context.Context, w writer, oid ids.ObjectID, copies int, req proto.Msg, local func(ids.Epoch, ids.Version) error) error {
 	fence := w.fence
@@ -268,7 +283,7 @@ func (r *replicated) change(ctx context.Context, w writer, oid ids.ObjectID, cop
 			}
 			return local(st.Epoch, ver)
 		}, req, w.boots)
-		if err == nil {
+		if err == nil && req.Flags&proto.FlagSync == 0 {
 			r.dirty.mark(ts)
 		}
 		return err

@@ -39,16 +39,20 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 			return nil, err
 		}
 		w := n.clientWriter(c, meta)
+		// A synced write is made durable by its replicas in the same
+		// request (writer.sync); what it builds on, such as the index
+		// entry that an earlier write made and no flush has synced yet,
+		// is made durable by flushing the nodes this gateway left dirty.
+		w.sync = req.Flags&proto.FlagSync != 0
 		if err := n.writeTo(ctx, v, meta.ID, func(v *volume) error { return v.WriteAt(ctx, w, req.Data, off) }); err != nil {
 			return nil, err
 		}
-		boots := w.boots.list()
-		if req.Flags&proto.FlagSync != 0 {
-			if err := n.objs.flushBoots(ctx, boots); err != nil {
+		if w.sync {
+			if err := n.objs.Flush(ctx); err != nil {
 				return nil, err
 			}
 		}
-		resp.Data = proto.AppendNodeBoots(nil, boots)
+		resp.Data = proto.AppendNodeBoots(nil, w.boots.list())
 	case proto.OpVDIDiscard:
 		if err := n.checkWriter(c, meta); err != nil {
 			return nil, err
