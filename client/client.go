@@ -93,7 +93,8 @@ type Client struct {
 	unflushed map[ids.VDIID]map[uint64]uint64
 	// doubt lists nodes (proto.NodeHash) that may hold unflushed writes
 	// this client does not know of (an earlier process of its mount
-	// made them: DoubtAll); the first flush of each VDI syncs them too.
+	// made them, or a gateway it left: DoubtAll); the first flush of
+	// each VDI syncs them too.
 	doubt        []uint64
 	doubted      map[ids.VDIID]bool // VDIs flushed since DoubtAll
 	doubtPending bool               // DoubtAll called, doubt not fetched yet
@@ -152,6 +153,11 @@ func (c *Client) failover(gen uint64) {
 	// taken again (ensureLocks) before any request goes on it.
 	c.pc = proto.NewClientOnce(c.addrs[c.cur], c.opts.Dial)
 	c.gen++
+	// A request the old gateway did not answer may have changed nodes
+	// that no answer names (the index entry of an object it allocated
+	// before a retry wrote in place): the next flush of each VDI syncs
+	// every member.
+	c.DoubtAll()
 }
 
 // Call sends req to the gateway, retrying across reconnects.
@@ -309,7 +315,7 @@ func (c *Client) ReadAt(ctx context.Context, vid ids.VDIID, buf []byte, off int6
 // snapshot.
 func (c *Client) WriteAt(ctx context.Context, vid ids.VDIID, data []byte, off int64, sync bool) error {
 	for len(data) > maxIO {
-		if err := c.WriteAt(ctx, vid, data[:maxIO], off, false); err != nil {
+		if err := c.WriteAt(ctx, vid, data[:maxIO], off, sync); err != nil {
 			return err
 		}
 		data, off = data[maxIO:], off+maxIO
@@ -391,7 +397,8 @@ func (c *Client) Flush(ctx context.Context, vid ids.VDIID) error {
 // DoubtAll makes the first flush of each VDI from now on sync every
 // member of the cluster too: a process that takes over a mount does not
 // know which nodes the writes of its predecessor reached, nor through which
-// gateway. The members are asked for at the first flush.
+// gateway. The client calls it itself when it changes gateways. The
+// members are asked for at the first flush.
 func (c *Client) DoubtAll() {
 	c.bootMu.Lock()
 	defer c.bootMu.Unlock()

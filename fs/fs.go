@@ -95,8 +95,8 @@ type FS struct {
 }
 
 // countFsync counts an fsync by how it was answered: "flushed" (the
-// cluster was asked) or "synced" (every change since the last flush was a
-// synced write).
+// cluster was asked), "synced" (every change since the last flush was a
+// synced write) or "failed".
 func (f *FS) countFsync(answer string) {
 	if f.fsyncs != nil {
 		f.fsyncs.Add(1, answer)
@@ -116,7 +116,7 @@ func Mount(dir string, c *client.Client, opts Options) (*FS, error) {
 	f := &FS{c: c, writers: map[string]*writers{}, snapDirs: map[string]uint64{}, snapDirInos: map[uint64]bool{},
 		writeback: !opts.NoWritebackCache, gen: gen, held: opts.Held != nil}
 	if opts.Metrics != nil {
-		c := opts.Metrics.Counter("sheepfs_fsyncs_total", "fsyncs by how they were answered: flushed (the cluster synced the writes since the last flush) or synced (every write since was a synced write: nothing to flush).", "answer")
+		c := opts.Metrics.Counter("sheepfs_fsyncs_total", "fsyncs by how they were answered: flushed (the cluster synced the writes since the last flush), synced (every write since was a synced write: nothing to flush) or failed.", "answer")
 		f.fsyncs = &c
 	}
 	if abs, err := filepath.Abs(dir); err == nil {

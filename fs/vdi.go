@@ -142,19 +142,8 @@ type vdiNode struct {
 	wbErrs  uint64
 	wbErrno syscall.Errno
 
-	// A file written and fsynced one write at a time (a database's log,
-	// a guest's synced writes) has each such write sent as a synced
-	// write, and the fsync that follows answered here: one trip to the
-	// cluster per write and fsync, not two (see Fsync).
-	syncMu    sync.Mutex   // one fsync at a time: a later one may rely on an earlier one's flush
-	clean     atomic.Bool  // every change since the last flush was a synced write
-	sinceSync atomic.Int32 // writes since the last fsync began
-	syncRun   atomic.Int32 // fsyncs in a row that each followed at most one write
+	synced syncedWrites // which writes go out synced, which fsyncs need no flush
 }
-
-// syncRunMin is how many fsyncs in a row must each follow a single write
-// before the first write after an fsync is sent as a synced write.
-const syncRunMin = 2
 
 var (
 	_ gofs.NodeOpener    = (*vdiNode)(nil)
@@ -416,14 +405,10 @@ func (n *vdiNode) write(ctx context.Context, h *handle, data []byte, off int64) 
 			return 0, errno
 		}
 	}
-	// The first write after an fsync goes out synced when the fsyncs so
-	// far each followed a single write: the next fsync is then likely to
-	// find nothing to flush. The others are plain, so a burst between
-	// two fsyncs costs at most one synced write.
-	sync := h.sync || (n.sinceSync.Add(1) == 1 && n.syncRun.Load() >= syncRunMin)
+	sync := n.synced.beginWrite() || h.sync
 	err := n.fs.c.WriteAt(ctx, n.id, data, off, sync)
 	if !sync || err != nil {
-		n.clean.Store(false)
+		n.synced.changed()
 	}
 	if err != nil {
 		return 0, toErrno(err)
@@ -440,7 +425,7 @@ func (n *vdiNode) grow(ctx context.Context, size uint64) syscall.Errno {
 	}
 	var info proto.VDIInfo
 	err := n.fs.c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDIResize, Name: n.name, Size: size, Grow: true}, &info)
-	n.clean.Store(false) // after the change, like every change but a synced write (Fsync)
+	n.synced.changed()
 	if err != nil {
 		return toErrno(err)
 	}
@@ -461,7 +446,7 @@ func (n *vdiNode) resize(ctx context.Context, size uint64) syscall.Errno {
 	}
 	var info proto.VDIInfo
 	err := n.fs.c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDIResize, Name: n.name, Size: size, Mount: n.fs.c.Mount()}, &info)
-	n.clean.Store(false) // a shrink discards the tail: a flush syncs it
+	n.synced.changed() // a shrink discards the tail: a flush syncs it
 	if err != nil {
 		return toErrno(err)
 	}
@@ -470,35 +455,21 @@ func (n *vdiNode) resize(ctx context.Context, size uint64) syscall.Errno {
 	return 0
 }
 
-// Fsync makes every write so far durable on all replicas. If every
-// change since the last flush was a synced write (durable when it was
-// answered), there is nothing to flush. clean starts false (a new node, or
-// a new sheepfs on a mount taken over, knows nothing of earlier writes)
-// and a change that is not a synced write clears it after it is done, so
-// any change answered before this fsync began is either covered by a
-// flush or was synced. syncMu makes an fsync that finds clean set wait
-// for an earlier one's flush to end.
+// Fsync makes every write so far durable on all replicas; if every change
+// since the last flush was a synced write, there is nothing to flush
+// (syncedWrites).
 func (n *vdiNode) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) syscall.Errno {
-	if n.sinceSync.Swap(0) <= 1 {
-		if n.syncRun.Load() < syncRunMin {
-			n.syncRun.Add(1)
-		}
-	} else {
-		n.syncRun.Store(0)
-	}
 	ctx, cancel := n.fs.ctx(ctx)
 	defer cancel()
-	n.syncMu.Lock()
-	defer n.syncMu.Unlock()
-	if n.clean.Swap(true) {
+	flushed, err := n.synced.fsync(func() error { return n.fs.c.Flush(ctx, n.id) })
+	switch {
+	case err != nil:
+		n.fs.countFsync("failed")
+	case flushed:
+		n.fs.countFsync("flushed")
+	default:
 		n.fs.countFsync("synced")
-		return 0
 	}
-	err := n.fs.c.Flush(ctx, n.id)
-	if err != nil {
-		n.clean.Store(false)
-	}
-	n.fs.countFsync("flushed")
 	return toErrno(err)
 }
 
@@ -602,7 +573,7 @@ func (n *vdiNode) Allocate(ctx context.Context, fh gofs.FileHandle, off uint64, 
 	}
 	length = min(length, size-off)
 	err := n.fs.c.Discard(ctx, n.id, int64(off), int64(length), keep)
-	n.clean.Store(false)
+	n.synced.changed()
 	if err != nil {
 		return toErrno(err)
 	}

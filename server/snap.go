@@ -386,7 +386,31 @@ func (n *Node) freeUnreferenced(ctx context.Context, st *cluster.State, d ids.VD
 			live = append(live, vdi.Open(n.objs, vdi.Info{ID: id, Size: di.Size, Copies: di.Copies, Chain: st.Chain(id)}))
 		}
 	}
+	// The objects to free are gathered, then every member syncs, then
+	// they are freed, a batch at a time: a descendant's entry that
+	// replaced d's (a copy on write) may still be only in a page cache,
+	// written through any gateway, and once d's object is gone a power
+	// loss that took the entry would leave the descendant reading through
+	// to nothing. An entry that is not d never becomes d again, so what
+	// was read before the sync still holds after it.
 	freed := 0
+	var batch []uint32
+	free := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		if err := n.syncMembers(ctx, st); err != nil {
+			return err
+		}
+		for _, idx := range batch {
+			if err := own.Free(ctx, n.objs.unfenced(), idx); err != nil {
+				return err
+			}
+			freed++
+		}
+		batch = batch[:0]
+		return nil
+	}
 	for idx := range vdi.NumObjects(img.Size) {
 		owner, err := own.Owner(ctx, idx)
 		if err != nil {
@@ -412,12 +436,30 @@ func (n *Node) freeUnreferenced(ctx context.Context, st *cluster.State, d ids.VD
 		if used {
 			continue
 		}
-		if err := own.Free(ctx, n.objs.unfenced(), idx); err != nil {
-			return freed, err
+		if batch = append(batch, idx); len(batch) >= freeBatch {
+			if err := free(); err != nil {
+				return freed, err
+			}
 		}
-		freed++
+	}
+	if err := free(); err != nil {
+		return freed, err
 	}
 	return freed, nil
+}
+
+// freeBatch is how many objects freeUnreferenced frees after one sync of
+// every member.
+const freeBatch = 1024
+
+// syncMembers makes every change any member took so far durable: each
+// member of st syncs its store.
+func (n *Node) syncMembers(ctx context.Context, st *cluster.State) error {
+	all := make([]proto.NodeBoot, 0, len(st.Members))
+	for _, m := range st.Members {
+		all = append(all, proto.NodeBoot{Node: proto.NodeHash(m.ID)}) // boot 0: compare nothing
+	}
+	return n.objs.flushBoots(ctx, all)
 }
 
 // freeIndex removes the index objects of dead image d (which has no
