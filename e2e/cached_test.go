@@ -1,10 +1,16 @@
 package e2e
 
 import (
+	"bufio"
 	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // cachedScript writes the same data to a VDI and to a plain file without
@@ -137,4 +143,70 @@ func TestSeekSeesCachedWrites(t *testing.T) {
 	if len(out.Bad) > 0 {
 		t.Errorf("%d of %d answers differ from a plain file's:\n%s", len(out.Bad), out.Probes, strings.Join(out.Bad, "\n"))
 	}
+}
+
+// TestSheepfsKilledAfterSeekEnds: a SEEK_DATA on a file open for writing
+// makes sheepfs open that file through its own mount to write the cached
+// pages back (fs/cached.go). A sheepfs killed afterwards must still end
+// by itself: a file of its own mount held open would be closed by its
+// exit, whose FLUSH waits for a server that is gone, and the process
+// would hang until a new sheepfs took the mount over (which a supervisor
+// waiting for it to end never starts). Then a new sheepfs takes over and
+// the writer's close succeeds.
+func TestSheepfsKilledAfterSeekEnds(t *testing.T) {
+	requireEnv(t, "python3")
+	c := NewCluster(t, 3, 2)
+	m := c.Mount()
+	vdi := m.VDI("seek")
+	run(t, quickTimeout, "truncate", "-s", "16M", vdi)
+	cmd := exec.Command("python3", "-c", `
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+os.pwrite(fd, b"x" * 4096, 8192)
+print(os.lseek(fd, 0, os.SEEK_DATA), flush=True)
+sys.stdin.read()
+os.fsync(fd)
+os.close(fd)
+print("closed", flush=True)
+`, vdi)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	rd := bufio.NewReader(out)
+	line, err := rd.ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "0" {
+		t.Fatalf("SEEK_DATA answered %q (%v), want 0 (the object of the cached write)", line, err)
+	}
+	_ = m.proc.cmd.Process.Signal(syscall.SIGKILL)
+	select {
+	case <-m.proc.done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("sheepfs killed after a SEEK_DATA did not end within 10 s (%s): it held a file of its own mount", procState(m.proc.cmd.Process.Pid))
+	}
+	m.KillAndRestart(0)
+	stdin.Close()
+	if line, err := rd.ReadString('\n'); err != nil || strings.TrimSpace(line) != "closed" {
+		t.Fatalf("the writer's fsync and close after the restart: %q, %v", line, err)
+	}
+}
+
+// procState is the State line of process pid's status.
+func procState(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "State:") {
+			return strings.TrimSpace(l)
+		}
+	}
+	return "gone"
 }

@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"github.com/sheepfs/sheepfs/auth"
+	"github.com/sheepfs/sheepfs/fs"
 	"github.com/sheepfs/sheepfs/proto"
 )
 
@@ -439,7 +440,21 @@ func (p *proc) kill() {
 		return
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
+	// A sheepfs may not end until a new one takes its mount over (its
+	// exit closes files of its own mount: fs.Exiting). A process whose
+	// every thread is still exiting after a while is as good as gone (not
+	// at once: a daemon's ports are free only once it has ended).
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		select {
+		case <-p.done:
+			return
+		case <-time.After(20 * time.Millisecond):
+			if time.Now().After(deadline) && fs.Exiting(p.cmd.Process.Pid) {
+				return
+			}
+		}
+	}
 }
 
 // ---------------------------------------------------------------------------

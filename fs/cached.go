@@ -24,11 +24,12 @@ import (
 // the dirty pages as WRITE requests that the other request goroutines
 // serve. sync_file_range takes no inode lock, so it may run while the
 // kernel holds the file's inode lock for the LSEEK being answered. That
-// descriptor stays open while the file has writers here, and is closed by
-// a goroutine of its own after the last one (a close's FLUSH takes the
-// inode lock). A file with no writer here has no dirty pages (the last
-// close wrote them back) and costs nothing; with no dirty pages,
-// sync_file_range costs about a microsecond.
+// descriptor is closed right after, by a goroutine of its own (a close's
+// FLUSH takes the inode lock): held open, it would keep a sheepfs killed
+// meanwhile from ending (see writeBack). A file with no writer here has
+// no dirty pages (the last close wrote them back) and costs nothing; one
+// with writers costs an open and a close (four FUSE requests) and, with
+// no dirty pages, a sync_file_range of about a microsecond.
 //
 // The kernel asks for st_blocks with GETATTR whenever a cached write has
 // made its copy stale, but it also sends GETATTR to refresh a file's size
@@ -62,11 +63,18 @@ func (n *vdiNode) writeBack(off uint64) {
 	}
 	_ = unix.SyncFileRange(n.wbFD, int64(off), 0,
 		unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER)
+	// Closed at once: a file of its own mount that sheepfs holds when it
+	// dies is closed by its exit, whose FLUSH (and write-back) waits for
+	// an answer from a server that is gone, so that the process cannot
+	// end until a new sheepfs takes the mount over (handOver lets it).
+	fd := n.wbFD
+	n.wbFD = -1
+	go unix.Close(fd) // its errors are the writers' (Write records them)
 }
 
 // openWriteBack opens the file through the mount for writeBack (under
-// wbMu). The file stays open until its last writer here closes
-// (closeWriteBack): an open and a close cost four FUSE requests.
+// wbMu); writeBack closes it after use (an open and a close cost four
+// FUSE requests).
 func (n *vdiNode) openWriteBack() bool {
 	if n.fs.dir == "" {
 		return false

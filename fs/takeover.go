@@ -165,7 +165,7 @@ func handOver(c *net.UnixConn, dev *os.File, h Held) Held {
 	if err != nil || line != "get\n" {
 		return h
 	}
-	if h.Server > 0 && unix.Kill(h.Server, 0) == nil {
+	if h.Server > 0 && unix.Kill(h.Server, 0) == nil && !Exiting(h.Server) {
 		// Two processes serving one connection would split its
 		// requests between them.
 		b, _ := json.Marshal(Held{Error: fmt.Sprintf("the mount at %s is served by process %d", h.Dir, h.Server)})
@@ -299,3 +299,43 @@ func serveHeld(dev *os.File, h *Held, raw fuse.RawFileSystem, o *fuse.MountOptio
 	}
 	return srv, nil
 }
+
+// Exiting reports whether process pid is gone or every thread of it is
+// exiting (PF_EXITING, or a zombie): it reads no more requests. Such a
+// process may not end before a new sheepfs serves the mount: a file it
+// held on a FUSE mount is closed by its exit, whose FLUSH waits for an
+// answer (the kernel's request_wait_answer, which a dying process cannot
+// leave), so the mount is handed over without waiting for it to end.
+func Exiting(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return true
+	}
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, t.Name()))
+		if err != nil {
+			continue // that thread is gone
+		}
+		// "pid (comm) state ppid pgrp session tty tpgid flags ...": comm
+		// may hold spaces and parentheses.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			return false
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 7 {
+			return false
+		}
+		if f[0] == "Z" || f[0] == "X" {
+			continue
+		}
+		flags, err := strconv.ParseUint(f[6], 10, 64)
+		if err != nil || flags&pfExiting == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// pfExiting is the kernel's PF_EXITING task flag.
+const pfExiting = 0x4
