@@ -399,8 +399,13 @@ func (n *Node) freeUnreferenced(ctx context.Context, st *cluster.State, d ids.VD
 		if len(batch) == 0 {
 			return nil
 		}
-		if err := n.syncMembers(ctx, st); err != nil {
-			return err
+		// With no live descendant, no entry replaced d's: nothing to
+		// sync (and a node whose disk is full, which cannot sync, does
+		// not keep a delete from freeing space).
+		if len(live) > 0 {
+			if err := n.syncMembers(ctx, st); err != nil {
+				return err
+			}
 		}
 		for _, idx := range batch {
 			if err := own.Free(ctx, n.objs.unfenced(), idx); err != nil {
