@@ -455,11 +455,7 @@ func TestPowerLossKeepsSyncedWrites(t *testing.T) {
 	vdi := m.VDI("sw")
 	const obj = 4 << 20
 	run(t, quickTimeout, "truncate", "-s", fmt.Sprint(16*obj), vdi)
-	for _, n := range c.Nodes {
-		if r := c.SheepAt(n.Addr(), "node", "md", "fault", n.Dir, "track"); r.Code != 0 {
-			t.Fatalf("md fault track on %s: %v", n.ID, r)
-		}
-	}
+	trackDurability(t, c)
 	want := map[int64][]byte{} // offset -> what must read back
 	block := func(tag string, i int) []byte {
 		b := alignedBlock()
@@ -541,25 +537,7 @@ func TestPowerLossKeepsSyncedWrites(t *testing.T) {
 		t.Fatalf("%.0f fsyncs answered after a synced write, want at least 3: the mount did not switch to synced writes", s)
 	}
 
-	var wg sync.WaitGroup
-	for _, n := range c.Nodes {
-		wg.Go(func() {
-			if r := c.SheepAt(n.Addr(), "node", "md", "fault", n.Dir, "powerloss"); r.Code != 0 {
-				t.Errorf("md fault powerloss on %s: %v", n.ID, r)
-			}
-		})
-	}
-	wg.Wait()
-	if !waitFor(30*time.Second, func() bool {
-		return !c.Nodes[0].Running() && !c.Nodes[1].Running() && !c.Nodes[2].Running()
-	}) {
-		t.Fatal("the nodes did not die of the power loss")
-	}
-	t.Setenv("SHEEP_BOOT_ID", "0badc0de-0000-4000-8000-000000000002")
-	for i := range c.Nodes {
-		c.Restart(i)
-	}
-	c.WaitOK()
+	powerLossAndReboot(t, c, "0badc0de-0000-4000-8000-000000000002")
 	// Read through a mount of its own: the writer's kernel still caches
 	// what was written through its page cache.
 	got, err := os.ReadFile(c.Mount(c.Nodes[1].Addr()).VDI("sw"))
@@ -603,11 +581,7 @@ func TestPowerLossKeepsSyncedWriteFromClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range c.Nodes {
-		if r := c.SheepAt(n.Addr(), "node", "md", "fault", n.Dir, "track"); r.Code != 0 {
-			t.Fatalf("md fault track on %s: %v", n.ID, r)
-		}
-	}
+	trackDurability(t, c)
 	for i := range 8 {
 		if err := cl.WriteAt(ctx, v.ID, bytes.Repeat([]byte{'a'}, 4096), int64(i)*obj, false); err != nil {
 			t.Fatal(err)
@@ -631,25 +605,7 @@ func TestPowerLossKeepsSyncedWriteFromClient(t *testing.T) {
 	if err := cl.WriteAt(ctx, v.ID, want, int64(k)*obj+4096, true); err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	for _, n := range c.Nodes {
-		wg.Go(func() {
-			if r := c.SheepAt(n.Addr(), "node", "md", "fault", n.Dir, "powerloss"); r.Code != 0 {
-				t.Errorf("md fault powerloss on %s: %v", n.ID, r)
-			}
-		})
-	}
-	wg.Wait()
-	if !waitFor(30*time.Second, func() bool {
-		return !c.Nodes[0].Running() && !c.Nodes[1].Running() && !c.Nodes[2].Running()
-	}) {
-		t.Fatal("the nodes did not die of the power loss")
-	}
-	t.Setenv("SHEEP_BOOT_ID", "0badc0de-0000-4000-8000-000000000003")
-	for i := range c.Nodes {
-		c.Restart(i)
-	}
-	c.WaitOK()
+	powerLossAndReboot(t, c, "0badc0de-0000-4000-8000-000000000003")
 	got := make([]byte, 4096)
 	if err := cl.ReadAt(ctx, v.ID, got, int64(k)*obj+4096); err != nil {
 		t.Fatal(err)
@@ -694,11 +650,7 @@ func TestPowerLossAfterCollect(t *testing.T) {
 	if r := c.SheepAt(c.Nodes[2].Addr(), "vdi", "snapshot", "base@s"); r.Code != 0 {
 		t.Fatalf("snapshot: %v", r)
 	}
-	for _, n := range c.Nodes {
-		if r := c.SheepAt(n.Addr(), "node", "md", "fault", n.Dir, "track"); r.Code != 0 {
-			t.Fatalf("md fault track on %s: %v", n.ID, r)
-		}
-	}
+	trackDurability(t, c)
 	if v, err = cl.Lock(ctx, "base"); err != nil {
 		t.Fatal(err)
 	}
@@ -718,6 +670,32 @@ func TestPowerLossAfterCollect(t *testing.T) {
 	if after := len(c.ObjectFiles()); after > before-8 {
 		t.Fatalf("%d object files before the snapshot's delete, %d after: its 8 objects were not freed", before, after)
 	}
+	powerLossAndReboot(t, c, "0badc0de-0000-4000-8000-000000000004")
+	got := make([]byte, 8192)
+	for i := range 8 {
+		err := cl.ReadAt(ctx, v.ID, got, int64(i)*obj)
+		if err != nil || !bytes.Equal(got[:4096], bytes.Repeat([]byte{'a'}, 4096)) || !bytes.Equal(got[4096:], want) {
+			t.Errorf("object %d after the power loss: %q... %q... (%v), want the copy with both writes", i, got[:4], got[4096:4100], err)
+		}
+	}
+}
+
+// trackDurability has every node remember what its writes replace until
+// they are synced (md fault track), for powerLossAndReboot.
+func trackDurability(t *testing.T, c *Cluster) {
+	t.Helper()
+	for _, n := range c.Nodes {
+		if r := c.SheepAt(n.Addr(), "node", "md", "fault", n.Dir, "track"); r.Code != 0 {
+			t.Fatalf("md fault track on %s: %v", n.ID, r)
+		}
+	}
+}
+
+// powerLossAndReboot cuts every node's power at once (md fault powerloss:
+// what was not synced is undone) and starts them again as after a reboot
+// (a new boot ID), then waits for the cluster.
+func powerLossAndReboot(t *testing.T, c *Cluster, bootID string) {
+	t.Helper()
 	var wg sync.WaitGroup
 	for _, n := range c.Nodes {
 		wg.Go(func() {
@@ -728,20 +706,18 @@ func TestPowerLossAfterCollect(t *testing.T) {
 	}
 	wg.Wait()
 	if !waitFor(30*time.Second, func() bool {
-		return !c.Nodes[0].Running() && !c.Nodes[1].Running() && !c.Nodes[2].Running()
+		for _, n := range c.Nodes {
+			if n.Running() {
+				return false
+			}
+		}
+		return true
 	}) {
 		t.Fatal("the nodes did not die of the power loss")
 	}
-	t.Setenv("SHEEP_BOOT_ID", "0badc0de-0000-4000-8000-000000000004")
+	t.Setenv("SHEEP_BOOT_ID", bootID)
 	for i := range c.Nodes {
 		c.Restart(i)
 	}
 	c.WaitOK()
-	got := make([]byte, 8192)
-	for i := range 8 {
-		err := cl.ReadAt(ctx, v.ID, got, int64(i)*obj)
-		if err != nil || !bytes.Equal(got[:4096], bytes.Repeat([]byte{'a'}, 4096)) || !bytes.Equal(got[4096:], want) {
-			t.Errorf("object %d after the power loss: %q... %q... (%v), want the copy with both writes", i, got[:4], got[4096:4100], err)
-		}
-	}
 }
