@@ -55,29 +55,29 @@ func (n *vdiNode) writeBack(off uint64) {
 	}
 	n.wbMu.Lock()
 	defer n.wbMu.Unlock()
-	if n.writeOpens.Load() == 0 { // the last writer left meanwhile (closeWriteBack)
+	if n.writeOpens.Load() == 0 { // the last writer left meanwhile
 		return
 	}
-	if n.wbFD < 0 && !n.openWriteBack() {
+	fd, ok := n.openWriteBack()
+	if !ok {
 		return
 	}
-	_ = unix.SyncFileRange(n.wbFD, int64(off), 0,
+	_ = unix.SyncFileRange(fd, int64(off), 0,
 		unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER)
-	// Closed at once: a file of its own mount that sheepfs holds when it
-	// dies is closed by its exit, whose FLUSH (and write-back) waits for
-	// an answer from a server that is gone, so that the process cannot
-	// end until a new sheepfs takes the mount over (handOver lets it).
-	fd := n.wbFD
-	n.wbFD = -1
+	// Closed at once, by a goroutine of its own (the close's FLUSH may
+	// wait for the inode lock that the caller's request holds): a file of
+	// its own mount that sheepfs holds when it dies is closed by its
+	// exit, whose FLUSH (and write-back) waits for an answer from a
+	// server that is gone, so that the process cannot end until a new
+	// sheepfs takes the mount over (handOver lets it).
 	go unix.Close(fd) // its errors are the writers' (Write records them)
 }
 
 // openWriteBack opens the file through the mount for writeBack (under
-// wbMu); writeBack closes it after use (an open and a close cost four
-// FUSE requests).
-func (n *vdiNode) openWriteBack() bool {
+// wbMu); an open and a close cost four FUSE requests.
+func (n *vdiNode) openWriteBack() (int, bool) {
 	if n.fs.dir == "" {
-		return false
+		return -1, false
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -86,23 +86,7 @@ func (n *vdiNode) openWriteBack() bool {
 	defer n.fs.internal.remove(tid)
 	fd, err := unix.Open(filepath.Join(n.fs.dir, "vdi", n.name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return false // renamed or deleted: its writers' data is theirs to flush
+		return -1, false // renamed or deleted: its writers' data is theirs to flush
 	}
-	n.wbFD = fd
-	return true
-}
-
-// closeWriteBack closes writeBack's file, once the file has no writer
-// here. The close runs on its own: the kernel's FLUSH of it may wait for
-// the file's inode lock, which the caller's request may hold.
-func (n *vdiNode) closeWriteBack() {
-	n.wbMu.Lock()
-	fd := n.wbFD
-	if n.writeOpens.Load() != 0 || fd < 0 {
-		n.wbMu.Unlock()
-		return
-	}
-	n.wbFD = -1
-	n.wbMu.Unlock()
-	go unix.Close(fd) // its errors are the writers' (Write records them)
+	return fd, true
 }

@@ -36,7 +36,7 @@ var (
 )
 
 func (d *vdiDir) child(ctx context.Context, info proto.VDIInfo, out *fuse.EntryOut) *gofs.Inode {
-	n := &vdiNode{name: info.Name, created: uint64(info.Created), wbFD: -1}
+	n := &vdiNode{name: info.Name, created: uint64(info.Created)}
 	n.fs, n.id = d.fs, info.ID
 	n.size.Store(info.Size)
 	ch := d.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: vdiInoBase + uint64(info.ID)})
@@ -130,8 +130,7 @@ type vdiNode struct {
 	// writeOpens counts the file's handles open for writing here: while
 	// there are any, the kernel may hold writes of it (cached.go).
 	writeOpens atomic.Int32
-	wbMu       sync.Mutex // guards wbFD; held across a write-back
-	wbFD       int        // the file opened by sheepfs for writeBack, or -1
+	wbMu       sync.Mutex // held across a write-back (one at a time per file)
 	// wbErrs counts the errors of write-backs of cached writes (the
 	// kernel reports such an error to one close only, which sheepfs's
 	// own files, for a write-back or a size fix, may take); wbErrno is
@@ -344,9 +343,7 @@ func (n *vdiNode) release(ctx context.Context, h *handle) {
 	if !h.write {
 		return
 	}
-	if n.writeOpens.Add(-1) == 0 {
-		n.closeWriteBack()
-	}
+	n.writeOpens.Add(-1)
 	w, done := n.fs.writersOf(n.name)
 	defer done()
 	w.n--
