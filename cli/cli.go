@@ -572,6 +572,7 @@ type Sheepfs struct {
 	LogLevel    string           `help:"Log level: debug (also the causes of ENOENT, EEXIST, EINVAL, EBUSY), info (also EROFS, EOPNOTSUPP), warn (the causes of every other error returned to a program, such as EIO), error." default:"info" enum:"debug,info,warn,error"`
 	NoHold      bool             `help:"Do not keep the mount when sheepfs exits: without a holder process, a crash or restart of sheepfs fails every open file with ENOTCONN, and SIGTERM unmounts." env:"SHEEPFS_NO_HOLD"`
 	Hold        bool             `hidden:"" help:"Run as the holder of the mount (started by sheepfs; the /dev/fuse file is fd 3, the state on stdin)."`
+	WriteBack   bool             `hidden:"" help:"Run as the write-back helper of the mount (started by sheepfs; requests on stdin, answers on stdout)."`
 }
 
 // Run mounts and serves until unmounted or signalled. If a holder keeps
@@ -581,6 +582,12 @@ type Sheepfs struct {
 func (s *Sheepfs) Run() error {
 	if s.Hold {
 		return s.runHolder()
+	}
+	if s.WriteBack {
+		// Its parent's signals are not its own: it ends when its
+		// stdin does.
+		signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
+		return fs.RunWriteBackHelper(s.Mountpoint, os.Stdin, os.Stdout)
 	}
 	fs.SetLogLevel(map[string]int{"debug": fs.LogDebug, "info": fs.LogInfo, "warn": fs.LogWarn, "error": fs.LogError}[s.LogLevel])
 	if err := servePprof(s.Pprof); err != nil {
@@ -595,7 +602,7 @@ func (s *Sheepfs) Run() error {
 		return err
 	}
 	d.Local = !s.NoLocal
-	opts := fs.Options{Debug: s.Debug, AllowOther: s.AllowOther, NoWritebackCache: s.NoWriteback}
+	opts := fs.Options{Debug: s.Debug, AllowOther: s.AllowOther, NoWritebackCache: s.NoWriteback, WriteBackHelper: writeBackHelper}
 	var mountID ids.MountID
 	if !s.NoHold {
 		dev, held, err := fs.Fetch(s.Mountpoint)
@@ -702,6 +709,19 @@ func startHolder(f *fs.FS) error {
 	case <-time.After(10 * time.Second):
 		return errors.New("the holder did not start")
 	}
+}
+
+// writeBackHelper is the command of the mount's write-back helper
+// (fs.Options.WriteBackHelper).
+func writeBackHelper(dir string) *exec.Cmd {
+	exe, err := os.Executable()
+	if err != nil {
+		exe = "/proc/self/exe"
+	}
+	cmd := exec.Command(exe, dir, "--write-back")
+	cmd.Dir = "/"
+	cmd.Stderr = os.Stderr
+	return cmd
 }
 
 // runHolder keeps the mount's /dev/fuse file (fd 3) until the mount ends.

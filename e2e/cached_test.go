@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -209,4 +210,83 @@ func procState(pid int) string {
 		}
 	}
 	return "gone"
+}
+
+// TestSheepfsKilledDuringWriteBackEnds: sheepfs is killed while it waits
+// for the kernel to write a file's cached pages back (a SEEK_DATA on a
+// file open for writing, with the cluster stopped so that the write-back
+// cannot finish). The killed sheepfs must end at once: a thread of its
+// own waiting for its own mount's write-back would wait, unkillable, for
+// a server that is gone, and a new sheepfs could not take the mount over
+// while the old one lives. Then the cluster goes on, a new sheepfs takes
+// over, and the SEEK_DATA, the writer's fsync and close, and a read of
+// the data succeed.
+func TestSheepfsKilledDuringWriteBackEnds(t *testing.T) {
+	requireEnv(t, "python3")
+	c := NewCluster(t, 3, 2)
+	m := c.Mount()
+	vdi := m.VDI("wb")
+	run(t, quickTimeout, "truncate", "-s", "16M", vdi)
+	cmd := exec.Command("python3", "-c", `
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+os.pwrite(fd, b"w" * 4096, 8192)
+print("written", flush=True)
+sys.stdin.readline()
+print(os.lseek(fd, 0, os.SEEK_DATA), flush=True)
+sys.stdin.readline()
+os.fsync(fd)
+os.close(fd)
+print("closed", flush=True)
+`, vdi)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	rd := bufio.NewReader(out)
+	if line, err := rd.ReadString('\n'); err != nil || line != "written\n" {
+		t.Fatalf("writer: %q, %v", line, err)
+	}
+	signalNodes := func(sig syscall.Signal) {
+		for _, n := range c.Nodes {
+			_ = n.proc.cmd.Process.Signal(sig)
+		}
+	}
+	signalNodes(syscall.SIGSTOP)
+	defer signalNodes(syscall.SIGCONT)
+	if _, err := io.WriteString(stdin, "seek\n"); err != nil {
+		t.Fatal(err)
+	}
+	// The SEEK_DATA now waits for the write-back, which waits for the cluster.
+	time.Sleep(2 * time.Second)
+	_ = m.proc.cmd.Process.Signal(syscall.SIGKILL)
+	select {
+	case <-m.proc.done:
+	case <-time.After(10 * time.Second):
+		t.Errorf("sheepfs killed during a write-back did not end within 10 s (%s)", procState(m.proc.cmd.Process.Pid))
+	}
+	signalNodes(syscall.SIGCONT)
+	m.KillAndRestart(0)
+	if line, err := rd.ReadString('\n'); err != nil || strings.TrimSpace(line) != "0" {
+		t.Fatalf("SEEK_DATA after the restart answered %q (%v), want 0 (the object of the cached write)", line, err)
+	}
+	if _, err := io.WriteString(stdin, "close\n"); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := rd.ReadString('\n'); err != nil || strings.TrimSpace(line) != "closed" {
+		t.Fatalf("the writer's fsync and close after the restart: %q, %v", line, err)
+	}
+	r := run(t, quickTimeout, "sh", "-c", "dd if="+q(vdi)+" bs=4096 skip=2 count=1 status=none | tr -d w | wc -c")
+	if strings.TrimSpace(r.Stdout) != "0" {
+		t.Fatalf("the written block reads back with %s bytes that are not the data", strings.TrimSpace(r.Stdout))
+	}
 }

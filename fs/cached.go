@@ -18,18 +18,21 @@ import (
 // backup that skips holes (cp --sparse, qemu's block status) would skip it.
 //
 // So before it answers them for a file that is open for writing here,
-// sheepfs has the kernel write the file's dirty pages back: it calls
-// sync_file_range (write and wait, no flush to disk) on a file descriptor
-// of its own, opened through its own mount, which makes the kernel send
-// the dirty pages as WRITE requests that the other request goroutines
-// serve. sync_file_range takes no inode lock, so it may run while the
-// kernel holds the file's inode lock for the LSEEK being answered. That
-// descriptor is closed right after, by a goroutine of its own (a close's
-// FLUSH takes the inode lock): held open, it would keep a sheepfs killed
-// meanwhile from ending (see writeBack). A file with no writer here has
-// no dirty pages (the last close wrote them back) and costs nothing; one
-// with writers costs an open and a close (four FUSE requests) and, with
-// no dirty pages, a sync_file_range of about a microsecond.
+// sheepfs has the kernel write the file's dirty pages back: the write-back
+// helper (wbhelper.go), a process of its own, calls sync_file_range (write
+// and wait, no flush to disk) on a file descriptor opened through the
+// mount, which makes the kernel send the dirty pages as WRITE requests
+// that the other request goroutines serve. sync_file_range takes no inode
+// lock, so it may run while the kernel holds the file's inode lock for the
+// LSEEK being answered. The descriptor is closed after the answer (a
+// close's FLUSH takes the inode lock). Waiting for the write-back in
+// sheepfs itself would let a kill during it keep sheepfs from ending
+// (wbhelper.go says why); that is done only without a helper (in-process
+// tests, or a helper that cannot start). A file with no writer here has no
+// dirty pages (the last close wrote them back) and costs nothing; one with
+// writers costs a request to the helper, an open and a close (four FUSE
+// requests) and, with no dirty pages, a sync_file_range of about a
+// microsecond.
 //
 // The kernel asks for st_blocks with GETATTR whenever a cached write has
 // made its copy stale, but it also sends GETATTR to refresh a file's size
@@ -58,6 +61,12 @@ func (n *vdiNode) writeBack(off uint64) {
 	if n.writeOpens.Load() == 0 { // the last writer left meanwhile
 		return
 	}
+	if h := n.fs.helper(); h != nil {
+		if _, err := h.call(wbOpRange, n.name, off); err == nil {
+			return
+		}
+		// The helper died: wait here.
+	}
 	fd, ok := n.openWriteBack()
 	if !ok {
 		return
@@ -69,7 +78,8 @@ func (n *vdiNode) writeBack(off uint64) {
 	// its own mount that sheepfs holds when it dies is closed by its
 	// exit, whose FLUSH (and write-back) waits for an answer from a
 	// server that is gone, so that the process cannot end until a new
-	// sheepfs takes the mount over (handOver lets it).
+	// sheepfs takes the mount over (handOver lets it, once every thread
+	// is exiting: not one that waits in the sync_file_range above).
 	go unix.Close(fd) // its errors are the writers' (Write records them)
 }
 

@@ -14,9 +14,11 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -69,6 +71,12 @@ type Options struct {
 	// Metrics, if set, receives the mount's own metrics
 	// (sheepfs_fsyncs_total).
 	Metrics *metrics.Registry
+	// WriteBackHelper, if set, makes the command of the process that
+	// waits for the kernel's write-backs of cached writes (wbhelper.go:
+	// sheepfs --write-back DIR, which runs RunWriteBackHelper). Without
+	// it they are waited for in this process, which a kill during one
+	// then keeps from ending.
+	WriteBackHelper func(dir string) *exec.Cmd
 }
 
 // FS is a mounted sheepfs.
@@ -83,7 +91,10 @@ type FS struct {
 	writeback bool      // the kernel's writeback cache is on
 	fixers    threadSet // the threads fixing the kernel's size of a file (size.go)
 	internal  threadSet // the threads writing a file's cached writes back (cached.go)
-	stats     threadSet // the threads serving a GETATTR without a file (cached.go)
+	helperCmd helperCmd // makes the write-back helper's command; nil: none (wbhelper.go)
+	wbhMu     sync.Mutex
+	wbh       atomic.Pointer[wbHelper] // the write-back helper, once started
+	stats     threadSet                // the threads serving a GETATTR without a file (cached.go)
 
 	mu          sync.Mutex
 	writers     map[string]*writers // per VDI name, while it has writers or a lock change is under way
@@ -114,7 +125,7 @@ func Mount(dir string, c *client.Client, opts Options) (*FS, error) {
 		dir = opts.Held.Dir
 	}
 	f := &FS{c: c, writers: map[string]*writers{}, snapDirs: map[string]uint64{}, snapDirInos: map[uint64]bool{},
-		writeback: !opts.NoWritebackCache, gen: gen, held: opts.Held != nil}
+		writeback: !opts.NoWritebackCache, gen: gen, held: opts.Held != nil, helperCmd: opts.WriteBackHelper}
 	if opts.Metrics != nil {
 		c := opts.Metrics.Counter("sheepfs_fsyncs_total", "fsyncs by how they were answered: flushed (the cluster synced the writes since the last flush), synced (every write since was a synced write: nothing to flush) or failed.", "answer")
 		f.fsyncs = &c

@@ -247,6 +247,12 @@ func (f *FS) writeBack(ctx context.Context, name string) syscall.Errno {
 	if !open || f.dir == "" {
 		return 0
 	}
+	if h := f.helper(); h != nil {
+		if errno, err := h.call(wbOpFsync, name, 0); err == nil {
+			return errno
+		}
+		// The helper died: wait here.
+	}
 	fd, err := unix.Open(filepath.Join(f.dir, "vdi", name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return 0 // not reachable from here; the cluster has what was sent

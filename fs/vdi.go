@@ -249,9 +249,9 @@ func (n *vdiNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.Att
 // whose name now belongs to another VDI (deleted and created again) fails
 // with ESTALE, so that the open goes to the new VDI's inode instead.
 func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	if n.fs.internal.caller(ctx) {
-		// sheepfs's own open for a write-back (cached.go): the file is
-		// open for writing here, so the cache holds its data.
+	if n.fs.internal.caller(ctx) || n.fs.fromHelper(ctx) {
+		// sheepfs's own open for a write-back (cached.go, wbhelper.go):
+		// the file is open for writing here, so the cache holds its data.
 		return &handle{}, fuse.FOPEN_KEEP_CACHE, 0
 	}
 	ctx, cancel := n.fs.ctx(ctx)

@@ -1,0 +1,259 @@
+package fs
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// The write-back helper.
+//
+// sheepfs reaches the kernel's cached writes of a file the one way there
+// is: through a file of its own mount (cached.go, snapshot.go). The thread
+// that then waits for the kernel's write-back waits unkillably (on the
+// pages' writeback bit) until sheepfs has answered the WRITE requests. If
+// sheepfs is killed meanwhile, nothing answers them: that thread never
+// leaves the kernel, the killed process never ends, and since it has not
+// ended, no new sheepfs may take the mount over (Exiting): the mount
+// hangs for good. So the waiting is done by another process, the helper
+// (sheepfs --write-back DIR, started the first time it is needed): a
+// helper stuck in the kernel holds nobody, sheepfs ends when killed, the
+// next sheepfs answers the helper's WRITE requests, and the helper, whose
+// parent is gone, then exits.
+//
+// The helper reads requests on its stdin and answers each on its stdout
+// when done, in any order; it exits when its stdin ends. A request is
+// wbReqHead (id, op, offset, length of the name) then the VDI's name; an
+// answer is the id and an errno (4 + 4 bytes, little-endian).
+
+const (
+	wbOpRange = 1 // sync_file_range (write and wait) from the offset to the end
+	wbOpFsync = 2 // fsync: the cached writes, then sheepfs's Fsync
+
+	wbReqHead  = 4 + 1 + 8 + 2
+	wbMaxName  = 4096
+	wbMaxSlots = 64 // requests a helper serves at once
+)
+
+// wbHelper is this process's side of a helper.
+type wbHelper struct {
+	cmd  *exec.Cmd
+	pid  int
+	in   io.WriteCloser
+	done chan struct{} // closed when its answers end (it died)
+
+	wmu sync.Mutex // one request written at a time
+
+	mu      sync.Mutex
+	next    uint32
+	waiting map[uint32]chan syscall.Errno
+}
+
+// helperCmd makes the command of a helper for the mount at dir; nil
+// means write-backs are done in this process (Options.WriteBackHelper).
+type helperCmd func(dir string) *exec.Cmd
+
+// startWBHelper starts a helper with cmd.
+func startWBHelper(cmd *exec.Cmd) (*wbHelper, error) {
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	h := &wbHelper{cmd: cmd, pid: cmd.Process.Pid, in: in, done: make(chan struct{}), waiting: map[uint32]chan syscall.Errno{}}
+	go h.answers(out)
+	return h, nil
+}
+
+// answers hands the helper's answers to their callers until it dies.
+func (h *wbHelper) answers(out io.Reader) {
+	r := bufio.NewReader(out)
+	var b [8]byte
+	for {
+		if _, err := io.ReadFull(r, b[:]); err != nil {
+			break
+		}
+		id, errno := binary.LittleEndian.Uint32(b[:4]), syscall.Errno(binary.LittleEndian.Uint32(b[4:]))
+		h.mu.Lock()
+		ch := h.waiting[id]
+		delete(h.waiting, id)
+		h.mu.Unlock()
+		if ch != nil {
+			ch <- errno
+		}
+	}
+	h.in.Close()
+	_ = h.cmd.Process.Kill()
+	_ = h.cmd.Wait()
+	close(h.done)
+}
+
+// errHelperGone: the helper died before it answered.
+var errHelperGone = errors.New("the write-back helper is gone")
+
+// call asks the helper to do op on vdi/name and waits for its answer.
+func (h *wbHelper) call(op byte, name string, off uint64) (syscall.Errno, error) {
+	if len(name) > wbMaxName {
+		return syscall.ENAMETOOLONG, nil
+	}
+	ch := make(chan syscall.Errno, 1)
+	h.mu.Lock()
+	h.next++
+	id := h.next
+	h.waiting[id] = ch
+	h.mu.Unlock()
+	req := wbRequest(id, op, off, name)
+	h.wmu.Lock()
+	_, err := h.in.Write(req)
+	h.wmu.Unlock()
+	if err == nil {
+		select {
+		case errno := <-ch:
+			return errno, nil
+		case <-h.done:
+		}
+	}
+	h.mu.Lock()
+	delete(h.waiting, id)
+	h.mu.Unlock()
+	return 0, errHelperGone
+}
+
+// wbRequest encodes a request.
+func wbRequest(id uint32, op byte, off uint64, name string) []byte {
+	req := make([]byte, wbReqHead, wbReqHead+len(name))
+	binary.LittleEndian.PutUint32(req, id)
+	req[4] = op
+	binary.LittleEndian.PutUint64(req[5:], off)
+	binary.LittleEndian.PutUint16(req[13:], uint16(len(name)))
+	return append(req, name...)
+}
+
+// owns reports whether thread tid belongs to the helper.
+func (h *wbHelper) owns(tid uint32) bool {
+	_, err := os.Stat("/proc/" + strconv.Itoa(h.pid) + "/task/" + strconv.FormatUint(uint64(tid), 10))
+	return err == nil
+}
+
+// helper returns the running helper, starting one if there is none (or
+// the last one died); nil if write-backs are done in this process.
+func (f *FS) helper() *wbHelper {
+	if f.helperCmd == nil || f.dir == "" {
+		return nil
+	}
+	f.wbhMu.Lock()
+	defer f.wbhMu.Unlock()
+	if h := f.wbh.Load(); h != nil {
+		select {
+		case <-h.done:
+		default:
+			return h
+		}
+	}
+	h, err := startWBHelper(f.helperCmd(f.dir))
+	if err != nil {
+		f.logf("write-back helper", "no write-back helper (a sheepfs killed during a write-back may not end): %v", err)
+		f.wbh.Store(nil)
+		return nil
+	}
+	f.wbh.Store(h)
+	return h
+}
+
+// fromHelper reports whether the FUSE request of ctx comes from the
+// write-back helper.
+func (f *FS) fromHelper(ctx context.Context) bool {
+	h := f.wbh.Load()
+	if h == nil {
+		return false
+	}
+	c, ok := fuse.FromContext(ctx)
+	return ok && h.owns(c.Pid)
+}
+
+// RunWriteBackHelper is the helper's side (sheepfs --write-back): it
+// serves requests from in for the mount at dir until in ends. A request
+// it cannot parse ends it.
+func RunWriteBackHelper(dir string, in io.Reader, out io.Writer) error {
+	var (
+		wmu   sync.Mutex
+		slots = make(chan struct{}, wbMaxSlots)
+		r     = bufio.NewReader(in)
+		head  [wbReqHead]byte
+	)
+	for {
+		if _, err := io.ReadFull(r, head[:]); err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+		id, op := binary.LittleEndian.Uint32(head[:4]), head[4]
+		off := binary.LittleEndian.Uint64(head[5:])
+		n := int(binary.LittleEndian.Uint16(head[13:]))
+		if n == 0 || n > wbMaxName || (op != wbOpRange && op != wbOpFsync) || off > 1<<62 {
+			return fmt.Errorf("bad request: op %d, offset %d, name of %d bytes", op, off, n)
+		}
+		name := make([]byte, n)
+		if _, err := io.ReadFull(r, name); err != nil {
+			return err
+		}
+		if filepath.Base(string(name)) != string(name) || string(name) == "." || string(name) == ".." {
+			return fmt.Errorf("bad request: name %q", name)
+		}
+		slots <- struct{}{}
+		go func() {
+			defer func() { <-slots }()
+			fd, errno := helperWriteBack(filepath.Join(dir, "vdi", string(name)), op, int64(off))
+			var b [8]byte
+			binary.LittleEndian.PutUint32(b[:4], id)
+			binary.LittleEndian.PutUint32(b[4:], uint32(errno))
+			wmu.Lock()
+			_, _ = out.Write(b[:])
+			wmu.Unlock()
+			// Closed after the answer: the close's FLUSH may wait for
+			// the inode lock that the request waiting for the answer
+			// holds (an LSEEK).
+			if fd >= 0 {
+				unix.Close(fd)
+			}
+		}()
+	}
+}
+
+// helperWriteBack does one request; it returns the file it opened (or -1).
+func helperWriteBack(path string, op byte, off int64) (int, syscall.Errno) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, 0 // renamed or deleted: its writers' data is theirs to flush
+	}
+	if op == wbOpFsync {
+		err = unix.Fsync(fd)
+	} else {
+		err = unix.SyncFileRange(fd, off, 0,
+			unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER)
+	}
+	var errno syscall.Errno
+	if err != nil && !errors.As(err, &errno) {
+		errno = syscall.EIO
+	}
+	return fd, errno
+}
