@@ -714,11 +714,10 @@ func startHolder(f *fs.FS) error {
 // writeBackHelper is the command of the mount's write-back helper
 // (fs.Options.WriteBackHelper).
 func writeBackHelper(dir string) *exec.Cmd {
-	exe, err := os.Executable()
-	if err != nil {
-		exe = "/proc/self/exe"
-	}
-	cmd := exec.Command(exe, dir, "--write-back")
+	// This very binary, even if an upgrade replaced its file: the two
+	// speak the same protocol.
+	cmd := exec.Command("/proc/self/exe", dir, "--write-back")
+	cmd.Args[0] = os.Args[0]
 	cmd.Dir = "/"
 	cmd.Stderr = os.Stderr
 	return cmd

@@ -108,10 +108,17 @@ func (n *vdiNode) runSizeFix(fix *sizeFix) {
 // write just refused.)
 //
 // The truncate goes through /proc/self/fd to the inode just opened, from a
-// thread registered as a size fixer: Setattr answers it with the cluster's
-// size and resizes nothing. (Should the name lead to another VDI by now,
+// thread registered as a size fixer or from the write-back helper
+// (wbhelper.go, which does the waiting when there is one): Setattr answers
+// it with the cluster's size and resizes nothing. (Should the name lead to another VDI by now,
 // the kernel is told that VDI's size, which it has already.)
 func (n *vdiNode) fixKernelSize() {
+	if h := n.fs.helper(); h != nil {
+		if _, err := h.call(wbOpFixSize, n.name, n.size.Load()); err == nil {
+			return
+		}
+		// The helper died: fix it here.
+	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	tid := unix.Gettid()
@@ -135,7 +142,7 @@ func (n *vdiNode) waitSizeFix(ctx context.Context) {
 	n.mu.Lock()
 	fix := n.fix
 	n.mu.Unlock()
-	if fix == nil || n.fs.fixers.caller(ctx) {
+	if fix == nil || n.fs.fixers.caller(ctx) || n.fs.fromHelper(ctx) {
 		return
 	}
 	t := time.NewTimer(sizeFixWait)

@@ -478,7 +478,7 @@ func (n *vdiNode) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) s
 func (n *vdiNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	ctx, cancel := n.fs.ctx(ctx)
 	defer cancel()
-	if _, ok := in.GetSize(); ok && n.fs.fixers.caller(ctx) {
+	if _, ok := in.GetSize(); ok && (n.fs.fixers.caller(ctx) || n.fs.fromHelper(ctx)) {
 		if errno := n.refresh(ctx); errno != 0 {
 			return errno
 		}

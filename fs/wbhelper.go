@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -39,8 +40,9 @@ import (
 // answer is the id and an errno (4 + 4 bytes, little-endian).
 
 const (
-	wbOpRange = 1 // sync_file_range (write and wait) from the offset to the end
-	wbOpFsync = 2 // fsync: the cached writes, then sheepfs's Fsync
+	wbOpRange   = 1 // sync_file_range (write and wait) from the offset to the end
+	wbOpFsync   = 2 // fsync: the cached writes, then sheepfs's Fsync
+	wbOpFixSize = 3 // fsync, then truncate to the offset: the kernel's size is the cluster's (size.go)
 
 	wbReqHead  = 4 + 1 + 8 + 2
 	wbMaxName  = 4096
@@ -49,10 +51,11 @@ const (
 
 // wbHelper is this process's side of a helper.
 type wbHelper struct {
-	cmd  *exec.Cmd
-	pid  int
-	in   io.WriteCloser
-	done chan struct{} // closed when its answers end (it died)
+	cmd    *exec.Cmd
+	pid    int
+	in     io.WriteCloser
+	done   chan struct{} // closed when its answers end (it died)
+	exited atomic.Bool   // set before it is reaped: its pid may be another's after
 
 	wmu sync.Mutex // one request written at a time
 
@@ -101,6 +104,7 @@ func (h *wbHelper) answers(out io.Reader) {
 		}
 	}
 	h.in.Close()
+	h.exited.Store(true)
 	_ = h.cmd.Process.Kill()
 	_ = h.cmd.Wait()
 	close(h.done)
@@ -149,6 +153,9 @@ func wbRequest(id uint32, op byte, off uint64, name string) []byte {
 
 // owns reports whether thread tid belongs to the helper.
 func (h *wbHelper) owns(tid uint32) bool {
+	if h.exited.Load() {
+		return false
+	}
 	_, err := os.Stat("/proc/" + strconv.Itoa(h.pid) + "/task/" + strconv.FormatUint(uint64(tid), 10))
 	return err == nil
 }
@@ -179,7 +186,8 @@ func (f *FS) helper() *wbHelper {
 }
 
 // fromHelper reports whether the FUSE request of ctx comes from the
-// write-back helper.
+// write-back helper (whose opens are sheepfs's own, and whose truncates
+// are size fixes: size.go).
 func (f *FS) fromHelper(ctx context.Context) bool {
 	h := f.wbh.Load()
 	if h == nil {
@@ -209,8 +217,8 @@ func RunWriteBackHelper(dir string, in io.Reader, out io.Writer) error {
 		id, op := binary.LittleEndian.Uint32(head[:4]), head[4]
 		off := binary.LittleEndian.Uint64(head[5:])
 		n := int(binary.LittleEndian.Uint16(head[13:]))
-		if n == 0 || n > wbMaxName || (op != wbOpRange && op != wbOpFsync) || off > 1<<62 {
-			return fmt.Errorf("bad request: op %d, offset %d, name of %d bytes", op, off, n)
+		if n == 0 || n > wbMaxName || op < wbOpRange || op > wbOpFixSize {
+			return fmt.Errorf("bad request: op %d, name of %d bytes", op, n)
 		}
 		name := make([]byte, n)
 		if _, err := io.ReadFull(r, name); err != nil {
@@ -221,7 +229,6 @@ func RunWriteBackHelper(dir string, in io.Reader, out io.Writer) error {
 		}
 		slots <- struct{}{}
 		go func() {
-			defer func() { <-slots }()
 			fd, errno := helperWriteBack(filepath.Join(dir, "vdi", string(name)), op, int64(off))
 			var b [8]byte
 			binary.LittleEndian.PutUint32(b[:4], id)
@@ -229,9 +236,12 @@ func RunWriteBackHelper(dir string, in io.Reader, out io.Writer) error {
 			wmu.Lock()
 			_, _ = out.Write(b[:])
 			wmu.Unlock()
-			// Closed after the answer: the close's FLUSH may wait for
-			// the inode lock that the request waiting for the answer
-			// holds (an LSEEK).
+			// The slot is free before the close: the close's FLUSH
+			// waits for the file's inode lock, which the request
+			// waiting for the answer holds (an LSEEK), and so may
+			// others waiting for a slot.
+			<-slots
+			// Closed after the answer, for the same reason.
 			if fd >= 0 {
 				unix.Close(fd)
 			}
@@ -245,9 +255,15 @@ func helperWriteBack(path string, op byte, off int64) (int, syscall.Errno) {
 	if err != nil {
 		return -1, 0 // renamed or deleted: its writers' data is theirs to flush
 	}
-	if op == wbOpFsync {
+	switch op {
+	case wbOpFsync:
 		err = unix.Fsync(fd)
-	} else {
+	case wbOpFixSize:
+		_ = unix.Fsync(fd) // an error here is a writer's, told at its own fsync
+		// Through /proc/self/fd: the inode just opened (the file is
+		// open read-only).
+		err = unix.Truncate("/proc/self/fd/"+strconv.Itoa(fd), off)
+	default:
 		err = unix.SyncFileRange(fd, off, 0,
 			unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER)
 	}

@@ -3,13 +3,15 @@ package fs
 import (
 	"bytes"
 	"encoding/binary"
-	"io"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // A test binary started with this variable set runs as a write-back
@@ -41,8 +43,11 @@ func helperDir(t *testing.T) string {
 }
 
 // TestWriteBackHelperAnswers: a helper process answers each request with
-// its id, for several in flight at once, and a file that is not there is
-// no error (its writers' data is theirs to flush).
+// its own id and errno, for many in flight at once (a write-back from an
+// offset no file has fails with EINVAL, as sync_file_range does); a file
+// that is not there is no error (its writers' data is theirs to flush); a
+// size fix truncates; and once the helper is gone, calls say so and its
+// pid is no longer taken for the helper's.
 func TestWriteBackHelperAnswers(t *testing.T) {
 	dir := helperDir(t)
 	cmd := exec.Command(os.Args[0])
@@ -52,27 +57,45 @@ func TestWriteBackHelperAnswers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	errc := make(chan error, 30)
-	for i := 0; i < 30; i++ {
+	if !h.owns(uint32(h.pid)) {
+		t.Fatalf("the helper's main thread is not taken for the helper's")
+	}
+	if h.owns(uint32(os.Getpid())) {
+		t.Fatalf("this process is taken for the helper")
+	}
+	type want struct {
+		op    byte
+		name  string
+		off   uint64
+		errno syscall.Errno
+	}
+	cases := []want{
+		{wbOpRange, "a", 512, 0},
+		{wbOpFsync, "a", 0, 0},
+		{wbOpRange, "missing", 0, 0},
+		{wbOpRange, "a", 1 << 63, syscall.EINVAL},
+	}
+	errc := make(chan error, 40)
+	for i := 0; i < 40; i++ {
 		go func() {
-			name, op := "a", byte(wbOpRange)
-			if i%3 == 1 {
-				op = wbOpFsync
-			}
-			if i%3 == 2 {
-				name = "missing"
-			}
-			errno, err := h.call(op, name, uint64(i)*512)
-			if err == nil && errno != 0 {
-				err = errno
+			w := cases[i%len(cases)]
+			errno, err := h.call(w.op, w.name, w.off)
+			if err == nil && errno != w.errno {
+				err = fmt.Errorf("op %d on %s from %d: errno %v, want %v", w.op, w.name, w.off, errno, w.errno)
 			}
 			errc <- err
 		}()
 	}
-	for i := 0; i < 30; i++ {
+	for i := 0; i < 40; i++ {
 		if err := <-errc; err != nil {
 			t.Fatal(err)
 		}
+	}
+	if errno, err := h.call(wbOpFixSize, "a", 4096); err != nil || errno != 0 {
+		t.Fatalf("size fix: %v, %v", errno, err)
+	}
+	if st, err := os.Stat(filepath.Join(dir, "vdi", "a")); err != nil || st.Size() != 4096 {
+		t.Fatalf("after a size fix to 4096: %v, %v", st.Size(), err)
 	}
 	if errno, err := h.call(wbOpRange, strings.Repeat("x", wbMaxName+1), 0); err != nil || errno != syscall.ENAMETOOLONG {
 		t.Fatalf("a name longer than a request carries: %v, %v; want ENAMETOOLONG", errno, err)
@@ -81,6 +104,9 @@ func TestWriteBackHelperAnswers(t *testing.T) {
 	<-h.done
 	if _, err := h.call(wbOpRange, "a", 0); err != errHelperGone {
 		t.Fatalf("a call after the helper ended: %v, want errHelperGone", err)
+	}
+	if h.owns(uint32(h.pid)) {
+		t.Fatalf("the pid of a helper that ended is still taken for the helper's")
 	}
 }
 
@@ -103,7 +129,7 @@ func TestWriteBackHelperRefuses(t *testing.T) {
 		{"parent", wbRequest(1, wbOpRange, 0, "..")},
 		{"dot", wbRequest(1, wbOpRange, 0, ".")},
 		{"path", wbRequest(1, wbOpRange, 0, "../vdi/a")},
-		{"offset", wbRequest(1, wbOpRange, 1<<63, "a")},
+		{"op 4", wbRequest(1, 4, 0, "a")},
 		{"short head", wbRequest(1, wbOpRange, 0, "a")[:7]},
 		{"short name", wbRequest(1, wbOpRange, 0, "abc")[:wbReqHead+1]},
 	} {
@@ -134,16 +160,31 @@ func FuzzWriteBackHelper(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		pr, pw := io.Pipe()
-		go func() {
-			buf := make([]byte, 8)
-			for {
-				if _, err := io.ReadFull(pr, buf); err != nil {
-					return
-				}
-			}
-		}()
-		_ = RunWriteBackHelper(dir, bytes.NewReader(in), pw)
-		pw.Close()
+		var out lockedBuffer
+		_ = RunWriteBackHelper(dir, bytes.NewReader(in), &out)
+		// Its answers may still be on their way (none of these
+		// requests waits for a server).
+		time.Sleep(time.Millisecond)
+		if n := out.Len(); n%8 != 0 || n > len(in)/(wbReqHead+1)*8 {
+			t.Fatalf("%d bytes of answers to %d bytes of requests", n, len(in))
+		}
 	})
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent use.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Len()
 }
