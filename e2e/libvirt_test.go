@@ -227,6 +227,7 @@ func libvirtDomain(name string, img guestImage, vdi, cache, phase, console strin
     <initrd>%s</initrd>
     <cmdline>console=ttyS0 panic=-1 loglevel=5 sheepfs.phase=%s</cmdline>
   </os>
+  <features><acpi/></features>
   <on_reboot>destroy</on_reboot>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
@@ -305,7 +306,7 @@ func TestGuestMigrateWithLibvirt(t *testing.T) {
 	} else if !strings.Contains(r.Stderr, "Device or resource busy") {
 		t.Fatalf("a second domain with the same disk: want EBUSY in libvirt's error, have: %v", r)
 	} else {
-		t.Logf("a second writer on host b: %s", strings.TrimSpace(r.Stderr))
+		t.Logf("a second writer on host b: %s", strings.Join(strings.Fields(r.Stderr), " "))
 	}
 
 	// Without --unsafe, libvirt refuses: it does not know sheepfs as shared storage.
