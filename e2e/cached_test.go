@@ -160,7 +160,7 @@ func TestSheepfsKilledAfterSeekEnds(t *testing.T) {
 	m := c.Mount()
 	vdi := m.VDI("seek")
 	run(t, quickTimeout, "truncate", "-s", "16M", vdi)
-	cmd := exec.Command("python3", "-c", `
+	stdin, rd := startPython(t, `
 import os, sys
 fd = os.open(sys.argv[1], os.O_RDWR)
 os.pwrite(fd, b"x" * 4096, 8192)
@@ -170,20 +170,6 @@ os.fsync(fd)
 os.close(fd)
 print("closed", flush=True)
 `, vdi)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	rd := bufio.NewReader(out)
 	line, err := rd.ReadString('\n')
 	if err != nil || strings.TrimSpace(line) != "0" {
 		t.Fatalf("SEEK_DATA answered %q (%v), want 0 (the object of the cached write)", line, err)
@@ -227,7 +213,7 @@ func TestSheepfsKilledDuringWriteBackEnds(t *testing.T) {
 	m := c.Mount()
 	vdi := m.VDI("wb")
 	run(t, quickTimeout, "truncate", "-s", "16M", vdi)
-	cmd := exec.Command("python3", "-c", `
+	stdin, rd := startPython(t, `
 import os, sys
 fd = os.open(sys.argv[1], os.O_RDWR)
 os.pwrite(fd, b"w" * 4096, 8192)
@@ -239,20 +225,6 @@ os.fsync(fd)
 os.close(fd)
 print("closed", flush=True)
 `, vdi)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	rd := bufio.NewReader(out)
 	if line, err := rd.ReadString('\n'); err != nil || line != "written\n" {
 		t.Fatalf("writer: %q, %v", line, err)
 	}
@@ -289,4 +261,25 @@ print("closed", flush=True)
 	if strings.TrimSpace(r.Stdout) != "0" {
 		t.Fatalf("the written block reads back with %s bytes that are not the data", strings.TrimSpace(r.Stdout))
 	}
+}
+
+// startPython runs a python3 script with args, and returns its stdin and
+// its stdout; it is killed at the end of the test.
+func startPython(t *testing.T, script string, args ...string) (io.WriteCloser, *bufio.Reader) {
+	t.Helper()
+	cmd := exec.Command("python3", append([]string{"-c", script}, args...)...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return stdin, bufio.NewReader(out)
 }
