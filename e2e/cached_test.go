@@ -280,6 +280,16 @@ func startPython(t *testing.T, script string, args ...string) (io.WriteCloser, *
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			// Waiting on a mount nobody serves: the cluster's
+			// cleanup (its unmount) ends it.
+		}
+	})
 	return stdin, bufio.NewReader(out)
 }

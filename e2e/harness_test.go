@@ -1243,8 +1243,10 @@ func (sc *ScriptCluster) cleanup() {
 	if r.Code != 0 {
 		sc.t.Logf("scripts/down at cleanup: %v", r)
 	}
-	// Whatever scripts/down left behind.
+	// Whatever scripts/down left behind, a holder too (it keeps a mount
+	// whose sheepfs died while a file is open, which no unmount ends).
 	runCmd(quickTimeout, nil, nil, "fusermount3", "-u", "-z", sc.Mnt)
+	runCmd(quickTimeout, nil, nil, "pkill", "-KILL", "-f", "--", " "+sc.Mnt+" --hold$")
 	for _, name := range sc.procNames() {
 		if pid := sc.pid(name); pid > 0 && pidAlive(pid) {
 			if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && (bytes.Contains(cmdline, []byte(sc.Data)) || bytes.Contains(cmdline, []byte(sc.Mnt))) {

@@ -4,9 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sheepfs/sheepfs/fs"
 )
 
 // TestSheepfsRestartUnderFio: sheepfs is killed with SIGKILL twice while
@@ -62,5 +69,75 @@ func TestSheepfsRestartUnderFio(t *testing.T) {
 			}
 			t.Logf("fio wrote and verified %d MiB across two restarts of sheepfs", j.Write.IOBytes>>20)
 		})
+	}
+}
+
+// TestScriptsUpTakesOverMount: as the README says, after the sheepfs that
+// scripts/up started dies (kill -9), running scripts/up again brings a new
+// sheepfs onto the same mount, and $SHEEP_DATA/sheepfs.pid names it. A
+// file open for writing across it goes on working: a write and fsync
+// after the takeover succeed, and a second writable open through the
+// mount is not refused (the write lock stayed with the mount).
+func TestScriptsUpTakesOverMount(t *testing.T) {
+	requireEnv(t, "python3")
+	sc := NewScriptCluster(t, 3)
+	sc.Up()
+	vdi := sc.VDI("up")
+	run(t, quickTimeout, "truncate", "-s", "16M", vdi)
+	stdin, rd := startPython(t, `
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+os.pwrite(fd, b"a" * 4096, 0)
+os.fsync(fd)
+print("open", flush=True)
+sys.stdin.readline()
+os.pwrite(fd, b"b" * 4096, 4096)
+os.fsync(fd)
+fd2 = os.open(sys.argv[1], os.O_RDWR)
+os.close(fd2)
+os.close(fd)
+print("written", flush=True)
+`, vdi)
+	if line, err := rd.ReadString('\n'); err != nil || line != "open\n" {
+		t.Fatalf("writer: %q, %v", line, err)
+	}
+	old := sc.pid("sheepfs")
+	if old == 0 {
+		t.Fatalf("no sheepfs.pid after scripts/up")
+	}
+	_ = syscall.Kill(old, syscall.SIGKILL)
+	for deadline := time.Now().Add(30 * time.Second); syscall.Kill(old, 0) == nil && !fs.Exiting(old); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the killed sheepfs %d did not end", old)
+		}
+	}
+	sc.Up()
+	cur := sc.pid("sheepfs")
+	if cur == 0 || cur == old || syscall.Kill(cur, 0) != nil {
+		t.Fatalf("after scripts/up, sheepfs.pid names %d (the killed one was %d): want a new, live process", cur, old)
+	}
+	if b, _ := os.ReadFile(filepath.Join(sc.Data, "sheepfs.log")); !strings.Contains(string(b), "taking over the mount") {
+		t.Fatalf("the new sheepfs did not take the mount over:\n%s", trimOut(string(b)))
+	}
+	if _, err := io.WriteString(stdin, "go\n"); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	go func() {
+		line, err := rd.ReadString('\n')
+		got <- fmt.Sprintf("%q, %v", line, err)
+	}()
+	select {
+	case s := <-got:
+		if s != `"written\n", <nil>` {
+			t.Fatalf("the writer after the takeover: %s", s)
+		}
+	case <-time.After(cmdTimeout):
+		t.Fatalf("the writer's write and fsync after the takeover did not return within %v", cmdTimeout)
+	}
+	r := run(t, quickTimeout, "sh", "-c", "dd if="+q(vdi)+" bs=4096 count=2 status=none | sha256sum")
+	want := run(t, quickTimeout, "sh", "-c", "(head -c 4096 /dev/zero | tr '\\0' a; head -c 4096 /dev/zero | tr '\\0' b) | sha256sum")
+	if r.Stdout != want.Stdout {
+		t.Fatalf("the file's first 8 KiB are not the writes made before and after the takeover")
 	}
 }
