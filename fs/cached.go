@@ -1,9 +1,6 @@
 package fs
 
 import (
-	"path/filepath"
-	"runtime"
-
 	"golang.org/x/sys/unix"
 )
 
@@ -48,10 +45,8 @@ import (
 func (f *FS) forStat() bool { return f.stats.has(unix.Gettid()) }
 
 // writeBack has the kernel write the file's cached writes from off to its
-// end back to sheepfs, and waits for them. Errors are the writers': the
-// kernel reports them to every writer's fsync, and Write records them for
-// the writers' next close (this file's sync_file_range takes the kernel's
-// report to a close). The answer is then the cluster's.
+// end back to sheepfs, and waits for them; the answer is then the
+// cluster's.
 func (n *vdiNode) writeBack(off uint64) {
 	if !n.fs.writeback || n.writeOpens.Load() == 0 {
 		return
@@ -61,42 +56,7 @@ func (n *vdiNode) writeBack(off uint64) {
 	if n.writeOpens.Load() == 0 { // the last writer left meanwhile
 		return
 	}
-	if h := n.fs.helper(); h != nil {
-		if _, err := h.call(wbOpRange, n.name, off); err == nil {
-			return
-		}
-		// The helper died: wait here.
-	}
-	fd, ok := n.openWriteBack()
-	if !ok {
-		return
-	}
-	_ = unix.SyncFileRange(fd, int64(off), 0,
-		unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER)
-	// Closed at once, by a goroutine of its own (the close's FLUSH may
-	// wait for the inode lock that the caller's request holds): a file of
-	// its own mount that sheepfs holds when it dies is closed by its
-	// exit, whose FLUSH (and write-back) waits for an answer from a
-	// server that is gone, so that the process cannot end until a new
-	// sheepfs takes the mount over (handOver lets it, once every thread
-	// is exiting: not one that waits in the sync_file_range above).
-	go unix.Close(fd) // its errors are the writers' (Write records them)
-}
-
-// openWriteBack opens the file through the mount for writeBack (under
-// wbMu); an open and a close cost four FUSE requests.
-func (n *vdiNode) openWriteBack() (int, bool) {
-	if n.fs.dir == "" {
-		return -1, false
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	tid := unix.Gettid()
-	n.fs.internal.add(tid)
-	defer n.fs.internal.remove(tid)
-	fd, err := unix.Open(filepath.Join(n.fs.dir, "vdi", n.name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return -1, false // renamed or deleted: its writers' data is theirs to flush
-	}
-	return fd, true
+	// Its errors are the writers' (Write records them, and the kernel
+	// reports them to every writer's fsync).
+	_ = n.fs.ownWriteBack(wbOpRange, n.name, off)
 }

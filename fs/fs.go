@@ -88,10 +88,9 @@ type FS struct {
 	init []byte // the kernel's INIT request (takeover.go)
 	held bool   // serving a connection taken over (takeover.go)
 
-	writeback bool      // the kernel's writeback cache is on
-	fixers    threadSet // the threads fixing the kernel's size of a file (size.go)
-	internal  threadSet // the threads writing a file's cached writes back (cached.go)
-	helperCmd helperCmd // makes the write-back helper's command; nil: none (wbhelper.go)
+	writeback bool                       // the kernel's writeback cache is on
+	own       threadSet                  // the threads of this process doing a write-back through the mount (wbhelper.go)
+	helperCmd func(dir string) *exec.Cmd // Options.WriteBackHelper
 	wbhMu     sync.Mutex
 	wbh       atomic.Pointer[wbHelper] // the write-back helper, once started
 	stats     threadSet                // the threads serving a GETATTR without a file (cached.go)

@@ -2,15 +2,8 @@ package fs
 
 import (
 	"context"
-	"path/filepath"
-	"runtime"
-	"strconv"
 	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
-
-	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/sheepfs/sheepfs/cluster"
 	"github.com/sheepfs/sheepfs/errs"
@@ -107,33 +100,13 @@ func (n *vdiNode) runSizeFix(fix *sizeFix) {
 // an error if its file was opened after the refusal: a narrow race with a
 // write just refused.)
 //
-// The truncate goes through /proc/self/fd to the inode just opened, from a
-// thread registered as a size fixer or from the write-back helper
-// (wbhelper.go, which does the waiting when there is one): Setattr answers
-// it with the cluster's size and resizes nothing. (Should the name lead to another VDI by now,
+// The truncate goes through /proc/self/fd to the inode just opened, as a
+// write-back of sheepfs's own (ownWriteBack): Setattr answers it with the
+// cluster's size and resizes nothing. (Should the name lead to another VDI by now,
 // the kernel is told that VDI's size, which it has already.)
 func (n *vdiNode) fixKernelSize() {
-	if h := n.fs.helper(); h != nil {
-		if _, err := h.call(wbOpFixSize, n.name, n.size.Load()); err == nil {
-			return
-		}
-		// The helper died: fix it here.
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	tid := unix.Gettid()
-	n.fs.fixers.add(tid)
-	defer n.fs.fixers.remove(tid)
-	if n.fs.dir == "" {
-		return
-	}
-	fd, err := unix.Open(filepath.Join(n.fs.dir, "vdi", n.name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return // deleted, or the mount is going: no size left to fix
-	}
-	defer unix.Close(fd)
-	_ = unix.Fsync(fd) // an error here is a writer's, told at its own fsync
-	_ = unix.Truncate("/proc/self/fd/"+strconv.Itoa(fd), int64(n.size.Load()))
+	// An error of the fsync is a writer's, told at its own fsync.
+	_ = n.fs.ownWriteBack(wbOpFixSize, n.name, n.size.Load())
 }
 
 // waitSizeFix waits for a fix of the file's size under way, so that the
@@ -142,7 +115,7 @@ func (n *vdiNode) waitSizeFix(ctx context.Context) {
 	n.mu.Lock()
 	fix := n.fix
 	n.mu.Unlock()
-	if fix == nil || n.fs.fixers.caller(ctx) || n.fs.fromHelper(ctx) {
+	if fix == nil || n.fs.ownRequest(ctx) {
 		return
 	}
 	t := time.NewTimer(sizeFixWait)
@@ -153,8 +126,9 @@ func (n *vdiNode) waitSizeFix(ctx context.Context) {
 	}
 }
 
-// threadSet is a set of OS threads (those running size fixes, say). FUSE tells which
-// thread made a request (its pid field holds the thread ID).
+// threadSet is a set of OS threads (those doing a write-back of sheepfs's
+// own, say). FUSE tells which thread made a request (its pid field holds
+// the thread ID).
 type threadSet struct {
 	mu  sync.Mutex
 	ids map[int]bool
@@ -173,12 +147,6 @@ func (s *threadSet) remove(tid int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.ids, tid)
-}
-
-// caller reports whether the FUSE request of ctx comes from a thread in s.
-func (s *threadSet) caller(ctx context.Context) bool {
-	c, ok := fuse.FromContext(ctx)
-	return ok && s.has(int(c.Pid))
 }
 
 // has reports whether thread tid is in s.

@@ -2,11 +2,8 @@ package fs
 
 import (
 	"context"
-	"path/filepath"
 	"slices"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -244,27 +241,10 @@ func (f *FS) writeBack(ctx context.Context, name string) syscall.Errno {
 	w, done := f.writersOf(name)
 	open := w.n > 0
 	done() // not held while the kernel writes back: an open could be waiting for it
-	if !open || f.dir == "" {
+	if !open {
 		return 0
 	}
-	if h := f.helper(); h != nil {
-		if errno, err := h.call(wbOpFsync, name, 0); err == nil {
-			return errno
-		}
-		// The helper died: wait here.
-	}
-	fd, err := unix.Open(filepath.Join(f.dir, "vdi", name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return 0 // not reachable from here; the cluster has what was sent
-	}
-	defer unix.Close(fd)
-	if err := unix.Fsync(fd); err != nil {
-		if e, ok := err.(syscall.Errno); ok {
-			return e
-		}
-		return syscall.EIO
-	}
-	return 0
+	return f.ownWriteBack(wbOpFsync, name, 0)
 }
 
 // snapNode is one snapshot's file, read-only.

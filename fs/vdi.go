@@ -249,7 +249,7 @@ func (n *vdiNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.Att
 // whose name now belongs to another VDI (deleted and created again) fails
 // with ESTALE, so that the open goes to the new VDI's inode instead.
 func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	if n.fs.internal.caller(ctx) || n.fs.fromHelper(ctx) {
+	if n.fs.ownRequest(ctx) {
 		// sheepfs's own open for a write-back (cached.go, wbhelper.go):
 		// the file is open for writing here, so the cache holds its data.
 		return &handle{}, fuse.FOPEN_KEEP_CACHE, 0
@@ -478,7 +478,7 @@ func (n *vdiNode) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) s
 func (n *vdiNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	ctx, cancel := n.fs.ctx(ctx)
 	defer cancel()
-	if _, ok := in.GetSize(); ok && (n.fs.fixers.caller(ctx) || n.fs.fromHelper(ctx)) {
+	if _, ok := in.GetSize(); ok && n.fs.ownRequest(ctx) {
 		if errno := n.refresh(ctx); errno != 0 {
 			return errno
 		}

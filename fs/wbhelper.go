@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -22,7 +23,9 @@ import (
 // The write-back helper.
 //
 // sheepfs reaches the kernel's cached writes of a file the one way there
-// is: through a file of its own mount (cached.go, snapshot.go). The thread
+// is: through a file of its own mount (ownWriteBack: before answering
+// SEEK_DATA or a stat, cached.go; before a snapshot, snapshot.go; for a
+// size fix, size.go). The thread
 // that then waits for the kernel's write-back waits unkillably (on the
 // pages' writeback bit) until sheepfs has answered the WRITE requests. If
 // sheepfs is killed meanwhile, nothing answers them: that thread never
@@ -52,7 +55,6 @@ const (
 // wbHelper is this process's side of a helper.
 type wbHelper struct {
 	cmd    *exec.Cmd
-	pid    int
 	in     io.WriteCloser
 	done   chan struct{} // closed when its answers end (it died)
 	exited atomic.Bool   // set before it is reaped: its pid may be another's after
@@ -63,10 +65,6 @@ type wbHelper struct {
 	next    uint32
 	waiting map[uint32]chan syscall.Errno
 }
-
-// helperCmd makes the command of a helper for the mount at dir; nil
-// means write-backs are done in this process (Options.WriteBackHelper).
-type helperCmd func(dir string) *exec.Cmd
 
 // startWBHelper starts a helper with cmd.
 func startWBHelper(cmd *exec.Cmd) (*wbHelper, error) {
@@ -81,7 +79,7 @@ func startWBHelper(cmd *exec.Cmd) (*wbHelper, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	h := &wbHelper{cmd: cmd, pid: cmd.Process.Pid, in: in, done: make(chan struct{}), waiting: map[uint32]chan syscall.Errno{}}
+	h := &wbHelper{cmd: cmd, in: in, done: make(chan struct{}), waiting: map[uint32]chan syscall.Errno{}}
 	go h.answers(out)
 	return h, nil
 }
@@ -156,7 +154,7 @@ func (h *wbHelper) owns(tid uint32) bool {
 	if h.exited.Load() {
 		return false
 	}
-	_, err := os.Stat("/proc/" + strconv.Itoa(h.pid) + "/task/" + strconv.FormatUint(uint64(tid), 10))
+	_, err := os.Stat("/proc/" + strconv.Itoa(h.cmd.Process.Pid) + "/task/" + strconv.FormatUint(uint64(tid), 10))
 	return err == nil
 }
 
@@ -185,16 +183,52 @@ func (f *FS) helper() *wbHelper {
 	return h
 }
 
-// fromHelper reports whether the FUSE request of ctx comes from the
-// write-back helper (whose opens are sheepfs's own, and whose truncates
-// are size fixes: size.go).
-func (f *FS) fromHelper(ctx context.Context) bool {
-	h := f.wbh.Load()
-	if h == nil {
+// ownWriteBack has the kernel write the cached pages of vdi/name back, by
+// op (from off; for wbOpFixSize, off is the size) through a file of the
+// mount: in the helper, or, without one, on a thread of this process (and
+// then a kill during the wait keeps sheepfs from ending: see above).
+func (f *FS) ownWriteBack(op byte, name string, off uint64) syscall.Errno {
+	if f.dir == "" {
+		return 0
+	}
+	if h := f.helper(); h != nil {
+		if errno, err := h.call(op, name, off); err == nil {
+			return errno
+		}
+		// The helper died: wait here.
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	tid := unix.Gettid()
+	f.own.add(tid)
+	defer f.own.remove(tid)
+	fd, errno := writeBackOp(filepath.Join(f.dir, "vdi", name), op, int64(off))
+	if fd >= 0 {
+		// Closed by a goroutine of its own, as in the helper: the
+		// close's FLUSH may wait for the inode lock that the caller's
+		// request holds. Held, the file would keep a sheepfs killed
+		// meanwhile from ending (Exiting).
+		go unix.Close(fd)
+	}
+	return errno
+}
+
+// ownRequest reports whether the FUSE request of ctx comes from a
+// write-back of sheepfs's own (ownWriteBack): from the helper, or from a
+// thread of this process doing one. Its open is answered as sheepfs's own
+// (the file is open for writing here, so no write lock, and the cache
+// holds its data), its truncate as a size fix (size.go), and it does not
+// wait for a size fix.
+func (f *FS) ownRequest(ctx context.Context) bool {
+	c, ok := fuse.FromContext(ctx)
+	if !ok {
 		return false
 	}
-	c, ok := fuse.FromContext(ctx)
-	return ok && h.owns(c.Pid)
+	if f.own.has(int(c.Pid)) {
+		return true
+	}
+	h := f.wbh.Load()
+	return h != nil && h.owns(c.Pid)
 }
 
 // RunWriteBackHelper is the helper's side (sheepfs --write-back): it
@@ -229,7 +263,7 @@ func RunWriteBackHelper(dir string, in io.Reader, out io.Writer) error {
 		}
 		slots <- struct{}{}
 		go func() {
-			fd, errno := helperWriteBack(filepath.Join(dir, "vdi", string(name)), op, int64(off))
+			fd, errno := writeBackOp(filepath.Join(dir, "vdi", string(name)), op, int64(off))
 			var b [8]byte
 			binary.LittleEndian.PutUint32(b[:4], id)
 			binary.LittleEndian.PutUint32(b[4:], uint32(errno))
@@ -249,8 +283,9 @@ func RunWriteBackHelper(dir string, in io.Reader, out io.Writer) error {
 	}
 }
 
-// helperWriteBack does one request; it returns the file it opened (or -1).
-func helperWriteBack(path string, op byte, off int64) (int, syscall.Errno) {
+// writeBackOp does op on the file at path, opened through the mount; it
+// returns the file (or -1), for the caller to close after it answered.
+func writeBackOp(path string, op byte, off int64) (int, syscall.Errno) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, 0 // renamed or deleted: its writers' data is theirs to flush

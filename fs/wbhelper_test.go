@@ -57,7 +57,7 @@ func TestWriteBackHelperAnswers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !h.owns(uint32(h.pid)) {
+	if !h.owns(uint32(h.cmd.Process.Pid)) {
 		t.Fatalf("the helper's main thread is not taken for the helper's")
 	}
 	if h.owns(uint32(os.Getpid())) {
@@ -105,7 +105,7 @@ func TestWriteBackHelperAnswers(t *testing.T) {
 	if _, err := h.call(wbOpRange, "a", 0); err != errHelperGone {
 		t.Fatalf("a call after the helper ended: %v, want errHelperGone", err)
 	}
-	if h.owns(uint32(h.pid)) {
+	if h.owns(uint32(h.cmd.Process.Pid)) {
 		t.Fatalf("the pid of a helper that ended is still taken for the helper's")
 	}
 }
