@@ -170,20 +170,28 @@ os.fsync(fd)
 os.close(fd)
 print("closed", flush=True)
 `, vdi)
-	line, err := rd.ReadString('\n')
-	if err != nil || strings.TrimSpace(line) != "0" {
-		t.Fatalf("SEEK_DATA answered %q (%v), want 0 (the object of the cached write)", line, err)
+	if line := readLine(t, rd); line != "0" {
+		t.Fatalf("SEEK_DATA answered %q, want 0 (the object of the cached write)", line)
 	}
-	_ = m.proc.cmd.Process.Signal(syscall.SIGKILL)
-	select {
-	case <-m.proc.done:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("sheepfs killed after a SEEK_DATA did not end within 10 s (%s): it held a file of its own mount", procState(m.proc.cmd.Process.Pid))
+	if state, ended := killEnds(m); !ended {
+		t.Fatalf("sheepfs killed after a SEEK_DATA did not end within 10 s (%s): it held a file of its own mount", state)
 	}
 	m.KillAndRestart(0)
 	stdin.Close()
-	if line, err := rd.ReadString('\n'); err != nil || strings.TrimSpace(line) != "closed" {
-		t.Fatalf("the writer's fsync and close after the restart: %q, %v", line, err)
+	if line := readLine(t, rd); line != "closed" {
+		t.Fatalf("the writer's fsync and close after the restart: %q", line)
+	}
+}
+
+// killEnds kills m's sheepfs with SIGKILL and reports whether it ended
+// within 10 s, and else the State line of its status.
+func killEnds(m *Mount) (string, bool) {
+	_ = m.proc.cmd.Process.Signal(syscall.SIGKILL)
+	select {
+	case <-m.proc.done:
+		return "", true
+	case <-time.After(10 * time.Second):
+		return procState(m.proc.cmd.Process.Pid), false
 	}
 }
 
@@ -225,8 +233,8 @@ os.fsync(fd)
 os.close(fd)
 print("closed", flush=True)
 `, vdi)
-	if line, err := rd.ReadString('\n'); err != nil || line != "written\n" {
-		t.Fatalf("writer: %q, %v", line, err)
+	if line := readLine(t, rd); line != "written" {
+		t.Fatalf("writer: %q", line)
 	}
 	signalNodes := func(sig syscall.Signal) {
 		for _, n := range c.Nodes {
@@ -240,22 +248,19 @@ print("closed", flush=True)
 	}
 	// The SEEK_DATA now waits for the write-back, which waits for the cluster.
 	time.Sleep(2 * time.Second)
-	_ = m.proc.cmd.Process.Signal(syscall.SIGKILL)
-	select {
-	case <-m.proc.done:
-	case <-time.After(10 * time.Second):
-		t.Errorf("sheepfs killed during a write-back did not end within 10 s (%s)", procState(m.proc.cmd.Process.Pid))
+	if state, ended := killEnds(m); !ended {
+		t.Errorf("sheepfs killed during a write-back did not end within 10 s (%s)", state)
 	}
 	signalNodes(syscall.SIGCONT)
 	m.KillAndRestart(0)
-	if line, err := rd.ReadString('\n'); err != nil || strings.TrimSpace(line) != "0" {
-		t.Fatalf("SEEK_DATA after the restart answered %q (%v), want 0 (the object of the cached write)", line, err)
+	if line := readLine(t, rd); line != "0" {
+		t.Fatalf("SEEK_DATA after the restart answered %q, want 0 (the object of the cached write)", line)
 	}
 	if _, err := io.WriteString(stdin, "close\n"); err != nil {
 		t.Fatal(err)
 	}
-	if line, err := rd.ReadString('\n'); err != nil || strings.TrimSpace(line) != "closed" {
-		t.Fatalf("the writer's fsync and close after the restart: %q, %v", line, err)
+	if line := readLine(t, rd); line != "closed" {
+		t.Fatalf("the writer's fsync and close after the restart: %q", line)
 	}
 	r := run(t, quickTimeout, "sh", "-c", "dd if="+q(vdi)+" bs=4096 skip=2 count=1 status=none | tr -d w | wc -c")
 	if strings.TrimSpace(r.Stdout) != "0" {
@@ -292,4 +297,25 @@ func startPython(t *testing.T, script string, args ...string) (io.WriteCloser, *
 		}
 	})
 	return stdin, bufio.NewReader(out)
+}
+
+// readLine reads a line of a startPython script's output, without its
+// newline; it fails the test if none comes within cmdTimeout.
+func readLine(t *testing.T, rd *bufio.Reader) string {
+	t.Helper()
+	got := make(chan string, 1)
+	go func() {
+		line, err := rd.ReadString('\n')
+		if err != nil {
+			line = fmt.Sprintf("(%v after %q)", err, line)
+		}
+		got <- strings.TrimSuffix(line, "\n")
+	}()
+	select {
+	case line := <-got:
+		return line
+	case <-time.After(cmdTimeout):
+		t.Fatalf("no line from the script within %v", cmdTimeout)
+		return ""
+	}
 }

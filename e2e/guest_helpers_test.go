@@ -742,15 +742,7 @@ func startGuest(t *testing.T, name string, img guestImage, disk, cache, phase st
 		<-g.done
 	})
 	go func() {
-		sc := bufio.NewScanner(pr)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			line := strings.TrimRight(sc.Text(), "\r")
-			g.mu.Lock()
-			g.lines = append(g.lines, consoleLine{time.Now(), line})
-			g.cond.Broadcast()
-			g.mu.Unlock()
-		}
+		g.collect(pr)
 		pr.Close()
 		g.cmd.Wait()
 		g.mu.Lock()
@@ -759,6 +751,19 @@ func startGuest(t *testing.T, name string, img guestImage, disk, cache, phase st
 		g.mu.Unlock()
 	}()
 	return g
+}
+
+// collect adds the console lines read from r until it ends.
+func (g *guest) collect(r io.Reader) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimRight(sc.Text(), "\r")
+		g.mu.Lock()
+		g.lines = append(g.lines, consoleLine{time.Now(), line})
+		g.cond.Broadcast()
+		g.mu.Unlock()
+	}
 }
 
 // wait waits until a console line after those it looked at before matches

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"os"
@@ -185,14 +184,7 @@ func newSerialConsole(t *testing.T, name string) *serialConsole {
 			s.conn = c
 			s.mu.Unlock()
 			go func() {
-				sc := bufio.NewScanner(c)
-				sc.Buffer(make([]byte, 64<<10), 1<<20)
-				for sc.Scan() {
-					s.g.mu.Lock()
-					s.g.lines = append(s.g.lines, consoleLine{time.Now(), strings.TrimRight(sc.Text(), "\r")})
-					s.g.cond.Broadcast()
-					s.g.mu.Unlock()
-				}
+				s.g.collect(c)
 				c.Close()
 			}()
 		}

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -44,7 +43,6 @@ func TestSystemdUnits(t *testing.T) {
 // on a machine whose own init is not systemd.
 type systemd struct {
 	t   testing.TB
-	cmd *exec.Cmd
 	pid int // systemd's PID as seen from the test
 }
 
@@ -78,7 +76,7 @@ func startSystemd(t testing.TB, logPath string) *systemd {
 		log.Close()
 		t.Fatalf("start systemd: %v", err)
 	}
-	sd := &systemd{t: t, cmd: cmd}
+	sd := &systemd{t: t}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); log.Close(); close(done) }()
 	t.Cleanup(func() {
@@ -230,11 +228,7 @@ func TestSystemctlRestartMount(t *testing.T) {
 	sd.must(quickTimeout, "truncate", "-s", "256M", vdi)
 	done := make(chan Result, 1)
 	go func() {
-		done <- sd.run(5*time.Minute, "fio", "--name=verify", "--filename="+vdi, "--size=256M", "--io_size=64M",
-			"--rw=randwrite", "--bs=4k", "--iodepth=16", "--ioengine=libaio", "--direct=1",
-			"--fallocate=none", "--fsync=64",
-			"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0",
-			"--output-format=json")
+		done <- sd.run(5*time.Minute, "fio", fioVerifyArgs(vdi, "64M", 1, "--fsync=64")...)
 	}()
 	pids := []string{mainPID()}
 	steps := []struct {
@@ -265,13 +259,7 @@ func TestSystemctlRestartMount(t *testing.T) {
 	if r.Code != 0 {
 		t.Fatalf("fio: %v", r)
 	}
-	var res fioResult
-	if err := json.Unmarshal([]byte(r.Stdout), &res); err != nil || len(res.Jobs) != 1 {
-		t.Fatalf("fio output: %v\n%s", err, trimOut(r.Stdout))
-	}
-	if j := res.Jobs[0]; j.Error != 0 || j.Write.IOBytes == 0 || j.Read.IOBytes != j.Write.IOBytes {
-		t.Fatalf("fio: error %d, wrote %d bytes and verified %d: want no error and all written bytes verified", j.Error, j.Write.IOBytes, j.Read.IOBytes)
-	}
+	written := checkFioVerify(t, r.Stdout)
 	if h := holder(); h != holderPID {
 		t.Fatalf("the holder was %s and is now %q: want the same process throughout", holderPID, h)
 	}
@@ -279,7 +267,7 @@ func TestSystemctlRestartMount(t *testing.T) {
 	if n := strings.Count(journal, "taking over the mount"); n != 2 {
 		t.Fatalf("want 2 take-overs in the unit's journal, have %d:\n%s", n, trimOut(journal))
 	}
-	t.Logf("fio wrote and verified %d MiB across a restart and a crash of the unit's sheepfs (main PIDs %s)", res.Jobs[0].Write.IOBytes>>20, strings.Join(pids, ", "))
+	t.Logf("fio wrote and verified %d MiB across a restart and a crash of the unit's sheepfs (main PIDs %s)", written>>20, strings.Join(pids, ", "))
 
 	// Stopped: the mount stays and a read waits for the next sheepfs.
 	sd.must(quickTimeout, "systemctl", "stop", "sheepfs-mount")
