@@ -132,6 +132,11 @@ func (h *wbHelper) call(op byte, name string, off uint64) (syscall.Errno, error)
 			return errno, nil
 		case <-h.done:
 		}
+	} else {
+		// Its input is closed: it is ending (or ended). Once done is
+		// closed, helper starts another.
+		_ = h.cmd.Process.Kill()
+		<-h.done
 	}
 	h.mu.Lock()
 	delete(h.waiting, id)
@@ -191,11 +196,16 @@ func (f *FS) ownWriteBack(op byte, name string, off uint64) syscall.Errno {
 	if f.dir == "" {
 		return 0
 	}
-	if h := f.helper(); h != nil {
+	// A helper that dies before it answers (killed, out of memory) is
+	// replaced once; only if the new one dies too is the wait done here.
+	for range 2 {
+		h := f.helper()
+		if h == nil {
+			break
+		}
 		if errno, err := h.call(op, name, off); err == nil {
 			return errno
 		}
-		// The helper died: wait here.
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()

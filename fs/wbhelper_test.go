@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -18,8 +19,14 @@ import (
 // helper for the directory it names.
 const wbHelperEnv = "SHEEPFS_TEST_WRITE_BACK_HELPER"
 
+// With this one set too, the helper dies before it reads a request.
+const wbHelperDieEnv = "SHEEPFS_TEST_WRITE_BACK_HELPER_DIES"
+
 func init() {
 	if dir := os.Getenv(wbHelperEnv); dir != "" {
+		if os.Getenv(wbHelperDieEnv) != "" {
+			os.Exit(3)
+		}
 		if err := RunWriteBackHelper(dir, os.Stdin, os.Stdout); err != nil {
 			os.Stderr.WriteString(err.Error() + "\n")
 			os.Exit(2)
@@ -107,6 +114,62 @@ func TestWriteBackHelperAnswers(t *testing.T) {
 	}
 	if h.owns(uint32(h.cmd.Process.Pid)) {
 		t.Fatalf("the pid of a helper that ended is still taken for the helper's")
+	}
+}
+
+// TestOwnWriteBackHelperDies: a helper that dies before it answers is
+// replaced once, and the new one does the write-back; when that one dies
+// too, or none can be started, this process does it itself.
+func TestOwnWriteBackHelperDies(t *testing.T) {
+	withFile := helperDir(t) // vdi/a is here
+	empty := t.TempDir()     // and not here
+	for _, tc := range []struct {
+		name      string
+		mount     string // FS.dir: where a write-back in this process looks
+		dies      int32  // how many helpers die (of at most 2 started)
+		noStart   bool   // no helper can be started
+		wantStart int32
+	}{
+		// The mount has no vdi/a: only the helper, which looks in
+		// withFile, finds the file and fails the offset with EINVAL.
+		{"the second helper serves", empty, 1, false, 2},
+		{"both die: this process serves", withFile, 2, false, 2},
+		{"none starts: this process serves", withFile, 0, true, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var starts atomic.Int32
+			f := &FS{dir: tc.mount, helperCmd: func(string) *exec.Cmd {
+				n := starts.Add(1)
+				if tc.noStart {
+					return exec.Command(filepath.Join(empty, "no-such-helper"))
+				}
+				cmd := exec.Command(os.Args[0])
+				cmd.Env = append(os.Environ(), wbHelperEnv+"="+withFile)
+				if n <= tc.dies {
+					cmd.Env = append(cmd.Env, wbHelperDieEnv+"=1")
+				}
+				cmd.Stderr = os.Stderr
+				return cmd
+			}}
+			t.Cleanup(func() {
+				if h := f.wbh.Load(); h != nil {
+					h.in.Close()
+					<-h.done
+				}
+			})
+			if errno := f.ownWriteBack(wbOpRange, "a", 1<<63); errno != syscall.EINVAL {
+				t.Fatalf("write-back from an offset no file has: %v, want EINVAL", errno)
+			}
+			if n := starts.Load(); n != tc.wantStart {
+				t.Fatalf("%d helpers started, want %d", n, tc.wantStart)
+			}
+			f.own.mu.Lock()
+			left := len(f.own.ids)
+			f.own.mu.Unlock()
+			if left != 0 {
+				t.Fatalf("%d threads still marked as doing a write-back", left)
+			}
+		})
 	}
 }
 
