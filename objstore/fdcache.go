@@ -21,6 +21,15 @@ type handle struct {
 	sums    entries      // a copy of the file's checksum trailer, or nil
 	suspect bool         // sums was read while changes were in flight
 	busy    []blockRange // blocks being changed
+	tmap    []byte       // the file's trailer mapped, or nil (tmap.go)
+	noMap   bool         // do not map it (again)
+	changes int          // entry writes before it is mapped
+}
+
+// close closes h's file and unmaps its trailer. Nobody uses h.
+func (h *handle) close() {
+	h.unmapTrailer()
+	_ = h.f.Close()
 }
 
 // fdCache is an LRU of open object files, bounded by max, with at most

@@ -294,7 +294,7 @@ func (s *Store) release(h *handle) {
 	last := s.fds.release(h)
 	s.mu.Unlock()
 	if last {
-		closeFiles(h.f, nil)
+		h.close()
 	}
 }
 
@@ -307,7 +307,7 @@ func closeFiles(f File, h *handle) {
 		_ = f.Close()
 	}
 	if h != nil {
-		_ = h.f.Close()
+		h.close()
 	}
 }
 
@@ -736,7 +736,7 @@ func (s *Store) createExtents(oid ids.ObjectID, exts []Extent, data []byte, ver 
 	s.mu.Unlock()
 	closeFiles(dup, victim)
 	if last {
-		closeFiles(h.f, nil)
+		h.close()
 	}
 	return nil
 }
@@ -969,7 +969,7 @@ func (s *Store) forget(oid ids.ObjectID) (objInfo, bool) {
 	h := s.fds.remove(oid)
 	s.mu.Unlock()
 	if h != nil {
-		closeFiles(h.f, nil)
+		h.close()
 	}
 	return info, ok
 }
@@ -1058,7 +1058,7 @@ func (s *Store) measure(oid ids.ObjectID) error {
 	}
 	s.mu.Unlock()
 	if last {
-		closeFiles(h.f, nil)
+		h.close()
 	}
 	if err != nil {
 		return objErr("usage", oid, err)
@@ -1104,7 +1104,7 @@ func (s *Store) closeAll() {
 	idle := s.fds.removeAll()
 	s.mu.Unlock()
 	for _, h := range idle {
-		closeFiles(h.f, nil)
+		h.close()
 	}
 }
 

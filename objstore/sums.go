@@ -184,8 +184,8 @@ func (s *Store) sums(oid ids.ObjectID, h *handle, fresh bool) (es entries, ok bo
 // entryBufs holds buffers for entries on their way to the file.
 var entryBufs = sync.Pool{New: func() any { b := make([]byte, 8<<10); return &b }}
 
-// storeSums writes entries [b0, b1) of es, h's copy, to h's file. If that
-// fails, the file may hold some of them: the copy is dropped, to be read
+// storeSums writes entries [b0, b1) of es, h's copy, to h's file: into
+// its mapped trailer (tmap.go), or with pwrite. If that fails, the file may hold some of them: the copy is dropped, to be read
 // again.
 func (s *Store) storeSums(h *handle, es entries, b0, b1 int64) error {
 	p := entryBufs.Get().(*[]byte)
@@ -197,6 +197,9 @@ func (s *Store) storeSums(h *handle, es entries, b0, b1 int64) error {
 	t := trailer((*p)[:n])
 	for b := b0; b < b1; b++ {
 		t.set(b-b0, es.get(b))
+	}
+	if s.storeMapped(h, t, b0) {
+		return nil
 	}
 	_, err := h.f.WriteAt(t, s.objSize+b0*entrySize)
 	if err != nil {

@@ -319,7 +319,7 @@ func (s *Store) syncObject(oid ids.ObjectID) (fatal bool, err error) {
 	}
 	s.mu.Unlock()
 	if last {
-		closeFiles(h.f, nil)
+		h.close()
 	}
 	return false, nil
 }
