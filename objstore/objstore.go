@@ -450,8 +450,9 @@ func (s *Store) ObjectSize() int64 { return s.objSize }
 // covering a common block, which run one at a time. A read that races a
 // write of its blocks may find a block not matching its sum yet; it then
 // looks again once no change of the object is in flight (see mismatch).
-// A Write costs two pwrite(2) calls (checksum entries, then data) when
-// the object's descriptor is cached.
+// A Write costs one pwrite(2), its data's, when the object's descriptor
+// is cached and its trailer mapped (tmap.go: the checksum entries go
+// first, as a copy into the mapping); two otherwise.
 func (s *Store) Write(oid ids.ObjectID, off int64, data []byte, ver ids.Version, epoch ids.Epoch) error {
 	return s.write(oid, off, data, ver, epoch, true)
 }
