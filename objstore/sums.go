@@ -185,9 +185,12 @@ func (s *Store) sums(oid ids.ObjectID, h *handle, fresh bool) (es entries, ok bo
 var entryBufs = sync.Pool{New: func() any { b := make([]byte, 8<<10); return &b }}
 
 // storeSums writes entries [b0, b1) of es, h's copy, to h's file: into
-// its mapped trailer (tmap.go), or with pwrite. If that fails, the file may hold some of them: the copy is dropped, to be read
-// again.
+// its mapped trailer (tmap.go), or with pwrite. If the pwrite fails, the
+// file may hold some of them: the copy is dropped, to be read again.
 func (s *Store) storeSums(h *handle, es entries, b0, b1 int64) error {
+	if s.storeMapped(h, es, b0, b1) {
+		return nil
+	}
 	p := entryBufs.Get().(*[]byte)
 	defer entryBufs.Put(p)
 	n := (b1 - b0) * entrySize
@@ -197,9 +200,6 @@ func (s *Store) storeSums(h *handle, es entries, b0, b1 int64) error {
 	t := trailer((*p)[:n])
 	for b := b0; b < b1; b++ {
 		t.set(b-b0, es.get(b))
-	}
-	if s.storeMapped(h, t, b0) {
-		return nil
 	}
 	_, err := h.f.WriteAt(t, s.objSize+b0*entrySize)
 	if err != nil {

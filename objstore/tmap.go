@@ -1,6 +1,7 @@
 package objstore
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
 	"runtime/debug"
@@ -12,7 +13,7 @@ import (
 //
 // A change writes its blocks' checksum entries to the file before their
 // data (sums.go). With the trailer mapped (MAP_SHARED), that write is a
-// copy into the file's pages in the page cache: the same pages a pwrite
+// store into the file's pages in the page cache: the same pages a pwrite
 // would fill, as visible to a process that opens the file after this one
 // is killed, written back and fdatasynced with the rest of the file, but
 // without a system call. It was the one system call that checksums add to
@@ -20,8 +21,9 @@ import (
 // (docs/BENCHMARKS.md, The cost of checksums).
 //
 // A mapped page faults when the file no longer reaches it (cut short
-// behind the store's back) or when its first write finds the disk full
-// (the trailer is sparse): the copy then runs with the runtime's panic on
+// behind the store's back) or when it is a hole (the store writes whole
+// trailers, but the file may have been changed behind its back) and the
+// disk is full: the stores into it run with the runtime's panic on
 // fault, so the fault is an error, and the handle goes back to pwrite,
 // which reports such a failure the usual way. Only regular files of the
 // operating system are mapped: FaultFS's writes must go through FaultFS.
@@ -63,32 +65,38 @@ func (h *handle) unmapTrailer() {
 	}
 }
 
-// copyMapped copies src into the mapped dst; a fault (the file cut short,
-// the disk full) is an error instead of a crash.
-func copyMapped(dst, src []byte) (err error) {
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("mapped checksums: %v", r)
-		}
-	}()
-	copy(dst, src)
-	return nil
-}
-
-// storeMapped writes t, the entries from b0 on, to h's mapped trailer, and
-// reports whether it did; after a fault h writes its entries with pwrite
-// from then on.
-func (s *Store) storeMapped(h *handle, t trailer, b0 int64) bool {
+// storeMapped writes entries [b0, b1) of es, h's copy, to h's mapped
+// trailer and reports whether it did; after a fault h writes its entries
+// with pwrite from then on.
+func (s *Store) storeMapped(h *handle, es entries, b0, b1 int64) bool {
 	m := s.trailerMap(h)
 	if m == nil {
 		return false
 	}
-	if copyMapped(m[b0*entrySize:], t) == nil {
+	if setMapped(m, es, b0, b1) == nil {
 		return true
 	}
 	h.tmu.Lock()
 	h.noMap = true // the mapping stays until h is closed: others may be copying
 	h.tmu.Unlock()
 	return false
+}
+
+// setMapped stores entries [b0, b1) of es into the mapped trailer m, each
+// as one 8-byte store, so that a kill leaves every entry old or new, never
+// half of each (as a pwrite, whose copy a kill does not interrupt, did). A
+// fault (the file cut short, the disk full) is an error, not a crash.
+func setMapped(m []byte, es entries, b0, b1 int64) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("mapped checksums: %v", r)
+		}
+	}()
+	for b := b0; b < b1; b++ {
+		e := es.get(b)
+		// The file's layout (trailer.set): prev, then cur, little-endian.
+		binary.LittleEndian.PutUint64(m[b*entrySize:], uint64(e.cur)<<32|uint64(e.prev))
+	}
+	return nil
 }
