@@ -691,11 +691,21 @@ type guest struct {
 	qmp   string // QMP socket
 	done  chan struct{}
 
+	// stalled, if set, is asked when a wait times out. A non-empty
+	// answer (why the stall is none of sheepfs's doing) makes the wait
+	// panic with a guestStall instead of failing the test, for a caller
+	// that runs the guest again (see runAgainIfQemuStalls).
+	stalled func() string
+
 	mu    sync.Mutex
 	cond  *sync.Cond
 	lines []consoleLine
 	pos   int // lines before it were looked at by wait
 }
+
+// guestStall is the panic of a wait that timed out on a guest stalled
+// outside sheepfs (guest.stalled).
+type guestStall struct{ why string }
 
 // startGuest starts qemu with the guest in phase, its disk at disk opened
 // with the cache mode cache; incoming makes it wait for a migration
@@ -797,6 +807,12 @@ func (g *guest) wait(re *regexp.Regexp, timeout time.Duration) (time.Time, []str
 		default:
 		}
 		if time.Now().After(deadline) {
+			if g.stalled != nil {
+				if why := g.stalled(); why != "" {
+					g.t.Logf("%s did not print %q within %v: %s\nlast lines of its console:\n%s", g.name, re, timeout, why, g.tail())
+					panic(guestStall{why})
+				}
+			}
 			g.fail("%s did not print %q within %v", g.name, re, timeout)
 		}
 		g.cond.Wait()
@@ -806,12 +822,17 @@ func (g *guest) wait(re *regexp.Regexp, timeout time.Duration) (time.Time, []str
 // fail fails the test with the end of the console. g.mu is held.
 func (g *guest) fail(format string, args ...any) {
 	g.t.Helper()
+	g.t.Fatalf(format+"\nlast lines of the console of %s:\n%s", append(args, g.name, g.tail())...)
+}
+
+// tail is the last 60 lines of the console; g.mu is held.
+func (g *guest) tail() string {
 	from := max(0, len(g.lines)-60)
 	var tail []string
 	for _, l := range g.lines[from:] {
 		tail = append(tail, l.at.Format("15:04:05.000")+" "+l.text)
 	}
-	g.t.Fatalf(format+"\nlast lines of the console of %s:\n%s", append(args, g.name, strings.Join(tail, "\n"))...)
+	return strings.Join(tail, "\n")
 }
 
 // checkConsole fails the test if any console line so far is an error.
