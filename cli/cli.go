@@ -126,6 +126,7 @@ type DaemonCmd struct {
 
 // Run starts the daemon and serves until SIGINT or SIGTERM.
 func (d *DaemonCmd) Run(g *Globals) error {
+	keepSysmonAwake()
 	lvl, _ := zerolog.ParseLevel(d.LogLevel)
 	var out io.Writer = os.Stderr
 	if d.LogFormat == "text" {
