@@ -14,7 +14,8 @@ const sysmonAwake = "schedtrace=2147483647"
 
 // keepSysmonAwake re-executes the program with sysmonAwake added to
 // GODEBUG, unless GODEBUG sets schedtrace already or SHEEP_SYSMON_SLEEPS
-// is set; it returns only if it does not (or cannot) re-execute.
+// is set and not empty; it returns only if it does not (or cannot)
+// re-execute.
 //
 // The runtime puts sysmon into a deep sleep whenever every P is idle, and
 // wakes it (a futex wake, a switch to its thread) at the first system call

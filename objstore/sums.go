@@ -109,9 +109,10 @@ func (t trailer) get(b int64) entry {
 	return entry{binary.LittleEndian.Uint32(t[b*entrySize:]), binary.LittleEndian.Uint32(t[b*entrySize+4:])}
 }
 
+// set stores entry b: prev, then cur, little-endian, as one 8-byte store
+// (into a mapped trailer, a kill leaves the entry whole: tmap.go).
 func (t trailer) set(b int64, e entry) {
-	binary.LittleEndian.PutUint32(t[b*entrySize:], e.prev)
-	binary.LittleEndian.PutUint32(t[b*entrySize+4:], e.cur)
+	binary.LittleEndian.PutUint64(t[b*entrySize:], uint64(e.cur)<<32|uint64(e.prev))
 }
 
 // readTrailer reads the whole trailer of oid's file f. A short one (the

@@ -1,7 +1,6 @@
 package objstore
 
 import (
-	"encoding/binary"
 	"fmt"
 	"os"
 	"runtime/debug"
@@ -93,10 +92,9 @@ func setMapped(m []byte, es entries, b0, b1 int64) (err error) {
 			err = fmt.Errorf("mapped checksums: %v", r)
 		}
 	}()
+	t := trailer(m)
 	for b := b0; b < b1; b++ {
-		e := es.get(b)
-		// The file's layout (trailer.set): prev, then cur, little-endian.
-		binary.LittleEndian.PutUint64(m[b*entrySize:], uint64(e.cur)<<32|uint64(e.prev))
+		t.set(b, es.get(b))
 	}
 	return nil
 }
