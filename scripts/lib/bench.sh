@@ -51,6 +51,19 @@ run_fio() {
 	fio --name="$job" --filename="$file" "${fio_common[@]}" $(job_args "$job") \
 		--output="$BENCH_OUT/$target-$job.json" || die "fio $job on $target failed"
 }
+# fill_first TARGET FILE: unless the first job is the sequential write, which
+# fills the files, writes FILE through once as that job would (its report
+# kept as TARGET-fill.json), so that every target's reads read data: a VDI
+# is created sparse, and reads of its holes cost no disk and no checksum,
+# while fio lays a plain file out in full.
+fill_first() {
+	local target=$1 file=$2 first
+	read -r first _ <<<"$BENCH_JOBS"
+	[ "$first" != seqwrite ] || return 0
+	say "== fill $target ($file)"
+	fio --name=fill --filename="$file" "${fio_common[@]}" --rw=write --bs=1M --ioengine=psync \
+		--direct=0 --end_fsync=1 --output="$BENCH_OUT/$target-fill.json" || die "filling $file on $target failed"
+}
 # drop_caches JOB: before every job but the sequential write (which fills
 # the file), so that reads start cold.
 drop_caches() {
