@@ -72,25 +72,6 @@ func (f *flushSet) coveredWithout(id ids.NodeID) bool {
 	return true
 }
 
-// dropGone removes the groups none of whose nodes is a member of st (and
-// the nodes no group left holds) and returns them: writes that every node
-// they reached left the cluster with, unflushed.
-func (f *flushSet) dropGone(st *cluster.State) [][]ids.NodeID {
-	var gone [][]ids.NodeID
-	for k, g := range f.groups {
-		if !slices.ContainsFunc(g, func(id ids.NodeID) bool { _, ok := st.Member(id); return ok }) {
-			gone = append(gone, g)
-			delete(f.groups, k)
-		}
-	}
-	for id := range f.nodes {
-		if _, ok := st.Member(id); !ok && f.coveredWithout(id) {
-			delete(f.nodes, id)
-		}
-	}
-	return gone
-}
-
 // mark records that nodes were written to, outside any one write's group
 // (the nodes a client names for its flush).
 func (d *dirtyNodes) mark(nodes []cluster.Member) {

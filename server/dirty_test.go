@@ -115,26 +115,6 @@ func TestFlushPassesOverOnlyCoveredNodes(t *testing.T) {
 	}
 }
 
-// TestFlushDropsGoneGroups: a write whose nodes all left the cluster is
-// dropped from the set (reported lost once by the flush); one with a node
-// still a member, if down, stays.
-func TestFlushDropsGoneGroups(t *testing.T) {
-	var f flushSet
-	f.add(flushSet{nodes: map[ids.NodeID]bool{"a": true, "b": true, "c": true, "d": true},
-		groups: map[string][]ids.NodeID{"a\x00b\x00": {"a", "b"}, "c\x00d\x00": {"c", "d"}}})
-	st := &cluster.State{Members: []cluster.Member{{ID: "c", Down: true}}}
-	gone := f.dropGone(st)
-	if len(gone) != 1 || !slices.Equal(gone[0], []ids.NodeID{"a", "b"}) {
-		t.Fatalf("gone %v, want [[a b]]", gone)
-	}
-	if got := slices.Sorted(maps.Keys(f.nodes)); !slices.Equal(got, []ids.NodeID{"c", "d"}) {
-		t.Fatalf("nodes left %v, want [c d]", got)
-	}
-	if len(f.groups) != 1 {
-		t.Fatalf("groups left %v, want {c, d}", f.groups)
-	}
-}
-
 func TestBootSet(t *testing.T) {
 	var none *bootSet
 	none.add("a", 3) // a nil set gathers nothing, and does not panic

@@ -297,9 +297,7 @@ func (r *replicated) change(ctx context.Context, w writer, oid ids.ObjectID, cop
 // meanwhile may still be on them (a process that died keeps its page
 // cache; a restart in the same boot syncs it): the flush waits for one
 // of them to be back (NotReady, retried), and one back in another boot
-// fails it (errs.Lost, from the client's boots). If none is back when the
-// flush gives up and they have all left the cluster, the flush reports
-// the write lost (flushBoots). Only the boots the client
+// fails it (errs.Lost, from the client's boots). Only the boots the client
 // names for the flush are checked: writes through this gateway alone,
 // with no client's list, pass once a node of each is synced.
 func passOver(dirty *flushSet) error {
@@ -437,7 +435,7 @@ func (r *replicated) flushBoots(ctx context.Context, expect []proto.NodeBoot) er
 	}
 	var lost []ids.NodeID
 	err := r.dirty.flush(func(dirty *flushSet) error {
-		err := r.retry(ctx, func() string { return "flush" }, func(st *cluster.State) error {
+		return r.retry(ctx, func() string { return "flush" }, func(st *cluster.State) error {
 			var ts []cluster.Member
 			for id := range dirty.nodes {
 				if m, ok := st.Member(id); ok && m.Up() {
@@ -463,15 +461,6 @@ func (r *replicated) flushBoots(ctx context.Context, expect []proto.NodeBoot) er
 			}
 			return passOver(dirty)
 		})
-		if errs.KindOf(err) == errs.NotReady {
-			// Waited in vain: writes whose nodes all left the cluster
-			// are reported lost once, as a writeback error is, and no
-			// longer waited for.
-			if gone := dirty.dropGone(r.n.cl.State()); len(gone) > 0 {
-				return errs.E(errs.Lost, "writes since the last flush may be lost: every node that took them left the cluster before they were flushed: %v", gone)
-			}
-		}
-		return err
 	})
 	if err == nil && len(lost) > 0 {
 		slices.Sort(lost)
