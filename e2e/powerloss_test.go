@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -23,7 +22,6 @@ import (
 
 	"github.com/sheepfs/sheepfs/auth"
 	"github.com/sheepfs/sheepfs/client"
-	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/ids"
 )
 
@@ -722,130 +720,4 @@ func powerLossAndReboot(t *testing.T, c *Cluster, bootID string) {
 		c.Restart(i)
 	}
 	c.WaitOK()
-}
-
-// TestFlushWaitsForTheOnlyCopyOfAWrite: a flush may pass over a node that
-// is down only if every write it took since the last flush has a copy on
-// a node the flush synced. With one copy, writes land in an object whose
-// copy is not on the gateway, and that node goes down before any flush: a
-// flush meanwhile must not succeed. First its process is killed (kill -9:
-// the page cache keeps the write); back in the same boot, the flush
-// succeeds and the write reads back. Then its power is cut (the write is
-// on no disk); back in a new boot, the flush fails with "writes lost"
-// (EIO). (Passing the down node over, the flush succeeded at once, and
-// after the power loss the write read back as what the object held
-// before.)
-func TestFlushWaitsForTheOnlyCopyOfAWrite(t *testing.T) {
-	t.Setenv("SHEEP_FAULTS", "1")
-	requireEnv(t)
-	c := NewCluster(t, 3, 1)
-	const obj = 4 << 20
-	gw := c.Nodes[0]
-	cl := client.New([]string{gw.Addr()}, client.Options{Dial: keyDial(auth.RoleClient), RetryFor: 10 * time.Second})
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
-	defer cancel()
-	createVDI(t, cl, "lone", 16*obj)
-	v, err := cl.Lock(ctx, "lone")
-	if err != nil {
-		t.Fatal(err)
-	}
-	block := func(b byte) []byte { return bytes.Repeat([]byte{b}, 4096) }
-	for i := range 8 {
-		if err := cl.WriteAt(ctx, v.ID, block('a'), int64(i)*obj, false); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := cl.Flush(ctx, v.ID); err != nil {
-		t.Fatal(err)
-	}
-	// An object whose only copy is on another node than the gateway.
-	files := c.ObjectFiles()
-	k, x := -1, -1
-	for i := range 8 {
-		for node := range files[ids.DataObject(v.ID, uint32(i)).String()] {
-			for j, n := range c.Nodes {
-				if n.ID == node && n != gw {
-					k, x = i, j
-				}
-			}
-		}
-	}
-	if k < 0 {
-		t.Fatalf("every object's copy is on the gateway %s: %v", gw.ID, files)
-	}
-	node := c.Nodes[x]
-	read := func() []byte {
-		t.Helper()
-		got := make([]byte, 4096)
-		if err := cl.ReadAt(ctx, v.ID, got, int64(k)*obj); err != nil {
-			t.Fatal(err)
-		}
-		return got
-	}
-	// down writes b to object k, takes node down with stop, and starts
-	// a flush once the gateway sees it down; the flush must still be
-	// waiting a moment later. It returns the flush's answer.
-	down := func(b byte, stop func()) <-chan error {
-		t.Helper()
-		if err := cl.WriteAt(ctx, v.ID, block(b), int64(k)*obj, false); err != nil {
-			t.Fatal(err)
-		}
-		stop()
-		if !waitFor(30*time.Second, func() bool { return !node.Running() }) {
-			t.Fatalf("%s did not die", node.ID)
-		}
-		if !waitFor(readyTimeout, func() bool {
-			r := runCmd(quickTimeout, nil, nil, sheepBin, "--addr", gw.Addr(), "--timeout", "2s", "--json", "cluster", "info")
-			var ci ClusterInfo
-			if r.Code != 0 || json.Unmarshal([]byte(r.Stdout), &ci) != nil {
-				return false
-			}
-			for _, ni := range ci.Nodes {
-				if ni.ID == node.ID && ni.State == "up" {
-					return false
-				}
-			}
-			return true
-		}) {
-			t.Fatalf("the gateway %s does not see %s down", gw.ID, node.ID)
-		}
-		flushed := make(chan error, 1)
-		go func() { flushed <- cl.Flush(ctx, v.ID) }()
-		select {
-		case err := <-flushed:
-			t.Fatalf("the flush returned (%v) while the only copy of a write was on %s, down", err, node.ID)
-		case <-time.After(2 * time.Second):
-		}
-		return flushed
-	}
-
-	flushed := down('k', func() { c.Kill(x) })
-	c.Restart(x) // the same boot
-	if err := <-flushed; err != nil {
-		t.Fatalf("the flush after %s came back in the same boot: %v", node.ID, err)
-	}
-	if got := read(); !bytes.Equal(got, block('k')) {
-		t.Fatalf("object %d reads %q... after the flush, want the write's %q...", k, got[:4], "kkkk")
-	}
-	c.WaitOK()
-
-	trackDurability(t, c)
-	flushed = down('w', func() {
-		if r := c.SheepAt(node.Addr(), "node", "md", "fault", node.Dir, "powerloss"); r.Code != 0 {
-			t.Fatalf("md fault powerloss on %s: %v", node.ID, r)
-		}
-	})
-	t.Setenv("SHEEP_BOOT_ID", "0badc0de-0000-4000-8000-000000000005")
-	c.Restart(x)
-	err = <-flushed
-	if !errs.Is(err, errs.Lost) {
-		t.Fatalf("the flush after %s came back in a new boot: %v, want writes lost", node.ID, err)
-	}
-	t.Logf("the flush: %v", err)
-	t.Logf("object %d now reads %q... (the write %s took was lost with its power)", k, read()[:4], node.ID)
-	// Reported once: the next flush covers later writes.
-	if err := cl.Flush(ctx, v.ID); err != nil {
-		t.Fatalf("the flush after the one that reported the loss: %v", err)
-	}
 }

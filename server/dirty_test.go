@@ -3,12 +3,10 @@ package server
 import (
 	"errors"
 	"maps"
-	"slices"
 	"testing"
 	"time"
 
 	"github.com/sheepfs/sheepfs/cluster"
-	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/ids"
 	"github.com/sheepfs/sheepfs/proto"
 )
@@ -20,16 +18,16 @@ func TestFlushWaitsForEarlierFlush(t *testing.T) {
 	var d dirtyNodes
 	d.mark([]cluster.Member{{ID: "x"}})
 	started, release := make(chan struct{}), make(chan struct{})
-	go d.flush(func(set *flushSet) error {
+	go d.flush(func(set map[ids.NodeID]bool) error {
 		close(started)
 		<-release
-		set.synced("x")
+		delete(set, "x")
 		return nil
 	})
 	<-started
 	second := make(chan error, 1)
 	go func() {
-		second <- d.flush(func(*flushSet) error { return nil })
+		second <- d.flush(func(map[ids.NodeID]bool) error { return nil })
 	}()
 	select {
 	case <-second:
@@ -47,71 +45,23 @@ func TestFlushKeepsFailedNodes(t *testing.T) {
 	var d dirtyNodes
 	d.mark([]cluster.Member{{ID: "x"}, {ID: "y"}})
 	failed := errors.New("y is down")
-	err := d.flush(func(set *flushSet) error {
-		set.synced("x")
+	err := d.flush(func(set map[ids.NodeID]bool) error {
+		delete(set, "x")
 		return failed
 	})
 	if !errors.Is(err, failed) {
 		t.Fatalf("flush: %v", err)
 	}
 	var got map[ids.NodeID]bool
-	d.flush(func(set *flushSet) error {
-		got = maps.Clone(set.nodes)
+	d.flush(func(set map[ids.NodeID]bool) error {
+		got = map[ids.NodeID]bool{}
+		for id := range set {
+			got[id] = true
+		}
 		return nil
 	})
 	if len(got) != 1 || !got["y"] {
 		t.Fatalf("after a failed flush the next one syncs %v, want only y", got)
-	}
-}
-
-// TestFlushPassesOverOnlyCoveredNodes: a flush passes over a node it
-// cannot sync only once every write that node took has a copy on a node
-// synced since; a write whose replicas are all down or gone makes the
-// flush wait (NotReady) and stays marked.
-func TestFlushPassesOverOnlyCoveredNodes(t *testing.T) {
-	ms := func(ids ...ids.NodeID) []cluster.Member {
-		var out []cluster.Member
-		for _, id := range ids {
-			out = append(out, cluster.Member{ID: id})
-		}
-		return out
-	}
-	var d dirtyNodes
-	d.markWrite(ms("a", "b", "c"))
-	d.markWrite(ms("c", "b", "a")) // the same group in another order
-	d.markWrite(ms("c", "d"))
-	d.mark(ms("f")) // named by a client: no group
-	if n := len(d.set.groups); n != 2 {
-		t.Fatalf("%d groups, want 2: %v", n, d.set.groups)
-	}
-
-	// Only a is synced; b, c, d and f cannot be.
-	err := d.flush(func(set *flushSet) error {
-		set.synced("a")
-		return passOver(set)
-	})
-	if errs.KindOf(err) != errs.NotReady {
-		t.Fatalf("flush with {c, d} unsynced: %v, want NotReady", err)
-	}
-	// b (its only group has a) and f (no group) were passed over; c
-	// and d wait, with their group.
-	if got := slices.Sorted(maps.Keys(d.set.nodes)); !slices.Equal(got, []ids.NodeID{"c", "d"}) {
-		t.Fatalf("left for the next flush: %v, want [c d]", got)
-	}
-	if len(d.set.groups) != 1 {
-		t.Fatalf("groups left: %v, want only {c, d}", d.set.groups)
-	}
-
-	// d is back and synced: c is covered, and passed over.
-	err = d.flush(func(set *flushSet) error {
-		set.synced("d")
-		return passOver(set)
-	})
-	if err != nil {
-		t.Fatalf("flush with d synced: %v", err)
-	}
-	if !d.set.empty() {
-		t.Fatalf("left after a complete flush: %+v", d.set)
 	}
 }
 

@@ -284,36 +284,10 @@ func (r *replicated) change(ctx context.Context, w writer, oid ids.ObjectID, cop
 			return local(st.Epoch, ver)
 		}, req, w.boots)
 		if err == nil && req.Flags&proto.FlagSync == 0 {
-			r.dirty.markWrite(ts)
+			r.dirty.mark(ts)
 		}
 		return err
 	})
-}
-
-// passOver settles the nodes of dirty that a flush could not sync in st
-// (down, or no longer members): their copies are not counted on, and
-// they are passed over, as long as every write they took has a copy on a
-// node synced since. A write whose replicas were all lost to the cluster
-// meanwhile may still be on them (a process that died keeps its page
-// cache; a restart in the same boot syncs it): the flush waits for one
-// of them to be back (NotReady, retried), and one back in another boot
-// fails it (errs.Lost, from the client's boots). Only the boots the client
-// names for the flush are checked: writes through this gateway alone,
-// with no client's list, pass once a node of each is synced.
-func passOver(dirty *flushSet) error {
-	for id := range dirty.nodes {
-		if dirty.coveredWithout(id) {
-			delete(dirty.nodes, id)
-		}
-	}
-	if len(dirty.groups) > 0 {
-		var waitFor [][]ids.NodeID
-		for _, g := range dirty.groups {
-			waitFor = append(waitFor, g)
-		}
-		return errs.E(errs.NotReady, "writes since the last flush are only on nodes that are down or gone: %v", waitFor)
-	}
-	return nil
 }
 
 // Read implements vdi.Objects: the local replica first, then the others in
@@ -407,9 +381,8 @@ func (r *replicated) readAny(ctx context.Context, st *cluster.State, oid ids.Obj
 }
 
 // Flush implements vdi.Objects: every node written since the last flush
-// syncs its store. A node that is down or gone is passed over (its
-// replicas are no longer counted on) once each write it took has a copy
-// on a node synced since (passOver).
+// syncs its store. A node that left the epoch meanwhile is skipped: its
+// replicas are no longer counted on.
 func (r *replicated) Flush(ctx context.Context) error { return r.flushBoots(ctx, nil) }
 
 // flushBoots is Flush for a client whose unflushed writes reached the
@@ -434,12 +407,14 @@ func (r *replicated) flushBoots(ctx context.Context, expect []proto.NodeBoot) er
 		r.dirty.mark(ms)
 	}
 	var lost []ids.NodeID
-	err := r.dirty.flush(func(dirty *flushSet) error {
+	err := r.dirty.flush(func(dirty map[ids.NodeID]bool) error {
 		return r.retry(ctx, func() string { return "flush" }, func(st *cluster.State) error {
 			var ts []cluster.Member
-			for id := range dirty.nodes {
+			for id := range dirty {
 				if m, ok := st.Member(id); ok && m.Up() {
 					ts = append(ts, m)
+				} else {
+					delete(dirty, id) // gone or down: its copies are not counted on
 				}
 			}
 			var first error
@@ -451,15 +426,12 @@ func (r *replicated) flushBoots(ctx context.Context, expect []proto.NodeBoot) er
 					}
 					return
 				}
-				dirty.synced(m.ID)
+				delete(dirty, m.ID)
 				if w, ok := want[m.ID]; ok && w != 0 && boot != 0 && w != boot && !slices.Contains(lost, m.ID) {
 					lost = append(lost, m.ID)
 				}
 			})
-			if first != nil {
-				return first
-			}
-			return passOver(dirty)
+			return first
 		})
 	})
 	if err == nil && len(lost) > 0 {
