@@ -61,8 +61,9 @@ fill_first() {
 	read -r first _ <<<"$BENCH_JOBS"
 	[ "$first" != seqwrite ] || return 0
 	say "== fill $target ($file)"
-	fio --name=fill --filename="$file" "${fio_common[@]}" --rw=write --bs=1M --ioengine=psync \
-		--direct=0 --end_fsync=1 --output="$BENCH_OUT/$target-fill.json" || die "filling $file on $target failed"
+	# shellcheck disable=SC2046 # job_args gives one word per option
+	fio --name=fill --filename="$file" "${fio_common[@]}" $(job_args seqwrite) \
+		--output="$BENCH_OUT/$target-fill.json" || die "filling $file on $target failed"
 }
 # drop_caches JOB: before every job but the sequential write (which fills
 # the file), so that reads start cold.
