@@ -2,7 +2,9 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,8 +20,9 @@ import (
 // request goes to the object's replicas of the current epoch. It implements
 // vdi.Objects.
 type replicated struct {
-	n     *Node
-	dirty dirtyNodes // nodes written since their last flush
+	n       *Node
+	dirty   dirtyNodes // nodes written since their last flush
+	pending unflushed  // per VDI, the replicas of its writes not yet synced
 }
 
 var _ vdi.Objects = (*replicated)(nil)
@@ -95,8 +98,9 @@ const sendMax = 64 << 10
 
 // fanout sends one request to every target (the local node is served in
 // place) and returns the first error; boots, if set, records the boot of
-// each target that took it.
-func (r *replicated) fanout(ctx context.Context, st *cluster.State, ts []cluster.Member, local func() error, req proto.Msg, boots *bootSet) error {
+// each target that took it. If marks is not nil, each such target is
+// appended to it with its boot, and fanout returns it.
+func (r *replicated) fanout(ctx context.Context, ts []cluster.Member, local func() error, req proto.Msg, boots *bootSet, marks []replicaMark) ([]replicaMark, error) {
 	var first error
 	r.callAll(ctx, ts, local, req, func(m cluster.Member, boot uint64, err error) {
 		if err != nil {
@@ -106,8 +110,11 @@ func (r *replicated) fanout(ctx context.Context, st *cluster.State, ts []cluster
 			return
 		}
 		boots.add(m.ID, boot)
+		if marks != nil {
+			marks = append(marks, replicaMark{id: m.ID, store: m.Store, boot: boot})
+		}
 	})
-	return first
+	return marks, first
 }
 
 // callAll sends req to every member of ts but this node, serves this
@@ -182,6 +189,10 @@ type writer struct {
 	r     *replicated
 	fence func(*cluster.State) error
 	boots *bootSet // if set, gathers the boots of the replicas written
+	// vdi, if set, is the VDI whose client writes: each write's
+	// replicas are kept for its flushes (replicated.pending). The
+	// daemon's own changes leave it zero.
+	vdi ids.VDIID
 	// sync makes each write durable on its replicas before it counts as
 	// done: the request carries proto.FlagSync, and each replica syncs
 	// its store after the write, in the same request. Such a write
@@ -277,14 +288,21 @@ func (r *replicated) change(ctx context.Context, w writer, oid ids.ObjectID, cop
 		}
 		ver := r.n.nextVersion()
 		req.Epoch, req.ID, req.Aux = st.Epoch, uint64(oid), uint64(ver)
-		err := r.fanout(ctx, st, ts, func() error {
+		synced := req.Flags&proto.FlagSync != 0
+		var mb [8]replicaMark
+		var marks []replicaMark
+		if w.vdi != 0 && !synced {
+			marks = mb[:0]
+		}
+		marks, err := r.fanout(ctx, ts, func() error {
 			if err := r.n.checkEpoch(ctx, st.Epoch); err != nil {
 				return err
 			}
 			return local(st.Epoch, ver)
-		}, req, w.boots)
-		if err == nil && req.Flags&proto.FlagSync == 0 {
+		}, req, w.boots, marks)
+		if err == nil && !synced {
 			r.dirty.mark(ts)
+			r.pending.mark(w.vdi, marks)
 		}
 		return err
 	})
@@ -382,15 +400,20 @@ func (r *replicated) readAny(ctx context.Context, st *cluster.State, oid ids.Obj
 
 // Flush implements vdi.Objects: every node written since the last flush
 // syncs its store. A node that left the epoch meanwhile is skipped: its
-// replicas are no longer counted on.
-func (r *replicated) Flush(ctx context.Context) error { return r.flushBoots(ctx, nil) }
+// replicas are no longer counted on. It checks no VDI's writes
+// (flushBoots does).
+func (r *replicated) Flush(ctx context.Context) error { return r.flushBoots(ctx, 0, nil) }
 
-// flushBoots is Flush for a client whose unflushed writes reached the
-// nodes in expect, in those boots: those nodes sync too (this gateway may
-// not have written them: it may have restarted since, or the client came
-// from another), and if one of them answers in another boot, the writes
-// it took may be gone: errs.Lost, once every node is synced.
-func (r *replicated) flushBoots(ctx context.Context, expect []proto.NodeBoot) error {
+// flushBoots is Flush for a client of VDI vid (0: none) whose unflushed
+// writes reached the nodes in expect, in those boots: those nodes sync too
+// (this gateway may not have written them: it may have restarted since,
+// or the client came from another), and if one of them answers in another
+// boot, the writes it took may be gone: errs.Lost, once every node is
+// synced. The nodes that are down are passed over, but not before every
+// write of vid through this gateway since its last flush has a synced
+// copy (settle).
+func (r *replicated) flushBoots(ctx context.Context, vid ids.VDIID, expect []proto.NodeBoot) error {
+	start := r.pending.ticket()
 	want := map[ids.NodeID]uint64{}
 	if len(expect) > 0 {
 		byHash := make(map[uint64]uint64, len(expect))
@@ -417,26 +440,113 @@ func (r *replicated) flushBoots(ctx context.Context, expect []proto.NodeBoot) er
 					delete(dirty, id) // gone or down: its copies are not counted on
 				}
 			}
-			var first error
-			req := proto.Msg{Header: proto.Header{Op: proto.OpSyncObjs, Epoch: st.Epoch}}
-			r.callAll(ctx, ts, r.n.store.Sync, req, func(m cluster.Member, boot uint64, err error) {
-				if err != nil {
-					if first == nil {
-						first = err
-					}
-					return
-				}
+			return r.syncNodes(ctx, st, ts, func(m cluster.Member, boot uint64) {
 				delete(dirty, m.ID)
 				if w, ok := want[m.ID]; ok && w != 0 && boot != 0 && w != boot && !slices.Contains(lost, m.ID) {
 					lost = append(lost, m.ID)
 				}
 			})
-			return first
 		})
 	})
+	if err == nil && vid != 0 {
+		err = r.settle(ctx, vid, start)
+	}
 	if err == nil && len(lost) > 0 {
 		slices.Sort(lost)
 		err = errs.E(errs.Lost, "writes since the last flush may be lost: node(s) %v took them, then their machine restarted before they were flushed", lost)
 	}
 	return err
+}
+
+// syncNodes has every member of ts sync its store (this node in place),
+// calls synced for each that did, and records the syncs in r.pending. It
+// returns the first error.
+func (r *replicated) syncNodes(ctx context.Context, st *cluster.State, ts []cluster.Member, synced func(m cluster.Member, boot uint64)) error {
+	var first error
+	var db [8]syncedNode
+	done := db[:0]
+	t := r.pending.ticket()
+	req := proto.Msg{Header: proto.Header{Op: proto.OpSyncObjs, Epoch: st.Epoch}}
+	r.callAll(ctx, ts, r.n.store.Sync, req, func(m cluster.Member, boot uint64, err error) {
+		if err != nil {
+			if first == nil {
+				first = err
+			}
+			return
+		}
+		done = append(done, syncedNode{m: m, boot: boot})
+		if synced != nil {
+			synced(m, boot)
+		}
+	})
+	r.pending.cover(t, done)
+	return first
+}
+
+// settle makes sure that every write of VDI vid through this gateway
+// marked before ticket start has a copy on a node synced since, in the
+// boot and Store that took it. The nodes that took a write without such a
+// copy are synced as they come back up (a process that died keeps its
+// page cache, and its successor syncs its file system when it opens), for
+// up to RetryFor; if none can be, the flush fails with NotReady and the
+// writes stay pending for the next. Writes whose nodes all came back in
+// another boot or with another Store, or, once the wait is over, all left
+// the cluster, are reported lost (errs.Lost), once. Other VDIs' writes
+// never hold up this flush.
+func (r *replicated) settle(ctx context.Context, vid ids.VDIID, start uint64) error {
+	if len(r.pending.waiting(vid, start)) == 0 {
+		return nil
+	}
+	lostErr := func(gs []copyGroup, why string) error {
+		return errs.E(errs.Lost, "VDI %v: writes since the last flush may be lost: their only copies were on %v, %s before they were flushed", vid, groupsString(gs), why)
+	}
+	err := r.retry(ctx, func() string { return fmt.Sprintf("flush of VDI %v", vid) }, func(st *cluster.State) error {
+		gs := r.pending.waiting(vid, start)
+		if len(gs) == 0 {
+			return nil
+		}
+		var ts []cluster.Member
+		for _, g := range gs {
+			for _, rm := range g.nodes {
+				if m, ok := st.Member(rm.id); ok && m.Up() && !rm.gone && !slices.ContainsFunc(ts, func(o cluster.Member) bool { return o.ID == m.ID }) {
+					ts = append(ts, m)
+				}
+			}
+		}
+		err := r.syncNodes(ctx, st, ts, nil)
+		if gone := r.pending.dropLost(vid, start, nil); len(gone) > 0 {
+			return lostErr(gone, "which came back in another boot or with another disk")
+		}
+		if gs = r.pending.waiting(vid, start); len(gs) == 0 {
+			return nil
+		}
+		if err == nil || !retryable(err) {
+			err = errs.E(errs.NotReady, "VDI %v: writes since the last flush are only on nodes that are down: %s", vid, groupsString(gs))
+		}
+		return err
+	})
+	if errs.KindOf(err) == errs.NotReady {
+		st := r.n.cl.State()
+		member := func(id ids.NodeID) bool { _, ok := st.Member(id); return ok }
+		if gone := r.pending.dropLost(vid, start, member); len(gone) > 0 {
+			return lostErr(gone, "which left the cluster")
+		}
+	}
+	return err
+}
+
+// groupsString names groups of replicas for an error.
+func groupsString(gs []copyGroup) string {
+	var b strings.Builder
+	for i := range gs {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		if i == 4 {
+			fmt.Fprintf(&b, "and %d more", len(gs)-i)
+			break
+		}
+		b.WriteString(gs[i].String())
+	}
+	return b.String()
 }

@@ -135,5 +135,6 @@ func (n *Node) clientWriter(c *proto.Conn, meta *cluster.VDI) writer {
 		return n.checkWriter(c, meta)
 	})
 	w.boots = &bootSet{} // the answer tells the client where its write went
+	w.vdi = vid          // its flushes wait for a synced copy of each write
 	return w
 }
