@@ -9,9 +9,13 @@ import (
 )
 
 // TestEvictIdle: idle volumes of VDIs nobody writes are dropped; busy,
-// recently used and open-for-writing ones stay.
+// recently used and open-for-writing ones stay. The replicas kept for the
+// flushes of a dropped one go with it.
 func TestEvictIdle(t *testing.T) {
 	n := &Node{}
+	n.objs = &replicated{n: n}
+	n.objs.pending.mark(1, rms("a"))
+	n.objs.pending.mark(4, rms("a"))
 	old, busy, fresh, written := &volume{}, &volume{}, &volume{}, &volume{}
 	for _, v := range []*volume{old, busy, fresh, written} {
 		v.Volume = vdi.Open(nil, vdi.Info{ID: 1})
@@ -34,5 +38,12 @@ func TestEvictIdle(t *testing.T) {
 	}
 	if n.volumes[2] != busy || busy.evicted || n.volumes[3] != fresh || fresh.evicted || n.volumes[4] != written || written.evicted {
 		t.Errorf("a busy, fresh or written volume was dropped")
+	}
+	all := n.objs.pending.ticket()
+	if gs := n.objs.pending.waiting(1, all); len(gs) != 0 {
+		t.Errorf("the dropped volume's writes are still waited for: %v", gs)
+	}
+	if gs := n.objs.pending.waiting(4, all); len(gs) != 1 {
+		t.Errorf("the written volume's writes are not waited for: %v", gs)
 	}
 }

@@ -125,6 +125,14 @@ func (u *unflushed) mark(vid ids.VDIID, rs []replicaMark) {
 	}
 }
 
+// forget drops what is kept for VDI vid: no flush of its writes through
+// this gateway will come.
+func (u *unflushed) forget(vid ids.VDIID) {
+	u.mu.Lock()
+	delete(u.vdis, vid)
+	u.mu.Unlock()
+}
+
 // ticket returns the ticket of a sync about to be sent: it will cover the
 // writes marked so far.
 func (u *unflushed) ticket() uint64 {

@@ -184,7 +184,8 @@ func (n *Node) evictLoop() {
 }
 
 // evictIdle drops the volumes last used before cutoff whose VDI nobody
-// holds open for writing (locked says whether someone does). A volume is
+// holds open for writing (locked says whether someone does), and the
+// replicas kept for their flushes (replicated.pending). A volume is
 // dropped with its writes fence held, so no write is running on it; a
 // write that finds it dropped fetches the new one.
 func (n *Node) evictIdle(cutoff time.Time, locked func(ids.VDIID) bool) int {
@@ -211,6 +212,9 @@ func (n *Node) evictIdle(cutoff time.Time, locked func(ids.VDIID) bool) int {
 				delete(n.volumes, vid)
 			}
 			n.mu.Unlock()
+			// Nobody holds it open for writing: no flush of its
+			// writes will come.
+			n.objs.pending.forget(vid)
 			dropped++
 		}
 		v.writes.Unlock()
