@@ -517,6 +517,10 @@ func (c *Cluster) Apply(ctx context.Context, cmd Command) (Result, error) {
 		_, _ = rand.Read(b[:])
 		cmd.Token = hex.EncodeToString(b[:])
 	}
+	// Out of bounds (a client's token, say) never reaches the log.
+	if err := checkCommand(&cmd); err != nil {
+		return Result{}, err
+	}
 	data, err := json.Marshal(cmd)
 	if err != nil {
 		return Result{}, errs.E(errs.Invalid, "encode command: %w", err)

@@ -89,7 +89,7 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		if err := cluster.CheckSize(a.Size); err != nil {
 			return nil, err
 		}
-		r, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDICreate, Name: a.Name, Size: a.Size, Copies: a.Copies})
+		r, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdVDICreate, Name: a.Name, Size: a.Size, Copies: a.Copies, Token: a.Token})
 		if err != nil {
 			return nil, err
 		}
