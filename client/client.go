@@ -244,10 +244,10 @@ func (c *Client) ensureLocks(ctx context.Context, pc *proto.Client, gen uint64) 
 
 // Admin runs an admin command and decodes its answer into out (may be nil).
 func (c *Client) Admin(ctx context.Context, req proto.AdminRequest, out any) error {
-	if req.Cmd == proto.AdminVDICreate && req.Token == "" {
+	if (req.Cmd == proto.AdminVDICreate || req.Cmd == proto.AdminVDIClone) && req.Token == "" {
 		// The same bytes go out at every retry (callInto): one that
 		// follows an answer lost with its gateway answers the first
-		// create's result instead of "exists".
+		// one's result instead of "exists".
 		var t [12]byte
 		_, _ = rand.Read(t[:])
 		req.Token = hex.EncodeToString(t[:])

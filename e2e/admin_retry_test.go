@@ -10,7 +10,8 @@ import (
 	"github.com/sheepfs/sheepfs/proto"
 )
 
-// TestCreateRetryAnswersTheFirst: a vdi.create sent again with its token
+// TestCreateRetryAnswersTheFirst: a vdi.create (or vdi.clone) sent again
+// with its token
 // (as the client does when its gateway dies before answering: the same
 // bytes go to the next one) answers what the first did, through any
 // gateway, instead of "exists"; a create of the same name with another
@@ -46,5 +47,26 @@ func TestCreateRetryAnswersTheFirst(t *testing.T) {
 	}
 	if list := lookupVDI(t, cl, "once"); list.ID != infos[0].ID {
 		t.Fatalf("once is VDI %v, the create answered %v", list.ID, infos[0].ID)
+	}
+
+	// The same for a clone.
+	if err := cl.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDISnapshot, Name: "once", Tag: "s"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var clones []proto.VDIInfo
+	for range 2 {
+		var info proto.VDIInfo
+		req := proto.AdminRequest{Cmd: proto.AdminVDIClone, Source: "once@s", Name: "twice", Token: "a-clone-of-once"}
+		if err := cl.Admin(ctx, req, &info); err != nil {
+			t.Fatalf("clone: %v", err)
+		}
+		clones = append(clones, info)
+	}
+	if clones[0].ID == 0 || clones[0].ID != clones[1].ID {
+		t.Fatalf("the clone and its retry answered %+v and %+v, want the same VDI", clones[0], clones[1])
+	}
+	err = cl.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDIClone, Source: "once@s", Name: "twice"}, nil)
+	if !errs.Is(err, errs.Exists) {
+		t.Fatalf("a second clone to twice (a token of its own): %v, want exists", err)
 	}
 }

@@ -183,9 +183,10 @@ type AdminRequest struct {
 	Force bool `json:"force,omitempty"`
 	// Objects for objects.check.
 	Objects []ids.ObjectID `json:"objects,omitempty"`
-	// Token names one vdi.create (at most 128 bytes): a client that sends
-	// it again after losing the answer with its gateway gets the first
-	// one's result, not "exists". client.Admin sets a random one.
+	// Token names one vdi.create or vdi.clone (at most 128 bytes): a
+	// client that sends it again after losing the answer with its gateway
+	// gets the first one's result, not "exists". client.Admin sets a
+	// random one.
 	Token string `json:"token,omitempty"`
 }
 

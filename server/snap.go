@@ -188,7 +188,7 @@ func (n *Node) cloneVDI(ctx context.Context, a proto.AdminRequest) (proto.VDIInf
 	if err := cluster.CheckName(a.Name); err != nil {
 		return proto.VDIInfo{}, err
 	}
-	r, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdClone, Source: a.Source, Name: a.Name, Copies: a.Copies})
+	r, err := n.cl.Apply(ctx, cluster.Command{Op: cluster.CmdClone, Source: a.Source, Name: a.Name, Copies: a.Copies, Token: a.Token})
 	if err != nil {
 		return proto.VDIInfo{}, err
 	}
