@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -28,6 +29,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/sheepfs/sheepfs/client"
+	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/ids"
 	"github.com/sheepfs/sheepfs/metrics"
 	"github.com/sheepfs/sheepfs/proto"
@@ -228,6 +230,39 @@ func (f *FS) Unmount() error {
 // effects runs to completion, and its true result is returned.
 func (f *FS) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+}
+
+// hold runs fn, a cluster request of the I/O of a VDI (a read, a
+// write, a flush), and runs it again while it fails only because the
+// cluster is not ready (no quorum, too few replicas up, a flush waiting
+// for the one node that holds a write: errs.NotReady; an epoch moving on:
+// errs.StaleEpoch), until ctx ends (FS.ctx: 5 minutes). The gateway has
+// retried each such request for 30 s already, and an error is what a VM
+// can least use (a guest's file system goes read-only at the first
+// failed write), where I/O that waits is what a disk does whose path
+// went away for a while.
+// name names the VDI in the log, or if empty, id its image.
+func (f *FS) hold(ctx context.Context, name string, id ids.VDIID, fn func() error) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := fn()
+		if k := errs.KindOf(err); err == nil || k != errs.NotReady && k != errs.StaleEpoch {
+			return err
+		}
+		what := "VDI " + name
+		if name == "" {
+			what = "VDI image " + id.String()
+		}
+		logLimited(LogWarn, "hold "+what, "%s: %s; its I/O waits for the cluster", what, strings.TrimSpace(err.Error()))
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
 }
 
 // writers counts a VDI's open-for-write handles. Its mutex is held across

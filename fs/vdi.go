@@ -403,7 +403,7 @@ func (n *vdiNode) write(ctx context.Context, h *handle, data []byte, off int64) 
 		}
 	}
 	sync := n.synced.beginWrite() || h.sync
-	err := n.fs.c.WriteAt(ctx, n.id, data, off, sync)
+	err := n.fs.hold(ctx, n.name, n.id, func() error { return n.fs.c.WriteAt(ctx, n.id, data, off, sync) })
 	if !sync || err != nil {
 		n.synced.changed()
 	}
@@ -421,7 +421,9 @@ func (n *vdiNode) grow(ctx context.Context, size uint64) syscall.Errno {
 		return toErrno(err)
 	}
 	var info proto.VDIInfo
-	err := n.fs.c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDIResize, Name: n.name, Size: size, Grow: true}, &info)
+	err := n.fs.hold(ctx, n.name, n.id, func() error {
+		return n.fs.c.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDIResize, Name: n.name, Size: size, Grow: true}, &info)
+	})
 	n.synced.changed()
 	if err != nil {
 		return toErrno(err)
@@ -458,7 +460,9 @@ func (n *vdiNode) resize(ctx context.Context, size uint64) syscall.Errno {
 func (n *vdiNode) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) syscall.Errno {
 	ctx, cancel := n.fs.ctx(ctx)
 	defer cancel()
-	flushed, err := n.synced.fsync(func() error { return n.fs.c.Flush(ctx, n.id) })
+	flushed, err := n.synced.fsync(func() error {
+		return n.fs.hold(ctx, n.name, n.id, func() error { return n.fs.c.Flush(ctx, n.id) })
+	})
 	switch {
 	case err != nil:
 		n.fs.countFsync("failed")
@@ -569,7 +573,7 @@ func (n *vdiNode) Allocate(ctx context.Context, fh gofs.FileHandle, off uint64, 
 		return 0
 	}
 	length = min(length, size-off)
-	err := n.fs.c.Discard(ctx, n.id, int64(off), int64(length), keep)
+	err := n.fs.hold(ctx, n.name, n.id, func() error { return n.fs.c.Discard(ctx, n.id, int64(off), int64(length), keep) })
 	n.synced.changed()
 	if err != nil {
 		return toErrno(err)
