@@ -25,6 +25,7 @@ import (
 	"github.com/sheepfs/sheepfs/client"
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/proto"
 )
 
 // TestPowerLossKeepsFsyncedWrites: a writer does 4 KiB writes each followed
@@ -808,11 +809,12 @@ func TestFlushWaitsForTheOnlyCopyOfAWrite(t *testing.T) {
 	node := c.Nodes[x]
 	t.Logf("lone's object %d is on %s only; other's object %d is not", k, node.ID, ko)
 
-	// down writes b to lone's object k, takes node down with stop, and
-	// starts a flush of lone once the gateway sees it down; the flush must
-	// still be waiting after other's write and flush, which must succeed,
-	// and 2 seconds more. It returns lone's flush's answer.
-	down := func(b byte, stop func()) <-chan error {
+	// down writes b to lone's object k, takes node down with stop, and,
+	// if flush is set, starts a flush of lone once the gateway sees it
+	// down; the flush must still be waiting after other's write and
+	// flush, which must succeed, and 2 seconds more. It returns lone's
+	// flush's answer.
+	down := func(b byte, stop func(), flush bool) <-chan error {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 		defer cancel()
@@ -839,13 +841,15 @@ func TestFlushWaitsForTheOnlyCopyOfAWrite(t *testing.T) {
 			t.Fatalf("the gateway %s does not see %s down", gw.ID, node.ID)
 		}
 		flushed := make(chan error, 1)
-		go func() {
-			// A context of its own: the flush may wait for the
-			// gateway's whole retry time, and the client's after it.
-			ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
-			defer cancel()
-			flushed <- cl.Flush(ctx, lone.ID)
-		}()
+		if flush {
+			go func() {
+				// A context of its own: the flush may wait for the
+				// gateway's whole retry time.
+				ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+				defer cancel()
+				flushed <- cl.Flush(ctx, lone.ID)
+			}()
+		}
 		if err := cl.WriteAt(ctx, other.ID, block(b), int64(ko)*obj, false); err != nil {
 			t.Fatalf("write to other while %s is down: %v", node.ID, err)
 		}
@@ -878,7 +882,17 @@ func TestFlushWaitsForTheOnlyCopyOfAWrite(t *testing.T) {
 		}
 	}
 
-	flushed := down('k', func() { c.Kill(x) })
+	// lostHere checks that err reports lone's write lost by the gateway's
+	// own record of where it went (not by the client's list of boots).
+	lostHere := func(err error, what string) {
+		t.Helper()
+		if !errs.Is(err, errs.Lost) || !strings.Contains(err.Error(), "only copies were on {"+string(node.ID)+"}") {
+			t.Fatalf("%s: %v, want writes lost, whose only copies were on %s", what, err, node.ID)
+		}
+		t.Logf("%s: %v", what, err)
+	}
+
+	flushed := down('k', func() { c.Kill(x) }, true)
 	c.Restart(x) // the same boot
 	if err := <-flushed; err != nil {
 		t.Fatalf("the flush after %s came back in the same boot: %v", node.ID, err)
@@ -896,26 +910,40 @@ func TestFlushWaitsForTheOnlyCopyOfAWrite(t *testing.T) {
 		if r := c.SheepAt(node.Addr(), "node", "md", "fault", node.Dir, "powerloss"); r.Code != 0 {
 			t.Fatalf("md fault powerloss on %s: %v", node.ID, r)
 		}
-	})
+	}, true)
 	t.Setenv("SHEEP_BOOT_ID", "0badc0de-0000-4000-8000-000000000005")
 	c.Restart(x)
-	if err := <-flushed; !errs.Is(err, errs.Lost) {
-		t.Fatalf("the flush after %s came back in a new boot: %v, want writes lost", node.ID, err)
-	} else {
-		t.Logf("the flush: %v", err)
-	}
+	lostHere(<-flushed, "the flush after "+string(node.ID)+" came back in a new boot")
 	t.Logf("lone's object %d now reads %q... (the write %s took was lost with its power)", k, read(lone.ID, k)[:4], node.ID)
 	flushAgain("the one that reported the loss") // reported once
+	// The loss was lone's: other's flushes are not told of it.
+	func() {
+		ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+		defer cancel()
+		if err := cl.WriteAt(ctx, other.ID, block('o'), int64(ko)*obj, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := cl.Flush(ctx, other.ID); err != nil {
+			t.Fatalf("other's flush after lone's loss: %v", err)
+		}
+	}()
 	c.WaitOK()
 
 	// Last, the node is killed and stays down: it leaves the cluster
-	// (after the grace period), and the flush, having waited for it in
-	// vain, reports the write lost; once.
-	flushed = down('g', func() { c.Kill(x) })
-	if err := <-flushed; !errs.Is(err, errs.Lost) {
-		t.Fatalf("the flush with %s gone for good: %v, want writes lost", node.ID, err)
-	} else {
-		t.Logf("the flush: %v", err)
-	}
+	// (after the grace period). A snapshot of lone, which flushes first,
+	// fails (it waits for the node in vain); the client's flush after it
+	// reports the write lost, whether the snapshot's flush found that
+	// already or not; once.
+	down('g', func() { c.Kill(x) }, false)
+	func() {
+		ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+		defer cancel()
+		err := cl.Admin(ctx, proto.AdminRequest{Cmd: proto.AdminVDISnapshot, Name: "lone", Tag: "after"}, nil)
+		if err == nil {
+			t.Fatalf("a snapshot of lone succeeded with the only copy of a write on %s, gone", node.ID)
+		}
+		t.Logf("the snapshot: %v", err)
+		lostHere(cl.Flush(ctx, lone.ID), "the flush with "+string(node.ID)+" gone for good")
+	}()
 	flushAgain("the one that reported the loss")
 }

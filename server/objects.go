@@ -402,17 +402,25 @@ func (r *replicated) readAny(ctx context.Context, st *cluster.State, oid ids.Obj
 // syncs its store. A node that left the epoch meanwhile is skipped: its
 // replicas are no longer counted on. It checks no VDI's writes
 // (flushBoots does).
-func (r *replicated) Flush(ctx context.Context) error { return r.flushBoots(ctx, 0, nil) }
+func (r *replicated) Flush(ctx context.Context) error { return r.flushBoots(ctx, flushOf{}, nil) }
 
-// flushBoots is Flush for a client of VDI vid (0: none) whose unflushed
+// flushOf says whose a flush is: that of VDI vid (0: no VDI's), and
+// whether it is its client's own flush (OpVDIFlush), which takes a loss of
+// writes that another flush of the VDI found (unflushed.setLost).
+type flushOf struct {
+	vid    ids.VDIID
+	client bool
+}
+
+// flushBoots is Flush for a client of VDI f.vid (0: none) whose unflushed
 // writes reached the nodes in expect, in those boots: those nodes sync too
 // (this gateway may not have written them: it may have restarted since,
 // or the client came from another), and if one of them answers in another
 // boot, the writes it took may be gone: errs.Lost, once every node is
 // synced. The nodes that are down are passed over, but not before every
-// write of vid through this gateway since its last flush has a synced
+// write of f.vid through this gateway since its last flush has a synced
 // copy (settle).
-func (r *replicated) flushBoots(ctx context.Context, vid ids.VDIID, expect []proto.NodeBoot) error {
+func (r *replicated) flushBoots(ctx context.Context, f flushOf, expect []proto.NodeBoot) error {
 	start := r.pending.ticket()
 	want := map[ids.NodeID]uint64{}
 	if len(expect) > 0 {
@@ -448,8 +456,8 @@ func (r *replicated) flushBoots(ctx context.Context, vid ids.VDIID, expect []pro
 			})
 		})
 	})
-	if err == nil && vid != 0 {
-		err = r.settle(ctx, vid, start)
+	if err == nil && f.vid != 0 {
+		err = r.settle(ctx, f, start)
 	}
 	if err == nil && len(lost) > 0 {
 		slices.Sort(lost)
@@ -483,7 +491,7 @@ func (r *replicated) syncNodes(ctx context.Context, st *cluster.State, ts []clus
 	return first
 }
 
-// settle makes sure that every write of VDI vid through this gateway
+// settle makes sure that every write of VDI f.vid through this gateway
 // marked before ticket start has a copy on a node synced since, in the
 // boot and Store that took it. The nodes that took a write without such a
 // copy are synced as they come back up (a process that died keeps its
@@ -491,14 +499,28 @@ func (r *replicated) syncNodes(ctx context.Context, st *cluster.State, ts []clus
 // up to RetryFor; if none can be, the flush fails with NotReady and the
 // writes stay pending for the next. Writes whose nodes all came back in
 // another boot or with another Store, or, once the wait is over, all left
-// the cluster, are reported lost (errs.Lost), once. Other VDIs' writes
-// never hold up this flush.
-func (r *replicated) settle(ctx context.Context, vid ids.VDIID, start uint64) error {
-	if len(r.pending.waiting(vid, start)) == 0 {
+// the cluster, are reported lost (errs.Lost); a flush that is not the
+// client's keeps the loss for the client's next flush too, which reports
+// it once. Other VDIs' writes never hold up this flush.
+func (r *replicated) settle(ctx context.Context, f flushOf, start uint64) error {
+	vid := f.vid
+	lostErr := func(why string) error {
+		return errs.E(errs.Lost, "VDI %v: writes since the last flush may be lost: %s", vid, why)
+	}
+	if f.client {
+		if why := r.pending.takeLost(vid); why != "" {
+			return lostErr(why)
+		}
+	}
+	if !r.pending.waits(vid, start) {
 		return nil
 	}
-	lostErr := func(gs []copyGroup, why string) error {
-		return errs.E(errs.Lost, "VDI %v: writes since the last flush may be lost: their only copies were on %v, %s before they were flushed", vid, groupsString(gs), why)
+	lost := func(gs []copyGroup, how string) error {
+		why := fmt.Sprintf("their only copies were on %v, %s before they were flushed", groupsString(gs), how)
+		if !f.client {
+			r.pending.setLost(vid, why)
+		}
+		return lostErr(why)
 	}
 	err := r.retry(ctx, func() string { return fmt.Sprintf("flush of VDI %v", vid) }, func(st *cluster.State) error {
 		gs := r.pending.waiting(vid, start)
@@ -515,12 +537,13 @@ func (r *replicated) settle(ctx context.Context, vid ids.VDIID, start uint64) er
 		}
 		err := r.syncNodes(ctx, st, ts, nil)
 		if gone := r.pending.dropLost(vid, start, nil); len(gone) > 0 {
-			return lostErr(gone, "which came back in another boot or with another disk")
+			return lost(gone, "which came back in another boot or with another disk")
 		}
-		if gs = r.pending.waiting(vid, start); len(gs) == 0 {
+		if !r.pending.waits(vid, start) {
 			return nil
 		}
-		if err == nil || !retryable(err) {
+		if err == nil {
+			gs = r.pending.waiting(vid, start)
 			err = errs.E(errs.NotReady, "VDI %v: writes since the last flush are only on nodes that are down: %s", vid, groupsString(gs))
 		}
 		return err
@@ -529,7 +552,7 @@ func (r *replicated) settle(ctx context.Context, vid ids.VDIID, start uint64) er
 		st := r.n.cl.State()
 		member := func(id ids.NodeID) bool { _, ok := st.Member(id); return ok }
 		if gone := r.pending.dropLost(vid, start, member); len(gone) > 0 {
-			return lostErr(gone, "which left the cluster")
+			return lost(gone, "which left the cluster")
 		}
 	}
 	return err

@@ -143,7 +143,7 @@ func (n *Node) snapshotWritten(ctx context.Context, meta *cluster.VDI, tag strin
 	defer cancel()
 	// The snapshot holds what was acknowledged: make it durable first, so
 	// that a crash cannot take from the snapshot what it showed.
-	if err := n.objs.flushBoots(ctx, meta.ID, nil); err != nil {
+	if err := n.objs.flushBoots(ctx, flushOf{vid: meta.ID}, nil); err != nil {
 		return proto.VDIInfo{}, err
 	}
 	old := v.Info().ID
@@ -464,7 +464,7 @@ func (n *Node) syncMembers(ctx context.Context, st *cluster.State) error {
 	for _, m := range st.Members {
 		all = append(all, proto.NodeBoot{Node: proto.NodeHash(m.ID)}) // boot 0: compare nothing
 	}
-	return n.objs.flushBoots(ctx, 0, all)
+	return n.objs.flushBoots(ctx, flushOf{}, all)
 }
 
 // freeIndex removes the index objects of dead image d (which has no

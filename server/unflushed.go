@@ -27,13 +27,25 @@ import (
 type unflushed struct {
 	mu   sync.Mutex
 	now  uint64
-	vdis map[ids.VDIID]map[string]*copyGroup
+	vdis map[ids.VDIID]*vdiWrites
+}
+
+// vdiWrites is what unflushed keeps for one VDI.
+type vdiWrites struct {
+	groups map[string]*copyGroup
+	// lost says why writes of the VDI may be lost, when a flush that was
+	// not its client's (a snapshot's, a synced write's) found them so:
+	// the client's next flush reports it too (takeLost).
+	lost string
 }
 
 // maxGroups bounds the groups kept for one VDI. Past it, a new group is
-// kept as one group per node instead (one per node at most): each of its
-// nodes must then be synced, or its flush waits, which is stricter than
-// needed and small.
+// kept as one group per node instead (split; one per node at most): each
+// of its nodes must then be synced, or its flush waits, which is stricter
+// than needed and small. A split group is never reported lost (its write
+// may be on another node of the write's): once its node is gone for good
+// it is dropped, as every node that is down was passed over before the
+// groups.
 const maxGroups = 4096
 
 // replicaMark is one replica of a write.
@@ -48,6 +60,7 @@ type replicaMark struct {
 type copyGroup struct {
 	nodes       []replicaMark
 	first, last uint64 // tickets of the first uncovered and of the last write
+	split       bool   // one node of a larger group (maxGroups)
 }
 
 // lost reports whether none of g's replicas can make its writes durable
@@ -98,29 +111,29 @@ func (u *unflushed) mark(vid ids.VDIID, rs []replicaMark) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.vdis == nil {
-		u.vdis = map[ids.VDIID]map[string]*copyGroup{}
+		u.vdis = map[ids.VDIID]*vdiWrites{}
 	}
-	gs := u.vdis[vid]
-	if gs == nil {
-		gs = map[string]*copyGroup{}
-		u.vdis[vid] = gs
+	v := u.vdis[vid]
+	if v == nil {
+		v = &vdiWrites{groups: map[string]*copyGroup{}}
+		u.vdis[vid] = v
 	}
 	var kb [512]byte
 	key := appendKey(kb[:0], rs)
-	if g, ok := gs[string(key)]; ok {
+	if g, ok := v.groups[string(key)]; ok {
 		g.last = u.now
 		return
 	}
-	if len(gs) < maxGroups || len(rs) == 1 {
-		gs[string(key)] = &copyGroup{nodes: slices.Clone(rs), first: u.now, last: u.now}
+	if len(v.groups) < maxGroups || len(rs) == 1 {
+		v.groups[string(key)] = &copyGroup{nodes: slices.Clone(rs), first: u.now, last: u.now}
 		return
 	}
 	for i := range rs {
 		key = appendKey(kb[:0], rs[i:i+1])
-		if g, ok := gs[string(key)]; ok {
+		if g, ok := v.groups[string(key)]; ok {
 			g.last = u.now
 		} else {
-			gs[string(key)] = &copyGroup{nodes: slices.Clone(rs[i : i+1]), first: u.now, last: u.now}
+			v.groups[string(key)] = &copyGroup{nodes: slices.Clone(rs[i : i+1]), first: u.now, last: u.now, split: true}
 		}
 	}
 }
@@ -131,6 +144,17 @@ func (u *unflushed) forget(vid ids.VDIID) {
 	u.mu.Lock()
 	delete(u.vdis, vid)
 	u.mu.Unlock()
+}
+
+// forgetIf drops what is kept for each VDI for which drop says so.
+func (u *unflushed) forgetIf(drop func(ids.VDIID) bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for vid := range u.vdis {
+		if drop(vid) {
+			delete(u.vdis, vid)
+		}
+	}
 }
 
 // ticket returns the ticket of a sync about to be sent: it will cover the
@@ -159,8 +183,8 @@ func (u *unflushed) cover(t uint64, done []syncedNode) {
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	for vid, gs := range u.vdis {
-		for key, g := range gs {
+	for vid, v := range u.vdis {
+		for key, g := range v.groups {
 			if g.first > t {
 				continue
 			}
@@ -182,15 +206,30 @@ func (u *unflushed) cover(t uint64, done []syncedNode) {
 				continue
 			}
 			if g.last <= t {
-				delete(gs, key)
+				delete(v.groups, key)
 			} else {
 				g.first = t + 1
 			}
 		}
-		if len(gs) == 0 {
+		if len(v.groups) == 0 && v.lost == "" {
 			delete(u.vdis, vid)
 		}
 	}
+}
+
+// waits reports whether some group of vid whose writes were marked up to
+// ticket t is not covered by a sync since.
+func (u *unflushed) waits(vid ids.VDIID, t uint64) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if v := u.vdis[vid]; v != nil {
+		for _, g := range v.groups {
+			if g.first <= t {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // waiting returns the groups of vid whose writes were marked up to ticket
@@ -199,31 +238,72 @@ func (u *unflushed) waiting(vid ids.VDIID, t uint64) []copyGroup {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	var out []copyGroup
-	for _, g := range u.vdis[vid] {
-		if g.first <= t {
-			out = append(out, copyGroup{nodes: slices.Clone(g.nodes), first: g.first, last: g.last})
+	if v := u.vdis[vid]; v != nil {
+		for _, g := range v.groups {
+			if g.first <= t {
+				out = append(out, copyGroup{nodes: slices.Clone(g.nodes), first: g.first, last: g.last, split: g.split})
+			}
 		}
 	}
 	return out
 }
 
 // dropLost forgets the groups of vid up to ticket t that are lost
-// (copyGroup.lost, with member) and returns them: their writes are on no
-// node that can still make them durable, which the caller's flush
-// reports, once.
+// (copyGroup.lost, with member) and returns those that are not split:
+// their writes are on no node that can still make them durable. Split
+// ones are dropped unreported (maxGroups).
 func (u *unflushed) dropLost(vid ids.VDIID, t uint64, member func(ids.NodeID) bool) []copyGroup {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	gs := u.vdis[vid]
+	v := u.vdis[vid]
+	if v == nil {
+		return nil
+	}
 	var out []copyGroup
-	for key, g := range gs {
+	for key, g := range v.groups {
 		if g.first <= t && g.lost(member) {
-			out = append(out, *g)
-			delete(gs, key)
+			if !g.split {
+				out = append(out, *g)
+			}
+			delete(v.groups, key)
 		}
 	}
-	if len(gs) == 0 {
+	if len(v.groups) == 0 && v.lost == "" {
 		delete(u.vdis, vid)
 	}
 	return out
+}
+
+// setLost keeps why writes of vid may be lost for its client's next flush
+// (takeLost).
+func (u *unflushed) setLost(vid ids.VDIID, why string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.vdis == nil {
+		u.vdis = map[ids.VDIID]*vdiWrites{}
+	}
+	v := u.vdis[vid]
+	if v == nil {
+		v = &vdiWrites{groups: map[string]*copyGroup{}}
+		u.vdis[vid] = v
+	}
+	if v.lost == "" {
+		v.lost = why
+	}
+}
+
+// takeLost returns and clears what setLost kept for vid ("" if nothing).
+func (u *unflushed) takeLost(vid ids.VDIID) string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	v := u.vdis[vid]
+	if v == nil {
+		return ""
+	}
+	why := v.lost
+	v.lost = ""
+	if len(v.groups) == 0 {
+		delete(u.vdis, vid)
+	}
+	return why
 }

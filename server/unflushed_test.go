@@ -119,7 +119,7 @@ func TestUnflushedBounded(t *testing.T) {
 	}
 	u.mark(1, rms("p", "q", "r"))
 	u.mark(1, rms("p", "q", "s"))
-	if n := len(u.vdis[1]); n != maxGroups+4 {
+	if n := len(u.vdis[1].groups); n != maxGroups+4 {
 		t.Fatalf("%d groups, want %d (p, q, r and s on their own)", n, maxGroups+4)
 	}
 	start := u.ticket()
@@ -131,5 +131,45 @@ func TestUnflushedBounded(t *testing.T) {
 	slices.Sort(left)
 	if fmt.Sprint(left) != "[{q} {r} {s}]" {
 		t.Fatalf("left: %v, want q, r and s", left)
+	}
+}
+
+// TestUnflushedSplitNotLost: a group kept split past maxGroups waits for
+// its node, but its node gone is no loss to report: the write may be on
+// another node of its own group.
+func TestUnflushedSplitNotLost(t *testing.T) {
+	var u unflushed
+	for i := range maxGroups {
+		u.mark(1, rms(ids.NodeID(fmt.Sprintf("n%d", i)), "x"))
+	}
+	u.mark(1, rms("p", "q"))
+	start := u.ticket()
+	u.cover(u.ticket(), synced("x", "p"))
+	none := func(ids.NodeID) bool { return false }
+	if gs := u.dropLost(1, start, none); len(gs) != 0 {
+		t.Fatalf("split groups reported lost: %v", gs)
+	}
+	if u.waits(1, start) {
+		t.Fatalf("still waiting after q left: %v", u.waiting(1, start))
+	}
+}
+
+// TestUnflushedLostKept: a loss kept by a flush that is not the client's
+// is taken, once, by the client's.
+func TestUnflushedLostKept(t *testing.T) {
+	var u unflushed
+	if why := u.takeLost(1); why != "" {
+		t.Fatalf("a loss with none kept: %q", why)
+	}
+	u.setLost(1, "first")
+	u.setLost(1, "second")
+	if why := u.takeLost(1); why != "first" {
+		t.Fatalf("took %q, want the first loss", why)
+	}
+	if why := u.takeLost(1); why != "" {
+		t.Fatalf("took %q again", why)
+	}
+	if len(u.vdis) != 0 {
+		t.Fatalf("kept after the loss was taken: %v", u.vdis)
 	}
 }

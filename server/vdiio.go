@@ -48,7 +48,7 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 			return nil, err
 		}
 		if w.sync {
-			if err := n.objs.flushBoots(ctx, meta.ID, nil); err != nil {
+			if err := n.objs.flushBoots(ctx, flushOf{vid: meta.ID}, nil); err != nil {
 				return nil, err
 			}
 		}
@@ -70,7 +70,7 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 		if err != nil {
 			return nil, err
 		}
-		if err := n.objs.flushBoots(ctx, meta.ID, expect); err != nil {
+		if err := n.objs.flushBoots(ctx, flushOf{vid: meta.ID, client: true}, expect); err != nil {
 			return nil, err
 		}
 	case proto.OpVDIAllocMap:

@@ -179,6 +179,13 @@ func (n *Node) evictLoop() {
 				meta, ok := n.cl.State().VDIByID(vid)
 				return ok && meta.Lock != nil
 			})
+			// The writes of a VDI deleted, or now written through
+			// another node, are flushed through no flush here.
+			st := n.cl.State()
+			n.objs.pending.forgetIf(func(vid ids.VDIID) bool {
+				meta, ok := st.VDIByID(vid)
+				return !ok || meta.Lock != nil && meta.Lock.Node != n.id
+			})
 		}
 	}
 }
