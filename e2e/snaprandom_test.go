@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"maps"
 	"math/rand/v2"
@@ -39,7 +40,11 @@ func TestSnapshotRandomModel(t *testing.T) {
 	}
 
 	c := NewCluster(t, 3, 3)
-	ctx := testCtx(t)
+	// One context for all 3,000 operations, a guard against a hang only:
+	// they take 70-120 s on 2 busy vCPUs, and a slow hour must not fail
+	// the model.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
 	// Writes and reads of writable VDIs go through the writer's gateway
 	// (another gateway may serve a slightly old index, as documented);
 	// snapshots are read through any node.
