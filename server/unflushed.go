@@ -110,14 +110,7 @@ func (u *unflushed) mark(vid ids.VDIID, rs []replicaMark) {
 	slices.SortFunc(rs, func(a, b replicaMark) int { return strings.Compare(string(a.id), string(b.id)) })
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.vdis == nil {
-		u.vdis = map[ids.VDIID]*vdiWrites{}
-	}
-	v := u.vdis[vid]
-	if v == nil {
-		v = &vdiWrites{groups: map[string]*copyGroup{}}
-		u.vdis[vid] = v
-	}
+	v := u.entry(vid)
 	var kb [512]byte
 	key := appendKey(kb[:0], rs)
 	if g, ok := v.groups[string(key)]; ok {
@@ -136,6 +129,19 @@ func (u *unflushed) mark(vid ids.VDIID, rs []replicaMark) {
 			v.groups[string(key)] = &copyGroup{nodes: slices.Clone(rs[i : i+1]), first: u.now, last: u.now, split: true}
 		}
 	}
+}
+
+// entry returns what is kept for vid, made if missing; u.mu is held.
+func (u *unflushed) entry(vid ids.VDIID) *vdiWrites {
+	if u.vdis == nil {
+		u.vdis = map[ids.VDIID]*vdiWrites{}
+	}
+	v := u.vdis[vid]
+	if v == nil {
+		v = &vdiWrites{groups: map[string]*copyGroup{}}
+		u.vdis[vid] = v
+	}
+	return v
 }
 
 // forget drops what is kept for VDI vid: no flush of its writes through
@@ -279,14 +285,7 @@ func (u *unflushed) dropLost(vid ids.VDIID, t uint64, member func(ids.NodeID) bo
 func (u *unflushed) setLost(vid ids.VDIID, why string) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.vdis == nil {
-		u.vdis = map[ids.VDIID]*vdiWrites{}
-	}
-	v := u.vdis[vid]
-	if v == nil {
-		v = &vdiWrites{groups: map[string]*copyGroup{}}
-		u.vdis[vid] = v
-	}
+	v := u.entry(vid)
 	if v.lost == "" {
 		v.lost = why
 	}
