@@ -144,6 +144,14 @@ func (u *unflushed) entry(vid ids.VDIID) *vdiWrites {
 	return v
 }
 
+// dropEmpty forgets v, the entry of vid, once it keeps nothing; u.mu is
+// held.
+func (u *unflushed) dropEmpty(vid ids.VDIID, v *vdiWrites) {
+	if len(v.groups) == 0 && v.lost == "" {
+		delete(u.vdis, vid)
+	}
+}
+
 // forget drops what is kept for VDI vid: no flush of its writes through
 // this gateway will come.
 func (u *unflushed) forget(vid ids.VDIID) {
@@ -217,9 +225,7 @@ func (u *unflushed) cover(t uint64, done []syncedNode) {
 				g.first = t + 1
 			}
 		}
-		if len(v.groups) == 0 && v.lost == "" {
-			delete(u.vdis, vid)
-		}
+		u.dropEmpty(vid, v)
 	}
 }
 
@@ -274,9 +280,7 @@ func (u *unflushed) dropLost(vid ids.VDIID, t uint64, member func(ids.NodeID) bo
 			delete(v.groups, key)
 		}
 	}
-	if len(v.groups) == 0 && v.lost == "" {
-		delete(u.vdis, vid)
-	}
+	u.dropEmpty(vid, v)
 	return out
 }
 
@@ -301,8 +305,6 @@ func (u *unflushed) takeLost(vid ids.VDIID) string {
 	}
 	why := v.lost
 	v.lost = ""
-	if len(v.groups) == 0 {
-		delete(u.vdis, vid)
-	}
+	u.dropEmpty(vid, v)
 	return why
 }
