@@ -67,6 +67,10 @@ type Config struct {
 	// OnGone, if set, is called with the data address of every node that
 	// gossip declares dead (or gone). It must not block.
 	OnGone func(addr string)
+	// AroundState, if set, is called before and after each new State is
+	// published, on the goroutine that publishes it. It must not block or
+	// call back into the Cluster.
+	AroundState func()
 	// Zone is the node's failure domain ("" for a zone of its own).
 	Zone string
 	// Weight is the node's capacity in MiB (0: unknown); SetWeight
@@ -180,6 +184,7 @@ func Start(cfg Config) (*Cluster, error) {
 	}
 	c := &Cluster{cfg: cfg, log: cfg.Log.With().Str("node", string(cfg.ID)).Logger(),
 		fsm: newFSM(), events: make(chan struct{}, 1), stop: make(chan struct{})}
+	c.fsm.around = cfg.AroundState
 	c.pool.Dial = cfg.Dial
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, errs.E(errs.IO, "cluster dir: %w", err)

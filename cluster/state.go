@@ -754,6 +754,7 @@ type fsm struct {
 	applied atomic.Uint64 // log index of the last command applied
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every change
+	around  func()        // Config.AroundState, or nil
 }
 
 func newFSM() *fsm {
@@ -766,6 +767,10 @@ func newFSM() *fsm {
 
 func (f *fsm) publish(s *State) {
 	f.mu.Lock()
+	if f.around != nil {
+		f.around()
+		defer f.around()
+	}
 	f.state.Store(s)
 	close(f.changed)
 	f.changed = make(chan struct{})

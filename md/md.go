@@ -334,6 +334,22 @@ func (s *Set) with(oid ids.ObjectID, op string, fn func(*objstore.Store) error) 
 	return s.check(d, err)
 }
 
+// Path is objstore.Store.Path on the disk holding oid. A disk whose
+// faults can be injected never hands out its files: its faults must reach
+// the node through the store.
+func (s *Set) Path(oid ids.ObjectID) (string, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	d := s.find(oid)
+	switch {
+	case d == nil:
+		return "", errs.E(errs.NotFound, "objstore: path: object %v", oid)
+	case d.fault != nil:
+		return "", errs.E(errs.Unsupported, "objstore: path: object %v is on a disk with fault injection", oid)
+	}
+	return d.st.Path(oid)
+}
+
 // Read is objstore.Store.Read on the disk holding oid.
 func (s *Set) Read(oid ids.ObjectID, off int64, buf []byte) (objstore.Meta, error) {
 	var m objstore.Meta

@@ -76,6 +76,12 @@ type Options struct {
 	// injection (see FaultFS). nil means OSFS(). The index (IndexPath)
 	// is always opened by bbolt on the real filesystem.
 	FS FS
+
+	// Replacing, if set, is called before and after an object's file is
+	// replaced by another or removed, under the object's lock: a mount
+	// that reads the file directly learns of it there (package
+	// localread).
+	Replacing func(oid ids.ObjectID)
 }
 
 // Meta is what the index keeps for each object.
@@ -96,7 +102,8 @@ type Store struct {
 	objDir   string
 	fs       FS
 	objSize  int64
-	noDirect atomic.Bool // O_DIRECT is not supported here
+	onChange func(ids.ObjectID) // Options.Replacing, or nil
+	noDirect atomic.Bool        // O_DIRECT is not supported here
 	db       *bolt.DB
 	stripes  [nStripes]stripe // per-object locks, see lock
 
@@ -205,6 +212,26 @@ func fanoutName(i int) string { return string([]byte{hexDigits[i>>4], hexDigits[
 // objPath returns the path of oid's file.
 func (s *Store) objPath(oid ids.ObjectID) string {
 	return filepath.Join(s.objDir, fanoutName(fanout(oid)), oid.String())
+}
+
+// replacing tells Options.Replacing that oid's file is about to change.
+func (s *Store) replacing(oid ids.ObjectID) {
+	if s.onChange != nil {
+		s.onChange(oid)
+	}
+}
+
+// Path returns the file of object oid, for a mount on this machine that
+// reads it directly (package localread). errs.NotFound if the store has
+// no such object.
+func (s *Store) Path(oid ids.ObjectID) (string, error) {
+	s.mu.Lock()
+	_, ok := s.objects[oid]
+	s.mu.Unlock()
+	if !ok {
+		return "", notFound("path", oid)
+	}
+	return s.objPath(oid), nil
 }
 
 // allocOf returns the bytes a file occupies on disk.
@@ -714,7 +741,9 @@ func (s *Store) createExtents(oid ids.ObjectID, exts []Extent, data []byte, ver 
 		err = s.keepJournaled(oid)
 	}
 	if err == nil {
+		s.replacing(oid)
 		err = s.fs.Rename(tmp, path)
+		s.replacing(oid)
 	}
 	if err != nil {
 		// Best effort: the next Open removes a leftover temp file.
@@ -919,6 +948,8 @@ func (s *Store) Remove(oid ids.ObjectID) error {
 	if err := s.keepJournaled(oid); err != nil {
 		return err
 	}
+	s.replacing(oid)
+	defer s.replacing(oid)
 	if err := s.fs.Remove(s.objPath(oid)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return objErr("remove", oid, err)
 	}

@@ -47,6 +47,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		objDir:    filepath.Join(dir, "obj"),
 		fs:        opts.FS,
 		objSize:   opts.ObjectSize,
+		onChange:  opts.Replacing,
 		objects:   make(map[ids.ObjectID]objInfo),
 		dirty:     make(map[ids.ObjectID]dirtyEntry),
 		stale:     make(map[ids.ObjectID]struct{}),

@@ -530,3 +530,59 @@ func TestParallelChangesOfOneObject(t *testing.T) {
 	s = open(t, dir, Options{ObjectSize: testObjSize})
 	check("after a crash")
 }
+
+// TestVerifyCurrent: what a mount reading an object's file directly
+// checks (package localread). Blocks as written verify, holes too; a block
+// flipped, a block from another place, or a block that matches only the
+// sum from before its last change do not.
+func TestVerifyCurrent(t *testing.T) {
+	var changes []ids.ObjectID
+	s := open(t, t.TempDir(), Options{ObjectSize: testObjSize, Replacing: func(oid ids.ObjectID) { changes = append(changes, oid) }})
+	const oid = ids.ObjectID(0x77)
+	data := pattern(oid, 0, testObjSize, 1)
+	mustWrite(t, s, oid, 0, data[:8*SumBlock], 1, 1) // blocks 0-7; the rest a hole
+	if len(changes) != 2 || changes[0] != oid || changes[1] != oid {
+		t.Fatalf("creating the object told Replacing %v, want it before and after the rename", changes)
+	}
+	file := func() ([]byte, []byte) {
+		b, err := os.ReadFile(s.objPath(oid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b[:testObjSize], b[testObjSize:]
+	}
+	d, tr := file()
+	if !VerifyCurrent(oid, 0, d, tr) {
+		t.Fatal("the object as written does not verify")
+	}
+	if !VerifyCurrent(oid, 2, d[2*SumBlock:4*SumBlock], tr[2*entrySize:4*entrySize]) {
+		t.Fatal("blocks 2-3 do not verify")
+	}
+	if VerifyCurrent(oid, 3, d[2*SumBlock:4*SumBlock], tr[3*entrySize:5*entrySize]) {
+		t.Fatal("blocks 2-3 verify as blocks 3-4")
+	}
+	if VerifyCurrent(oid+1, 0, d, tr) {
+		t.Fatal("the object verifies as another")
+	}
+	if VerifyCurrent(oid, 0, d[:SumBlock+1], tr[:2*entrySize]) {
+		t.Fatal("a piece of a block verifies")
+	}
+	d[SumBlock+5] ^= 1
+	if VerifyCurrent(oid, 1, d[SumBlock:2*SumBlock], tr[entrySize:2*entrySize]) {
+		t.Fatal("a flipped block verifies")
+	}
+	// Block 1 rewritten: its old bytes match the entry's prev only.
+	old := bytes.Clone(data[SumBlock : 2*SumBlock])
+	mustWrite(t, s, oid, SumBlock, pattern(oid, SumBlock, SumBlock, 2), 2, 1)
+	_, tr = file()
+	if VerifyCurrent(oid, 1, old, tr[entrySize:2*entrySize]) {
+		t.Fatal("the block before its last write verifies")
+	}
+	changes = nil
+	if err := s.Remove(oid); err != nil {
+		t.Fatal(err)
+	}
+	if len(changes) != 2 {
+		t.Fatalf("removing the object told Replacing %v, want it before and after", changes)
+	}
+}
