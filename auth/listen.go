@@ -34,6 +34,17 @@ type Conn struct {
 // Role is the other side's role.
 func (c *Conn) Role() Role { return c.role }
 
+// IsLocal reports whether c came through the local channel (ListenLocal):
+// the other side runs on this machine as root or as this process's user.
+func IsLocal(c net.Conn) bool {
+	ac, ok := c.(*Conn)
+	if !ok {
+		return false
+	}
+	_, unix := ac.Conn.(*net.UnixConn)
+	return unix
+}
+
 // Listener accepts TLS connections whose handshake completed with an
 // identity of this cluster. Handshakes run in their own goroutines, at
 // most maxHandshakes at once and each for at most HandshakeTimeout, so a

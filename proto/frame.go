@@ -56,6 +56,7 @@ const (
 	OpApply                        // forward a cluster command to the leader; Data = command
 	OpLeaderIndex                  // to the leader: response Aux = its last applied log index
 	OpReportDown                   // to the leader: Data = the ID of a member a request could not reach
+	OpVDILease                     // on the local channel: a lease on object number Offset (response Data = Lease)
 	opMax
 )
 
@@ -71,7 +72,7 @@ var opNames = map[Op]string{
 	OpVDIFlush: "vdi_flush", OpVDIDiscard: "vdi_discard", OpVDIAllocMap: "vdi_allocmap",
 	OpAdmin: "admin", OpApply: "apply", OpLeaderIndex: "leader_index",
 	OpStatObjs: "stat_objs", OpInventory: "inventory", OpReportDown: "report_down",
-	OpCheckObj: "check_obj",
+	OpCheckObj: "check_obj", OpVDILease: "vdi_lease",
 }
 
 func (op Op) String() string {

@@ -264,3 +264,29 @@ func FuzzRecoveryPayloads(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDecodeLease: a lease decodes only when whole, with paths of 1 to
+// MaxLeasePath bytes, and then encodes back to the same bytes.
+func FuzzDecodeLease(f *testing.F) {
+	f.Add(proto.AppendLease(nil, proto.Lease{Inst: 1, Global: 2, Slot: 3, OID: 0x100000002, Path: "/d/obj/00/x", Page: "/d/local-reads"}))
+	f.Add([]byte{})
+	f.Add(bytes.Repeat([]byte{0xff}, 40))
+	f.Add(append(make([]byte, 32), 0, 0, 0, 0))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		l, err := proto.DecodeLease(b)
+		if err != nil {
+			if !errs.Is(err, errs.Invalid) {
+				t.Fatalf("DecodeLease: %v, want an Invalid error", err)
+			}
+			return
+		}
+		for _, p := range []string{l.Path, l.Page} {
+			if len(p) == 0 || len(p) > proto.MaxLeasePath {
+				t.Fatalf("DecodeLease accepted a path of %d bytes", len(p))
+			}
+		}
+		if got := proto.AppendLease(nil, l); !bytes.Equal(got, b) {
+			t.Fatalf("lease %x re-encodes as %x", b, got)
+		}
+	})
+}

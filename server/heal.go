@@ -174,6 +174,9 @@ func (h *healer) markLost(oids []ids.ObjectID) {
 		}
 	}
 	h.ndoubt.Store(int64(len(h.doubt)))
+	for _, oid := range oids {
+		h.n.page.Bump(oid) // once doubted() sees it
+	}
 	h.saveLost()
 	h.mu.Unlock()
 	select {
@@ -465,6 +468,7 @@ func (h *healer) settle(oid ids.ObjectID, e ids.Epoch, fetched bool, bytes int64
 		if h.doubt[oid] == nil {
 			h.doubt[oid] = &want{local: proto.ObjState{OID: oid, Version: m.Version, Valid: valid, Flags: proto.ObjPresent}}
 			h.ndoubt.Store(int64(len(h.doubt)))
+			h.n.page.Bump(oid) // once doubted() sees it
 		}
 	default:
 		delete(h.misplaced, oid)
@@ -871,6 +875,7 @@ func (h *healer) addEntries(gen uint64, src ids.NodeID, entries []proto.ObjState
 		return false
 	}
 	st := h.n.cl.State()
+	var added []ids.ObjectID
 	for _, e := range entries {
 		w := h.doubt[e.OID]
 		if w == nil {
@@ -885,6 +890,7 @@ func (h *healer) addEntries(gen uint64, src ids.NodeID, entries []proto.ObjState
 				w.local = proto.ObjState{OID: e.OID, Version: m.Version, Valid: valid, Flags: proto.ObjPresent}
 			}
 			h.doubt[e.OID] = w
+			added = append(added, e.OID)
 		}
 		if !slices.Contains(w.from, src) {
 			w.srcs = append(w.srcs, e)
@@ -894,6 +900,9 @@ func (h *healer) addEntries(gen uint64, src ids.NodeID, entries []proto.ObjState
 		w.counted = w.counted || e.Flags&proto.ObjCounted != 0
 	}
 	h.ndoubt.Store(int64(len(h.doubt)))
+	for _, oid := range added {
+		h.n.page.Bump(oid) // once doubted() sees it
+	}
 	if last {
 		h.invDone[src] = true
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/sheepfs/sheepfs/cluster"
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/localread"
 	"github.com/sheepfs/sheepfs/md"
 	"github.com/sheepfs/sheepfs/metrics"
 	"github.com/sheepfs/sheepfs/objstore"
@@ -109,6 +110,7 @@ type Node struct {
 	volumes   map[ids.VDIID]*volume
 	conns     map[*proto.Conn]*connState
 	met       *nodeMetrics
+	page      *localread.Page // local reads' stamps (nil: none)
 }
 
 type connState struct {
@@ -147,8 +149,16 @@ func Start(cfg Config) (*Node, error) {
 	n.boot = objstore.BootToken()
 	n.rec = newHealer(n)
 	n.stop = make(chan struct{})
+	// The page of local reads comes first: it retires the page of the
+	// daemon that ran here before, whose leases must not outlive it into
+	// the changes this one makes.
+	if n.page, err = localread.Create(filepath.Join(cfg.Dir, "local-reads")); err != nil {
+		n.log.Warn().Err(err).Msg("no local reads: mounts on this machine read through the daemon")
+		n.page = nil
+	}
 	n.store, err = md.Open(md.Options{Dir: cfg.Dir, Disks: cfg.Disks, FaultFS: cfg.Faults,
-		Store:  objstore.Options{ObjectSize: vdi.ObjectSize, FS: cfg.FS, MaxOpenFiles: maxOpenObjects()},
+		Store: objstore.Options{ObjectSize: vdi.ObjectSize, FS: cfg.FS, MaxOpenFiles: maxOpenObjects(),
+			Replacing: n.page.Bump},
 		OnLost: n.diskLost})
 	if err != nil {
 		return nil, err
@@ -197,7 +207,10 @@ func Start(cfg Config) (*Node, error) {
 		// whose packets a partition drops, which does not break for
 		// minutes: a write in flight when the partition came would hang
 		// on the majority side until the heal.
-		OnGone: func(addr string) { n.peers.Get(addr).Close() }})
+		OnGone: func(addr string) { n.peers.Get(addr).Close() },
+		// A new state may change placements and doubt copies: no lease
+		// stamped before it is published holds.
+		AroundState: n.page.BumpAll})
 	if err != nil {
 		n.ln.Close()
 		n.store.Close()
@@ -238,6 +251,7 @@ func Start(cfg Config) (*Node, error) {
 			}
 		}()
 	}
+	go n.beat()
 	go n.rec.run(n.stop)
 	go n.rec.repairLoop(n.stop)
 	go n.scrubLoop(n.stop)
@@ -247,6 +261,24 @@ func Start(cfg Config) (*Node, error) {
 	cfg.Metrics.Collect(n.writeMetrics)
 	n.log.Info().Str("addr", addr).Msg("sheep started")
 	return n, nil
+}
+
+// beat keeps the page of local reads showing the node alive until it
+// stops.
+func (n *Node) beat() {
+	if n.page == nil {
+		return
+	}
+	t := time.NewTicker(localread.BeatEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+			n.page.Beat()
+		}
+	}
 }
 
 // maxOpenObjects is how many object files a node keeps open: enough that
@@ -328,6 +360,7 @@ func (n *Node) diskLost(disk string, lost []ids.ObjectID) {
 		n.log.Warn().Str("disk", disk).Int("objects", len(lost)).Msg("disk out of service: its objects are recovered from other nodes")
 	}
 	n.rec.markLost(lost)
+	n.page.BumpAll()
 	if n.cl != nil {
 		go n.cl.SetWeight(n.capacity())
 	}
@@ -368,6 +401,7 @@ func (n *Node) Cluster() *cluster.Cluster { return n.cl }
 
 // Close stops serving, leaves the cluster and closes the store.
 func (n *Node) Close() error {
+	n.page.Retire()
 	close(n.stop)
 	n.srv.Close()
 	n.cl.Close()
@@ -446,6 +480,8 @@ func (n *Node) serve(ctx context.Context, conn *proto.Conn, role auth.Role, req 
 		resp.Data, err = jsonMarshal(out)
 	case proto.OpVDIRead, proto.OpVDIWrite, proto.OpVDIFlush, proto.OpVDIDiscard, proto.OpVDIAllocMap:
 		resp, err = n.handleVDI(ctx, conn, req)
+	case proto.OpVDILease:
+		resp, err = n.lease(ctx, conn, req)
 	case proto.OpAdmin:
 		resp, err = n.handleAdmin(ctx, conn, req)
 		n.keepIfLocked(conn)

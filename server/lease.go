@@ -1,0 +1,74 @@
+package server
+
+import (
+	"context"
+
+	"github.com/sheepfs/sheepfs/auth"
+	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/proto"
+	"github.com/sheepfs/sheepfs/vdi"
+)
+
+// Local reads: a lease lets a mount on this machine read one object of a
+// VDI from this node's file while the lease's stamp holds (package
+// localread, docs/ARCHITECTURE.md "Local reads").
+
+// lease answers OpVDILease for object number req.Offset of VDI handle
+// req.ID. errs.NotFound means no lease for now (a hole, a copy elsewhere
+// or in doubt, an object the image shares with another): the mount reads
+// through the daemon.
+func (n *Node) lease(ctx context.Context, c *proto.Conn, req *proto.Msg) (*proto.Msg, error) {
+	if n.page == nil || !auth.IsLocal(c.NetConn()) {
+		return nil, errs.E(errs.Unsupported, "local reads: only on the local channel of a daemon that keeps a page")
+	}
+	if req.ID > uint64(ids.MaxVDIID) || req.ID == 0 {
+		return nil, errs.E(errs.Invalid, "bad VDI ID %d", req.ID)
+	}
+	// The global stamp comes before everything the lease is checked
+	// against: a new state published after it moves it.
+	global := n.page.Global()
+	v, meta, err := n.volumeFor(ids.VDIID(req.ID))
+	if err != nil {
+		return nil, err
+	}
+	info := v.Info()
+	if req.Offset >= uint64(vdi.NumObjects(info.Size)) {
+		return nil, errs.E(errs.Invalid, "lease on object %d of VDI %q, which has %d", req.Offset, meta.Name, vdi.NumObjects(info.Size))
+	}
+	idx := uint32(req.Offset)
+	owner, err := v.Owner(ctx, idx)
+	if err != nil {
+		return nil, err
+	}
+	// Only objects that change in place: the image's own (a write to an
+	// object the image shares gives it a new object), or any object of a
+	// read-only image.
+	if owner == 0 || owner != info.ID && !meta.IsSnapshot() {
+		return nil, errs.E(errs.NotFound, "no lease on object %d of VDI %q: not its own", idx, meta.Name)
+	}
+	oid := ids.DataObject(owner, idx)
+	stamp := n.page.Stamp(oid)
+	stamp.Global = global
+	if err := n.bootKnown(ctx); err != nil {
+		return nil, err
+	}
+	n.rec.catchUp()
+	st := n.cl.State()
+	placed := false
+	for _, m := range targets(st, oid, info.Copies) {
+		placed = placed || m.ID == n.id
+	}
+	if !placed || n.rec.doubted(oid) {
+		return nil, errs.E(errs.NotFound, "no lease on %v: the copy here is not current", oid)
+	}
+	path, err := n.store.Path(oid)
+	if err != nil {
+		return nil, errs.E(errs.NotFound, "no lease on %v: %w", oid, err)
+	}
+	if len(path) > proto.MaxLeasePath || len(n.page.Path()) > proto.MaxLeasePath {
+		return nil, errs.E(errs.Unsupported, "local reads: path of %d bytes", len(path))
+	}
+	return &proto.Msg{Data: proto.AppendLease(nil, proto.Lease{Inst: stamp.Inst, Global: stamp.Global, Slot: stamp.Slot,
+		OID: uint64(oid), Path: path, Page: n.page.Path()})}, nil
+}
