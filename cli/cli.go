@@ -568,6 +568,7 @@ type Sheepfs struct {
 	Pprof       string           `help:"Serve Go profiles (net/http/pprof) on this address. Off by default." placeholder:"ADDR"`
 	KeyFile     string           `help:"The cluster key or a client key (sheep keygen). Default: $SHEEP_KEY_FILE, else /etc/sheepfs/cluster.key." placeholder:"FILE" type:"path"`
 	NoLocal     bool             `help:"Use TLS over the data port also to a daemon on this machine, instead of its local channel (a unix socket)." env:"SHEEPFS_NO_LOCAL"`
+	NoLocalRead bool             `help:"Read every block through the daemon, even where the daemon on this machine lends its object files for reading." env:"SHEEPFS_NO_LOCAL_READS"`
 	Version     kong.VersionFlag `help:"Print the version and exit."`
 	Metrics     string           `help:"Serve Prometheus metrics at http://ADDR/metrics (plain HTTP: counters, no data). Off by default." placeholder:"ADDR"`
 	LogLevel    string           `help:"Log level: debug (also the causes of ENOENT, EEXIST, EINVAL, EBUSY), info (also EROFS, EOPNOTSUPP), warn (the causes of every other error returned to a program, such as EIO), error." default:"info" enum:"debug,info,warn,error"`
@@ -603,7 +604,8 @@ func (s *Sheepfs) Run() error {
 		return err
 	}
 	d.Local = !s.NoLocal
-	opts := fs.Options{Debug: s.Debug, AllowOther: s.AllowOther, NoWritebackCache: s.NoWriteback, WriteBackHelper: writeBackHelper}
+	opts := fs.Options{Debug: s.Debug, AllowOther: s.AllowOther, NoWritebackCache: s.NoWriteback, WriteBackHelper: writeBackHelper,
+		NoLocalReads: s.NoLocalRead}
 	var mountID ids.MountID
 	if !s.NoHold {
 		dev, held, err := fs.Fetch(s.Mountpoint)

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sheepfs/sheepfs/errs"
@@ -82,6 +83,7 @@ type Client struct {
 	cur    int
 	pc     *proto.Client
 	gen    uint64          // bumped at every reconnect
+	genA   atomic.Uint64   // gen, for Gen
 	locked uint64          // gen at which locks were last (re)taken
 	locks  map[string]bool // VDI names held for writing
 	relock sync.Mutex
@@ -153,11 +155,30 @@ func (c *Client) failover(gen uint64) {
 	// taken again (ensureLocks) before any request goes on it.
 	c.pc = proto.NewClientOnce(c.addrs[c.cur], c.opts.Dial)
 	c.gen++
+	c.genA.Store(c.gen)
 	// A request the old gateway did not answer may have changed nodes
 	// that no answer names (the index entry of an object it allocated
 	// before a retry wrote in place): the next flush of each VDI syncs
 	// every member.
 	c.DoubtAll()
+}
+
+// Gen returns the generation of the client's connection, which changes
+// whenever the client moves to another one.
+func (c *Client) Gen() uint64 { return c.genA.Load() }
+
+// Lease asks the gateway for a lease on object number idx of VDI vid
+// (package localread), once, on the current connection, and returns the
+// connection's generation (Gen) with it: the lease holds only while that
+// connection is the client's.
+func (c *Client) Lease(ctx context.Context, vid ids.VDIID, idx uint32) (proto.Lease, uint64, error) {
+	pc, gen := c.current()
+	resp, err := pc.Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpVDILease, ID: uint64(vid), Offset: uint64(idx)}})
+	if err != nil {
+		return proto.Lease{}, gen, err
+	}
+	l, err := proto.DecodeLease(resp.Data)
+	return l, gen, err
 }
 
 // Call sends req to the gateway, retrying across reconnects.

@@ -79,6 +79,9 @@ type Options struct {
 	// it they are waited for in this process, which a kill during one
 	// then keeps from ending.
 	WriteBackHelper func(dir string) *exec.Cmd
+	// NoLocalReads makes every read go through the daemon, even where
+	// the daemon on this machine would lend its file (localread.go).
+	NoLocalReads bool
 }
 
 // FS is a mounted sheepfs.
@@ -104,6 +107,7 @@ type FS struct {
 
 	readaheadErr error
 	fsyncs       *metrics.Counter // answer; nil without Options.Metrics
+	lr           *localReads      // nil with Options.NoLocalReads
 }
 
 // countFsync counts an fsync by how it was answered: "flushed" (the
@@ -130,6 +134,9 @@ func Mount(dir string, c *client.Client, opts Options) (*FS, error) {
 	if opts.Metrics != nil {
 		c := opts.Metrics.Counter("sheepfs_fsyncs_total", "fsyncs by how they were answered: flushed (the cluster synced the writes since the last flush), synced (every write since was a synced write: nothing to flush) or failed.", "answer")
 		f.fsyncs = &c
+	}
+	if !opts.NoLocalReads {
+		f.lr = newLocalReads(c, opts.Metrics)
 	}
 	if abs, err := filepath.Abs(dir); err == nil {
 		f.dir = abs

@@ -92,6 +92,9 @@ func (m *image) read(ctx context.Context, dest []byte, off int64) (fuse.ReadResu
 		return fuse.ReadResultData(nil), 0
 	}
 	l := min(int64(len(dest)), size-off)
+	if m.fs.lr.read(ctx, m.id, dest[:l], off) {
+		return fuse.ReadResultData(dest[:l]), 0
+	}
 	err := m.fs.hold(ctx, "", m.id, func() error { return m.fs.c.ReadAt(ctx, m.id, dest[:l], off) })
 	if err != nil {
 		return nil, toErrno(err)

@@ -411,6 +411,7 @@ func (n *vdiNode) write(ctx context.Context, h *handle, data []byte, off int64) 
 		return 0, toErrno(err)
 	}
 	n.allocChanged()
+	n.fs.lr.wrote(n.id, off, int64(len(data)))
 	return uint32(len(data)), 0
 }
 
