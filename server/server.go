@@ -251,32 +251,31 @@ func Start(cfg Config) (*Node, error) {
 			}
 		}()
 	}
-	go n.beat()
+	if n.page != nil {
+		// The page shows the node alive until it stops.
+		go n.every(localread.BeatEvery, n.page.Beat)
+	}
 	go n.rec.run(n.stop)
 	go n.rec.repairLoop(n.stop)
 	go n.scrubLoop(n.stop)
 	go n.collectLoop()
 	go n.releaseStaleLocks()
-	go n.evictLoop()
+	go n.every(time.Minute, n.evictIdleNow)
 	cfg.Metrics.Collect(n.writeMetrics)
 	n.log.Info().Str("addr", addr).Msg("sheep started")
 	return n, nil
 }
 
-// beat keeps the page of local reads showing the node alive until it
-// stops.
-func (n *Node) beat() {
-	if n.page == nil {
-		return
-	}
-	t := time.NewTicker(localread.BeatEvery)
+// every runs fn every d until the node stops.
+func (n *Node) every(d time.Duration, fn func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-n.stop:
 			return
 		case <-t.C:
-			n.page.Beat()
+			fn()
 		}
 	}
 }

@@ -166,28 +166,19 @@ func snapshotImage(st *cluster.State, img ids.VDIID) bool {
 // (and the index pages it loaded), unless it is open for writing.
 const volumeIdle = 5 * time.Minute
 
-// evictLoop drops idle volumes every minute.
-func (n *Node) evictLoop() {
-	t := time.NewTicker(time.Minute)
-	defer t.Stop()
-	for {
-		select {
-		case <-n.stop:
-			return
-		case <-t.C:
-			n.evictIdle(time.Now().Add(-volumeIdle), func(vid ids.VDIID) bool {
-				meta, ok := n.cl.State().VDIByID(vid)
-				return ok && meta.Lock != nil
-			})
-			// The writes of a VDI deleted, or now written through
-			// another node, are flushed through no flush here.
-			st := n.cl.State()
-			n.objs.pending.forgetIf(func(vid ids.VDIID) bool {
-				meta, ok := st.VDIByID(vid)
-				return !ok || meta.Lock != nil && meta.Lock.Node != n.id
-			})
-		}
-	}
+// evictIdleNow drops idle volumes; it runs every minute.
+func (n *Node) evictIdleNow() {
+	n.evictIdle(time.Now().Add(-volumeIdle), func(vid ids.VDIID) bool {
+		meta, ok := n.cl.State().VDIByID(vid)
+		return ok && meta.Lock != nil
+	})
+	// The writes of a VDI deleted, or now written through another node,
+	// are flushed through no flush here.
+	st := n.cl.State()
+	n.objs.pending.forgetIf(func(vid ids.VDIID) bool {
+		meta, ok := st.VDIByID(vid)
+		return !ok || meta.Lock != nil && meta.Lock.Node != n.id
+	})
 }
 
 // evictIdle drops the volumes last used before cutoff whose VDI nobody
