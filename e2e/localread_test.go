@@ -51,8 +51,9 @@ func pattern(n int, seed uint64) []byte {
 // the daemon it talks to, and still return the last write after each
 // change that ends their leases: an overwrite, a discard and the write
 // that allocates the object again, bytes flipped in the daemon's file (the
-// read goes through the daemon, which repairs its copy), a snapshot and
-// the copy-on-write after it, and the daemon killed while a write
+// read goes through the daemon, which repairs its copy), a snapshot, the
+// reads of the objects the VDI then shares with it and the copy-on-write
+// after them, and the daemon killed while a write
 // goes through another node (the mount moves to it) and then started
 // again (its copy is stale until recovered).
 func TestLocalReadsFollowChanges(t *testing.T) {
@@ -142,9 +143,17 @@ func TestLocalReadsFollowChanges(t *testing.T) {
 		t.Fatalf("no read went local after the repair: %v, before %v", got, before)
 	}
 
+	// After a snapshot the VDI shares every object with it: reads go
+	// local on the snapshot's objects, until a write gives the VDI its
+	// own copy of one.
 	snap := m.Path("snapshot", "lr", "s1")
 	run(t, quickTimeout, "touch", snap)
 	atSnap := bytes.Clone(want)
+	before = localReads()
+	check("after a snapshot")
+	if got := localReads(); got <= before {
+		t.Fatalf("no read of the objects shared with the snapshot went local: %v, before %v", got, before)
+	}
 	write(4096, pattern(4096, 4))
 	check("written after a snapshot")
 	got := make([]byte, len(atSnap))

@@ -14,10 +14,21 @@ import (
 // VDI from this node's file while the lease's stamp holds (package
 // localread, docs/ARCHITECTURE.md "Local reads").
 
+// ownerMoved ends the leases on the object that object idx of a VDI was
+// read from before its owner changed here (vdi.Volume.OnOwnerChange).
+func (n *Node) ownerMoved(idx uint32, old ids.VDIID, known bool) {
+	switch {
+	case !known:
+		n.page.BumpAll()
+	case old != 0:
+		n.page.Bump(ids.DataObject(old, idx))
+	}
+}
+
 // lease answers OpVDILease for object number req.Offset of VDI handle
 // req.ID. errs.NotFound means no lease for now (a hole, a copy elsewhere
-// or in doubt, an object the image shares with another): the mount reads
-// through the daemon.
+// or in doubt, an object the image shares with an ancestor while the VDI
+// is written through another node): the mount reads through the daemon.
 func (n *Node) lease(ctx context.Context, c *proto.Conn, req *proto.Msg) (*proto.Msg, error) {
 	if n.page == nil || !auth.IsLocal(c.NetConn()) {
 		return nil, errs.E(errs.Unsupported, "local reads: only on the local channel of a daemon that keeps a page")
@@ -41,15 +52,23 @@ func (n *Node) lease(ctx context.Context, c *proto.Conn, req *proto.Msg) (*proto
 	if err != nil {
 		return nil, err
 	}
-	// Only objects that change in place: the image's own (a write to an
-	// object the image shares gives it a new object), or any object of a
-	// read-only image.
-	if owner == 0 || owner != info.ID && !meta.IsSnapshot() {
-		return nil, errs.E(errs.NotFound, "no lease on object %d of VDI %q: not its own", idx, meta.Name)
+	// An object the image shares with an ancestor stops being the VDI's
+	// at the next write of it (copy-on-write): that ends its leases only
+	// where the write goes through this node (ownerMoved). So it is lent
+	// only while every write goes through here: the VDI is locked
+	// through this node, or not locked (a lock is a new state).
+	shared := owner != info.ID && !meta.IsSnapshot()
+	if owner == 0 || shared && meta.Lock != nil && meta.Lock.Node != n.id {
+		return nil, errs.E(errs.NotFound, "no lease on object %d of VDI %q: a hole, or shared and written through another node", idx, meta.Name)
 	}
 	oid := ids.DataObject(owner, idx)
 	stamp := n.page.Stamp(oid)
 	stamp.Global = global
+	// The owner again, after the stamp: a change between the two would
+	// have moved the stamp before it was taken.
+	if again, err := v.Owner(ctx, idx); err != nil || again != owner {
+		return nil, errs.E(errs.NotFound, "no lease on object %d of VDI %q: its owner is changing", idx, meta.Name)
+	}
 	if err := n.bootKnown(ctx); err != nil {
 		return nil, err
 	}

@@ -80,6 +80,7 @@ func (n *Node) volumeFor(vid ids.VDIID) (*volume, *cluster.VDI, error) {
 		if v = n.volumes[vid]; v == nil {
 			v = &volume{Volume: vdi.Open(n.objs, infoOf(st, meta)), loadedAt: time.Now(), index: st.Index}
 			v.OnCopy(n.copiedFrom)
+			v.OnOwnerChange(n.ownerMoved)
 			n.volumes[vid] = v
 		}
 		n.mu.Unlock()

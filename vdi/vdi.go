@@ -89,9 +89,10 @@ type Volume struct {
 
 	mu     sync.Mutex
 	info   Info
-	pages  map[uint32]*page      // index pages loaded so far, by page number
-	alloc  map[uint32]*allocWait // objects being allocated
-	copied func(from ids.VDIID)  // see OnCopy
+	pages  map[uint32]*page                            // index pages loaded so far, by page number
+	alloc  map[uint32]*allocWait                       // objects being allocated
+	copied func(from ids.VDIID)                        // see OnCopy
+	moved  func(idx uint32, old ids.VDIID, known bool) // see OnOwnerChange
 }
 
 // OnCopy sets fn to be called after a write copied an object of image from
@@ -100,6 +101,16 @@ type Volume struct {
 func (v *Volume) OnCopy(fn func(from ids.VDIID)) {
 	v.mu.Lock()
 	v.copied = fn
+	v.mu.Unlock()
+}
+
+// OnOwnerChange sets fn to be called after object idx's owner changed in
+// memory (a first write, a copy-on-write, a discard), with the owner it had
+// if its page was loaded (known): a reader of old's object for idx learns
+// there that it no longer reads the VDI.
+func (v *Volume) OnOwnerChange(fn func(idx uint32, old ids.VDIID, known bool)) {
+	v.mu.Lock()
+	v.moved = fn
 	v.mu.Unlock()
 }
 
@@ -254,10 +265,17 @@ func (v *Volume) setOwner(ctx context.Context, w Writer, idx uint32, owner ids.V
 		return errs.E(errs.KindOf(err), "update index of VDI %v: %w", info.ID, err)
 	}
 	v.mu.Lock()
+	var old ids.VDIID
+	known := false
 	if p := v.pages[idx/pageEntries]; p != nil {
+		old, known = p.entries[idx%pageEntries], p.loaded()
 		p.entries[idx%pageEntries] = owner
 	}
+	moved := v.moved
 	v.mu.Unlock()
+	if moved != nil && (old != owner || !known) {
+		moved(idx, old, known)
+	}
 	return nil
 }
 
