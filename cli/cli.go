@@ -570,7 +570,7 @@ type Sheepfs struct {
 	NoLocal     bool             `help:"Use TLS over the data port also to a daemon on this machine, instead of its local channel (a unix socket)." env:"SHEEPFS_NO_LOCAL"`
 	NoLocalRead bool             `help:"Read every block through the daemon, even where the daemon on this machine lends its object files for reading." env:"SHEEPFS_NO_LOCAL_READS"`
 	Version     kong.VersionFlag `help:"Print the version and exit."`
-	Metrics     string           `help:"Serve Prometheus metrics at http://ADDR/metrics (plain HTTP: counters, no data). Off by default." placeholder:"ADDR"`
+	Metrics     string           `help:"Serve Prometheus metrics at http://ADDR/metrics (plain HTTP: counters, no data). Off by default." placeholder:"ADDR" env:"SHEEPFS_METRICS"`
 	LogLevel    string           `help:"Log level: debug (also the causes of ENOENT, EEXIST, EINVAL, EBUSY), info (also EROFS, EOPNOTSUPP), warn (the causes of every other error returned to a program, such as EIO), error." default:"info" enum:"debug,info,warn,error"`
 	NoHold      bool             `help:"Do not keep the mount when sheepfs exits: without a holder process, a crash or restart of sheepfs fails every open file with ENOTCONN, and SIGTERM unmounts." env:"SHEEPFS_NO_HOLD"`
 	Hold        bool             `hidden:"" help:"Run as the holder of the mount (started by sheepfs; the /dev/fuse file is fd 3, the state on stdin)."`
