@@ -96,7 +96,7 @@ func TestDecodeHeaderErrors(t *testing.T) {
 		{"op zero", func(b []byte) []byte { b[2] = 0; return b }, errs.Invalid},
 		{"op after OpCheckObj", func(b []byte) []byte { b[2] = byte(proto.OpCheckObj) + 1; return b }, errs.Invalid},
 		{"op before OpVDIRead", func(b []byte) []byte { b[2] = byte(proto.OpVDIRead) - 1; return b }, errs.Invalid},
-		{"op after OpReportDown", func(b []byte) []byte { b[2] = byte(proto.OpReportDown) + 1; return b }, errs.Invalid},
+		{"op after OpVDILease", func(b []byte) []byte { b[2] = byte(proto.OpVDILease) + 1; return b }, errs.Invalid},
 		{"response of unknown op", func(b []byte) []byte { b[2] = byte(proto.RespBit | 0x7f); return b }, errs.Invalid},
 		{"bare RespBit", func(b []byte) []byte { b[2] = byte(proto.RespBit); return b }, errs.Invalid},
 		{"response op", func(b []byte) []byte { b[2] = byte(proto.OpApply | proto.RespBit); return b }, errs.Other},
@@ -146,8 +146,8 @@ func TestDecodeHeaderErrors(t *testing.T) {
 
 func TestOpsAndNames(t *testing.T) {
 	ops := allOps()
-	if len(ops) != 19 {
-		t.Errorf("%d valid ops, want 19: %v", len(ops), ops)
+	if len(ops) != 20 {
+		t.Errorf("%d valid ops, want 20: %v", len(ops), ops)
 	}
 	seen := map[string]bool{}
 	for _, op := range ops {
