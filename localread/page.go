@@ -10,11 +10,12 @@
 // that both processes map: a global counter, which the daemon bumps before
 // anything that could make any lease wrong takes effect (a new cluster
 // state, a lost disk, its own start and stop), and one counter per slot
-// of objects, bumped before an object's file is replaced or removed and
-// when its copy comes into doubt. The mount reads the file, checks every
-// block against its checksum, and then checks that the stamp still holds:
-// if it does, nothing that could have changed what it read happened
-// before its read ended. Anything else (a stamp that moved, a checksum
+// of objects, bumped around an object's file being replaced or removed
+// and after its copy comes into doubt; and it shows that it lives (a lock
+// that ends with its process, and a heartbeat). The mount reads the file,
+// checks every block against its checksum, and then checks that the stamp
+// still holds and the daemon lives: if so, nothing that could have
+// changed what it read happened before its read ended. Anything else (a stamp that moved, a checksum
 // that fails, an error) sends the read to the daemon as before.
 //
 // See docs/ARCHITECTURE.md, "Local reads".
@@ -74,7 +75,17 @@ type Page struct {
 	path string
 	mem  []byte
 	inst uint64
+	f    *os.File // open, with the lock that shows the daemon alive, until the process ends
 }
+
+// The daemon holds a read lock (an open file description lock) on the
+// page's first byte for as long as its process lives: the kernel drops it
+// when the process ends, killed or not, as it closes the process's files,
+// its listening ports among them. The cluster marks a node down when its
+// port refuses, and needs a round of agreement after that before a write
+// elsewhere is acknowledged; a mount checks the lock after each read. The
+// heartbeat covers a stopped process, which keeps its lock.
+var aliveLock = unix.Flock_t{Type: unix.F_RDLCK, Whence: 0, Start: 0, Len: 1}
 
 // Create makes a new page at path for this daemon instance. A page left
 // there by an earlier instance (killed, or stopped) is retired first, so
@@ -95,30 +106,47 @@ func Create(path string) (*Page, error) {
 	if err != nil {
 		return nil, errs.E(errs.IO, "local reads: %w", err)
 	}
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
+	fail := func(err error) (*Page, error) {
+		f.Close()
 		_ = os.Remove(tmp)
-		return nil, errs.E(errs.IO, "local reads: %w", err)
+		return nil, errs.E(errs.IO, "local reads: %s: %w", tmp, err)
+	}
+	if err := f.Truncate(size); err != nil {
+		return fail(err)
 	}
 	mem, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
-		_ = os.Remove(tmp)
-		return nil, errs.E(errs.IO, "local reads: map %s: %w", tmp, err)
+		return fail(err)
 	}
+	// The lock on a descriptor of its own: the mapping holds f's open
+	// file description, and with it any lock taken through it, until it
+	// is unmapped.
+	lf, err := os.OpenFile(tmp, os.O_RDWR, 0)
+	if err != nil {
+		_ = unix.Munmap(mem)
+		return fail(err)
+	}
+	lk := aliveLock
+	if err := unix.FcntlFlock(lf.Fd(), unix.F_OFD_SETLK, &lk); err != nil {
+		lf.Close()
+		_ = unix.Munmap(mem)
+		return fail(err)
+	}
+	f.Close()
+	f = lf
 	word(mem, wInst).Store(inst)
 	word(mem, wGlobal).Store(1)
 	word(mem, wBeat).Store(uint64(time.Now().UnixNano()))
 	word(mem, wMagic).Store(magic)
 	if err := os.Rename(tmp, path); err != nil {
 		_ = unix.Munmap(mem)
-		_ = os.Remove(tmp)
-		return nil, errs.E(errs.IO, "local reads: %w", err)
+		return fail(err)
 	}
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		abs = path
 	}
-	return &Page{path: abs, mem: mem, inst: inst}, nil
+	return &Page{path: abs, mem: mem, inst: inst, f: f}, nil
 }
 
 // retire marks the page at path, if there is one, as no longer kept.
@@ -201,6 +229,7 @@ func (p *Page) Retire() {
 type View struct {
 	mem  []byte
 	inst uint64
+	f    *os.File // for the daemon's lock
 }
 
 // OpenView maps the page at path, which must belong to instance inst.
@@ -209,19 +238,21 @@ func OpenView(path string, inst uint64) (*View, error) {
 	if err != nil {
 		return nil, errs.E(errs.IO, "local reads: %w", err)
 	}
-	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
+		f.Close()
 		return nil, errs.E(errs.IO, "local reads: %w", err)
 	}
 	if !fi.Mode().IsRegular() || fi.Size() != size {
+		f.Close()
 		return nil, errs.E(errs.Invalid, "local reads: %s is not a page (%d bytes)", path, fi.Size())
 	}
 	mem, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
+		f.Close()
 		return nil, errs.E(errs.IO, "local reads: map %s: %w", path, err)
 	}
-	v := &View{mem: mem, inst: inst}
+	v := &View{mem: mem, inst: inst, f: f}
 	if word(mem, wMagic).Load() != magic || word(mem, wInst).Load() != inst {
 		v.Close()
 		return nil, errs.E(errs.Invalid, "local reads: %s is not the page of instance %x", path, inst)
@@ -234,13 +265,23 @@ func (v *View) Inst() uint64 { return v.inst }
 
 // Holds reports whether a lease on oid stamped s is still good: nothing
 // that could change what it reads happened since the stamp was taken, and
-// the daemon is alive. A wall clock set back makes it false until the
-// daemon beats again.
+// the daemon is alive (its process holds its lock, and it beat within
+// MaxQuiet: a stopped process keeps its lock). A wall clock set back makes
+// it false until the daemon beats again. Check it after the read.
 func (v *View) Holds(oid ids.ObjectID, s Stamp) bool {
 	quiet := time.Now().UnixNano() - int64(word(v.mem, wBeat).Load())
 	return s.Inst == v.inst && word(v.mem, wDead).Load() == 0 &&
 		word(v.mem, wGlobal).Load() == s.Global && word(v.mem, slot(oid)).Load() == s.Slot &&
-		quiet >= 0 && quiet < int64(MaxQuiet)
+		quiet >= 0 && quiet < int64(MaxQuiet) && v.locked()
+}
+
+// locked reports whether a process holds the daemon's lock on the page.
+func (v *View) locked() bool {
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: 0, Len: 1}
+	if err := unix.FcntlFlock(v.f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
+		return false
+	}
+	return lk.Type != unix.F_UNLCK
 }
 
 // Dead reports whether the daemon retired the page.
@@ -251,6 +292,7 @@ func (v *View) Close() {
 	if v.mem != nil {
 		_ = unix.Munmap(v.mem)
 		v.mem = nil
+		v.f.Close()
 	}
 }
 

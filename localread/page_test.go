@@ -123,3 +123,47 @@ func TestOpenViewRefusesOtherFiles(t *testing.T) {
 		t.Error("a directory opens as a page")
 	}
 }
+
+// A killed daemon's lock goes with its process: a mount's lease ends at
+// once, however fresh the last beat.
+func TestStampEndsWithTheProcess(t *testing.T) {
+	p, err := Create(filepath.Join(t.TempDir(), "page"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := OpenView(p.Path(), p.Stamp(0).Inst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := p.Stamp(7)
+	if !v.Holds(7, s) {
+		t.Fatal("a fresh stamp does not hold")
+	}
+	p.f.Close() // what the kernel does at the process's end
+	p.Beat()
+	if v.Holds(7, s) {
+		t.Error("a stamp holds after the daemon's lock went")
+	}
+}
+
+// BenchmarkHolds: the check a mount makes after each read.
+func BenchmarkHolds(b *testing.B) {
+	p, err := Create(filepath.Join(b.TempDir(), "page"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	v, err := OpenView(p.Path(), p.Stamp(0).Inst)
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := p.Stamp(7)
+	i := 0
+	for b.Loop() {
+		if i++; i%1024 == 0 {
+			p.Beat() // as the daemon does every 100 ms
+		}
+		if !v.Holds(7, s) {
+			b.Fatal("does not hold")
+		}
+	}
+}
