@@ -257,6 +257,9 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 		n.mu.RUnlock()
 		if v != nil {
 			v.Forget()
+			// A lease granted from what it loaded before, after the
+			// lock's state was published, ends too.
+			n.page.BumpAll()
 		}
 		out = n.vdiInfo(r.VDI)
 	case proto.AdminVDIUnlock:

@@ -28,7 +28,7 @@ func (n *Node) ownerMoved(idx uint32, old ids.VDIID, known bool) {
 // lease answers OpVDILease for object number req.Offset of VDI handle
 // req.ID. errs.NotFound means no lease for now (a hole, a copy elsewhere
 // or in doubt, an object the image shares with an ancestor while the VDI
-// is written through another node): the mount reads through the daemon.
+// is not locked through this node): the mount reads through the daemon.
 func (n *Node) lease(ctx context.Context, c *proto.Conn, req *proto.Msg) (*proto.Msg, error) {
 	if n.page == nil || !auth.IsLocal(c.NetConn()) {
 		return nil, errs.E(errs.Unsupported, "local reads: only on the local channel of a daemon that keeps a page")
@@ -54,12 +54,14 @@ func (n *Node) lease(ctx context.Context, c *proto.Conn, req *proto.Msg) (*proto
 	}
 	// An object the image shares with an ancestor stops being the VDI's
 	// at the next write of it (copy-on-write): that ends its leases only
-	// where the write goes through this node (ownerMoved). So it is lent
-	// only while every write goes through here: the VDI is locked
-	// through this node, or not locked (a lock is a new state).
+	// where the write goes through this node (ownerMoved), and only this
+	// node's index is then sure to be current (it dropped what it loaded
+	// before the lock came here: admin.go). So it is lent only while the
+	// VDI is locked through this node; a lock taken or moved is a new
+	// state, which ends the lease.
 	shared := owner != info.ID && !meta.IsSnapshot()
-	if owner == 0 || shared && meta.Lock != nil && meta.Lock.Node != n.id {
-		return nil, errs.E(errs.NotFound, "no lease on object %d of VDI %q: a hole, or shared and written through another node", idx, meta.Name)
+	if owner == 0 || shared && (meta.Lock == nil || meta.Lock.Node != n.id) {
+		return nil, errs.E(errs.NotFound, "no lease on object %d of VDI %q: a hole, or shared and not locked through this node", idx, meta.Name)
 	}
 	oid := ids.DataObject(owner, idx)
 	stamp := n.page.Stamp(oid)
@@ -86,7 +88,7 @@ func (n *Node) lease(ctx context.Context, c *proto.Conn, req *proto.Msg) (*proto
 		return nil, errs.E(errs.NotFound, "no lease on %v: %w", oid, err)
 	}
 	if len(path) > proto.MaxLeasePath || len(n.page.Path()) > proto.MaxLeasePath {
-		return nil, errs.E(errs.Unsupported, "local reads: path of %d bytes", len(path))
+		return nil, errs.E(errs.NotFound, "no lease on %v: path of %d bytes", oid, len(path))
 	}
 	return &proto.Msg{Data: proto.AppendLease(nil, proto.Lease{Inst: stamp.Inst, Global: stamp.Global, Slot: stamp.Slot,
 		OID: uint64(oid), Path: path, Page: n.page.Path()})}, nil
