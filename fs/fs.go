@@ -194,6 +194,11 @@ func Mount(dir string, c *client.Client, opts Options) (*FS, error) {
 		f.init = initRequest(srv)
 	}
 	f.readaheadErr = setReadahead(f.dir, readaheadKB)
+	if f.lr != nil {
+		done := make(chan struct{})
+		go func() { srv.Wait(); close(done) }()
+		go f.lr.sweepLoop(done)
+	}
 	return f, nil
 }
 

@@ -26,8 +26,12 @@ import (
 
 const (
 	// maxLeases bounds the leases (and open object files) a mount keeps:
-	// 32 GiB of objects.
+	// 32 GiB of objects, within a quarter of the descriptor limit.
 	maxLeases = 8192
+	// sweepEvery is how often leases that no longer hold are dropped,
+	// with their files: a file the daemon removed or replaced keeps its
+	// disk space while a descriptor holds it.
+	sweepEvery = 5 * time.Second
 	// noLeaseFor is how long an object the daemon gave no lease on is
 	// read through it before it is asked again (this mount's own writes
 	// ask again at once).
@@ -55,7 +59,8 @@ type lease struct {
 }
 
 type localReads struct {
-	c *client.Client
+	c   *client.Client
+	max int // leases kept at most
 
 	off    atomic.Bool   // the daemon does not grant leases here
 	offGen atomic.Uint64 // ... on the connection of this generation
@@ -68,7 +73,11 @@ type localReads struct {
 }
 
 func newLocalReads(c *client.Client, reg *metrics.Registry) *localReads {
-	r := &localReads{c: c, leases: map[leaseKey]*lease{}, views: map[uint64]*localread.View{}}
+	r := &localReads{c: c, max: maxLeases, leases: map[leaseKey]*lease{}, views: map[uint64]*localread.View{}}
+	var lim syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil {
+		r.max = int(max(16, min(maxLeases, lim.Cur/4)))
+	}
 	if reg != nil {
 		ctr := reg.Counter("sheepfs_local_reads_total", "Reads of whole objects' pieces from the daemon's files on this machine (local), and those that went through the daemon instead (daemon: no lease, or a lease that no longer held, or a block that failed its checksum).", "path")
 		r.reads = &ctr
@@ -128,12 +137,12 @@ func (r *localReads) readObject(ctx context.Context, key leaseKey, buf []byte, o
 		defer proto.PutBuf(scratch)
 		data = scratch
 	}
-	var sums [2048]byte
-	ent := sums[:(b1-b0)*8]
-	if (b1-b0)*8 > int64(len(sums)) {
-		ent = make([]byte, (b1-b0)*8)
+	var sums [256 * objstore.SumEntry]byte // a 1 MiB read's
+	ent := sums[:(b1-b0)*objstore.SumEntry]
+	if (b1-b0)*objstore.SumEntry > int64(len(sums)) {
+		ent = make([]byte, (b1-b0)*objstore.SumEntry)
 	}
-	read := fullRead(l.f, ent, vdi.ObjectSize+b0*8) && fullRead(l.f, data, b0*objstore.SumBlock)
+	read := fullRead(l.f, ent, vdi.ObjectSize+b0*objstore.SumEntry) && fullRead(l.f, data, b0*objstore.SumBlock)
 	good := read && objstore.VerifyCurrent(l.oid, b0, data, ent)
 	if !l.view.Holds(l.oid, l.stamp) || r.c.Gen() != l.gen {
 		r.drop(key, l, nil) // asked again at the next read
@@ -222,10 +231,10 @@ func (r *localReads) keep(key leaseKey, l *lease) *lease {
 	if old := r.leases[key]; old != nil && old.f != nil {
 		closing = append(closing, old.f)
 	}
-	if len(r.leases) >= maxLeases {
+	if len(r.leases) >= r.max {
 		// Any eighth: map order is random enough for a cache whose
 		// misses cost one request to the daemon.
-		n := maxLeases / 8
+		n := r.max / 8
 		for k, o := range r.leases {
 			if n--; n < 0 {
 				break
@@ -299,4 +308,39 @@ func (r *localReads) wrote(vid ids.VDIID, off, n int64) {
 		}
 	}
 	r.mu.Unlock()
+}
+
+// sweepLoop drops, every sweepEvery until done is closed, the leases that
+// no longer hold and the refusals that ran out.
+func (r *localReads) sweepLoop(done <-chan struct{}) {
+	t := time.NewTicker(sweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			r.sweep()
+		}
+	}
+}
+
+func (r *localReads) sweep() {
+	now, gen := time.Now(), r.c.Gen()
+	var closing []*os.File
+	r.mu.Lock()
+	for k, l := range r.leases {
+		switch {
+		case l.f == nil && now.After(l.retry):
+		case l.f != nil && (l.gen != gen || !l.view.Holds(l.oid, l.stamp)):
+			closing = append(closing, l.f)
+		default:
+			continue
+		}
+		delete(r.leases, k)
+	}
+	r.mu.Unlock()
+	for _, f := range closing {
+		_ = f.Close()
+	}
 }

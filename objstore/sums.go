@@ -48,6 +48,10 @@ const SumBlock = 4096
 // entrySize is the bytes of one trailer entry: prev and cur, little-endian.
 const entrySize = 8
 
+// SumEntry is entrySize, for a reader of the files (VerifyCurrent): block
+// b's entry is at ObjectSize + b*SumEntry in an object's file.
+const SumEntry = entrySize
+
 var (
 	castagnoli = crc32.MakeTable(crc32.Castagnoli)
 	zeroSum    = crc32.Checksum(make([]byte, SumBlock), castagnoli)
