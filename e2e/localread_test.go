@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -237,5 +238,160 @@ func TestLocalReadsRandomModel(t *testing.T) {
 	}
 	if n := sum(scrape(t, "http://"+fsMetrics+"/metrics"), "sheepfs_local_reads_total", `path="local"`); n == 0 {
 		t.Fatal("no read went local")
+	}
+}
+
+// TestLocalReadsEndWithTheirDaemon: a mount reading under leases from a
+// daemon that is killed never returns the bytes from before a write that
+// another mount, through another node, got acknowledged after the kill.
+// The cluster marks a node whose port refuses down at once, so that write
+// can be acknowledged within milliseconds of the kill: a lease must end
+// with the daemon's process, not a heartbeat later.
+func TestLocalReadsEndWithTheirDaemon(t *testing.T) {
+	requireEnv(t)
+	c := NewCluster(t, 3, 3)
+	fsMetrics := freeAddr(t)
+	reader := c.mount([]string{"--metrics", fsMetrics}, c.Nodes[2].Addr(), c.Nodes[0].Addr())
+	writer := c.Mount(c.Nodes[1].Addr())
+	path := writer.VDI("kw")
+	run(t, quickTimeout, "truncate", "-s", "8M", path)
+	wf := directFile(t, path)
+	old, next := pattern(4096, 1), pattern(4096, 2)
+	if _, err := wf.WriteAt(old, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := wf.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	rf, err := os.OpenFile(reader.VDI("kw"), os.O_RDONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rf.Close()
+	got := aligned(4096)
+	for range 5 {
+		if _, err := rf.ReadAt(got, 0); err != nil || !bytes.Equal(got, old) {
+			t.Fatalf("the reader reads %x... (%v), want %x...", got[:8], err, old[:8])
+		}
+	}
+	if n := sum(scrape(t, "http://"+fsMetrics+"/metrics"), "sheepfs_local_reads_total", `path="local"`); n == 0 {
+		t.Fatal("the reader's reads did not go local")
+	}
+
+	killed := time.Now()
+	c.Kill(2)
+	if _, err := wf.WriteAt(next, 0); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the write was acknowledged %v after the kill", time.Since(killed))
+	for i := range 20 {
+		if _, err := rf.ReadAt(got, 0); err != nil {
+			t.Fatalf("read %d after the write: %v", i, err)
+		}
+		if !bytes.Equal(got, next) {
+			t.Fatalf("read %d, %v after the kill, returned the bytes from before the acknowledged write", i, time.Since(killed))
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// TestLocalReadsOfSharedObjectsOnlyFromTheWriter: an object a VDI shares
+// with its snapshot is lent only by the node the VDI is locked through.
+// A reader on another node, whose cached index may predate a copy-on-write
+// made elsewhere, reads it through its daemon, which drops that cache
+// within a second (indexTTL): from then on every read returns the write.
+func TestLocalReadsOfSharedObjectsOnlyFromTheWriter(t *testing.T) {
+	requireEnv(t)
+	c := NewCluster(t, 3, 3)
+	reader := c.Mount(c.Nodes[0].Addr())
+	writer := c.Mount(c.Nodes[1].Addr())
+	const obj = 4 << 20
+	path := writer.VDI("sh")
+	run(t, quickTimeout, "truncate", "-s", "8M", path)
+	wf, err := os.OpenFile(path, os.O_RDWR|syscall.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, next := pattern(4096, 1), pattern(4096, 2)
+	for _, off := range []int64{0, obj} {
+		if _, err := wf.WriteAt(old, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := wf.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	run(t, quickTimeout, "touch", writer.Path("snapshot", "sh", "s1"))
+	rf, err := os.OpenFile(reader.VDI("sh"), os.O_RDONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rf.Close()
+	got := aligned(4096)
+	if _, err := rf.ReadAt(got, obj); err != nil { // node0 loads the index page
+		t.Fatal(err)
+	}
+	if _, err := wf.WriteAt(next, 0); err != nil { // copy-on-write through node1
+		t.Fatal(err)
+	}
+	if err := wf.Close(); err != nil { // and the unlock: the VDI is locked nowhere
+		t.Fatal(err)
+	}
+	written := time.Now()
+	// A read at once may still be old (the reader's daemon's cache);
+	// whatever it asks for then must not outlive that cache.
+	time.Sleep(300 * time.Millisecond)
+	if _, err := rf.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	for i := range 20 {
+		if _, err := rf.ReadAt(got, 0); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, next) {
+			t.Fatalf("read %d, %v after the write, returned the bytes from before it", i, time.Since(written))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestLocalReadsLetGoOfRemovedFiles: a mount does not keep the files of
+// objects the daemon removed (a deleted VDI) open, which would keep their
+// disk space.
+func TestLocalReadsLetGoOfRemovedFiles(t *testing.T) {
+	requireEnv(t)
+	c := NewCluster(t, 3, 3)
+	m := c.Mount(c.Nodes[0].Addr())
+	path := m.VDI("del")
+	run(t, quickTimeout, "truncate", "-s", "64M", path)
+	f := directFile(t, path)
+	got := aligned(4096)
+	for o := int64(0); o < 16; o++ {
+		if _, err := f.WriteAt(pattern(4096, uint64(o)), o<<22); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.ReadAt(got, o<<22); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held := func() int {
+		n := 0
+		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", m.proc.cmd.Process.Pid))
+		for _, fd := range fds {
+			l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", m.proc.cmd.Process.Pid, fd.Name()))
+			if strings.HasPrefix(l, c.Dir) && strings.Contains(l, "/obj/") {
+				n++
+			}
+		}
+		return n
+	}
+	if held() == 0 {
+		t.Fatal("the mount holds no object file: its reads did not go local")
+	}
+	f.Close()
+	run(t, quickTimeout, "rm", path)
+	if !waitFor(30*time.Second, func() bool { return held() == 0 }) {
+		t.Fatalf("the mount still holds %d object files of a deleted VDI", held())
 	}
 }
