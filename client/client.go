@@ -79,14 +79,18 @@ type Client struct {
 	addrs []string
 	opts  Options
 
-	mu     sync.Mutex
-	cur    int
-	pc     *proto.Client
-	gen    uint64          // bumped at every reconnect
-	genA   atomic.Uint64   // gen, for Gen
-	locked uint64          // gen at which locks were last (re)taken
-	locks  map[string]bool // VDI names held for writing
-	relock sync.Mutex
+	mu   sync.Mutex
+	cur  int
+	pc   *proto.Client
+	gen  uint64        // bumped at every reconnect
+	genA atomic.Uint64 // gen, for Gen
+	// leasesAt is gen+1 once the connection of gen was asked whether it
+	// lends files (Lease), and leases its answer.
+	leasesAt uint64
+	leases   bool
+	locked   uint64          // gen at which locks were last (re)taken
+	locks    map[string]bool // VDI names held for writing
+	relock   sync.Mutex
 
 	// unflushed holds, per VDI, the nodes its writes since the last
 	// flush reached and their boots (proto.NodeBoot): a flush asks
@@ -173,12 +177,42 @@ func (c *Client) Gen() uint64 { return c.genA.Load() }
 // connection is the client's.
 func (c *Client) Lease(ctx context.Context, vid ids.VDIID, idx uint32) (proto.Lease, uint64, error) {
 	pc, gen := c.current()
+	if ok, err := c.lends(ctx, pc, gen); !ok {
+		return proto.Lease{}, gen, err
+	}
 	resp, err := pc.Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpVDILease, ID: uint64(vid), Offset: uint64(idx)}})
 	if err != nil {
 		return proto.Lease{}, gen, err
 	}
 	l, err := proto.DecodeLease(resp.Data)
 	return l, gen, err
+}
+
+// lends reports whether the gateway on pc, the connection of generation
+// gen, lends its files (proto.AdminLocalReads), asking it once: an older
+// daemon drops a connection that sends OpVDILease. errs.Unsupported if
+// not.
+func (c *Client) lends(ctx context.Context, pc *proto.Client, gen uint64) (bool, error) {
+	c.mu.Lock()
+	asked, ok := c.leasesAt == gen+1, c.leases
+	c.mu.Unlock()
+	if !asked {
+		b, _ := json.Marshal(proto.AdminRequest{Cmd: proto.AdminLocalReads})
+		_, err := pc.Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpAdmin}, Data: b})
+		if err != nil && (proto.IsTransport(err) || ctx.Err() != nil) {
+			return false, err // not an answer: ask again next time
+		}
+		ok = err == nil
+		c.mu.Lock()
+		if c.gen == gen {
+			c.leasesAt, c.leases = gen+1, ok
+		}
+		c.mu.Unlock()
+	}
+	if !ok {
+		return false, errs.E(errs.Unsupported, "the gateway lends no files to this connection")
+	}
+	return true, nil
 }
 
 // Call sends req to the gateway, retrying across reconnects.

@@ -41,6 +41,12 @@ const (
 	// AdminGC frees the objects of deleted images that nothing references
 	// any more (run after every delete; this runs it again).
 	AdminGC = "gc" // -> GCResult
+	// AdminLocalReads answers {} if the gateway lends its object files
+	// to this connection (OpVDILease), and an error if not: an older
+	// daemon says it does not know the command. A client asks before its
+	// first OpVDILease on a connection, since an older daemon drops a
+	// connection that sends an op it does not know.
+	AdminLocalReads = "local.reads"
 	// AdminRecoverySet changes the cluster-wide recovery throttle: Recovery
 	// holds the new settings, each applied if set -> ClusterInfo.
 	AdminRecoverySet = "recovery.set"

@@ -222,6 +222,11 @@ func (n *Node) handleAdmin(ctx context.Context, c *proto.Conn, req *proto.Msg) (
 			return nil, err
 		}
 		out = r
+	case proto.AdminLocalReads:
+		if n.page == nil || !auth.IsLocal(c.NetConn()) {
+			return nil, errs.E(errs.Unsupported, "local reads: only on the local channel of a daemon that keeps a page")
+		}
+		out = struct{}{}
 	case proto.AdminGC:
 		r, err := n.collect(ctx)
 		if err != nil {
