@@ -243,16 +243,18 @@ func TestLocalReadsRandomModel(t *testing.T) {
 
 // TestLocalReadsEndWithTheirDaemon: a mount reading under leases from a
 // daemon that is killed never returns the bytes from before a write that
-// another mount, through another node, got acknowledged after the kill.
-// The cluster marks a node whose port refuses down at once, so that write
-// can be acknowledged within milliseconds of the kill: a lease must end
-// with the daemon's process, not a heartbeat later.
+// another mount got acknowledged through another node after the kill.
+// Both mounts go through node2 first (objects are lent by the node the
+// VDI is locked through); the writer moves to node0. The cluster marks a
+// node whose port refuses down at once, so that write can be acknowledged
+// within milliseconds of the kill: a lease must end with the daemon's
+// process, not a heartbeat later.
 func TestLocalReadsEndWithTheirDaemon(t *testing.T) {
 	requireEnv(t)
 	c := NewCluster(t, 3, 3)
 	fsMetrics := freeAddr(t)
 	reader := c.mount([]string{"--metrics", fsMetrics}, c.Nodes[2].Addr(), c.Nodes[0].Addr())
-	writer := c.Mount(c.Nodes[1].Addr())
+	writer := c.Mount(c.Nodes[2].Addr(), c.Nodes[0].Addr())
 	path := writer.VDI("kw")
 	run(t, quickTimeout, "truncate", "-s", "8M", path)
 	wf := directFile(t, path)
@@ -295,15 +297,17 @@ func TestLocalReadsEndWithTheirDaemon(t *testing.T) {
 	}
 }
 
-// TestLocalReadsOfSharedObjectsOnlyFromTheWriter: an object a VDI shares
-// with its snapshot is lent only by the node the VDI is locked through.
-// A reader on another node, whose cached index may predate a copy-on-write
-// made elsewhere, reads it through its daemon, which drops that cache
-// within a second (indexTTL): from then on every read returns the write.
-func TestLocalReadsOfSharedObjectsOnlyFromTheWriter(t *testing.T) {
+// TestLocalReadsOnlyFromTheWritersNode: a writable VDI's objects are lent
+// only by the node it is locked through, whose index is current. A reader
+// on another node, whose cached index may predate a copy-on-write made
+// elsewhere, reads through its daemon, which drops that cache within a
+// second (indexTTL): from then on every read returns the write. (A lease
+// from that cache would have lasted until the next cluster state.)
+func TestLocalReadsOnlyFromTheWritersNode(t *testing.T) {
 	requireEnv(t)
 	c := NewCluster(t, 3, 3)
-	reader := c.Mount(c.Nodes[0].Addr())
+	fsMetrics := freeAddr(t)
+	reader := c.mount([]string{"--metrics", fsMetrics}, c.Nodes[0].Addr())
 	writer := c.Mount(c.Nodes[1].Addr())
 	const obj = 4 << 20
 	path := writer.VDI("sh")
@@ -353,6 +357,9 @@ func TestLocalReadsOfSharedObjectsOnlyFromTheWriter(t *testing.T) {
 			t.Fatalf("read %d, %v after the write, returned the bytes from before it", i, time.Since(written))
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	if n := sum(scrape(t, "http://"+fsMetrics+"/metrics"), "sheepfs_local_reads_total", `path="local"`); n != 0 {
+		t.Fatalf("%v reads of a VDI locked through another node, or nowhere, went local", n)
 	}
 }
 

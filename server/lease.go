@@ -27,8 +27,8 @@ func (n *Node) ownerMoved(idx uint32, old ids.VDIID, known bool) {
 
 // lease answers OpVDILease for object number req.Offset of VDI handle
 // req.ID. errs.NotFound means no lease for now (a hole, a copy elsewhere
-// or in doubt, an object the image shares with an ancestor while the VDI
-// is not locked through this node): the mount reads through the daemon.
+// or in doubt, a writable VDI not locked through this node): the mount
+// reads through the daemon.
 func (n *Node) lease(ctx context.Context, c *proto.Conn, req *proto.Msg) (*proto.Msg, error) {
 	if n.page == nil || !auth.IsLocal(c.NetConn()) {
 		return nil, errs.E(errs.Unsupported, "local reads: only on the local channel of a daemon that keeps a page")
@@ -52,16 +52,18 @@ func (n *Node) lease(ctx context.Context, c *proto.Conn, req *proto.Msg) (*proto
 	if err != nil {
 		return nil, err
 	}
-	// An object the image shares with an ancestor stops being the VDI's
-	// at the next write of it (copy-on-write): that ends its leases only
-	// where the write goes through this node (ownerMoved), and only this
-	// node's index is then sure to be current (it dropped what it loaded
-	// before the lock came here: admin.go). So it is lent only while the
-	// VDI is locked through this node; a lock taken or moved is a new
-	// state, which ends the lease.
-	shared := owner != info.ID && !meta.IsSnapshot()
-	if owner == 0 || shared && (meta.Lock == nil || meta.Lock.Node != n.id) {
-		return nil, errs.E(errs.NotFound, "no lease on object %d of VDI %q: a hole, or shared and not locked through this node", idx, meta.Name)
+	// A writable VDI's index changes with its writes, and only the node
+	// they go through knows at once: it ends the leases on the object an
+	// entry named before (ownerMoved: a copy-on-write, a discard), and it
+	// dropped what it loaded before the lock came (admin.go). Another
+	// node's index may be a second old (indexTTL), which its own reads
+	// live with; a lease from it could outlive that for good (an object
+	// left behind by a discard cut short is never changed again). So a
+	// writable VDI's objects are lent only while it is locked through
+	// this node; a lock taken or moved is a new state, which ends every
+	// lease. A snapshot's index never changes.
+	if owner == 0 || !meta.IsSnapshot() && (meta.Lock == nil || meta.Lock.Node != n.id) {
+		return nil, errs.E(errs.NotFound, "no lease on object %d of VDI %q: a hole, or not locked through this node", idx, meta.Name)
 	}
 	oid := ids.DataObject(owner, idx)
 	stamp := n.page.Stamp(oid)
