@@ -18,6 +18,7 @@ import (
 // token is refused with "exists", and a token longer than 128 bytes as
 // invalid.
 func TestCreateRetryAnswersTheFirst(t *testing.T) {
+	parallel(t)
 	requireEnv(t)
 	c := NewCluster(t, 3, 3)
 	ctx := testCtx(t)

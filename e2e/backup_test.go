@@ -21,6 +21,7 @@ import (
 // what it reads with what was written; a chain out of order is refused
 // before anything is created.
 func TestBackupRestore(t *testing.T) {
+	parallel(t)
 	c := NewCluster(t, 3, 2)
 	cl := client.New(c.Addrs(), client.Options{Dial: keyDial(auth.RoleClient), RetryFor: 30 * time.Second})
 	defer cl.Close()

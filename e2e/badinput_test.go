@@ -186,6 +186,7 @@ func sendJunkUnauthenticated(t *testing.T, addr, what string, b []byte) {
 // change nothing; junk on the daemons' ports does not crash them; a second
 // format is refused; a write past the largest VDI size fails with EFBIG.
 func TestBadInput(t *testing.T) {
+	parallel(t)
 	c := NewCluster(t, 3, 3)
 	m := c.Mount()
 

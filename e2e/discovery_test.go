@@ -14,6 +14,7 @@ import (
 // by multicast and joins it; a node with another key in the third does
 // not: it starts a cluster of its own.
 func TestLANDiscovery(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "ip", "nft", "timeout", "python3")
 	lab := newNetLab(t, 3)
 	c := newCluster(t, 1, 1, lab.base, func(node *Node) {

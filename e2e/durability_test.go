@@ -18,6 +18,7 @@ import (
 // scripts/up, after kill -9 of a daemon, and after kill -9 of the daemon
 // sheepfs talks to (it must fail over to its next address).
 func TestDataSurvivesCacheDropRestartAndKill(t *testing.T) {
+	parallel(t)
 	sc := NewScriptCluster(t, 3)
 	sc.OwnKey = true // as a new user: scripts/up makes the key
 	r := sc.script("up")
@@ -87,6 +88,7 @@ func TestDataSurvivesCacheDropRestartAndKill(t *testing.T) {
 // write and comes back ends up with the same bytes too, and reads never
 // return its old copy.
 func TestReplicasIdentical(t *testing.T) {
+	parallel(t)
 	c := NewCluster(t, 3, 3)
 	m := c.Mount()
 	vdi := m.VDI("r")

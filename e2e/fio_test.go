@@ -58,6 +58,7 @@ func checkFioVerify(t testing.TB, out string) int64 {
 // (--io_size) bounds the run rather than --runtime, so that a slow machine
 // still verifies everything it wrote.
 func TestFioVerify(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "fio")
 	c := NewCluster(t, 3, 3)
 	m := c.Mount()

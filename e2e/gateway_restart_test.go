@@ -14,6 +14,7 @@ import (
 // completes once it is back, and a file held open for writing across the
 // restart keeps writing (sheepfs takes its write lock again).
 func TestGatewayRestart(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "python3")
 	c := NewCluster(t, 3, 3)
 	m := c.Mount(c.Nodes[0].Addr())

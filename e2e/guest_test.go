@@ -31,6 +31,7 @@ import (
 // TestGuestMigrateWithLibvirt): that cache mode runs once more on a new
 // VDI, and a second such stall fails.
 func TestGuestMigrateAndRestart(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "qemu-system-x86_64", "apt-get", "apt-cache", "dpkg", "ldd", "mke2fs", "e2fsck")
 	start := time.Now()
 	img := buildGuest(t)

@@ -29,6 +29,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -114,6 +115,20 @@ var (
 	keyFile  string
 	testKeys *auth.Keys
 )
+
+// parallel lets t run alongside the other tests that call it (go test
+// -parallel, GOMAXPROCS of them at once by default), once every test that
+// does not has run. Each cluster has its own ports, directories and mount,
+// so most tests can. A test stays serial if it sets the environment
+// (t.Setenv), uses something the whole machine shares (network namespaces,
+// nftables, systemd, libvirtd, thousands of connections), or checks what
+// the page cache holds or which path a read took (another test's
+// dropCaches would change both). E2E_SERIAL=1 runs every test alone.
+func parallel(t *testing.T) {
+	if os.Getenv("E2E_SERIAL") == "" {
+		t.Parallel()
+	}
+}
 
 // keyDial connects to a daemon with the test key, as role as.
 func keyDial(as auth.Role) proto.DialFunc {
@@ -401,15 +416,19 @@ type proc struct {
 	err  error
 }
 
-// startProc starts name with args, stdout and stderr appended to logPath.
-// The child gets SIGKILL if the test binary dies.
-func startProc(logPath, name string, args ...string) (*proc, error) {
+// startProc starts name with args, stdout and stderr appended to logPath,
+// with env on top of the test's environment. The child gets SIGKILL if the
+// test binary dies.
+func startProc(logPath string, env []string, name string, args ...string) (*proc, error) {
 	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
 	fmt.Fprintf(log, "==== %s %s %s\n", time.Now().Format(time.RFC3339Nano), name, strings.Join(args, " "))
 	cmd := exec.Command(name, args...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...) // the last of a name wins
+	}
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -483,6 +502,9 @@ type Node struct {
 	Host  string   // IP address to listen on (empty: 127.0.0.1)
 	NetNS string   // network namespace to run in (empty: the test's own)
 	Args  []string // more daemon flags (--disk, --zone ...)
+	// Env is more environment for the daemon (SHEEP_FAULTS=1 ...), on
+	// top of the test's: parallel tests cannot use t.Setenv.
+	Env []string
 	// Discover lets the node, started with nothing to join, look for a
 	// cluster on the network; otherwise it starts one (--bootstrap):
 	// every test's cluster has the same key.
@@ -510,6 +532,21 @@ func NewCluster(t testing.TB, n, copies int) *Cluster {
 	t.Helper()
 	requireEnv(t)
 	return newCluster(t, n, copies, freeBase(t, n), nil)
+}
+
+// NewClusterEnv is NewCluster with env in the environment of every daemon
+// (Node.Env).
+func NewClusterEnv(t testing.TB, n, copies int, env ...string) *Cluster {
+	t.Helper()
+	requireEnv(t)
+	return newCluster(t, n, copies, freeBase(t, n), func(nd *Node) { nd.Env = slices.Clone(env) })
+}
+
+// SetEnv adds env to the environment of every node's next start.
+func (c *Cluster) SetEnv(env ...string) {
+	for _, n := range c.Nodes {
+		n.Env = append(n.Env, env...)
+	}
 }
 
 // newCluster is NewCluster with data ports from base; place, if set, says
@@ -560,7 +597,7 @@ func (c *Cluster) startNode(n *Node, join []string) {
 		// ip netns exec execs the daemon: the process is sheep itself.
 		name, args = "ip", append([]string{"netns", "exec", n.NetNS, sheepBin}, args...)
 	}
-	p, err := startProc(n.Log, name, args...)
+	p, err := startProc(n.Log, n.Env, name, args...)
 	if err != nil {
 		c.t.Fatalf("start %s: %v", n.ID, err)
 	}
@@ -896,7 +933,7 @@ func (c *Cluster) mount(extra []string, addrs ...string) *Mount {
 		margs = append(margs, "--key-file", c.KeyFile)
 	}
 	margs = append(margs, extra...)
-	p, err := startProc(m.Log, sheepfsBin, margs...)
+	p, err := startProc(m.Log, nil, sheepfsBin, margs...)
 	if err != nil {
 		c.t.Fatalf("start sheepfs: %v", err)
 	}
@@ -931,7 +968,7 @@ func (m *Mount) KillAndRestart(down time.Duration) {
 	}
 	m.proc.kill()
 	time.Sleep(down)
-	p, err := startProc(m.Log, sheepfsBin, m.args...)
+	p, err := startProc(m.Log, nil, sheepfsBin, m.args...)
 	if err != nil {
 		m.t.Fatalf("start sheepfs: %v", err)
 	}

@@ -353,6 +353,7 @@ func perNode(files map[string]map[string]string) map[string]int {
 // The data reads back identical after each phase, and every copy on disk
 // holds it.
 func TestHealNodeLossAndJoins(t *testing.T) {
+	parallel(t)
 	requireEnv(t)
 	base := freeBase(t, 6)
 	c := newCluster(t, 4, 3, base, nil)
@@ -493,6 +494,7 @@ func stateOf(nodes []NodeInfo, id string) string {
 // it was away, and before, reads back, and every object ends with its 3
 // copies.
 func TestHealNode0Rejoins(t *testing.T) {
+	parallel(t)
 	sc := NewScriptCluster(t, 3)
 	sc.Up()
 	src := filepath.Join(t.TempDir(), "data")
@@ -566,6 +568,7 @@ func TestHealNode0Rejoins(t *testing.T) {
 // one copy in each zone; after a zone loses one of its two nodes, the
 // objects are healed back to one copy per zone.
 func TestHealZones(t *testing.T) {
+	parallel(t)
 	requireEnv(t)
 	zones := []string{"rack0", "rack0", "rack1", "rack1", "rack2", "rack2"}
 	c := newCluster(t, len(zones), 3, freeBase(t, len(zones)), func(n *Node) { n.Args = []string{"--zone", zones[n.Index]} })
@@ -673,6 +676,7 @@ func runFio(args ...string) (fioJob, Result, error) {
 // with fio's headers (one every 4 KiB, --verify_interval), so the last
 // pass can read and check all of it whichever rounds wrote what.
 func TestHealWhileWriting(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "fio")
 	base := freeBase(t, 6)
 	c := newCluster(t, 4, 3, base, nil)

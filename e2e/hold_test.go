@@ -15,6 +15,7 @@ import (
 // on each request after 30 s, and the VM used to get EAGAIN then), and
 // succeed once the nodes are back; the write reads back.
 func TestMountHoldsIOWhileNoQuorum(t *testing.T) {
+	parallel(t)
 	requireEnv(t)
 	c := NewCluster(t, 3, 3)
 	m := c.Mount(c.Nodes[0].Addr())

@@ -103,6 +103,7 @@ func dataObjects(files map[string]map[string]string, nodes ...string) []string {
 // of it fails with EIO, never with other bytes, and the rest of the VDI
 // still reads.
 func TestRotRepairedOnRead(t *testing.T) {
+	parallel(t)
 	requireEnv(t)
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
@@ -257,6 +258,7 @@ func scrubPass(t *testing.T, c *Cluster) scrubJSON {
 // are found by a scrub pass and repaired: afterwards every replica's file
 // holds the same data, and the scrub's status says what it did.
 func TestScrubRepairs(t *testing.T) {
+	parallel(t)
 	requireEnv(t)
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
@@ -329,9 +331,8 @@ func TestScrubRepairs(t *testing.T) {
 // nothing reads back as rot, nothing acknowledged is lost, and the
 // replicas agree.
 func TestFaultSeams(t *testing.T) {
-	t.Setenv("SHEEP_FAULTS", "1")
-	requireEnv(t)
-	c := NewCluster(t, 3, 3)
+	parallel(t)
+	c := NewClusterEnv(t, 3, 3, "SHEEP_FAULTS=1")
 	n0, n1 := c.Nodes[0], c.Nodes[1]
 	m := c.Mount(n0.Addr())
 	vdi := m.VDI("seams")
@@ -399,6 +400,7 @@ func TestFaultSeams(t *testing.T) {
 // while a VDI is written, the VDI is deleted, and a scrub pass runs: no
 // object of the VDI is left on any node.
 func TestFullDiskLeavesNoOrphans(t *testing.T) {
+	parallel(t)
 	requireEnv(t)
 	base := freeBase(t, 3)
 	c := newCluster(t, 3, 3, base, func(n *Node) {
@@ -520,6 +522,7 @@ func (p *flipProxy) serve(c net.Conn, damage bool) {
 // the data: the mount reconnects, retries, and what it wrote and reads
 // back is what was written.
 func TestWireDamageRetried(t *testing.T) {
+	parallel(t)
 	requireEnv(t)
 	c := NewCluster(t, 3, 3)
 	p := startFlipProxy(t, c.Nodes[0].Addr())
@@ -551,9 +554,8 @@ func TestWireDamageRetried(t *testing.T) {
 // within it, and the VDI's real data, stay.
 func TestScrubFreesUnreferenced(t *testing.T) {
 	// Freed at the second pass that finds it so, 2 s after the first.
-	t.Setenv("SHEEP_SCRUB_CONFIRM", "2")
-	requireEnv(t)
-	c := NewCluster(t, 3, 3)
+	parallel(t)
+	c := NewClusterEnv(t, 3, 3, "SHEEP_SCRUB_CONFIRM=2")
 	m := c.Mount(c.Nodes[0].Addr())
 	vdi := m.VDI("u")
 	run(t, quickTimeout, "truncate", "-s", "64M", vdi)
@@ -622,6 +624,7 @@ func TestScrubFreesUnreferenced(t *testing.T) {
 // damage. (Entries that did not reach the file, as with a private
 // mapping, make every block written since the mapping read as rot.)
 func TestKillAllDuringRandomWritesLeavesNoRot(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "fio")
 	c := NewCluster(t, 3, 3)
 	m := c.Mount()

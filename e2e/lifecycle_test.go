@@ -45,6 +45,7 @@ func lsSize(t testing.TB, path string) int64 {
 // deleted or opened for writing elsewhere while a process has them open
 // for writing.
 func TestVDILifecycle(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "python3", "truncate", "getfattr")
 	c := NewCluster(t, 3, 3)
 	m := c.Mount()

@@ -12,6 +12,7 @@ import (
 // once with EINVAL and changes nothing; it never reports success without
 // the data. An aligned O_DIRECT write with an aligned buffer lands too.
 func TestODirectUnaligned(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "python3")
 	c := NewCluster(t, 3, 3)
 	m := c.Mount()

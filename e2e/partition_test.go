@@ -538,6 +538,7 @@ func (p *partitionRun) checkEverywhere(when, full string, want []byte, nodes ...
 //     during the first one, but not in between, reads the object as it was
 //     written in between, not its own old copy.
 func TestPartitionNoSplitBrain(t *testing.T) {
+	parallel(t)
 	start := time.Now()
 	c, lab := newNetCluster(t, 5, 3)
 	n := c.Nodes

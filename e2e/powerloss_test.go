@@ -49,9 +49,8 @@ import (
 // nodes came back with copies that differ, and recovery reconciled them
 // (without the boot in the membership, the first run failed).
 func TestPowerLossKeepsFsyncedWrites(t *testing.T) {
-	t.Setenv("SHEEP_FAULTS", "1")
-	requireEnv(t)
-	c := NewCluster(t, 3, 3)
+	parallel(t)
+	c := NewClusterEnv(t, 3, 3, "SHEEP_FAULTS=1")
 	fsMetrics := freeAddr(t)
 	m := c.mount([]string{"--metrics", fsMetrics}, c.Nodes[0].Addr())
 	vdi := m.VDI("pl")
@@ -194,7 +193,7 @@ func TestPowerLossKeepsFsyncedWrites(t *testing.T) {
 	}
 	wg.Wait()
 	lostAt := allDown("a power loss")
-	t.Setenv("SHEEP_BOOT_ID", "0badc0de-0000-4000-8000-000000000001")
+	c.SetEnv("SHEEP_BOOT_ID=0badc0de-0000-4000-8000-000000000001")
 	restartAll()
 	mu.Lock()
 	base = acked
@@ -450,9 +449,8 @@ func copiesOf(c *Cluster, off int, first []byte, hist []ackedWrite, maybe [][]by
 // the last fsync follows a group of four writes (the first synced, three
 // not) and must flush the three.
 func TestPowerLossKeepsSyncedWrites(t *testing.T) {
-	t.Setenv("SHEEP_FAULTS", "1")
-	requireEnv(t)
-	c := NewCluster(t, 3, 1)
+	parallel(t)
+	c := NewClusterEnv(t, 3, 1, "SHEEP_FAULTS=1")
 	fsMetrics := freeAddr(t)
 	m := c.mount([]string{"--metrics", fsMetrics}, c.Nodes[0].Addr())
 	vdi := m.VDI("sw")
@@ -571,9 +569,8 @@ func alignedBlock() []byte {
 // (Through sheepfs the fsync that follows an allocating write covers the
 // entry; the gateway must not rely on that.)
 func TestPowerLossKeepsSyncedWriteFromClient(t *testing.T) {
-	t.Setenv("SHEEP_FAULTS", "1")
-	requireEnv(t)
-	c := NewCluster(t, 3, 1)
+	parallel(t)
+	c := NewClusterEnv(t, 3, 1, "SHEEP_FAULTS=1")
 	const obj = 4 << 20
 	cl := client.New([]string{c.Nodes[1].Addr()}, client.Options{Dial: keyDial(auth.RoleClient), RetryFor: 10 * time.Second})
 	defer cl.Close()
@@ -626,9 +623,8 @@ func TestPowerLossKeepsSyncedWriteFromClient(t *testing.T) {
 // before it frees. With one copy the entry and the snapshot's object are
 // on different nodes for most objects; eight objects are written.
 func TestPowerLossAfterCollect(t *testing.T) {
-	t.Setenv("SHEEP_FAULTS", "1")
-	requireEnv(t)
-	c := NewCluster(t, 3, 1)
+	parallel(t)
+	c := NewClusterEnv(t, 3, 1, "SHEEP_FAULTS=1")
 	const obj = 4 << 20
 	cl := client.New([]string{c.Nodes[1].Addr()}, client.Options{Dial: keyDial(auth.RoleClient), RetryFor: 10 * time.Second})
 	defer cl.Close()
@@ -718,7 +714,7 @@ func powerLossAndReboot(t *testing.T, c *Cluster, bootID string) {
 	}) {
 		t.Fatal("the nodes did not die of the power loss")
 	}
-	t.Setenv("SHEEP_BOOT_ID", bootID)
+	c.SetEnv("SHEEP_BOOT_ID=" + bootID)
 	for i := range c.Nodes {
 		c.Restart(i)
 	}
@@ -745,9 +741,8 @@ func powerLossAndReboot(t *testing.T, c *Cluster, bootID string) {
 // once, and after the power loss the write read back as what the object
 // held before.)
 func TestFlushWaitsForTheOnlyCopyOfAWrite(t *testing.T) {
-	t.Setenv("SHEEP_FAULTS", "1")
-	requireEnv(t)
-	c := NewCluster(t, 3, 1)
+	parallel(t)
+	c := NewClusterEnv(t, 3, 1, "SHEEP_FAULTS=1")
 	const obj = 4 << 20
 	gw := c.Nodes[0]
 	cl := client.New([]string{gw.Addr()}, client.Options{Dial: keyDial(auth.RoleClient), RetryFor: 10 * time.Second})
@@ -911,7 +906,7 @@ func TestFlushWaitsForTheOnlyCopyOfAWrite(t *testing.T) {
 			t.Fatalf("md fault powerloss on %s: %v", node.ID, r)
 		}
 	}, true)
-	t.Setenv("SHEEP_BOOT_ID", "0badc0de-0000-4000-8000-000000000005")
+	node.Env = append(node.Env, "SHEEP_BOOT_ID=0badc0de-0000-4000-8000-000000000005")
 	c.Restart(x)
 	lostHere(<-flushed, "the flush after "+string(node.ID)+" came back in a new boot")
 	t.Logf("lone's object %d now reads %q... (the write %s took was lost with its power)", k, read(lone.ID, k)[:4], node.ID)

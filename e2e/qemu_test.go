@@ -39,6 +39,7 @@ func qemuIO(t *testing.T, format, cache, path string, cmds ...string) string {
 // page cache (writeback) and with O_DIRECT (none); a qcow2 image inside a
 // VDI checks clean; qemu-img convert copies a VDI out and back in.
 func TestQemuImg(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "qemu-img", "qemu-io")
 	c := NewCluster(t, 3, 3)
 	m := c.Mount()

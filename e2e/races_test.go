@@ -51,6 +51,7 @@ print(json.dumps({"size": size, "bad": bad}))
 // and the final size survive an fsync and a cache drop. Each write past
 // the end grows the VDI; growth by one write must never undo another's.
 func TestConcurrentWritesPastEOF(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "python3")
 	c := NewCluster(t, 3, 3)
 	m := c.Mount()
@@ -114,6 +115,7 @@ print(json.dumps(out))
 // fail having done nothing, or succeed; either way, once the process has
 // exited no VDI stays locked for writing, and every VDI can be deleted.
 func TestInterruptedOpens(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "python3")
 	c := NewCluster(t, 3, 3)
 	m := c.Mount()
@@ -198,6 +200,7 @@ func first(list []string, n int) []string {
 // write (the gateway acknowledged it, so nothing would ever repair it, and
 // the VDI would lose data once the other replicas were gone).
 func TestConcurrentAllocationsReplicasAgree(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "python3")
 	c := NewCluster(t, 3, 3)
 	m := c.Mount()

@@ -10,6 +10,7 @@ import (
 // kernel sends the first close's RELEASE after close returned, so its
 // unlock races with the next open's lock; it must never win.
 func TestReopenForWrite(t *testing.T) {
+	parallel(t)
 	c := NewCluster(t, 3, 3)
 	m := c.Mount()
 	// Four loops at once, each on its own VDI.

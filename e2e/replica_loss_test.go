@@ -11,6 +11,7 @@ import (
 // replicas lost), through the survivor, although the survivor has lost the
 // cluster's majority and accepts no writes.
 func TestReadsSurviveLossOfTwoReplicas(t *testing.T) {
+	parallel(t)
 	c := NewCluster(t, 3, 3)
 	m := c.Mount(c.Nodes[2].Addr())
 	vdi := m.VDI("l")

@@ -14,6 +14,7 @@ import (
 // punched (the range to discard was shorter than an object), and which is
 // past the size the collector then looks at.
 func TestShrinkPastCutObjectFreesIt(t *testing.T) {
+	parallel(t)
 	c := NewCluster(t, 3, 3)
 	ctx := testCtx(t)
 	cl := newClient(t, c.Nodes[0].Addr())
@@ -60,6 +61,7 @@ func TestShrinkPastCutObjectFreesIt(t *testing.T) {
 // discards what the index holds now, not what that gateway cached: after
 // growing again, the region past the shrink reads zeros.
 func TestShrinkThroughAnotherGatewayRightAfterAWrite(t *testing.T) {
+	parallel(t)
 	c := NewCluster(t, 3, 3)
 	ctx := testCtx(t)
 	w := newClient(t, c.Nodes[0].Addr())

@@ -20,6 +20,7 @@ import (
 // afterwards. The writer's gateway is not the leader, so the snapshot
 // command is forwarded, and the client's leaving cancels that.
 func TestAbandonedSnapshotRequests(t *testing.T) {
+	parallel(t)
 	c := NewCluster(t, 3, 3)
 	ctx := testCtx(t)
 	var gw *Node

@@ -308,6 +308,7 @@ func snapshotInfo(t *testing.T, c *Cluster, name, tag string) proto.VDIInfo {
 // refuses what would change it (EPERM); and a tag deleted and taken again,
 // through the mount or elsewhere, reads as the new snapshot.
 func TestSnapshotDirectory(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "python3", "touch")
 	c := NewCluster(t, 1, 1)
 	m := c.Mount()
@@ -606,6 +607,7 @@ func TestCacheAfterRollbackAndRecreate(t *testing.T) {
 // TestFixedDirectories: go-fuse answers unlink and rmdir with success by
 // default; the fixed directories must not lose entries.
 func TestFixedDirectories(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "python3")
 	c := NewCluster(t, 1, 1)
 	m := c.Mount()

@@ -24,6 +24,7 @@ import (
 //
 // Replay a failure with SNAP_SEED=<seed printed by the test>.
 func TestSnapshotRandomModel(t *testing.T) {
+	parallel(t)
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("SNAP_SEED"); s != "" {
 		v, err := strconv.ParseUint(s, 10, 64)

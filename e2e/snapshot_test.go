@@ -84,6 +84,7 @@ func firstDiff(a, b []byte) string {
 // clone of the third, written to, leaves the snapshot and the VDI as they
 // were.
 func TestSnapshotsReadBackThroughEveryNode(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "qemu-io")
 	c := NewCluster(t, 3, 3)
 	m := c.Mount()
@@ -178,6 +179,7 @@ func TestSnapshotsReadBackThroughEveryNode(t *testing.T) {
 // recorded, and each mount lists all of them. Snapshots and clones made
 // through one node are seen at once through another.
 func TestConcurrentSnapshots(t *testing.T) {
+	parallel(t)
 	c := NewCluster(t, 3, 3)
 	m1, m2 := c.Mount(c.Nodes[1].Addr()), c.Mount(c.Nodes[2].Addr())
 	run(t, quickTimeout, "truncate", "-s", "16M", m1.VDI("c"))
@@ -250,6 +252,7 @@ func TestConcurrentSnapshots(t *testing.T) {
 // 2 replicas of every object, and so do its snapshots' and clones' (a clone
 // cannot ask for another count); its file shows the count as an xattr.
 func TestPerVDICopies(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "getfattr")
 	c := NewCluster(t, 3, 3)
 	m := c.Mount()
@@ -294,6 +297,7 @@ func fill(b []byte, v byte) {
 // is the image of one moment: the blocks written by pass k+1 so far, then
 // pass k's. And it never changes afterwards.
 func TestSnapshotWhileWriting(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "qemu-io")
 	c := NewCluster(t, 3, 3)
 	m := c.Mount()
@@ -388,6 +392,7 @@ func cutOfPasses(img []byte, block int) string {
 // side; after each round of deletes the objects on the nodes are exactly
 // those still referenced, and after the last none is left.
 func TestDeleteInEveryOrder(t *testing.T) {
+	parallel(t)
 	c := NewCluster(t, 3, 3)
 	cl := newClient(t, c.Addrs()...)
 	baseUsed := c.Info().Used

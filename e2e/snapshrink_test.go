@@ -13,6 +13,7 @@ import (
 // is freeing its tail, reads the same through every node, and the shrink
 // succeeds (it holds the write lock, so the snapshot waits at its fence).
 func TestSnapshotDuringUnlockedShrink(t *testing.T) {
+	parallel(t)
 	c := NewCluster(t, 3, 3)
 	ctx := testCtx(t)
 	const objects = 512

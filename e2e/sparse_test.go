@@ -29,6 +29,7 @@ type region struct {
 // fallocate --punch-hole, zeros on --zero-range, and refuses plain
 // preallocation without changing anything.
 func TestSparseSeekAndCp(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "python3", "fallocate", "cp", "cmp")
 	c := NewCluster(t, 3, 3)
 	m := c.Mount()

@@ -15,6 +15,7 @@ import (
 // lock its previous run held; a client that took its lock again through
 // the new run keeps it.
 func TestLockOfARestartedGateway(t *testing.T) {
+	parallel(t)
 	c := NewCluster(t, 3, 3)
 	ctx := testCtx(t)
 	admin := newClient(t, c.Nodes[0].Addr())

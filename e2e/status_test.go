@@ -206,6 +206,7 @@ func checkNodeTable(t *testing.T, what, text string, wantAddr map[string]string)
 // once a node is killed (a member down), and 2 when the node asked has no
 // quorum; --json says the same.
 func TestClusterHealth(t *testing.T) {
+	parallel(t)
 	c := NewCluster(t, 3, 3)
 	c.WaitOK()
 	health := func(args ...string) Result {
@@ -247,6 +248,7 @@ func TestClusterHealth(t *testing.T) {
 // one line naming the program, and the commit built when built from a git
 // checkout; none needs a cluster key.
 func TestVersion(t *testing.T) {
+	parallel(t)
 	commit := builtCommit[:min(12, len(builtCommit))]
 	for _, args := range [][]string{{sheepBin, "version"}, {sheepBin, "--version"}, {sheepfsBin, "--version"}} {
 		r := runCmd(quickTimeout, []string{"SHEEP_KEY_FILE=/nonexistent"}, nil, args[0], args[1:]...)

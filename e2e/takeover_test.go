@@ -22,6 +22,7 @@ import (
 // requests the dead process had read are sent again, its file handles
 // and the VDI's write lock carry over.
 func TestSheepfsRestartUnderFio(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "fio")
 	c := NewCluster(t, 3, 3)
 	m := c.Mount()
@@ -63,6 +64,7 @@ func TestSheepfsRestartUnderFio(t *testing.T) {
 // after the takeover succeed, and a second writable open through the
 // mount is not refused (the write lock stayed with the mount).
 func TestScriptsUpTakesOverMount(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "python3")
 	sc := NewScriptCluster(t, 3)
 	sc.Up()

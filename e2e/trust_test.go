@@ -51,6 +51,7 @@ func writeKey(t *testing.T, keys ...*auth.Key) string {
 // another key is not admitted and is given no data; the data port speaks
 // TLS 1.3.
 func TestTrust(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "openssl")
 	c := newCluster(t, 3, 3, freeBase(t, 4), nil)
 	addr := c.Nodes[0].Addr()
@@ -199,6 +200,7 @@ func TestTrust(t *testing.T) {
 // directory is set aside when the node starts, and the node comes back as
 // a member.
 func TestBadSnapshotAtRestart(t *testing.T) {
+	parallel(t)
 	c := NewCluster(t, 3, 3)
 	c.Sheep("vdi", "create", "v", "1G")
 	c.Kill(2)
@@ -244,6 +246,7 @@ func TestBadSnapshotAtRestart(t *testing.T) {
 // new key, and the mount (given a key file with both keys before the
 // roll) never sees an error.
 func TestKeyRotation(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "fio")
 	dir := t.TempDir()
 	old := testKeys.Current()
@@ -349,6 +352,7 @@ func keyIDsOf(ks *auth.Keys) []string {
 // node's name or address in the clear, as memberlist's plaintext messages
 // do; and the data and raft ports carry no frame magic in the clear.
 func TestGossipEncrypted(t *testing.T) {
+	parallel(t)
 	requireEnv(t)
 	// A raw socket on lo sees every packet of every port.
 	fd, err := syscall.Socket(syscall.AF_PACKET, syscall.SOCK_RAW, int(htons(syscall.ETH_P_ALL)))
@@ -548,6 +552,7 @@ func rssKiB(t *testing.T, pid int) int64 {
 // them, pin a bounded amount of the daemon's memory (measured as a bound
 // on its resident set, not a time), and it keeps serving.
 func TestPeersThatDoNotRead(t *testing.T) {
+	parallel(t)
 	requireEnv(t)
 	c := NewCluster(t, 3, 3)
 	n0 := c.Nodes[0]

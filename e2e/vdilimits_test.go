@@ -23,7 +23,7 @@ func mountNoWriteback(t *testing.T, c *Cluster) *Mount {
 	if err := os.MkdirAll(m.Dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	p, err := startProc(m.Log, sheepfsBin, m.Dir, "--addr", strings.Join(m.Addrs, ","), "--no-writeback")
+	p, err := startProc(m.Log, nil, sheepfsBin, m.Dir, "--addr", strings.Join(m.Addrs, ","), "--no-writeback")
 	if err != nil {
 		t.Fatalf("start sheepfs: %v", err)
 	}
@@ -93,6 +93,7 @@ func isErrno(v any, e syscall.Errno) bool {
 // cannot tell the kernel a largest file size, and fsync fails; the file,
 // still open, then shows its old size at once.
 func TestWritePastMaxSize(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "python3")
 	c := NewCluster(t, 1, 1)
 	for _, mode := range []struct {
@@ -173,6 +174,7 @@ func TestWritePastMaxSize(t *testing.T) {
 // touch, truncate, dd, cp and qemu-img, and snapshots taken with touch,
 // work.
 func TestFixedAttrs(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "python3", "qemu-img")
 	c := NewCluster(t, 1, 1)
 	src := filepath.Join(t.TempDir(), "src.img")
@@ -258,6 +260,7 @@ func TestFixedAttrs(t *testing.T) {
 // sheepfs write the file back itself (which takes the kernel's one report
 // meant for a close).
 func TestCloseReportsWriteBackError(t *testing.T) {
+	parallel(t)
 	requireEnv(t, "python3", "stat")
 	c := NewCluster(t, 3, 3)
 	m := c.Mount()

@@ -17,6 +17,7 @@ import (
 // entry there makes the first write re-create an object that already holds
 // data, and the earlier writes to it are lost.
 func TestWriterMovesToGatewayWithCachedIndex(t *testing.T) {
+	parallel(t)
 	c := NewCluster(t, 3, 3)
 	ctx := testCtx(t)
 	a := newClient(t, c.Nodes[0].Addr())
@@ -63,6 +64,7 @@ func TestWriterMovesToGatewayWithCachedIndex(t *testing.T) {
 // shutting down) and releases the locks of that connection: not the lock
 // the client now holds through the other gateway.
 func TestOldGatewayReleasesMovedLock(t *testing.T) {
+	parallel(t)
 	c := NewCluster(t, 3, 3)
 	ctx := testCtx(t)
 	admin := newClient(t, c.Nodes[2].Addr())
@@ -93,6 +95,7 @@ func TestOldGatewayReleasesMovedLock(t *testing.T) {
 // writes only on the lock's gateway, and two gateways allocating the same
 // object would each create it.
 func TestWriteThroughOldGatewayRefused(t *testing.T) {
+	parallel(t)
 	c := NewCluster(t, 3, 3)
 	ctx := testCtx(t)
 	admin := newClient(t, c.Nodes[2].Addr())
@@ -118,6 +121,7 @@ func TestWriteThroughOldGatewayRefused(t *testing.T) {
 // fence lifts; if the client meanwhile took its lock again through another
 // gateway (and wrote the same place there), the held write must not land.
 func TestWriteHeldBySnapshotFenceAfterLockMoved(t *testing.T) {
+	parallel(t)
 	c := NewCluster(t, 3, 3)
 	ctx := testCtx(t)
 	var gw, other *Node
