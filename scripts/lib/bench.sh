@@ -107,6 +107,28 @@ bench_sheep_up() {
 	sheep_pids=()
 	for ((i = 0; i < SHEEP_NODES; i++)); do sheep_pids+=("$(cat "$SHEEP_DATA/node$i.pid")"); done
 	sheep_pids+=("$(cat "$SHEEP_DATA/sheepfs.pid")")
+	bench_hold "$SHEEP_MNT/vdi/$vdi"
+}
+
+# bench_hold FILE: with BENCH_HOLD=1 (the default), keeps FILE open for
+# writing until bench_release, as a VM keeps its disk: the mount then holds
+# the VDI's write lock through its daemon all along, and reads of it go to
+# the daemon's files where it lends them (local reads, which need that
+# lock). With BENCH_HOLD=0 each job opens the VDI itself, and the read
+# jobs, which open it read-only, read through the daemon.
+BENCH_HOLD=${BENCH_HOLD:-1}
+bench_hold_fd=''
+bench_hold() {
+	[ "$BENCH_HOLD" = 1 ] || return 0
+	exec {bench_hold_fd}<>"$1"
+}
+
+# bench_release closes what bench_hold opened (before scripts/down, which
+# cannot unmount a file system with a file open).
+bench_release() {
+	[ -n "$bench_hold_fd" ] || return 0
+	exec {bench_hold_fd}>&-
+	bench_hold_fd=''
 }
 
 # cpu_ticks PID...: CPU time (user + system, in clock ticks) used so far by
