@@ -960,8 +960,17 @@ func (c *Cluster) mount(extra []string, addrs ...string) *Mount {
 // one for the mount point, which takes the mount over from its holder. It
 // returns when the new one answers (a read of cluster/info, which waits
 // until then) and fails the test unless it took the mount over.
+//
+// The test process must hold no file of the mount: the new sheepfs is
+// forked from it, and its exec closes the inherited files, each close a
+// FLUSH that waits for a server, which is the process being started. The
+// exec would never end (and ps, reading the stuck process, hangs too).
+// Drive the mount's files from a subprocess.
 func (m *Mount) KillAndRestart(down time.Duration) {
 	m.t.Helper()
+	if held := filesUnder(m.Dir); len(held) > 0 {
+		m.t.Fatalf("KillAndRestart of %s while the test process holds %v: the new sheepfs's exec would wait forever", m.Dir, held)
+	}
 	var before int64
 	if st, err := os.Stat(m.Log); err == nil {
 		before = st.Size()
@@ -981,6 +990,19 @@ func (m *Mount) KillAndRestart(down time.Duration) {
 		logTail(m.t, m.Log, 20)
 		m.t.Fatalf("the restarted sheepfs did not take the mount over")
 	}
+}
+
+// filesUnder lists the files under dir this process has open. readlink
+// of /proc/self/fd asks no FUSE server.
+func filesUnder(dir string) []string {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	var held []string
+	for _, e := range ents {
+		if p, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(p, dir+"/") {
+			held = append(held, p)
+		}
+	}
+	return held
 }
 
 // Unmount unmounts (fusermount3 -u, falling back to a lazy unmount) and
