@@ -1007,7 +1007,12 @@ func filesUnder(dir string) []string {
 
 // Unmount unmounts (fusermount3 -u, falling back to a lazy unmount) and
 // makes sure the sheepfs process is gone.
-func (m *Mount) Unmount() {
+func (m *Mount) Unmount() { m.unmount(10 * time.Second) }
+
+// unmount unmounts once and reports whether sheepfs ended within wait
+// (false also when an earlier call unmounted).
+func (m *Mount) unmount(wait time.Duration) bool {
+	ended := false
 	m.once.Do(func() {
 		if r := runCmd(quickTimeout, nil, nil, "fusermount3", "-u", m.Dir); r.Code != 0 {
 			m.t.Logf("fusermount3 -u %s: %v; unmounting lazily", m.Dir, strings.TrimSpace(r.Stderr))
@@ -1015,11 +1020,13 @@ func (m *Mount) Unmount() {
 		}
 		select {
 		case <-m.proc.done:
-		case <-time.After(10 * time.Second):
+			ended = true
+		case <-time.After(wait):
 			m.t.Logf("sheepfs for %s did not exit after unmount; killing it", m.Dir)
 			m.proc.kill()
 		}
 	})
+	return ended
 }
 
 // ---------------------------------------------------------------------------

@@ -298,7 +298,7 @@ func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 		done()
 		if flags&syscall.O_TRUNC != 0 {
 			if errno := n.resize(ctx, 0); errno != 0 {
-				n.release(ctx, h)
+				n.release(context.Background(), h) // not the open's: a signal may end it
 				return nil, 0, errno
 			}
 		}
@@ -339,7 +339,9 @@ func (n *vdiNode) keepCache(gen, want uint64) bool {
 	return ok
 }
 
-func (n *vdiNode) release(ctx context.Context, h *handle) {
+// release ends a write handle, and the write lock with the last. The
+// unlock waits for the cluster up to a minute, or until until ends.
+func (n *vdiNode) release(until context.Context, h *handle) {
 	if !h.write {
 		return
 	}
@@ -348,14 +350,18 @@ func (n *vdiNode) release(ctx context.Context, h *handle) {
 	defer done()
 	w.n--
 	if w.n == 0 {
-		// Unlock with a fresh context: the request's may be gone.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
+		defer context.AfterFunc(until, cancel)()
 		_ = n.fs.c.Unlock(ctx, n.name)
 	}
 }
 
-// Release drops the write lock after the last writer closes.
+// Release drops the write lock after the last writer closes. The kernel
+// never interrupts a RELEASE, so its context ends only with the kernel's
+// connection (an unmount): then the unlock is left to the gateway, which
+// drops a client's locks with its connection when this process ends. A
+// cluster without a quorum would otherwise hold the exit for a minute.
 func (n *vdiNode) Release(ctx context.Context, fh gofs.FileHandle) syscall.Errno {
 	if h, ok := fh.(*handle); ok {
 		n.release(ctx, h)
