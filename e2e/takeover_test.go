@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -115,5 +116,61 @@ print("written", flush=True)
 	want := run(t, quickTimeout, "sh", "-c", "(head -c 4096 /dev/zero | tr '\\0' a; head -c 4096 /dev/zero | tr '\\0' b) | sha256sum")
 	if r.Stdout != want.Stdout {
 		t.Fatalf("the file's first 8 KiB are not the writes made before and after the takeover")
+	}
+}
+
+// TestSheepfsRestartDuringDiscard: the writer's sheepfs is killed while a
+// discard (fallocate punch hole over 48 objects) is in flight, and a new
+// one takes the mount over. The discard returns success, and afterwards
+// the range reads as zeros through the new sheepfs and through a mount on
+// another node, and the bytes past it are intact. The delay of the kill is
+// random (logged; TAKEOVER_DISCARD_DELAY_MS repeats one).
+func TestSheepfsRestartDuringDiscard(t *testing.T) {
+	parallel(t)
+	requireEnv(t, "fallocate")
+	c := NewCluster(t, 3, 3)
+	mw := c.Mount(c.Nodes[1].Addr())
+	mr := c.Mount(c.Nodes[0].Addr())
+	const punchMiB, tailMiB = 192, 8
+	vdi := mw.VDI("punch")
+	run(t, quickTimeout, "truncate", "-s", fmt.Sprint((punchMiB+tailMiB)<<20), vdi)
+	src := filepath.Join(t.TempDir(), "data")
+	writeRandomFile(t, src, (punchMiB+tailMiB)<<20)
+	shell(t, cmdTimeout, fmt.Sprintf("dd if=%s of=%s bs=1M conv=notrunc,fsync status=none", q(src), q(vdi)))
+	tail := sha256Range(t, src, punchMiB, tailMiB)
+	zeros := sha256Range(t, "/dev/zero", 0, punchMiB)
+
+	delay := time.Duration(rand.IntN(60)) * time.Millisecond
+	if s := os.Getenv("TAKEOVER_DISCARD_DELAY_MS"); s != "" {
+		var ms int
+		fmt.Sscan(s, &ms)
+		delay = time.Duration(ms) * time.Millisecond
+	}
+	t.Logf("killing the writer's sheepfs %v into the discard", delay)
+	done := make(chan Result, 1)
+	go func() {
+		done <- runCmd(cmdTimeout, nil, nil, "fallocate", "--punch-hole", "--offset", "0", "--length", fmt.Sprint(punchMiB<<20), vdi)
+	}()
+	start := time.Now()
+	time.Sleep(delay)
+	select {
+	case r := <-done:
+		t.Fatalf("the discard ended (%v) within %v, before the kill: make it longer", r, time.Since(start))
+	default:
+	}
+	mw.KillAndRestart(100 * time.Millisecond)
+	if r := <-done; r.Code != 0 {
+		t.Fatalf("the discard across the restart: %v", r)
+	}
+	t.Logf("the discard returned %v after it started", time.Since(start))
+	dropCaches(t)
+	for _, m := range []*Mount{mw, mr} {
+		path := m.VDI("punch")
+		if got := sha256Range(t, path, 0, punchMiB); got != zeros {
+			t.Errorf("through %s: the discarded range does not read as zeros", m.Dir)
+		}
+		if got := sha256Range(t, path, punchMiB, tailMiB); got != tail {
+			t.Errorf("through %s: the bytes past the discard changed", m.Dir)
+		}
 	}
 }
