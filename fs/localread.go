@@ -68,12 +68,18 @@ type localReads struct {
 	mu     sync.RWMutex
 	leases map[leaseKey]*lease
 	views  map[uint64]*localread.View
+	// asking holds the objects whose lease a read is asking for, closed
+	// when it has the answer: the other reads of the object wait for it
+	// instead of asking too (a queue of reads after a new state did, a
+	// fifth more requests and file opens).
+	asking map[leaseKey]chan struct{}
 
 	reads *metrics.Counter // outcome; nil without metrics
 }
 
 func newLocalReads(c *client.Client, reg *metrics.Registry) *localReads {
-	r := &localReads{c: c, max: maxLeases, leases: map[leaseKey]*lease{}, views: map[uint64]*localread.View{}}
+	r := &localReads{c: c, max: maxLeases, leases: map[leaseKey]*lease{}, views: map[uint64]*localread.View{},
+		asking: map[leaseKey]chan struct{}{}}
 	var lim syscall.Rlimit
 	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil {
 		r.max = int(max(16, min(maxLeases, lim.Cur/4)))
@@ -123,7 +129,7 @@ func (r *localReads) readObject(ctx context.Context, key leaseKey, buf []byte, o
 	l := r.leases[key]
 	r.mu.RUnlock()
 	if l == nil || l.f == nil && time.Now().After(l.retry) {
-		l = r.acquire(ctx, key)
+		l = r.acquireOnce(ctx, key)
 	}
 	if l == nil || l.f == nil {
 		return false
@@ -165,6 +171,33 @@ func (r *localReads) readObject(ctx context.Context, key leaseKey, buf []byte, o
 func fullRead(f *os.File, b []byte, off int64) bool {
 	n, _ := f.ReadAt(b, off)
 	return n == len(b)
+}
+
+// acquireOnce returns key's lease as acquire does, or, if another read is
+// asking for it already, what that one kept.
+func (r *localReads) acquireOnce(ctx context.Context, key leaseKey) *lease {
+	r.mu.Lock()
+	if ch := r.asking[key]; ch != nil {
+		r.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil
+		}
+		r.mu.RLock()
+		defer r.mu.RUnlock()
+		return r.leases[key]
+	}
+	ch := make(chan struct{})
+	r.asking[key] = ch
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.asking, key)
+		r.mu.Unlock()
+		close(ch)
+	}()
+	return r.acquire(ctx, key)
 }
 
 // acquire asks the daemon for a lease on key's object and keeps the
