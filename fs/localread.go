@@ -125,13 +125,15 @@ func (r *localReads) read(ctx context.Context, vid ids.VDIID, buf []byte, off in
 
 // readObject reads buf at off of one object under its lease.
 func (r *localReads) readObject(ctx context.Context, key leaseKey, buf []byte, off int64) bool {
-	r.mu.RLock()
-	l := r.leases[key]
-	r.mu.RUnlock()
-	if l == nil || l.f == nil && time.Now().After(l.retry) {
-		l = r.acquireOnce(ctx, key)
+	l := r.leaseFor(ctx, key)
+	if l != nil && (l.view.Moved(l.oid, l.stamp) || r.c.Gen() != l.gen) {
+		// Ended before this read (every new state ends every lease): ask
+		// again now, rather than read through the daemon and ask at the
+		// next read.
+		r.drop(key, l, nil)
+		l = r.leaseFor(ctx, key)
 	}
-	if l == nil || l.f == nil {
+	if l == nil {
 		return false
 	}
 	b0 := off / objstore.SumBlock
@@ -164,6 +166,21 @@ func (r *localReads) readObject(ctx context.Context, key leaseKey, buf []byte, o
 		copy(buf, scratch[off-b0*objstore.SumBlock:])
 	}
 	return true
+}
+
+// leaseFor returns the lease kept for key, asking for one if there is
+// none or its refusal ran out, or nil if there is none to read under.
+func (r *localReads) leaseFor(ctx context.Context, key leaseKey) *lease {
+	r.mu.RLock()
+	l := r.leases[key]
+	r.mu.RUnlock()
+	if l == nil || l.f == nil && time.Now().After(l.retry) {
+		l = r.acquireOnce(ctx, key)
+	}
+	if l == nil || l.f == nil {
+		return nil
+	}
+	return l
 }
 
 // fullRead reads len(b) bytes at off. The store writes an object's file

@@ -1,8 +1,10 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"net"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -10,6 +12,9 @@ import (
 
 	"github.com/sheepfs/sheepfs/client"
 	"github.com/sheepfs/sheepfs/errs"
+	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/localread"
+	"github.com/sheepfs/sheepfs/objstore"
 	"github.com/sheepfs/sheepfs/proto"
 )
 
@@ -68,5 +73,69 @@ func TestLeaseAskedOncePerObject(t *testing.T) {
 	// Another object is asked for on its own.
 	if r.readObject(context.Background(), leaseKey{vid: 5, idx: 8}, make([]byte, 4096), 0) || leases.Load() != 2 {
 		t.Errorf("a second object: %d requests, want 2", leases.Load())
+	}
+}
+
+// A read that finds its lease ended (a new cluster state ends them all)
+// asks for a new one at once and reads locally under it, instead of
+// reading through the daemon and asking at the next read.
+func TestEndedLeaseRenewedAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	page, err := localread.Create(filepath.Join(dir, "page"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	page.Beat()
+	store, err := objstore.Open(filepath.Join(dir, "store"), objstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	oid := ids.DataObject(5, 7)
+	data := bytes.Repeat([]byte("sheepfs!"), 512)
+	if err := store.Write(oid, 0, data, 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	path, err := store.Path(oid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var leases atomic.Int32
+	srv := &proto.Server{Handler: proto.HandlerFunc(func(ctx context.Context, c *proto.Conn, req *proto.Msg) *proto.Msg {
+		switch req.Op {
+		case proto.OpAdmin:
+			return &proto.Msg{Data: []byte("{}")}
+		case proto.OpVDILease:
+			leases.Add(1)
+			st := page.Stamp(oid)
+			return &proto.Msg{Data: proto.AppendLease(nil, proto.Lease{Inst: st.Inst, Global: st.Global, Slot: st.Slot,
+				OID: uint64(oid), Path: path, Page: page.Path()})}
+		}
+		return proto.ErrorResponse(req, errs.E(errs.Invalid, "op %v", req.Op))
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+	c := client.New([]string{ln.Addr().String()}, client.Options{})
+	defer c.Close()
+	r := newLocalReads(c, nil)
+	key := leaseKey{vid: 5, idx: 7}
+
+	for round, change := range []func(){func() {}, page.BumpAll, func() { page.Bump(oid) }} {
+		change()
+		page.Beat()
+		got := make([]byte, len(data))
+		if !r.readObject(context.Background(), key, got, 0) {
+			t.Fatalf("round %d: the read did not go local", round)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("round %d: read %q..., want %q...", round, got[:16], data[:16])
+		}
+		if n := leases.Load(); n != int32(round+1) {
+			t.Errorf("round %d: %d lease requests, want %d (one per change)", round, n, round+1)
+		}
 	}
 }

@@ -275,6 +275,13 @@ func (v *View) Holds(oid ids.ObjectID, s Stamp) bool {
 		quiet >= 0 && quiet < int64(MaxQuiet) && v.locked()
 }
 
+// Moved reports whether the stamp moved since s was taken: a cheap look
+// before a read, to ask for a new lease at once. Only Holds, after the
+// read, vouches for what it read.
+func (v *View) Moved(oid ids.ObjectID, s Stamp) bool {
+	return s.Inst != v.inst || word(v.mem, wGlobal).Load() != s.Global || word(v.mem, slot(oid)).Load() != s.Slot
+}
+
 // locked reports whether a process holds the daemon's lock on the page.
 func (v *View) locked() bool {
 	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: 0, Len: 1}
