@@ -71,7 +71,7 @@ type Options struct {
 	Dev  *os.File
 	Held *Held
 	// Metrics, if set, receives the mount's own metrics
-	// (sheepfs_fsyncs_total).
+	// (sheepfs_fsyncs_total, sheepfs_xattr_gets_total).
 	Metrics *metrics.Registry
 	// WriteBackHelper, if set, makes the command of the process that
 	// waits for the kernel's write-backs of cached writes (wbhelper.go:
@@ -107,6 +107,7 @@ type FS struct {
 
 	readaheadErr error
 	fsyncs       *metrics.Counter // answer; nil without Options.Metrics
+	xattrGets    *metrics.Counter // of: sheepfs or other; nil without Options.Metrics
 	lr           *localReads      // nil with Options.NoLocalReads
 }
 
@@ -134,6 +135,8 @@ func Mount(dir string, c *client.Client, opts Options) (*FS, error) {
 	if opts.Metrics != nil {
 		c := opts.Metrics.Counter("sheepfs_fsyncs_total", "fsyncs by how they were answered: flushed (the cluster synced the writes since the last flush), synced (every write since was a synced write: nothing to flush) or failed.", "answer")
 		f.fsyncs = &c
+		x := opts.Metrics.Counter("sheepfs_xattr_gets_total", "extended attributes asked for: of sheepfs (user.sheepfs.*) or other (security.capability, which the kernel asks for before a write unless the mount handles killing privileges itself, and any other).", "of")
+		f.xattrGets = &x
 	}
 	if !opts.NoLocalReads {
 		f.lr = newLocalReads(c, opts.Metrics)
@@ -168,6 +171,15 @@ func Mount(dir string, c *client.Client, opts Options) (*FS, error) {
 	// Async direct I/O: the kernel sends a queue of O_DIRECT requests
 	// (qemu cache=none, aio=native) at once instead of one at a time.
 	o.MountOptions.ExtraCapabilities |= fuse.CAP_ASYNC_DIO
+	// Without this the kernel asks for security.capability (a GETXATTR
+	// round trip) before every write(2), to learn whether the write
+	// must drop privileges: a FUSE mount is not SB_NOSEC unless the
+	// server says it drops them itself. A VDI file has nothing to drop
+	// (its mode is fixed, without set-ID bits, and it keeps no
+	// attributes: fixedAttrs, xattr.go), so the server's part is
+	// nothing, and the kernel asks once per inode and attribute refresh
+	// instead.
+	o.MountOptions.ExtraCapabilities |= fuse.CAP_HANDLE_KILLPRIV_V2
 	if !opts.NoWritebackCache {
 		o.MountOptions.ExtraCapabilities |= fuse.CAP_WRITEBACK_CACHE
 	}

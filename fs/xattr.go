@@ -98,7 +98,13 @@ func (f *FS) getxattr(ctx context.Context, info infoFunc, name string, dest []by
 	// Not ours (security.capability, asked before writes, among
 	// others): answered without asking the cluster.
 	if !strings.HasPrefix(name, xattrPrefix) {
+		if f.xattrGets != nil {
+			f.xattrGets.Add(1, "other")
+		}
 		return 0, syscall.ENODATA
+	}
+	if f.xattrGets != nil {
+		f.xattrGets.Add(1, "sheepfs")
 	}
 	ctx, cancel := f.ctx(ctx)
 	defer cancel()
