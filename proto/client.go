@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/sheepfs/sheepfs/errs"
@@ -65,11 +64,10 @@ type waiter struct {
 }
 
 type clientConn struct {
-	nc      net.Conn
-	wmu     sync.Mutex
-	bw      *bufio.Writer
-	waiting atomic.Int32 // writers queued on wmu, for flush coalescing
-	hdr     []byte
+	nc  net.Conn
+	wmu sendLock
+	bw  *bufio.Writer
+	hdr []byte
 
 	pmu     sync.Mutex
 	pending map[uint64]*waiter
@@ -207,19 +205,18 @@ func (c *Client) StartInto(ctx context.Context, req *Msg, dst []byte) (*Pending,
 	cc.nextID++
 	req.ReqID = cc.nextID
 	cc.pending[req.ReqID] = &waiter{ch: ch, dst: dst}
+	busy := len(cc.pending) > 1
 	cc.pmu.Unlock()
 
-	cc.waiting.Add(1)
-	cc.wmu.Lock()
-	cc.waiting.Add(-1)
+	cc.wmu.lock()
 	req.DLen = uint32(len(req.Data))
 	PutHeader(cc.hdr, &req.Header)
 	putAux(cc.hdr, req.Aux)
-	err = writeFrame(cc.bw, cc.nc, cc.hdr, req.Data)
-	if err == nil && cc.waiting.Load() == 0 {
-		err = cc.bw.Flush()
+	if err = writeFrame(cc.bw, cc.nc, cc.hdr, req.Data); err != nil {
+		cc.wmu.unlockNow()
+	} else {
+		err = cc.wmu.unlock(cc.bw.Flush, busy)
 	}
-	cc.wmu.Unlock()
 	if err != nil {
 		cc.fail(errs.E(errs.IO, "send to %s: %w", c.addr, transportError{err}))
 	}

@@ -61,13 +61,12 @@ type Conn struct {
 	ID     uint64
 	Remote string
 
-	nc      net.Conn
-	srv     *Server
-	ip      string // the remote address, as MaxConnsPerIP counts it
-	wmu     sync.Mutex
-	bw      *bufio.Writer // made at the first answer
-	waiting atomic.Int32
-	hdr     []byte
+	nc  net.Conn
+	srv *Server
+	ip  string // the remote address, as MaxConnsPerIP counts it
+	wmu sendLock
+	bw  *bufio.Writer // made at the first answer
+	hdr []byte
 
 	// What the reader looks at when its deadline fires (see awaitFrame).
 	inflight   atomic.Int32 // requests read and not yet answered
@@ -178,10 +177,7 @@ func (c *Conn) close() {
 }
 
 func (c *Conn) send(m *Msg) error {
-	c.waiting.Add(1)
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	c.waiting.Add(-1)
+	c.wmu.lock()
 	if c.bw == nil {
 		c.bw = bufio.NewWriterSize(c.nc, 256<<10)
 	}
@@ -190,20 +186,27 @@ func (c *Conn) send(m *Msg) error {
 	// connection with it.
 	now := time.Now()
 	if err := c.nc.SetWriteDeadline(now.Add(c.srv.writeTimeout())); err != nil {
+		c.wmu.unlockNow()
 		return err
 	}
 	m.DLen = uint32(len(m.Data))
 	PutHeader(c.hdr, &m.Header)
 	putAux(c.hdr, m.Aux)
 	c.writingSince.Store(now.UnixNano())
-	defer c.writingSince.Store(0)
-	if err := writeFrame(c.bw, c.nc, c.hdr, m.Data); err != nil {
+	err := writeFrame(c.bw, c.nc, c.hdr, m.Data)
+	c.writingSince.Store(0)
+	if err != nil {
+		c.wmu.unlockNow()
 		return err
 	}
-	if c.waiting.Load() == 0 {
-		return c.bw.Flush()
-	}
-	return nil
+	return c.wmu.unlock(c.flush, c.inflight.Load() > 1)
+}
+
+// flush writes out the buffered answers; the caller holds the write lock.
+func (c *Conn) flush() error {
+	c.writingSince.Store(time.Now().UnixNano())
+	defer c.writingSince.Store(0)
+	return c.bw.Flush()
 }
 
 func putAux(hdr []byte, aux uint64) { binary.BigEndian.PutUint64(hdr[HeaderSize:], aux) }
