@@ -175,7 +175,7 @@ func (l *Listener) handshake(nc net.Conn, ip string) {
 		l.deliver(c)
 		return
 	}
-	tc := tls.Server(nc, l.cfg)
+	tc := newTLSConn(nc, l.cfg, true)
 	ctx, cancel := context.WithTimeout(context.Background(), HandshakeTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -269,15 +269,18 @@ func (d *Dialer) DialContext(ctx context.Context, addr string) (net.Conn, error)
 			return c, nil
 		}
 	}
-	td := tls.Dialer{Config: cfg}
-	c, err := td.DialContext(ctx, "tcp", addr)
+	var nd net.Dialer
+	nc, err := nd.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	if tc, ok := c.(*tls.Conn); ok {
-		if t, ok := tc.NetConn().(*net.TCPConn); ok {
-			_ = t.SetNoDelay(true)
-		}
+	if t, ok := nc.(*net.TCPConn); ok {
+		_ = t.SetNoDelay(true)
 	}
-	return c, nil
+	tc := newTLSConn(nc, cfg, false)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return tc, nil
 }
