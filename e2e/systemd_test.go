@@ -228,7 +228,7 @@ func TestSystemctlRestartMount(t *testing.T) {
 	sd.must(quickTimeout, "truncate", "-s", "256M", vdi)
 	done := make(chan Result, 1)
 	go func() {
-		done <- sd.run(5*time.Minute, "fio", fioVerifyArgs(vdi, "64M", 1, "--fsync=64")...)
+		done <- sd.run(5*time.Minute, "fio", fioVerifyArgs(vdi, "192M", 1, "--fsync=64")...)
 	}()
 	pids := []string{mainPID()}
 	steps := []struct {

@@ -33,7 +33,7 @@ func TestSheepfsRestartUnderFio(t *testing.T) {
 			run(t, quickTimeout, "truncate", "-s", "256M", vdi)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, "fio", fioVerifyArgs(vdi, "64M", direct, "--fsync=64")...)
+			cmd := exec.CommandContext(ctx, "fio", fioVerifyArgs(vdi, "192M", direct, "--fsync=64")...)
 			done := make(chan struct{})
 			var out []byte
 			var err error
