@@ -88,8 +88,9 @@ func (r *rawConn) uncork() error {
 	return r.flushLocked()
 }
 
-// tlsConn is a TLS connection over a rawConn: each Write goes out in as
-// few write(2)s as its records fit in.
+// tlsConn is a TLS connection over a rawConn: each Write of more than
+// one record goes out in as few write(2)s as its records fit in, at the
+// cost of one copy of them.
 type tlsConn struct {
 	*tls.Conn
 	raw *rawConn
@@ -103,7 +104,14 @@ func newTLSConn(nc net.Conn, cfg *tls.Config, server bool) *tlsConn {
 	return &tlsConn{Conn: tls.Client(raw, cfg), raw: raw}
 }
 
+// tlsRecord is the most plaintext one TLS record carries.
+const tlsRecord = 16 << 10
+
 func (c *tlsConn) Write(b []byte) (int, error) {
+	if len(b) <= tlsRecord {
+		// One record, one write(2) anyway: keeping it would only copy it.
+		return c.Conn.Write(b)
+	}
 	c.raw.cork()
 	n, err := c.Conn.Write(b)
 	if ferr := c.raw.uncork(); err == nil && ferr != nil {
