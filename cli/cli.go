@@ -560,21 +560,22 @@ func (c *VDIResizeCmd) Run(g *Globals) error {
 
 // Sheepfs is the sheepfs command line.
 type Sheepfs struct {
-	Mountpoint  string           `arg:"" help:"Where to mount (a directory)."`
-	Addr        []string         `help:"Sheep daemon address(es) to use, tried in order." default:"127.0.0.1:7000" env:"SHEEP_ADDR"`
-	AllowOther  bool             `help:"Let other users use the mount."`
-	Debug       bool             `help:"Log every FUSE request."`
-	NoWriteback bool             `help:"Turn off the kernel writeback cache: every write(2) reaches the cluster before it returns (slower)."`
-	Pprof       string           `help:"Serve Go profiles (net/http/pprof) on this address. Off by default." placeholder:"ADDR"`
-	KeyFile     string           `help:"The cluster key or a client key (sheep keygen). Default: $SHEEP_KEY_FILE, else /etc/sheepfs/cluster.key." placeholder:"FILE" type:"path"`
-	NoLocal     bool             `help:"Use TLS over the data port also to a daemon on this machine, instead of its local channel (a unix socket)." env:"SHEEPFS_NO_LOCAL"`
-	NoLocalRead bool             `help:"Read every block through the daemon, even where the daemon on this machine lends its object files for reading." env:"SHEEPFS_NO_LOCAL_READS"`
-	Version     kong.VersionFlag `help:"Print the version and exit."`
-	Metrics     string           `help:"Serve Prometheus metrics at http://ADDR/metrics (plain HTTP: counters, no data). Off by default." placeholder:"ADDR" env:"SHEEPFS_METRICS"`
-	LogLevel    string           `help:"Log level: debug (also the causes of ENOENT, EEXIST, EINVAL, EBUSY), info (also EROFS, EOPNOTSUPP), warn (the causes of every other error returned to a program, such as EIO), error." default:"info" enum:"debug,info,warn,error"`
-	NoHold      bool             `help:"Do not keep the mount when sheepfs exits: without a holder process, a crash or restart of sheepfs fails every open file with ENOTCONN, and SIGTERM unmounts." env:"SHEEPFS_NO_HOLD"`
-	Hold        bool             `hidden:"" help:"Run as the holder of the mount (started by sheepfs; the /dev/fuse file is fd 3, the state on stdin)."`
-	WriteBack   bool             `hidden:"" help:"Run as the write-back helper of the mount (started by sheepfs; requests on stdin, answers on stdout)."`
+	Mountpoint   string           `arg:"" help:"Where to mount (a directory)."`
+	Addr         []string         `help:"Sheep daemon address(es) to use, tried in order." default:"127.0.0.1:7000" env:"SHEEP_ADDR"`
+	AllowOther   bool             `help:"Let other users use the mount."`
+	Debug        bool             `help:"Log every FUSE request."`
+	NoWriteback  bool             `help:"Turn off the kernel writeback cache: every write(2) reaches the cluster before it returns (slower)."`
+	Pprof        string           `help:"Serve Go profiles (net/http/pprof) on this address. Off by default." placeholder:"ADDR"`
+	KeyFile      string           `help:"The cluster key or a client key (sheep keygen). Default: $SHEEP_KEY_FILE, else /etc/sheepfs/cluster.key." placeholder:"FILE" type:"path"`
+	NoLocal      bool             `help:"Use TLS over the data port also to a daemon on this machine, instead of its local channel (a unix socket)." env:"SHEEPFS_NO_LOCAL"`
+	NoLocalRead  bool             `help:"Read every block through the daemon, even where the daemon on this machine lends its object files for reading." env:"SHEEPFS_NO_LOCAL_READS"`
+	Version      kong.VersionFlag `help:"Print the version and exit."`
+	Metrics      string           `help:"Serve Prometheus metrics at http://ADDR/metrics (plain HTTP: counters, no data). Off by default." placeholder:"ADDR" env:"SHEEPFS_METRICS"`
+	LogLevel     string           `help:"Log level: debug (also the causes of ENOENT, EEXIST, EINVAL, EBUSY), info (also EROFS, EOPNOTSUPP), warn (the causes of every other error returned to a program, such as EIO), error." default:"info" enum:"debug,info,warn,error"`
+	NoLockMemory bool             `help:"Do not lock sheepfs's memory (mlockall). Unlocked, a kill -9 of sheepfs can fail with EIO a write the kernel was handing to it; locked, sheepfs keeps its peak memory." env:"SHEEPFS_NO_LOCK_MEMORY"`
+	NoHold       bool             `help:"Do not keep the mount when sheepfs exits: without a holder process, a crash or restart of sheepfs fails every open file with ENOTCONN, and SIGTERM unmounts." env:"SHEEPFS_NO_HOLD"`
+	Hold         bool             `hidden:"" help:"Run as the holder of the mount (started by sheepfs; the /dev/fuse file is fd 3, the state on stdin)."`
+	WriteBack    bool             `hidden:"" help:"Run as the write-back helper of the mount (started by sheepfs; requests on stdin, answers on stdout)."`
 }
 
 // Run mounts and serves until unmounted or signalled. If a holder keeps
@@ -592,6 +593,11 @@ func (s *Sheepfs) Run() error {
 		return fs.RunWriteBackHelper(s.Mountpoint, os.Stdin, os.Stdout)
 	}
 	fs.SetLogLevel(map[string]int{"debug": fs.LogDebug, "info": fs.LogInfo, "warn": fs.LogWarn, "error": fs.LogError}[s.LogLevel])
+	if !s.NoLockMemory {
+		if err := lockMemory(); err != nil {
+			fmt.Fprintf(os.Stderr, "sheepfs: memory not locked (a kill -9 of sheepfs may fail a write in flight with EIO): %v\n", err)
+		}
+	}
 	if err := servePprof(s.Pprof); err != nil {
 		return err
 	}

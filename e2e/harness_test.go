@@ -89,6 +89,7 @@ func testMain(m *testing.M) int {
 	}
 	build := exec.Command("go", "build", "-buildvcs=auto", "-o", binDir+"/", "./cmd/sheep", "./cmd/sheepfs")
 	build.Dir = repoRoot
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as scripts/up builds them (cli/memlock.go)
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: building sheep and sheepfs failed: %v\n%s", err, out)
 		return 1
@@ -891,6 +892,7 @@ type Mount struct {
 	Log   string
 	Addrs []string
 	args  []string // sheepfs's arguments
+	env   []string // and environment, on top of the test's
 	proc  *proc
 	t     testing.TB
 	once  sync.Once
@@ -911,6 +913,13 @@ func (c *Cluster) Mount(addrs ...string) *Mount {
 	return c.mount(nil, addrs...)
 }
 
+// MountEnv is Mount with env on top of the test's environment for
+// sheepfs (and for the sheepfs that KillAndRestart starts).
+func (c *Cluster) MountEnv(env []string, addrs ...string) *Mount {
+	c.t.Helper()
+	return c.mountEnv(env, nil, addrs...)
+}
+
 // MountTLS is Mount with sheepfs talking TLS over the data port also to
 // daemons on this machine (--no-local), as it does to remote ones.
 func (c *Cluster) MountTLS(addrs ...string) *Mount {
@@ -920,11 +929,16 @@ func (c *Cluster) MountTLS(addrs ...string) *Mount {
 
 func (c *Cluster) mount(extra []string, addrs ...string) *Mount {
 	c.t.Helper()
+	return c.mountEnv(nil, extra, addrs...)
+}
+
+func (c *Cluster) mountEnv(env, extra []string, addrs ...string) *Mount {
+	c.t.Helper()
 	if len(addrs) == 0 {
 		addrs = c.Addrs()
 	}
 	k := len(c.mounts)
-	m := &Mount{Dir: filepath.Join(c.Dir, fmt.Sprintf("mnt%d", k)), Log: filepath.Join(c.Dir, fmt.Sprintf("sheepfs%d.log", k)), Addrs: addrs, t: c.t}
+	m := &Mount{Dir: filepath.Join(c.Dir, fmt.Sprintf("mnt%d", k)), Log: filepath.Join(c.Dir, fmt.Sprintf("sheepfs%d.log", k)), Addrs: addrs, env: env, t: c.t}
 	if err := os.MkdirAll(m.Dir, 0o755); err != nil {
 		c.t.Fatal(err)
 	}
@@ -933,7 +947,7 @@ func (c *Cluster) mount(extra []string, addrs ...string) *Mount {
 		margs = append(margs, "--key-file", c.KeyFile)
 	}
 	margs = append(margs, extra...)
-	p, err := startProc(m.Log, nil, sheepfsBin, margs...)
+	p, err := startProc(m.Log, env, sheepfsBin, margs...)
 	if err != nil {
 		c.t.Fatalf("start sheepfs: %v", err)
 	}
@@ -977,7 +991,7 @@ func (m *Mount) KillAndRestart(down time.Duration) {
 	}
 	m.proc.kill()
 	time.Sleep(down)
-	p, err := startProc(m.Log, nil, sheepfsBin, m.args...)
+	p, err := startProc(m.Log, m.env, sheepfsBin, m.args...)
 	if err != nil {
 		m.t.Fatalf("start sheepfs: %v", err)
 	}

@@ -63,7 +63,7 @@ need_go() {
 build() {
 	need_go
 	say "building sheep and sheepfs into $BIN ..."
-	(cd "$ROOT" && go build -buildvcs=auto -o "$BIN/" ./cmd/sheep ./cmd/sheepfs) || die "build failed"
+	(cd "$ROOT" && CGO_ENABLED=0 go build -buildvcs=auto -o "$BIN/" ./cmd/sheep ./cmd/sheepfs) || die "build failed"
 }
 
 node_port() { echo $(( SHEEP_PORT + 10 * $1 )); }
