@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // corkMax is the most a corked connection holds before it writes.
@@ -94,6 +95,9 @@ func (r *rawConn) uncork() error {
 type tlsConn struct {
 	*tls.Conn
 	raw *rawConn
+	// corking counts the Writes that corked raw and have not uncorked
+	// it yet (see Close).
+	corking atomic.Int32
 }
 
 func newTLSConn(nc net.Conn, cfg *tls.Config, server bool) *tlsConn {
@@ -112,10 +116,27 @@ func (c *tlsConn) Write(b []byte) (int, error) {
 		// One record, one write(2) anyway: keeping it would only copy it.
 		return c.Conn.Write(b)
 	}
+	c.corking.Add(1)
+	defer c.corking.Add(-1)
 	c.raw.cork()
 	n, err := c.Conn.Write(b)
 	if ferr := c.raw.uncork(); err == nil && ferr != nil {
 		return 0, ferr
 	}
 	return n, err
+}
+
+// Close ends the connection. A Write blocked in sending what it kept
+// (to a peer that does not read) ends at once, as one blocked inside
+// TLS does: TLS's Close closes the socket without a close_notify alert
+// when a Write of its own is under way, but the kept records are sent
+// after TLS's Write has returned. TLS would then send its alert first,
+// which waits behind the blocked write until the 5 s deadline it sets.
+func (c *tlsConn) Close() error {
+	if c.corking.Load() > 0 {
+		err := c.raw.Conn.Close()
+		_ = c.Conn.Close() // its alert fails at once now
+		return err
+	}
+	return c.Conn.Close()
 }

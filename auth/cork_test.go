@@ -96,3 +96,79 @@ func TestTLSWriteGoesOutWhole(t *testing.T) {
 		t.Fatalf("a write after a failed one (%v) succeeded", first)
 	}
 }
+
+// TestCloseEndsBlockedCorkedWrite: Close of a connection whose Write is
+// blocked sending its kept records (the peer does not read) ends that
+// Write at once, as Go's TLS does for a Write blocked inside it. Before,
+// TLS's Close sent its close_notify alert first, which waited behind the
+// blocked write until the 5 s write deadline TLS sets for it: Close and
+// the Write took 5 s. The bound below is that deadline's, not a speed.
+func TestCloseEndsBlockedCorkedWrite(t *testing.T) {
+	ks := New(mustKey(t))
+	cfg, err := ks.ServerConfig(RoleClient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := Listen(ln, cfg, ks)
+	defer l.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		// Completes the handshake, then never reads again.
+		c.(*Conn).Conn.(*tlsConn).Handshake()
+		accepted <- c
+	}()
+	d, err := ks.NewDialer(RoleClient, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := d.DialContext(context.Background(), ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := <-accepted
+	if peer == nil {
+		t.Fatal("no connection accepted")
+	}
+	defer peer.Close()
+	tc := c.(*tlsConn)
+	_ = tc.raw.Conn.(*net.TCPConn).SetWriteBuffer(32 << 10)
+	buf := make([]byte, 100<<10) // several records, fewer than corkMax: sent at uncork
+	var inWrite atomic.Int64     // when the Write under way began (ns), 0: none
+	done := make(chan error, 1)
+	go func() {
+		for {
+			inWrite.Store(time.Now().UnixNano())
+			_, err := c.Write(buf)
+			inWrite.Store(0)
+			if err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if s := inWrite.Load(); s != 0 && time.Since(time.Unix(0, s)) > 300*time.Millisecond {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the writer never blocked")
+		}
+	}
+	start := time.Now()
+	go c.Close()
+	select {
+	case err := <-done:
+		t.Logf("the blocked Write ended %v after Close began: %v", time.Since(start).Round(time.Millisecond), err)
+	case <-time.After(4 * time.Second):
+		t.Fatal("the blocked Write did not end within 4 s of Close: Close waited for TLS's 5 s alert deadline")
+	}
+}
