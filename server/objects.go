@@ -229,7 +229,7 @@ func (w writer) write(ctx context.Context, oid ids.ObjectID, copies int, off int
 	if w.sync {
 		req.Flags |= proto.FlagSync
 	}
-	return w.r.change(ctx, w, oid, copies, req, func(epoch ids.Epoch, ver ids.Version) error {
+	return w.r.change(ctx, w, oid, copies, req, func(ctx context.Context, epoch ids.Epoch, ver ids.Version) error {
 		if err := w.r.n.localWrite(ctx, oid, off, data, ver, epoch, create); err != nil {
 			return err
 		}
@@ -243,7 +243,7 @@ func (w writer) write(ctx context.Context, oid ids.ObjectID, copies int, off int
 // Punch implements vdi.Writer.
 func (w writer) Punch(ctx context.Context, oid ids.ObjectID, copies int, off, length int64) error {
 	req := proto.Msg{Header: proto.Header{Op: proto.OpPunchObj, Offset: uint64(off), Length: uint32(length)}}
-	return w.r.change(ctx, w, oid, copies, req, func(epoch ids.Epoch, ver ids.Version) error {
+	return w.r.change(ctx, w, oid, copies, req, func(ctx context.Context, epoch ids.Epoch, ver ids.Version) error {
 		return w.r.n.localPunch(ctx, oid, off, length, ver, epoch)
 	})
 }
@@ -259,7 +259,7 @@ func (w writer) Remove(ctx context.Context, oid ids.ObjectID, copies int) error 
 // fetches the kept one first.
 func (w writer) RemoveIfNotNewer(ctx context.Context, oid ids.ObjectID, copies int, ver ids.Version) error {
 	req := proto.Msg{Header: proto.Header{Op: proto.OpRemoveObj, Offset: uint64(ver)}}
-	return w.r.change(ctx, w, oid, copies, req, func(epoch ids.Epoch, _ ids.Version) error {
+	return w.r.change(ctx, w, oid, copies, req, func(ctx context.Context, epoch ids.Epoch, _ ids.Version) error {
 		return w.r.n.localRemove(ctx, oid, epoch, ver)
 	})
 }
@@ -270,7 +270,17 @@ func (w writer) RemoveIfNotNewer(ctx context.Context, oid ids.ObjectID, copies i
 // until the next flush, unless req carries proto.FlagSync (each replica
 // synced its store after the change, before it answered). Only a node in contact with the majority may
 // change data, and only while w's fence, if any, allows it.
-func (r *replicated) change(ctx context.Context, w writer, oid ids.ObjectID, copies int, req proto.Msg, local func(ids.Epoch, ids.Version) error) error {
+//
+// One attempt is not cut short by its client going away (a request's
+// context ends with its connection): an attempt that reached some
+// replicas and not others, or was applied on some only, would leave
+// copies that differ while all are up, and nothing would mend them. A
+// gateway that then read an index from its own copy could take an
+// object allocated since for a hole and allocate it again, over
+// acknowledged writes (whole blocks read back as zeros after a mount's
+// connections were killed under fio). An attempt is bounded by RetryFor
+// instead; the next one checks the fence, and ctx, again.
+func (r *replicated) change(ctx context.Context, w writer, oid ids.ObjectID, copies int, req proto.Msg, local func(context.Context, ids.Epoch, ids.Version) error) error {
 	fence := w.fence
 	what := func() string { return req.Op.String() + " " + oid.String() }
 	return r.retry(ctx, what, func(st *cluster.State) error {
@@ -286,6 +296,8 @@ func (r *replicated) change(ctx context.Context, w writer, oid ids.ObjectID, cop
 		if len(ts) < recovery.MinWriters(copies) {
 			return errs.E(errs.NotReady, "%v: %d of its %d replicas are up, fewer than %d", oid, len(ts), copies, recovery.MinWriters(copies))
 		}
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.n.cfg.RetryFor)
+		defer cancel()
 		ver := r.n.nextVersion()
 		req.Epoch, req.ID, req.Aux = st.Epoch, uint64(oid), uint64(ver)
 		synced := req.Flags&proto.FlagSync != 0
@@ -294,11 +306,11 @@ func (r *replicated) change(ctx context.Context, w writer, oid ids.ObjectID, cop
 		if w.vdi != 0 && !synced {
 			marks = mb[:0]
 		}
-		marks, err := r.fanout(ctx, ts, func() error {
-			if err := r.n.checkEpoch(ctx, st.Epoch); err != nil {
+		marks, err := r.fanout(actx, ts, func() error {
+			if err := r.n.checkEpoch(actx, st.Epoch); err != nil {
 				return err
 			}
-			return local(st.Epoch, ver)
+			return local(actx, st.Epoch, ver)
 		}, req, w.boots, marks)
 		if err == nil && !synced {
 			r.dirty.mark(ts)
