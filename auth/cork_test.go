@@ -26,17 +26,7 @@ func (c countWrites) Write(b []byte) (int, error) {
 // arrives intact; a write after the other side closed fails, and so do
 // all after it.
 func TestTLSWriteGoesOutWhole(t *testing.T) {
-	ks := New(mustKey(t))
-	cfg, err := ks.ServerConfig(RoleClient)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := Listen(ln, cfg, ks)
-	defer l.Close()
+	ks, l := tlsListener(t)
 	const size = 1 << 20
 	var served atomic.Int32
 	go func() {
@@ -57,7 +47,7 @@ func TestTLSWriteGoesOutWhole(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := d.DialContext(context.Background(), ln.Addr().String())
+	c, err := d.DialContext(context.Background(), l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,17 +94,7 @@ func TestTLSWriteGoesOutWhole(t *testing.T) {
 // blocked write until the 5 s write deadline TLS sets for it: Close and
 // the Write took 5 s. The bound below is that deadline's, not a speed.
 func TestCloseEndsBlockedCorkedWrite(t *testing.T) {
-	ks := New(mustKey(t))
-	cfg, err := ks.ServerConfig(RoleClient)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := Listen(ln, cfg, ks)
-	defer l.Close()
+	ks, l := tlsListener(t)
 	accepted := make(chan net.Conn, 1)
 	go func() {
 		c, err := l.Accept()
@@ -130,7 +110,7 @@ func TestCloseEndsBlockedCorkedWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := d.DialContext(context.Background(), ln.Addr().String())
+	c, err := d.DialContext(context.Background(), l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,4 +151,22 @@ func TestCloseEndsBlockedCorkedWrite(t *testing.T) {
 	case <-time.After(4 * time.Second):
 		t.Fatal("the blocked Write did not end within 4 s of Close: Close waited for TLS's 5 s alert deadline")
 	}
+}
+
+// tlsListener returns a key set and a TLS listener of it on loopback
+// (closed when the test ends).
+func tlsListener(t *testing.T) (*Keys, *Listener) {
+	t.Helper()
+	ks := New(mustKey(t))
+	cfg, err := ks.ServerConfig(RoleClient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := Listen(ln, cfg, ks)
+	t.Cleanup(func() { l.Close() })
+	return ks, l
 }
