@@ -43,14 +43,7 @@ func TestTLSWriteGoesOutWhole(t *testing.T) {
 		}
 		c.Write(buf) // echo
 	}()
-	d, err := ks.NewDialer(RoleClient, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := d.DialContext(context.Background(), l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := tlsDial(t, ks, l)
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	var sent atomic.Int32
@@ -106,14 +99,7 @@ func TestCloseEndsBlockedCorkedWrite(t *testing.T) {
 		c.(*Conn).Conn.(*tlsConn).Handshake()
 		accepted <- c
 	}()
-	d, err := ks.NewDialer(RoleClient, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := d.DialContext(context.Background(), l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := tlsDial(t, ks, l)
 	peer := <-accepted
 	if peer == nil {
 		t.Fatal("no connection accepted")
@@ -169,4 +155,18 @@ func tlsListener(t *testing.T) (*Keys, *Listener) {
 	l := Listen(ln, cfg, ks)
 	t.Cleanup(func() { l.Close() })
 	return ks, l
+}
+
+// tlsDial dials l as a client of ks.
+func tlsDial(t *testing.T, ks *Keys, l *Listener) net.Conn {
+	t.Helper()
+	d, err := ks.NewDialer(RoleClient, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := d.DialContext(context.Background(), l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

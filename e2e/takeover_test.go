@@ -116,22 +116,7 @@ func TestSheepfsKilledUnderMemoryPressure(t *testing.T) {
 }
 
 // vmLocked returns the memory process pid has locked, in KiB (VmLck).
-func vmLocked(t *testing.T, pid int) int {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmLck:"); ok {
-			var kb int
-			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
-			return kb
-		}
-	}
-	t.Fatalf("no VmLck in /proc/%d/status", pid)
-	return 0
-}
+func vmLocked(t *testing.T, pid int) int64 { t.Helper(); return procStatusKiB(t, pid, "VmLck") }
 
 // TestScriptsUpTakesOverMount: as the README says, after the sheepfs that
 // scripts/up started dies (kill -9), running scripts/up again brings a new

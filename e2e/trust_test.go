@@ -530,20 +530,24 @@ func TestConnectionFlood(t *testing.T) {
 }
 
 // rssKiB is a process's resident set, from /proc.
-func rssKiB(t *testing.T, pid int) int64 {
+func rssKiB(t *testing.T, pid int) int64 { t.Helper(); return procStatusKiB(t, pid, "VmRSS") }
+
+// procStatusKiB returns field (VmRSS, VmLck...) of /proc/PID/status, in
+// KiB.
+func procStatusKiB(t *testing.T, pid int, field string) int64 {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == field+":" {
 			var v int64
 			fmt.Sscan(f[1], &v)
 			return v
 		}
 	}
-	t.Fatal("no VmRSS")
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
 	return 0
 }
 
