@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -113,6 +114,16 @@ type Cluster struct {
 	stop      chan struct{}
 	wg        sync.WaitGroup
 	closed    sync.Once
+
+	// Freshness (fresh.go): t0 starts the monotonic clock of confirmed,
+	// the time in ns since t0 as of which the state was last confirmed
+	// (0: never).
+	t0         time.Time
+	freshFor   time.Duration
+	confirmed  atomic.Int64
+	confirmMu  sync.Mutex
+	confirming chan struct{} // closed when the confirmation under way ends
+	confirmErr error         // how the last one failed
 }
 
 // nodeMeta is gossiped in memberlist (well under its 512-byte limit: the
@@ -183,7 +194,8 @@ func Start(cfg Config) (*Cluster, error) {
 		cfg.Lease = 3 * time.Second
 	}
 	c := &Cluster{cfg: cfg, log: cfg.Log.With().Str("node", string(cfg.ID)).Logger(),
-		fsm: newFSM(), events: make(chan struct{}, 1), stop: make(chan struct{})}
+		fsm: newFSM(), events: make(chan struct{}, 1), stop: make(chan struct{}),
+		t0: time.Now(), freshFor: freshFor(cfg.DeadGrace)}
 	c.fsm.around = cfg.AroundState
 	c.pool.Dial = cfg.Dial
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
@@ -287,9 +299,10 @@ func Start(cfg Config) (*Cluster, error) {
 		c.shutdownPartial()
 		return nil, errs.E(errs.IO, "start gossip on port %d: %w", mc.BindPort, err)
 	}
-	c.wg.Add(2)
+	c.wg.Add(3)
 	go c.joinLoop()
 	go c.leaderLoop()
+	go c.confirmLoop()
 	return c, nil
 }
 
@@ -579,6 +592,7 @@ func (c *Cluster) CatchUp(ctx context.Context) error {
 	if leader == "" || addr == "" {
 		return errs.E(errs.NotReady, "no cluster leader (no quorum?)")
 	}
+	start := c.mono()
 	resp, err := c.pool.Get(addr).Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpLeaderIndex}})
 	if err != nil {
 		return err
@@ -587,18 +601,10 @@ func (c *Cluster) CatchUp(ctx context.Context) error {
 	if c.fsm.applied.Load() < resp.Aux {
 		return errs.E(errs.NotReady, "node %s is behind the leader's log", c.cfg.ID)
 	}
-	return nil
-}
-
-// LeaderIndex returns the index of the last command this node's state
-// machine applied, if this node is the leader: every command acknowledged
-// so far is at or below it. (raft's own applied index also counts entries
-// the state machine never sees, and on a follower runs ahead of it.)
-func (c *Cluster) LeaderIndex() (uint64, error) {
-	if c.raft.State() != raft.Leader {
-		return 0, errs.E(errs.NotReady, "node %s is not the cluster leader", c.cfg.ID)
+	if age := int64(resp.Offset); age >= 0 && age <= int64(c.freshFor) {
+		c.setConfirmed(start - age)
 	}
-	return c.fsm.applied.Load(), nil
+	return nil
 }
 
 // waitApplied waits (briefly) until this node has applied the log up to

@@ -85,7 +85,7 @@ func TestEndedLeaseRenewedAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	page.Beat()
+	page.Beat(time.Now())
 	store, err := objstore.Open(filepath.Join(dir, "store"), objstore.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +126,7 @@ func TestEndedLeaseRenewedAtOnce(t *testing.T) {
 
 	for round, change := range []func(){func() {}, page.BumpAll, func() { page.Bump(oid) }} {
 		change()
-		page.Beat()
+		page.Beat(time.Now())
 		got := make([]byte, len(data))
 		if !r.readObject(context.Background(), key, got, 0) {
 			t.Fatalf("round %d: the read did not go local", round)

@@ -208,10 +208,11 @@ const (
 	MaxQuiet  = time.Second
 )
 
-// Beat shows that the daemon is alive; call it every BeatEvery.
-func (p *Page) Beat() {
+// Beat shows that the daemon was alive, and its leases good, at now (a
+// time taken before it made sure of that); call it every BeatEvery.
+func (p *Page) Beat(now time.Time) {
 	if p != nil {
-		word(p.mem, wBeat).Store(uint64(time.Now().UnixNano()))
+		word(p.mem, wBeat).Store(uint64(now.UnixNano()))
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/sheepfs/sheepfs/ids"
 )
@@ -65,7 +66,7 @@ func TestStampEndsWithTheBeat(t *testing.T) {
 	if v.Holds(7, s) {
 		t.Error("a stamp holds although the daemon has not beaten for 2 s")
 	}
-	p.Beat()
+	p.Beat(time.Now())
 	if !v.Holds(7, s) {
 		t.Error("the stamp does not hold after the next beat")
 	}
@@ -140,7 +141,7 @@ func TestStampEndsWithTheProcess(t *testing.T) {
 		t.Fatal("a fresh stamp does not hold")
 	}
 	p.f.Close() // what the kernel does at the process's end
-	p.Beat()
+	p.Beat(time.Now())
 	if v.Holds(7, s) {
 		t.Error("a stamp holds after the daemon's lock went")
 	}
@@ -160,7 +161,7 @@ func BenchmarkHolds(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		if i++; i%1024 == 0 {
-			p.Beat() // as the daemon does every 100 ms
+			p.Beat(time.Now()) // as the daemon does every 100 ms
 		}
 		if !v.Holds(7, s) {
 			b.Fatal("does not hold")

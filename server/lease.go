@@ -6,6 +6,7 @@ import (
 	"github.com/sheepfs/sheepfs/auth"
 	"github.com/sheepfs/sheepfs/errs"
 	"github.com/sheepfs/sheepfs/ids"
+	"github.com/sheepfs/sheepfs/localread"
 	"github.com/sheepfs/sheepfs/proto"
 	"github.com/sheepfs/sheepfs/vdi"
 )
@@ -75,6 +76,12 @@ func (n *Node) lease(ctx context.Context, c *proto.Conn, req *proto.Msg) (*proto
 	}
 	if err := n.bootKnown(ctx); err != nil {
 		return nil, err
+	}
+	// A lease lasts while the page beats, and the page beats only while
+	// the state is fresh (server.go): one that could not beat for long
+	// is not worth lending.
+	if !n.cl.FreshWithin(localread.MaxQuiet) {
+		return nil, errs.E(errs.NotFound, "no lease on %v: this node has not confirmed its cluster state lately", oid)
 	}
 	n.rec.catchUp()
 	st := n.cl.State()

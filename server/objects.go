@@ -284,8 +284,20 @@ func (r *replicated) change(ctx context.Context, w writer, oid ids.ObjectID, cop
 	fence := w.fence
 	what := func() string { return req.Op.String() + " " + oid.String() }
 	return r.retry(ctx, what, func(st *cluster.State) error {
-		if !r.n.cl.HasQuorum() {
-			return errs.E(errs.NotReady, "node %s has no contact with the cluster's majority", r.n.id)
+		if !r.n.cl.Fresh() {
+			// Only a node that has made sure of its state lately
+			// changes data (cluster/fresh.go): one cut off from the
+			// majority, or stopped and resumed, waits until it has
+			// caught up, and this attempt's state is then old.
+			cctx, cancel := context.WithTimeout(ctx, time.Second)
+			err := r.n.cl.Confirm(cctx)
+			cancel()
+			if err != nil {
+				return errs.E(errs.NotReady, "node %s has no contact with the cluster's majority: %w", r.n.id, err)
+			}
+			if r.n.cl.State() != st {
+				return errs.E(errs.StaleEpoch, "node %s caught up with the cluster", r.n.id)
+			}
 		}
 		if fence != nil {
 			if err := fence(st); err != nil {

@@ -252,8 +252,18 @@ func Start(cfg Config) (*Node, error) {
 		}()
 	}
 	if n.page != nil {
-		// The page shows the node alive until it stops.
-		go n.every(localread.BeatEvery, n.page.Beat)
+		// The page shows the node alive, and its state fresh, until it
+		// stops. A mount takes a beat for good for MaxQuiet: a beat at t
+		// needs the state fresh until t+MaxQuiet, when the others still
+		// cannot have moved on without this node (cluster/fresh.go). The
+		// time is taken first: a process stopped after the check beats
+		// the time from before it stopped, which is already old.
+		go n.every(localread.BeatEvery, func() {
+			now := time.Now()
+			if n.cl.FreshWithin(localread.MaxQuiet) {
+				n.page.Beat(now)
+			}
+		})
 	}
 	go n.rec.run(n.stop)
 	go n.rec.repairLoop(n.stop)
@@ -500,9 +510,12 @@ func (n *Node) serve(ctx context.Context, conn *proto.Conn, role auth.Role, req 
 		n.cl.CheckUnreachable(ids.NodeID(req.Data))
 		resp = &proto.Msg{}
 	case proto.OpLeaderIndex:
+		// Aux: the index; Offset: how old the leader's confirmation
+		// of its leadership is, in ns (cluster.LeaderIndex).
 		var index uint64
-		if index, err = n.cl.LeaderIndex(); err == nil {
-			resp = &proto.Msg{Aux: index}
+		var age time.Duration
+		if index, age, err = n.cl.LeaderIndex(ctx); err == nil {
+			resp = &proto.Msg{Header: proto.Header{Offset: uint64(age)}, Aux: index}
 		}
 	default:
 		err = errs.E(errs.Invalid, "unknown op %v", req.Op)

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"time"
 
 	"github.com/sheepfs/sheepfs/cluster"
 	"github.com/sheepfs/sheepfs/errs"
@@ -19,6 +20,21 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 	v, meta, err := n.volumeFor(ids.VDIID(req.ID))
 	if err != nil {
 		return nil, err
+	}
+	if req.Op == proto.OpVDIRead && !meta.IsSnapshot() && !n.cl.Fresh() {
+		// This node may have been cut off, or stopped, while the others
+		// moved on (cluster/fresh.go): its copies and its idea of the
+		// VDI may be old. It reads only once it has caught up. (A
+		// change waits in replicated.change; a snapshot does not
+		// change; the allocation map is for st_blocks and SEEK_DATA,
+		// which sheepfs caches for a second anyway, and a stat on a
+		// minority side should not hang.)
+		if err := n.waitFresh(ctx); err != nil {
+			return nil, err
+		}
+		if v, meta, err = n.volumeFor(ids.VDIID(req.ID)); err != nil {
+			return nil, err
+		}
 	}
 	if req.Offset > cluster.MaxVDISize {
 		return nil, errs.E(errs.TooLarge, "offset %d is past the end of VDI %q", req.Offset, meta.Name)
@@ -81,4 +97,29 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 		resp.Data, resp.Aux = bm, uint64(cnt)
 	}
 	return resp, nil
+}
+
+// waitFresh waits until this node's cluster state is fresh (cluster.Fresh),
+// confirming it, for up to RetryFor: a node without contact with the
+// majority keeps the request waiting, as it does a write, rather than
+// answer from a state that may be old.
+func (n *Node) waitFresh(ctx context.Context) error {
+	deadline := time.Now().Add(n.cfg.RetryFor)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := n.cl.Confirm(cctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return errs.E(errs.NotReady, "gave up after %v: %w", n.cfg.RetryFor, err)
+		}
+		t := time.NewTimer(100 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
 }
