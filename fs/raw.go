@@ -59,7 +59,15 @@ func newRawFS(b fuse.RawFileSystem, f *FS, gen uint64) *rawFS {
 }
 
 // entry counts the reference an entry reply gives the kernel.
+// attrsExpired as an entry's attribute timeout (in ns) makes it 0: the
+// kernel asks for the attributes at their next use (GETATTR).
+const attrsExpired = 1
+
 func (r *rawFS) entry(st fuse.Status, out *fuse.EntryOut) fuse.Status {
+	if out.AttrValid == 0 && out.AttrValidNsec == attrsExpired {
+		// The bridge takes a zero timeout for none set.
+		out.AttrValidNsec = 0
+	}
 	if st == fuse.OK && out.NodeId != 0 && out.NodeId != fuse.FUSE_ROOT_ID {
 		r.mu.Lock()
 		r.refs[out.NodeId]++

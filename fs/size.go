@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/sheepfs/sheepfs/cluster"
@@ -107,6 +108,77 @@ func (n *vdiNode) runSizeFix(fix *sizeFix) {
 func (n *vdiNode) fixKernelSize() {
 	// An error of the fsync is a writer's, told at its own fsync.
 	_ = n.fs.ownWriteBack(wbOpFixSize, n.name, n.size.Load())
+}
+
+// The kernel keeps the size it had when it made the inode, and changes it
+// with the writes and truncates made through this mount; under the
+// writeback cache nothing else the cluster says changes it (see above). A
+// VDI resized elsewhere (`sheep vdi resize`, another mount, a rollback)
+// would show its old size here for as long as the inode lives, and a read
+// past that size would end at it. So an open or a stat by a program, while
+// no writer of this mount has the file open (or its size would be this
+// mount's), tells the kernel the cluster's size if it may have another, by
+// a truncate through the mount as the size fix does, with nothing to
+// write back first (the last writer's close wrote its pages back).
+//
+// The truncate needs the file's inode lock. The kernel holds it for an
+// O_TRUNC open (which makes the size 0 anyway: nothing to do), and should
+// a GETATTR ever come while something holds it, the wait ends after
+// kernelSizeWait and the stat answers; the truncate ends once the lock is
+// free.
+func (n *vdiNode) setKernelSize(flags uint32) {
+	if flags&syscall.O_TRUNC != 0 || !n.kernelSizeOld() {
+		return
+	}
+	n.mu.Lock()
+	ch := n.setting
+	if ch == nil {
+		ch = make(chan struct{})
+		n.setting = ch
+		go func() {
+			size := n.size.Load()
+			if errno := n.fs.ownWriteBack(wbOpSetSize, n.name, size); errno != 0 {
+				n.kernelSize.Store(0)
+			}
+			n.mu.Lock()
+			n.setting = nil
+			n.mu.Unlock()
+			close(ch)
+		}()
+	}
+	n.mu.Unlock()
+	t := time.NewTimer(kernelSizeWait)
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-t.C:
+	}
+}
+
+// kernelSizeOld reports whether the kernel's size of the file may not be
+// the cluster's, and setKernelSize should set it. Without the writeback
+// cache the kernel takes the size from every GETATTR; with a writer of
+// this mount, the size is this mount's.
+func (n *vdiNode) kernelSizeOld() bool {
+	return n.fs.writeback && n.writeOpens.Load() == 0 && n.kernelSize.Load() != n.size.Load()+1
+}
+
+// kernelSizeWait bounds how long an open or a stat waits for the kernel
+// to take the cluster's size (setKernelSize).
+const kernelSizeWait = 2 * time.Second
+
+// setKernel records that the kernel's size of the file is size.
+func (n *vdiNode) setKernel(size uint64) { n.kernelSize.Store(size + 1) }
+
+// kernelGrew records that a write or an allocation through this mount
+// ending at end grew the kernel's size of the file to at least end.
+func (n *vdiNode) kernelGrew(end uint64) {
+	for {
+		cur := n.kernelSize.Load()
+		if cur == 0 || cur >= end+1 || n.kernelSize.CompareAndSwap(cur, end+1) {
+			return
+		}
+	}
 }
 
 // waitSizeFix waits for a fix of the file's size under way, so that the

@@ -39,12 +39,26 @@ func (d *vdiDir) child(ctx context.Context, info proto.VDIInfo, out *fuse.EntryO
 	n := &vdiNode{name: info.Name, created: uint64(info.Created)}
 	n.fs, n.id = d.fs, info.ID
 	n.size.Store(info.Size)
+	n.setKernel(info.Size) // a new inode takes the size of this entry
 	ch := d.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: vdiInoBase + uint64(info.ID)})
-	// NewInode returns the existing inode for a known ID: refresh it.
-	if vn, ok := ch.Operations().(*vdiNode); ok {
-		vn.size.Store(info.Size)
-		vn.allocMap(ctx, false) // for st_blocks; without it they read as 0
-		vn.fill(&out.Attr)
+	// The bridge goes on with the node it has for this inode, if any,
+	// and drops n: refresh that one.
+	vn := n
+	if old := d.GetChild(info.Name); old != nil {
+		if o, ok := old.Operations().(*vdiNode); ok && o.id == info.ID {
+			vn = o
+		}
+	}
+	vn.size.Store(info.Size)
+	vn.allocMap(ctx, false) // for st_blocks; without it they read as 0
+	vn.fill(&out.Attr)
+	if vn.kernelSizeOld() {
+		// Resized elsewhere: the attributes expire at once, so that a
+		// stat asks Getattr, which gives the kernel the new size
+		// (setKernelSize; not here, where the kernel may hold the
+		// lookup of the very name that the truncate of the new size
+		// looks up).
+		out.SetAttrTimeout(attrsExpired)
 	}
 	return ch
 }
@@ -124,9 +138,13 @@ type vdiNode struct {
 	gofs.Inode
 	image
 	name     string
-	created  uint64   // unix seconds
-	cacheGen uint64   // the VDI's WriteGen when the page cache was last valid (under mu)
-	fix      *sizeFix // a fix of the kernel's size of the file under way (size.go; under mu)
+	created  uint64        // unix seconds
+	cacheGen uint64        // the VDI's WriteGen when the page cache was last valid (under mu)
+	fix      *sizeFix      // a fix of the kernel's size of the file under way (size.go; under mu)
+	setting  chan struct{} // closed when the kernel's size set under way is done (size.go; under mu)
+	// kernelSize is the kernel's size of the file, as far as sheepfs
+	// knows, plus one (0: not known; size.go).
+	kernelSize atomic.Uint64
 	// writeOpens counts the file's handles open for writing here: while
 	// there are any, the kernel may hold writes of it (cached.go).
 	writeOpens atomic.Int32
@@ -236,6 +254,9 @@ func (n *vdiNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.Att
 	if errno := n.refresh(ctx); errno != 0 {
 		return errno
 	}
+	if !n.fs.ownRequest(ctx) {
+		n.setKernelSize(0) // resized elsewhere: stat shows it
+	}
 	if _, _, err := n.allocMap(ctx, false); err != nil {
 		return toErrno(err)
 	}
@@ -284,9 +305,11 @@ func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 			// cache holds what we left. A rollback counts as a
 			// grant, so after one the cache goes.
 			keep = n.keepCache(info.WriteGen, info.WriteGen-1)
-			if !keep {
-				n.size.Store(info.Size)
-			}
+			// No writer of ours since the last close, which wrote
+			// its pages back: the cluster's size is the size (it
+			// may have been resized meanwhile, even if not written).
+			n.size.Store(info.Size)
+			n.setKernelSize(flags)
 		} else if w.id != n.id {
 			done()
 			return nil, 0, syscall.ESTALE
@@ -313,10 +336,11 @@ func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 		} else {
 			n.keepCache(0, 1) // being written elsewhere: never trust it
 		}
-		if !keep && !ours {
-			// Changed elsewhere (written, grown, rolled back): take
+		if !ours {
+			// Changed elsewhere (written, resized, rolled back): take
 			// its size with its data. Our own writer's size is ours.
 			n.size.Store(info.Size)
+			n.setKernelSize(flags)
 		}
 	}
 	if keep {
@@ -416,6 +440,7 @@ func (n *vdiNode) write(ctx context.Context, h *handle, data []byte, off int64) 
 	if err != nil {
 		return 0, toErrno(err)
 	}
+	n.kernelGrew(end)
 	n.allocChanged()
 	n.fs.lr.wrote(n.id, off, int64(len(data)))
 	return uint32(len(data)), 0
@@ -494,6 +519,7 @@ func (n *vdiNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetA
 			return errno
 		}
 		n.fill(&out.Attr)
+		n.setKernel(out.Size)
 		return 0
 	}
 	var cur fuse.Attr
@@ -501,12 +527,16 @@ func (n *vdiNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetA
 	if errno := fixedAttrs(in, &cur); errno != 0 {
 		return errno
 	}
-	if size, ok := in.GetSize(); ok {
+	size, ok := in.GetSize()
+	if ok {
 		if errno := n.resize(ctx, size); errno != 0 {
 			return errno
 		}
 	}
 	n.fill(&out.Attr)
+	if ok {
+		n.setKernel(out.Size) // the kernel takes the size of a truncate's answer
+	}
 	return 0
 }
 
@@ -567,10 +597,13 @@ func (n *vdiNode) Allocate(ctx context.Context, fh gofs.FileHandle, off uint64, 
 		}
 	case fallocZeroRange:
 		keep = true
-		if end := off + length; mode&fallocKeepSize == 0 && end > n.size.Load() {
-			if errno := n.grow(ctx, end); errno != 0 {
-				return errno
+		if end := off + length; mode&fallocKeepSize == 0 {
+			if end > n.size.Load() {
+				if errno := n.grow(ctx, end); errno != 0 {
+					return errno
+				}
 			}
+			defer n.kernelGrew(end)
 		}
 	default:
 		return syscall.EOPNOTSUPP

@@ -46,6 +46,7 @@ const (
 	wbOpRange   = 1 // sync_file_range (write and wait) from the offset to the end
 	wbOpFsync   = 2 // fsync: the cached writes, then sheepfs's Fsync
 	wbOpFixSize = 3 // fsync, then truncate to the offset: the kernel's size is the cluster's (size.go)
+	wbOpSetSize = 4 // truncate to the offset, with nothing to write back: the same, at an open (size.go)
 
 	wbReqHead  = 4 + 1 + 8 + 2
 	wbMaxName  = 4096
@@ -261,7 +262,7 @@ func RunWriteBackHelper(dir string, in io.Reader, out io.Writer) error {
 		id, op := binary.LittleEndian.Uint32(head[:4]), head[4]
 		off := binary.LittleEndian.Uint64(head[5:])
 		n := int(binary.LittleEndian.Uint16(head[13:]))
-		if n == 0 || n > wbMaxName || op < wbOpRange || op > wbOpFixSize {
+		if n == 0 || n > wbMaxName || op < wbOpRange || op > wbOpSetSize {
 			return fmt.Errorf("bad request: op %d, name of %d bytes", op, n)
 		}
 		name := make([]byte, n)
@@ -303,8 +304,10 @@ func writeBackOp(path string, op byte, off int64) (int, syscall.Errno) {
 	switch op {
 	case wbOpFsync:
 		err = unix.Fsync(fd)
-	case wbOpFixSize:
-		_ = unix.Fsync(fd) // an error here is a writer's, told at its own fsync
+	case wbOpFixSize, wbOpSetSize:
+		if op == wbOpFixSize {
+			_ = unix.Fsync(fd) // an error here is a writer's, told at its own fsync
+		}
 		// Through /proc/self/fd: the inode just opened (the file is
 		// open read-only).
 		err = unix.Truncate("/proc/self/fd/"+strconv.Itoa(fd), off)

@@ -104,6 +104,12 @@ func TestWriteBackHelperAnswers(t *testing.T) {
 	if st, err := os.Stat(filepath.Join(dir, "vdi", "a")); err != nil || st.Size() != 4096 {
 		t.Fatalf("after a size fix to 4096: %v, %v", st.Size(), err)
 	}
+	if errno, err := h.call(wbOpSetSize, "a", 8192); err != nil || errno != 0 {
+		t.Fatalf("size set: %v, %v", errno, err)
+	}
+	if st, err := os.Stat(filepath.Join(dir, "vdi", "a")); err != nil || st.Size() != 8192 {
+		t.Fatalf("after a size set to 8192: %v, %v", st.Size(), err)
+	}
 	if errno, err := h.call(wbOpRange, strings.Repeat("x", wbMaxName+1), 0); err != nil || errno != syscall.ENAMETOOLONG {
 		t.Fatalf("a name longer than a request carries: %v, %v; want ENAMETOOLONG", errno, err)
 	}
@@ -192,7 +198,7 @@ func TestWriteBackHelperRefuses(t *testing.T) {
 		{"parent", wbRequest(1, wbOpRange, 0, "..")},
 		{"dot", wbRequest(1, wbOpRange, 0, ".")},
 		{"path", wbRequest(1, wbOpRange, 0, "../vdi/a")},
-		{"op 4", wbRequest(1, 4, 0, "a")},
+		{"op 5", wbRequest(1, wbOpSetSize+1, 0, "a")},
 		{"short head", wbRequest(1, wbOpRange, 0, "a")[:7]},
 		{"short name", wbRequest(1, wbOpRange, 0, "abc")[:wbReqHead+1]},
 	} {
