@@ -77,6 +77,10 @@ type healer struct {
 	// lost must not clear the mark.
 	lostSeq uint64
 	lostAt  map[ids.ObjectID]uint64
+	// missMu guards the log of copies that missed a change (changeCopy).
+	missMu   sync.Mutex
+	missLog  time.Time
+	missHeld int
 	// gate orders replica changes against plans: a change holds it shared
 	// from its epoch check to the end of its store operation, and a new
 	// plan holds it exclusively. So a change tagged with an epoch never
@@ -1488,7 +1492,7 @@ func (n *Node) localWriteOnce(ctx context.Context, oid ids.ObjectID, off int64, 
 	if create {
 		defer unlock()
 		since := n.rec.seq()
-		err := n.rec.change(epoch, func() error { return n.store.Replace(oid, off, data, ver, epoch) })
+		err := n.rec.changeCopy(epoch, oid, func() error { return n.store.Replace(oid, off, data, ver, epoch) })
 		if err == nil {
 			n.rec.settle(oid, epoch, false, 0, since)
 		}
@@ -1496,7 +1500,7 @@ func (n *Node) localWriteOnce(ctx context.Context, oid ids.ObjectID, off int64, 
 	}
 	// The common case: a current copy that exists here.
 	if n.rec.ndoubt.Load() == 0 {
-		err := n.rec.change(epoch, func() error { return n.store.Update(oid, off, data, ver, epoch) })
+		err := n.rec.changeCopy(epoch, oid, func() error { return n.store.Update(oid, off, data, ver, epoch) })
 		if !errs.Is(err, errs.NotFound) {
 			unlock()
 			return err
@@ -1516,7 +1520,7 @@ func (n *Node) localWriteOnce(ctx context.Context, oid ids.ObjectID, off int64, 
 			return err
 		}
 		if !n.rec.doubted(oid) {
-			err := n.rec.change(epoch, func() error { return n.store.Write(oid, off, data, ver, epoch) })
+			err := n.rec.changeCopy(epoch, oid, func() error { return n.store.Write(oid, off, data, ver, epoch) })
 			if err == nil {
 				n.rec.settleNew(oid, epoch)
 			}
@@ -1552,7 +1556,7 @@ func (n *Node) localPunchOnce(ctx context.Context, oid ids.ObjectID, off, length
 		return err
 	}
 	defer unlock()
-	err = n.rec.change(epoch, func() error { return n.store.Punch(oid, off, length, ver, epoch) })
+	err = n.rec.changeCopy(epoch, oid, func() error { return n.store.Punch(oid, off, length, ver, epoch) })
 	if errs.Is(err, errs.NotFound) {
 		return nil // nothing to zero
 	}
@@ -1573,11 +1577,45 @@ func (n *Node) localRemove(ctx context.Context, oid ids.ObjectID, epoch ids.Epoc
 			return errs.E(errs.Exists, "remove %v: written since version %v", oid, ifNotNewer)
 		}
 	}
-	err = n.rec.change(epoch, func() error { return n.store.Remove(oid) })
+	err = n.rec.changeCopy(epoch, oid, func() error { return n.store.Remove(oid) })
 	if err == nil {
 		n.rec.forget(oid)
 	}
 	return err
+}
+
+// changeCopy is change for fn, a change of this node's copy of oid made
+// for a gateway. If the store fails it (a full disk, a disk error), the
+// copy may lack the change while the other replicas took it: the gateway
+// does not retry a full disk, and may not retry at all. From then on this
+// node does not vouch for its copy (as for one lost with a disk) until it
+// has fetched it again: reads go to the other replicas, and a later write
+// here fetches the copy first, rather than land on top of the one that
+// lacks this change (the copies would then differ for good with the same
+// version; e2e TestFullReplicaLeavesCopiesEqual).
+func (h *healer) changeCopy(epoch ids.Epoch, oid ids.ObjectID, fn func() error) error {
+	err := h.change(epoch, fn)
+	if k := errs.KindOf(err); err != nil && (k == errs.NoSpace || k == errs.IO) {
+		h.markLost([]ids.ObjectID{oid})
+		h.reportMissed(oid, err)
+	}
+	return err
+}
+
+// reportMissed logs a copy that missed a change, at most once a second
+// with the count of those held back.
+func (h *healer) reportMissed(oid ids.ObjectID, err error) {
+	h.missMu.Lock()
+	now := time.Now()
+	if now.Sub(h.missLog) < time.Second {
+		h.missHeld++
+		h.missMu.Unlock()
+		return
+	}
+	held := h.missHeld
+	h.missLog, h.missHeld = now, 0
+	h.missMu.Unlock()
+	h.n.log.Warn().Stringer("oid", oid).Int("more", held).Err(err).Msg("a change of this copy failed: fetching it again before it serves")
 }
 
 // change runs fn, a change of a replica tagged with epoch, unless this
