@@ -93,6 +93,12 @@ func TestDiskFailure(t *testing.T) {
 	if got := sha256Range(t, vdi, 0, 32); got != sum2 {
 		t.Fatalf("after the disk fault: first 32 MiB sha256 %s, want %s", got, sum2)
 	}
+	// And all of it through the node with the disks, which reads its own
+	// copies first: the overwrite may not have touched d2 (the disks'
+	// ring places objects by random disk IDs), this does.
+	if _, bad, err := readVia(md.Addr(), "disks", time.Minute); err != nil || len(bad) > 0 {
+		t.Fatalf("read through %s after the disk fault: objects %v unread: %v", md.ID, bad, err)
+	}
 	var why string
 	ok := waitFor(90*time.Second, func() bool {
 		info = mdInfo(t, c, md)
