@@ -243,6 +243,14 @@ func copiesOf(st *cluster.State, oid ids.ObjectID) int {
 	return 0
 }
 
+// imageGone reports whether st knows that oid's image no longer exists:
+// its ID was given out, and no VDI, snapshot or dead image has it. (A
+// state that lags may not know a new image yet: that is not gone.)
+func imageGone(st *cluster.State, oid ids.ObjectID) bool {
+	_, ok := st.Image(oid.VDI())
+	return !ok && oid.VDI() < st.NextVDI
+}
+
 // catchUp plans the node's current epoch before the node serves a local
 // read or write at it: a copy the new epoch makes doubtful must never be
 // used as current, not even for the moment before the background loop
@@ -666,6 +674,13 @@ func (h *healer) pull(ctx context.Context, oid ids.ObjectID, urgent bool) error 
 // pullN is pull, returning the bytes it fetched.
 func (h *healer) pullN(ctx context.Context, oid ids.ObjectID, urgent bool) (int64, error) {
 	st := h.n.cl.State()
+	if imageGone(st, oid) {
+		// Its image is gone (a copy marked lost, then its VDI deleted):
+		// the collector removes the other copies, and a fetch racing it
+		// would leave one here for good.
+		h.forget(oid)
+		return 0, errs.E(errs.NotFound, "object %v: its image no longer exists", oid)
+	}
 	since := h.seq()
 	answers, nodes, all := h.statAll(ctx, st, oid)
 	i := recovery.Choose(answers, st.Epoch, all)
@@ -699,6 +714,9 @@ var sparseBufSize = vdi.ObjectSize + proto.SparseHeaderSize(proto.MaxExtents)
 // A client waits on an urgent fetch: the source does not pace it.
 func (h *healer) fetch(ctx context.Context, st *cluster.State, oid ids.ObjectID, src cluster.Member, urgent bool) (int64, error) {
 	return h.fetchWith(ctx, st, oid, src, urgent, func(oe []objstore.Extent, data []byte, ver ids.Version) error {
+		if imageGone(h.n.cl.State(), oid) {
+			return errs.E(errs.NotFound, "object %v: its image no longer exists", oid)
+		}
 		return h.n.store.ReplaceSparse(oid, oe, data, ver, st.Epoch)
 	})
 }
@@ -1578,8 +1596,8 @@ func (n *Node) localRemove(ctx context.Context, oid ids.ObjectID, epoch ids.Epoc
 		}
 	}
 	err = n.rec.changeCopy(epoch, oid, func() error { return n.store.Remove(oid) })
-	if err == nil {
-		n.rec.forget(oid)
+	if err == nil || errs.Is(err, errs.NotFound) {
+		n.rec.forget(oid) // none here (a create that failed): none to fetch
 	}
 	return err
 }
