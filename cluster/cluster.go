@@ -124,6 +124,9 @@ type Cluster struct {
 	confirmMu  sync.Mutex
 	confirming chan struct{} // closed when the confirmation under way ends
 	confirmErr error         // how the last one failed
+	// barrierTerm is the last term in which this node, as leader, has
+	// applied every entry of the terms before (fresh.go).
+	barrierTerm atomic.Uint64
 }
 
 // nodeMeta is gossiped in memberlist (well under its 512-byte limit: the
@@ -276,10 +279,10 @@ func Start(cfg Config) (*Cluster, error) {
 	mc.Delegate = c.meta
 	mc.Events = &events{ch: c.events, gone: &c.gone, onGone: cfg.OnGone}
 	mc.LogOutput = io.Discard
-	mc.ProbeInterval = 500 * time.Millisecond
+	mc.ProbeInterval = probeInterval // freshFor depends on these two
 	mc.ProbeTimeout = 300 * time.Millisecond
 	mc.GossipInterval = 100 * time.Millisecond
-	mc.SuspicionMult = 3
+	mc.SuspicionMult = suspicionMult
 	// Gossip is encrypted and authenticated with keys derived from the
 	// cluster key: a node without it is not heard, and cannot hear.
 	gk := cfg.Keys.Gossip()

@@ -16,26 +16,39 @@ import (
 // that may be old: the others may have moved on without it (marked it
 // down, moved a VDI's lock, written its objects elsewhere). Reads of
 // writable VDIs and lent local reads are served only while the state is
-// fresh (Fresh): confirmed within FreshFor, which is well below how long
-// the others wait before they move on without a node (DeadGrace).
+// fresh (Fresh): confirmed within FreshFor, which is below the soonest the
+// others can stop writing to a node they no longer hear: gossip declares a
+// member dead no sooner than its suspicion timeout after a failed probe
+// (SuspicionMult probe intervals, 1.5 s), and the leader then marks it
+// down at once.
 //
 // A follower makes sure by asking the leader for the index of its last
 // applied command and applying the log up to it; the leader, by a round of
-// heartbeats that a majority acknowledges (raft's VerifyLeader). Times are
-// on the monotonic clock, which runs on while a process is stopped: a
-// resumed node finds its confirmation old at once, whichever of its
-// goroutines runs first.
+// heartbeats that a majority acknowledges (raft's VerifyLeader), after a
+// barrier once per term (a new leader may not have applied what the one
+// before acknowledged). Times are on the monotonic clock, which runs on
+// while a process is stopped: a resumed node finds its confirmation old at
+// once, whichever of its goroutines runs first.
 
-// leaderAgeMax is how old a leader's own confirmation may be when it
-// answers a follower's OpLeaderIndex; an older one is renewed first.
-const leaderAgeMax = 500 * time.Millisecond
+// Gossip's failure detection (memberlist settings, Start).
+const (
+	probeInterval  = 500 * time.Millisecond
+	suspicionMult  = 3
+	suspicionFloor = suspicionMult * probeInterval // the least suspicion timeout
+)
 
 // FreshFor is how long a confirmation keeps the state fresh.
 func (c *Cluster) FreshFor() time.Duration { return c.freshFor }
 
+// freshFor is two thirds of the least time gossip takes to declare a
+// member dead, and at most half the grace before its data moves.
 func freshFor(deadGrace time.Duration) time.Duration {
-	return min(deadGrace/2, 5*time.Second)
+	return min(deadGrace/2, suspicionFloor*2/3)
 }
+
+// leaderAge is how old a leader's own confirmation may be when it answers
+// a follower's OpLeaderIndex; an older one is renewed first.
+func (c *Cluster) leaderAge() time.Duration { return c.freshFor / 5 }
 
 // mono returns the monotonic time since the cluster started, in ns.
 func (c *Cluster) mono() int64 { return int64(time.Since(c.t0)) }
@@ -113,6 +126,13 @@ const confirmTimeout = 2 * time.Second
 func (c *Cluster) confirmOnce() error {
 	start := c.mono()
 	if c.raft.State() == raft.Leader {
+		if term := c.raft.CurrentTerm(); c.barrierTerm.Load() != term {
+			// Every entry of the terms before applied here first.
+			if err := c.raft.Barrier(confirmTimeout).Error(); err != nil {
+				return errs.E(errs.NotReady, "leader's barrier: %w", err)
+			}
+			c.barrierTerm.Store(term)
+		}
 		// Resolves when a majority acknowledged this node as leader, or
 		// it lost the leadership (within raft's leader lease).
 		if err := c.raft.VerifyLeader().Error(); err != nil {
@@ -187,19 +207,19 @@ func (c *Cluster) confirmLoop() {
 // so far is at or below it. (raft's own applied index also counts entries
 // the state machine never sees, and on a follower runs ahead of it.) It
 // also returns how long ago this node was last confirmed as leader, which
-// it renews first if that was more than leaderAgeMax ago: a leader cut
+// it renews first if that was more than leaderAge ago: a leader cut
 // off, or stopped and resumed, does not vouch for its state.
 func (c *Cluster) LeaderIndex(ctx context.Context) (uint64, time.Duration, error) {
 	if c.raft.State() != raft.Leader {
 		return 0, 0, errs.E(errs.NotReady, "node %s is not the cluster leader", c.cfg.ID)
 	}
-	if c.Confirmed() > leaderAgeMax {
+	if c.Confirmed() > c.leaderAge() {
 		if err := c.Confirm(ctx); err != nil {
 			return 0, 0, err
 		}
 	}
 	age := c.Confirmed()
-	if age > leaderAgeMax {
+	if age > c.leaderAge() {
 		return 0, 0, errs.E(errs.NotReady, "node %s was last confirmed as leader %v ago", c.cfg.ID, age)
 	}
 	return c.fsm.applied.Load(), age, nil

@@ -164,3 +164,113 @@ func TestStoppedNodeServesNothingOld(t *testing.T) {
 		t.Errorf("%d bad reads of %s", n, key)
 	}
 }
+
+// TestCutOffNodeServesNothingOld: node2 is cut off from the other nodes
+// (nftables), not from its mount. The others mark it down as soon as
+// gossip holds it dead (2-3 s: the dead grace only delays moving its data)
+// and acknowledge writes without it. No read through node2 may return the
+// bytes from before such a write: it stops serving reads of the writable
+// VDI before the others can write without it (cluster/fresh.go), and its
+// reads wait until the partition heals. The long dead grace is the case
+// where a freshness bound on the grace alone let it serve old bytes for
+// seconds.
+func TestCutOffNodeServesNothingOld(t *testing.T) {
+	requireEnv(t, "ip", "nft")
+	lab := newNetLab(t, 3)
+	c := newCluster(t, 3, 3, lab.base, func(node *Node) {
+		node.Host, node.NetNS = lab.ip(node.Index), lab.ns[node.Index]
+		node.Args = append(node.Args, "--dead-grace", "20s")
+		if node.Index == 1 {
+			lab.checkPath(1, node.c.Nodes[0].Addr())
+		}
+	})
+	// node2 is a follower (node0 bootstraps and leads): the others need
+	// no election without it.
+	reader := c.mount([]string{"--no-local-read"}, c.Nodes[2].Addr())
+	writer := c.Mount(c.Nodes[0].Addr(), c.Nodes[1].Addr())
+	path := writer.VDI("st")
+	run(t, quickTimeout, "truncate", "-s", "8M", path)
+	wf, err := os.OpenFile(path, os.O_RDWR|syscall.O_DIRECT|syscall.O_DSYNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wf.Close()
+	old, next := pattern(4096, 1), pattern(4096, 2)
+	if _, err := wf.WriteAt(old, 0); err != nil {
+		t.Fatal(err)
+	}
+	rf, err := os.OpenFile(reader.VDI("st"), os.O_RDONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rf.Close()
+	got := aligned(4096)
+	if _, err := rf.ReadAt(got, 0); err != nil || !bytes.Equal(got, old) {
+		t.Fatalf("the reader reads %x... (%v), want %x...", got[:8], err, old[:8])
+	}
+	time.Sleep(300 * time.Millisecond)
+	lab.partition([]int{2}, []int{0, 1})
+	cut := time.Now()
+	defer lab.heal()
+	if _, err := wf.WriteAt(next, 0); err != nil {
+		t.Fatal(err)
+	}
+	acked := time.Since(cut)
+	// Reads through node2 from the cut on, each after the last; once one
+	// has waited a second, the partition heals.
+	var mu sync.Mutex
+	var stale, fresh int
+	var lastStale time.Duration
+	progress := time.Now()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := aligned(4096)
+		for time.Since(cut) < acked+6*time.Second {
+			start := time.Since(cut)
+			_, err := rf.ReadAt(buf, 0)
+			mu.Lock()
+			progress = time.Now()
+			switch {
+			case err != nil:
+				t.Errorf("read through node2, %v after the cut: %v", time.Since(cut).Round(time.Millisecond), err)
+			case bytes.Equal(buf, old) && start > acked:
+				stale++
+				lastStale = time.Since(cut)
+			case bytes.Equal(buf, old): // issued before the write was acknowledged
+			case bytes.Equal(buf, next):
+				fresh++
+			default:
+				t.Errorf("read through node2 returned neither the old bytes nor the new")
+			}
+			mu.Unlock()
+		}
+	}()
+	healed := false
+	for waiting := true; waiting; {
+		select {
+		case <-done:
+			waiting = false
+		case <-time.After(100 * time.Millisecond):
+			mu.Lock()
+			stuck := time.Since(progress) > time.Second
+			mu.Unlock()
+			if stuck && !healed {
+				t.Logf("a read through node2 waits %v after the cut: healing", time.Since(cut).Round(time.Millisecond))
+				lab.heal()
+				healed = true
+			}
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("the write was acknowledged %v after the cut; reads through node2 issued after that: %d of the old bytes (the last %v after the cut), %d of the new",
+		acked.Round(time.Millisecond), stale, lastStale.Round(time.Millisecond), fresh)
+	if stale > 0 {
+		t.Errorf("node2, cut off, served the bytes from before a write the others acknowledged %v after the cut, until %v after it",
+			acked.Round(time.Millisecond), lastStale.Round(time.Millisecond))
+	}
+	if !healed {
+		t.Errorf("no read through node2 waited: it went on serving while cut off")
+	}
+}

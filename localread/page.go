@@ -201,11 +201,13 @@ func (p *Page) BumpAll() {
 // BeatEvery is how often a daemon shows it is alive (Beat), and MaxQuiet
 // how long a mount takes it for alive after its last beat. A killed or
 // stopped daemon's copies stop getting writes only once the cluster marks
-// it down (seconds later), so a lease ends well before they can fall
-// behind: the mount then reads through the daemon, and waits for it.
+// it down (1.5 s or more later), so a lease ends before they can fall
+// behind: the mount then reads through the daemon, and waits for it. The
+// daemon beats only while its cluster state stays fresh for MaxQuiet more
+// (cluster/fresh.go: a second after its last confirmation).
 const (
 	BeatEvery = 100 * time.Millisecond
-	MaxQuiet  = time.Second
+	MaxQuiet  = 400 * time.Millisecond
 )
 
 // Beat shows that the daemon was alive, and its leases good, at now (a

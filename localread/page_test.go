@@ -62,7 +62,7 @@ func TestStampEndsWithTheBeat(t *testing.T) {
 	if !v.Holds(7, s) {
 		t.Fatal("a fresh stamp does not hold")
 	}
-	word(p.mem, wBeat).Add(^uint64(int64(2 * MaxQuiet))) // the last beat 2 s earlier
+	word(p.mem, wBeat).Add(^uint64(int64(2 * MaxQuiet))) // the last beat two quiet spells earlier
 	if v.Holds(7, s) {
 		t.Error("a stamp holds although the daemon has not beaten for 2 s")
 	}
