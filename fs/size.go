@@ -115,20 +115,23 @@ func (n *vdiNode) fixKernelSize() {
 // writeback cache nothing else the cluster says changes it (see above). A
 // VDI resized elsewhere (`sheep vdi resize`, another mount, a rollback)
 // would show its old size here for as long as the inode lives, and a read
-// past that size would end at it. So an open or a stat by a program, while
-// no writer of this mount has the file open (or its size would be this
+// past that size would end at it. So an open, or a stat(2), while no
+// writer of this mount has the file open (or its size would be this
 // mount's), tells the kernel the cluster's size if it may have another, by
-// a truncate through the mount as the size fix does, with nothing to
-// write back first (the last writer's close wrote its pages back).
+// a truncate through the mount as the size fix does (Setattr answers it
+// with the cluster's size). When sheepfs knows the kernel's size, nothing
+// needs writing back first: the last writer's close wrote its pages back.
+// When it does not (after a takeover, with write handles from before that
+// come back only at their first use), the kernel writes its pages back
+// first, so that none is dropped past a size that did not count them yet.
 //
-// The truncate needs the file's inode lock. The kernel holds it for an
-// O_TRUNC open (which makes the size 0 anyway: nothing to do), and should
-// a GETATTR ever come while something holds it, the wait ends after
-// kernelSizeWait and the stat answers; the truncate ends once the lock is
-// free.
+// The truncate needs the file's inode lock, which nothing should hold at
+// an OPEN or a stat's GETATTR; should something hold it, the wait ends
+// after kernelSizeWait and the request answers, and the truncate ends
+// once the lock is free.
 func (n *vdiNode) setKernelSize(flags uint32) {
 	if flags&syscall.O_TRUNC != 0 || !n.kernelSizeOld() {
-		return
+		return // an O_TRUNC open is followed by a truncate to 0 anyway
 	}
 	n.mu.Lock()
 	ch := n.setting
@@ -136,8 +139,11 @@ func (n *vdiNode) setKernelSize(flags uint32) {
 		ch = make(chan struct{})
 		n.setting = ch
 		go func() {
-			size := n.size.Load()
-			if errno := n.fs.ownWriteBack(wbOpSetSize, n.name, size); errno != 0 {
+			op := byte(wbOpSetSize)
+			if n.kernelSize.Load() == 0 {
+				op = wbOpFixSize
+			}
+			if errno := n.fs.ownWriteBack(op, n.name, n.size.Load()); errno != 0 {
 				n.kernelSize.Store(0)
 			}
 			n.mu.Lock()

@@ -39,7 +39,13 @@ func (d *vdiDir) child(ctx context.Context, info proto.VDIInfo, out *fuse.EntryO
 	n := &vdiNode{name: info.Name, created: uint64(info.Created)}
 	n.fs, n.id = d.fs, info.ID
 	n.size.Store(info.Size)
-	n.setKernel(info.Size) // a new inode takes the size of this entry
+	if !d.fs.held {
+		// A node the bridge does not have is an inode the kernel does
+		// not have: it makes it with this entry's size. A sheepfs that
+		// took the mount over starts with no nodes while the kernel
+		// keeps its inodes, and their sizes are not known.
+		n.setKernel(info.Size)
+	}
 	ch := d.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: vdiInoBase + uint64(info.ID)})
 	// The bridge goes on with the node it has for this inode, if any,
 	// and drops n: refresh that one.
@@ -251,11 +257,18 @@ func (n *vdiNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.Att
 	if n.fs.forStat() {
 		n.writeBack(0) // st_blocks counts the cached writes too (cached.go)
 	}
-	if errno := n.refresh(ctx); errno != 0 {
+	info, errno := n.info(ctx)
+	if errno != 0 {
 		return errno
 	}
-	if !n.fs.ownRequest(ctx) {
-		n.setKernelSize(0) // resized elsewhere: stat shows it
+	n.size.Store(info.Size)
+	// Resized elsewhere: stat shows it. Only for a stat(2), which holds
+	// no lock of the file's: the kernel holds the inode lock across the
+	// GETATTR of a SEEK_END, which would hold up the truncate; an open
+	// file's size is the one it was opened with. Not while this mount
+	// holds the write lock: the size is this mount's.
+	if n.fs.forStat() && !(info.Locked && info.Mount == n.fs.c.Mount().Shown()) {
+		n.setKernelSize(0)
 	}
 	if _, _, err := n.allocMap(ctx, false); err != nil {
 		return toErrno(err)
