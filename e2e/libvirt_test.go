@@ -132,16 +132,6 @@ func (h *libvirtHost) virsh(timeout time.Duration, args ...string) Result {
 	return runCmd(timeout, nil, nil, "virsh", append([]string{"-c", h.uri}, args...)...)
 }
 
-// mustVirsh runs virsh on the host and fails the test if it fails.
-func (h *libvirtHost) mustVirsh(timeout time.Duration, args ...string) Result {
-	h.t.Helper()
-	r := h.virsh(timeout, args...)
-	if r.Code != 0 {
-		h.t.Fatalf("%s: %v", h.name, r)
-	}
-	return r
-}
-
 // qemuLog is the end of the qemu log libvirt keeps for domain name.
 func (h *libvirtHost) qemuLog(name string) string {
 	b, _ := os.ReadFile(filepath.Join(h.dir, "log", "qemu", name+".log"))
@@ -330,8 +320,9 @@ func migrateWithLibvirt(t *testing.T, img guestImage, dir string, ma, mb *Mount,
 				hop.from.name, hop.from.qemuLog(name), hop.to.name, hop.to.qemuLog(name))
 		}
 		took := time.Since(at)
-		if r := hop.to.mustVirsh(quickTimeout, "domstate", name); strings.TrimSpace(r.Stdout) != "running" {
-			t.Fatalf("after migration %d the domain is %q on host %s", i+1, strings.TrimSpace(r.Stdout), hop.to.name)
+		if r := hop.to.virsh(quickTimeout, "domstate", name); r.Code != 0 || strings.TrimSpace(r.Stdout) != "running" {
+			t.Fatalf("after migration %d the domain on host %s: %v\nqemu log on %s:\n%s\nqemu log on %s:\n%s", i+1, hop.to.name, r,
+				hop.to.name, hop.to.qemuLog(name), hop.from.name, hop.from.qemuLog(name))
 		}
 		if r := hop.from.virsh(quickTimeout, "domstate", name); r.Code == 0 {
 			t.Fatalf("after migration %d the domain is still on host %s: %s", i+1, hop.from.name, r.Stdout)
