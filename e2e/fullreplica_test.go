@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"fmt"
-	"os"
 	"testing"
 	"time"
 )
@@ -17,17 +16,7 @@ import (
 func TestFullReplicaLeavesCopiesEqual(t *testing.T) {
 	parallel(t)
 	requireEnv(t)
-	base := freeBase(t, 3)
-	c := newCluster(t, 3, 3, base, func(n *Node) {
-		if n.Index != 2 {
-			return
-		}
-		if err := os.MkdirAll(n.Dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		shell(t, quickTimeout, fmt.Sprintf("mount -t tmpfs -o size=40m tmpfs %s", q(n.Dir)))
-		t.Cleanup(func() { runCmd(quickTimeout, nil, nil, "umount", "-l", n.Dir) })
-	})
+	c := newFullDiskCluster(t, "40m")
 	m := c.Mount(c.Nodes[0].Addr())
 	vdi := m.VDI("full")
 	run(t, quickTimeout, "truncate", "-s", "128M", vdi)

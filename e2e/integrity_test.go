@@ -402,17 +402,7 @@ func TestFaultSeams(t *testing.T) {
 func TestFullDiskLeavesNoOrphans(t *testing.T) {
 	parallel(t)
 	requireEnv(t)
-	base := freeBase(t, 3)
-	c := newCluster(t, 3, 3, base, func(n *Node) {
-		if n.Index != 2 {
-			return
-		}
-		if err := os.MkdirAll(n.Dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		shell(t, quickTimeout, fmt.Sprintf("mount -t tmpfs -o size=48m tmpfs %s", q(n.Dir)))
-		t.Cleanup(func() { runCmd(quickTimeout, nil, nil, "umount", "-l", n.Dir) })
-	})
+	c := newFullDiskCluster(t, "48m")
 	m := c.Mount(c.Nodes[0].Addr())
 	vdi := m.VDI("full")
 	run(t, quickTimeout, "truncate", "-s", "256M", vdi)
@@ -448,6 +438,22 @@ func TestFullDiskLeavesNoOrphans(t *testing.T) {
 	if left := mine(); len(left) != 0 {
 		t.Fatalf("after the delete and a scrub pass, copies of the VDI's objects remain: %v", left)
 	}
+}
+
+// newFullDiskCluster starts 3 nodes with 3 copies, node2's data directory
+// on a tmpfs of the given size (a disk that fills).
+func newFullDiskCluster(t *testing.T, size string) *Cluster {
+	t.Helper()
+	return newCluster(t, 3, 3, freeBase(t, 3), func(n *Node) {
+		if n.Index != 2 {
+			return
+		}
+		if err := os.MkdirAll(n.Dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		shell(t, quickTimeout, fmt.Sprintf("mount -t tmpfs -o size=%s tmpfs %s", size, q(n.Dir)))
+		t.Cleanup(func() { runCmd(quickTimeout, nil, nil, "umount", "-l", n.Dir) })
+	})
 }
 
 // flipProxy forwards TCP connections to target and inverts one byte in

@@ -77,10 +77,7 @@ type healer struct {
 	// lost must not clear the mark.
 	lostSeq uint64
 	lostAt  map[ids.ObjectID]uint64
-	// missMu guards the log of copies that missed a change (changeCopy).
-	missMu   sync.Mutex
-	missLog  time.Time
-	missHeld int
+	missLog logLimit // of copies that missed a change (changeCopy)
 	// gate orders replica changes against plans: a change holds it shared
 	// from its epoch check to the end of its store operation, and a new
 	// plan holds it exclusively. So a change tagged with an epoch never
@@ -1623,16 +1620,10 @@ func (h *healer) changeCopy(epoch ids.Epoch, oid ids.ObjectID, fn func() error) 
 // reportMissed logs a copy that missed a change, at most once a second
 // with the count of those held back.
 func (h *healer) reportMissed(oid ids.ObjectID, err error) {
-	h.missMu.Lock()
-	now := time.Now()
-	if now.Sub(h.missLog) < time.Second {
-		h.missHeld++
-		h.missMu.Unlock()
+	ok, held := h.missLog.allow()
+	if !ok {
 		return
 	}
-	held := h.missHeld
-	h.missLog, h.missHeld = now, 0
-	h.missMu.Unlock()
 	h.n.log.Warn().Stringer("oid", oid).Int("more", held).Err(err).Msg("a change of this copy failed: fetching it again before it serves")
 }
 

@@ -27,10 +27,31 @@ type repairs struct {
 	repaired   atomic.Uint64
 	unrepaired atomic.Uint64
 
-	logMu   sync.Mutex
-	lastLog time.Time
-	held    int                   // reports held back since lastLog
+	log     logLimit
+	logMu   sync.Mutex            // guards pending
 	pending map[ids.ObjectID]bool // in q (at most its capacity)
+}
+
+// logLimit lets a kind of log line through at most once a second.
+type logLimit struct {
+	mu   sync.Mutex
+	last time.Time
+	held int // lines held back since last
+}
+
+// allow reports whether a line may be logged now, and how many were held
+// back since the last one.
+func (l *logLimit) allow() (bool, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if now.Sub(l.last) < time.Second {
+		l.held++
+		return false, 0
+	}
+	held := l.held
+	l.last, l.held = now, 0
+	return true, held
 }
 
 // damaged is told that this node's copy of oid failed its checksums
@@ -53,17 +74,10 @@ func (h *healer) damaged(oid ids.ObjectID, err error) {
 // reportDamage logs a damaged copy, at most once a second with the count
 // of those held back.
 func (h *healer) reportDamage(oid ids.ObjectID, err error) {
-	f := &h.fix
-	f.logMu.Lock()
-	now := time.Now()
-	if now.Sub(f.lastLog) < time.Second {
-		f.held++
-		f.logMu.Unlock()
+	ok, held := h.fix.log.allow()
+	if !ok {
 		return
 	}
-	held := f.held
-	f.lastLog, f.held = now, 0
-	f.logMu.Unlock()
 	h.n.log.Warn().Stringer("oid", oid).Int("more", held).Err(err).Msg("damaged copy: repairing it from another node")
 }
 
