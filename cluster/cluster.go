@@ -112,6 +112,8 @@ type Cluster struct {
 	refused   sync.Map
 	reporting sync.Map // node ID -> time.Time of this node's last report
 	stop      chan struct{}
+	stopCtx   context.Context // ends with stop
+	stopped   context.CancelFunc
 	wg        sync.WaitGroup
 	closed    sync.Once
 
@@ -199,6 +201,7 @@ func Start(cfg Config) (*Cluster, error) {
 	c := &Cluster{cfg: cfg, log: cfg.Log.With().Str("node", string(cfg.ID)).Logger(),
 		fsm: newFSM(), events: make(chan struct{}, 1), stop: make(chan struct{}),
 		t0: time.Now(), freshFor: freshFor(cfg.DeadGrace)}
+	c.stopCtx, c.stopped = context.WithCancel(context.Background())
 	c.fsm.around = cfg.AroundState
 	c.pool.Dial = cfg.Dial
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
@@ -430,6 +433,7 @@ func (c *Cluster) shutdownPartial() {
 func (c *Cluster) Close() error {
 	c.closed.Do(func() {
 		close(c.stop)
+		c.stopped()
 		c.wg.Wait()
 		c.ml.Leave(time.Second)
 		c.ml.Shutdown()
@@ -590,24 +594,7 @@ func (c *Cluster) CatchUp(ctx context.Context) error {
 	if c.raft.State() == raft.Leader {
 		return nil
 	}
-	leader := c.Leader()
-	addr := c.addrOf(leader)
-	if leader == "" || addr == "" {
-		return errs.E(errs.NotReady, "no cluster leader (no quorum?)")
-	}
-	start := c.mono()
-	resp, err := c.pool.Get(addr).Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpLeaderIndex}})
-	if err != nil {
-		return err
-	}
-	c.waitApplied(ctx, resp.Aux)
-	if c.fsm.applied.Load() < resp.Aux {
-		return errs.E(errs.NotReady, "node %s is behind the leader's log", c.cfg.ID)
-	}
-	if age := int64(resp.Offset); age >= 0 && age <= int64(c.freshFor) {
-		c.setConfirmed(start - age)
-	}
-	return nil
+	return c.syncWithLeader(ctx)
 }
 
 // waitApplied waits (briefly) until this node has applied the log up to

@@ -141,26 +141,28 @@ func (c *Cluster) confirmOnce() error {
 		c.setConfirmed(start)
 		return nil
 	}
+	ctx, cancel := context.WithTimeout(c.stopCtx, confirmTimeout)
+	defer cancel()
+	return c.syncWithLeader(ctx)
+}
+
+// syncWithLeader asks the leader for the index of its last applied command
+// and how old its own confirmation is, applies the log up to that index,
+// and records the confirmation: the state it vouches for is current as of
+// then.
+func (c *Cluster) syncWithLeader(ctx context.Context) error {
 	leader := c.Leader()
 	addr := c.addrOf(leader)
 	if leader == "" || addr == "" {
 		return errs.E(errs.NotReady, "no cluster leader (no quorum?)")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), confirmTimeout)
-	defer cancel()
-	go func() {
-		select {
-		case <-c.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+	start := c.mono()
 	resp, err := c.pool.Get(addr).Call(ctx, &proto.Msg{Header: proto.Header{Op: proto.OpLeaderIndex}})
 	if err != nil {
 		return err
 	}
-	// Offset: how old the leader's own confirmation was (older leaders
-	// send 0). The state it vouches for is current as of then.
+	// Aux: the index; Offset: the age of the leader's confirmation, in ns
+	// (older leaders send 0).
 	age := int64(resp.Offset)
 	if age < 0 || age > int64(c.freshFor) {
 		return errs.E(errs.NotReady, "leader %s vouches for a state %v old", leader, time.Duration(resp.Offset))

@@ -3,7 +3,6 @@ package fs
 import (
 	"context"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/sheepfs/sheepfs/cluster"
@@ -129,9 +128,9 @@ func (n *vdiNode) fixKernelSize() {
 // an OPEN or a stat's GETATTR; should something hold it, the wait ends
 // after kernelSizeWait and the request answers, and the truncate ends
 // once the lock is free.
-func (n *vdiNode) setKernelSize(flags uint32) {
-	if flags&syscall.O_TRUNC != 0 || !n.kernelSizeOld() {
-		return // an O_TRUNC open is followed by a truncate to 0 anyway
+func (n *vdiNode) setKernelSize() {
+	if !n.kernelSizeOld() {
+		return
 	}
 	n.mu.Lock()
 	ch := n.setting

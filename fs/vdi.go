@@ -36,24 +36,27 @@ var (
 )
 
 func (d *vdiDir) child(ctx context.Context, info proto.VDIInfo, out *fuse.EntryOut) *gofs.Inode {
-	n := &vdiNode{name: info.Name, created: uint64(info.Created)}
-	n.fs, n.id = d.fs, info.ID
-	n.size.Store(info.Size)
-	if !d.fs.held {
-		// A node the bridge does not have is an inode the kernel does
-		// not have: it makes it with this entry's size. A sheepfs that
-		// took the mount over starts with no nodes while the kernel
-		// keeps its inodes, and their sizes are not known.
-		n.setKernel(info.Size)
-	}
-	ch := d.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: vdiInoBase + uint64(info.ID)})
-	// The bridge goes on with the node it has for this inode, if any,
-	// and drops n: refresh that one.
-	vn := n
-	if old := d.GetChild(info.Name); old != nil {
-		if o, ok := old.Operations().(*vdiNode); ok && o.id == info.ID {
+	// The node the bridge has for this VDI, if any: it keeps that one
+	// (go-fuse goes by the inode's identity), with its open state.
+	ch := d.GetChild(info.Name)
+	var vn *vdiNode
+	if ch != nil {
+		if o, ok := ch.Operations().(*vdiNode); ok && o.id == info.ID {
 			vn = o
 		}
+	}
+	if vn == nil {
+		vn = &vdiNode{name: info.Name, created: uint64(info.Created)}
+		vn.fs, vn.id = d.fs, info.ID
+		if !d.fs.held {
+			// A node the bridge does not have is an inode the kernel
+			// does not have: it makes it with this entry's size. A
+			// sheepfs that took the mount over starts with no nodes
+			// while the kernel keeps its inodes, and their sizes are
+			// not known.
+			vn.setKernel(info.Size)
+		}
+		ch = d.NewInode(ctx, vn, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: vdiInoBase + uint64(info.ID)})
 	}
 	vn.size.Store(info.Size)
 	vn.allocMap(ctx, false) // for st_blocks; without it they read as 0
@@ -268,7 +271,7 @@ func (n *vdiNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.Att
 	// file's size is the one it was opened with. Not while this mount
 	// holds the write lock: the size is this mount's.
 	if n.fs.forStat() && !(info.Locked && info.Mount == n.fs.c.Mount().Shown()) {
-		n.setKernelSize(0)
+		n.setKernelSize()
 	}
 	if _, _, err := n.allocMap(ctx, false); err != nil {
 		return toErrno(err)
@@ -322,7 +325,7 @@ func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 			// its pages back: the cluster's size is the size (it
 			// may have been resized meanwhile, even if not written).
 			n.size.Store(info.Size)
-			n.setKernelSize(flags)
+			n.setKernelSize()
 		} else if w.id != n.id {
 			done()
 			return nil, 0, syscall.ESTALE
@@ -353,7 +356,7 @@ func (n *vdiNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 			// Changed elsewhere (written, resized, rolled back): take
 			// its size with its data. Our own writer's size is ours.
 			n.size.Store(info.Size)
-			n.setKernelSize(flags)
+			n.setKernelSize()
 		}
 	}
 	if keep {

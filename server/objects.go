@@ -288,11 +288,8 @@ func (r *replicated) change(ctx context.Context, w writer, oid ids.ObjectID, cop
 			// Only a node that has made sure of its state lately
 			// changes data (cluster/fresh.go): one cut off from the
 			// majority, or stopped and resumed, waits until it has
-			// caught up, and this attempt's state is then old.
-			cctx, cancel := context.WithTimeout(ctx, time.Second)
-			err := r.n.cl.Confirm(cctx)
-			cancel()
-			if err != nil {
+			// caught up, and this attempt's state may then be old.
+			if err := r.n.confirm(ctx); err != nil {
 				return errs.E(errs.NotReady, "node %s has no contact with the cluster's majority: %w", r.n.id, err)
 			}
 			if r.n.cl.State() != st {

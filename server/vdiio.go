@@ -104,22 +104,17 @@ func (n *Node) handleVDI(ctx context.Context, c *proto.Conn, req *proto.Msg) (*p
 // majority keeps the request waiting, as it does a write, rather than
 // answer from a state that may be old.
 func (n *Node) waitFresh(ctx context.Context) error {
-	deadline := time.Now().Add(n.cfg.RetryFor)
-	for {
-		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		err := n.cl.Confirm(cctx)
-		cancel()
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil || time.Now().After(deadline) {
-			return errs.E(errs.NotReady, "gave up after %v: %w", n.cfg.RetryFor, err)
-		}
-		t := time.NewTimer(100 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-		case <-t.C:
-		}
-		t.Stop()
+	return n.objs.retry(ctx, func() string { return "confirm the cluster state" },
+		func(*cluster.State) error { return n.confirm(ctx) })
+}
+
+// confirm makes sure that this node's cluster state is fresh, waiting up
+// to a second for a confirmation (errs.NotReady without one).
+func (n *Node) confirm(ctx context.Context) error {
+	if n.cl.Fresh() {
+		return nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	return n.cl.Confirm(ctx)
 }
