@@ -373,7 +373,7 @@ func (c *MDUnplugCmd) Run(g *Globals) error {
 // MDFaultCmd injects a disk fault.
 type MDFaultCmd struct {
 	Dir string `arg:"" help:"The disk's directory."`
-	Op  string `arg:"" help:"What fails from now on: read, write or sync (EIO); corrupt: every read returns damaged data; tear: the next large write is torn and the daemon killed; track: remember what each write replaces until its file is synced; powerloss: undo what was not synced on every disk of the node and kill the daemon (restart it with SHEEP_BOOT_ID set to play the reboot); heal stops the failures." enum:"read,write,sync,corrupt,tear,track,powerloss,heal"`
+	Op  string `arg:"" help:"What fails from now on: read, write or sync (EIO); corrupt: every read returns damaged data; tear: the next large write is torn and the daemon killed; track: remember what each write replaces until its file is synced; powerloss: undo what was not synced on every disk of the node and kill the daemon (restart it with SHEEP_BOOT_ID set to play the reboot); dropwrites: the node breaks the connection of every replica write it is sent, without applying it (whatever the disk); heal stops the failures." enum:"read,write,sync,corrupt,tear,track,powerloss,dropwrites,heal"`
 }
 
 // Run arms the fault.

@@ -58,7 +58,7 @@ const (
 	AdminMDInfo   = "md.info"   // -> []DiskInfo
 	AdminMDPlug   = "md.plug"   // Name: the disk's directory -> []DiskInfo
 	AdminMDUnplug = "md.unplug" // Name -> []DiskInfo
-	AdminMDFault  = "md.fault"  // Name, Tag: read, write, sync, corrupt, tear, track, powerloss or heal (daemons started with SHEEP_FAULTS=1)
+	AdminMDFault  = "md.fault"  // Name, Tag: read, write, sync, corrupt, tear, track, powerloss, dropwrites or heal (daemons started with SHEEP_FAULTS=1)
 
 	// A key roll (sheep cluster key rotate), on one node at a time; all but
 	// key.info need the cluster key. The node rewrites its key file.

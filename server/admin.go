@@ -370,8 +370,19 @@ func (n *Node) mdAdmin(a proto.AdminRequest) ([]proto.DiskInfo, error) {
 			return nil, err
 		}
 	case proto.AdminMDFault:
-		if err := n.store.Fault(a.Name, a.Tag); err != nil {
-			return nil, err
+		switch {
+		case a.Tag == "dropwrites" && !n.cfg.Faults:
+			return nil, errs.E(errs.Invalid, "fault injection is off (start the daemon with SHEEP_FAULTS=1)")
+		case a.Tag == "dropwrites":
+			// Not a disk's: the node's replica writes.
+			n.dropWrites.Store(true)
+		default:
+			if err := n.store.Fault(a.Name, a.Tag); err != nil {
+				return nil, err
+			}
+			if a.Tag == "heal" {
+				n.dropWrites.Store(false)
+			}
 		}
 		n.log.Warn().Str("disk", a.Name).Str("fault", a.Tag).Msg("fault injected")
 	}

@@ -99,22 +99,27 @@ const sendMax = 64 << 10
 // fanout sends one request to every target (the local node is served in
 // place) and returns the first error; boots, if set, records the boot of
 // each target that took it. If marks is not nil, each such target is
-// appended to it with its boot, and fanout returns it.
-func (r *replicated) fanout(ctx context.Context, ts []cluster.Member, local func() error, req proto.Msg, boots *bootSet, marks []replicaMark) ([]replicaMark, error) {
+// appended to it with its boot, and fanout returns it. uneven reports,
+// when the request failed, that it may have been applied by some targets
+// and not by others: one took it, or one's connection broke.
+func (r *replicated) fanout(ctx context.Context, ts []cluster.Member, local func() error, req proto.Msg, boots *bootSet, marks []replicaMark) (_ []replicaMark, uneven bool, _ error) {
 	var first error
+	took, broke := false, false
 	r.callAll(ctx, ts, local, req, func(m cluster.Member, boot uint64, err error) {
 		if err != nil {
 			if first == nil {
 				first = err
 			}
+			broke = broke || proto.IsTransport(err)
 			return
 		}
+		took = true
 		boots.add(m.ID, boot)
 		if marks != nil {
 			marks = append(marks, replicaMark{id: m.ID, store: m.Store, boot: boot})
 		}
 	})
-	return marks, first
+	return marks, first != nil && (took || broke), first
 }
 
 // callAll sends req to every member of ts but this node, serves this
@@ -280,10 +285,15 @@ func (w writer) RemoveIfNotNewer(ctx context.Context, oid ids.ObjectID, copies i
 // acknowledged writes (whole blocks read back as zeros after a mount's
 // connections were killed under fio). An attempt is bounded by RetryFor
 // instead; the next one checks the fence, and ctx, again.
+//
+// A change that gives up after an attempt that some replicas may have
+// applied and others not has its object's copies compared a few seconds
+// later (recheck.go).
 func (r *replicated) change(ctx context.Context, w writer, oid ids.ObjectID, copies int, req proto.Msg, local func(context.Context, ids.Epoch, ids.Version) error) error {
 	fence := w.fence
 	what := func() string { return req.Op.String() + " " + oid.String() }
-	return r.retry(ctx, what, func(st *cluster.State) error {
+	uneven := false
+	err := r.retry(ctx, what, func(st *cluster.State) error {
 		if !r.n.cl.Fresh() {
 			// Only a node that has made sure of its state lately
 			// changes data (cluster/fresh.go): one cut off from the
@@ -315,18 +325,25 @@ func (r *replicated) change(ctx context.Context, w writer, oid ids.ObjectID, cop
 		if w.vdi != 0 && !synced {
 			marks = mb[:0]
 		}
-		marks, err := r.fanout(actx, ts, func() error {
+		marks, apart, err := r.fanout(actx, ts, func() error {
 			if err := r.n.checkEpoch(actx, st.Epoch); err != nil {
 				return err
 			}
 			return local(actx, st.Epoch, ver)
 		}, req, w.boots, marks)
+		// Any attempt counts, unless the change succeeds in the end:
+		// its last attempt wrote every copy.
+		uneven = uneven || apart
 		if err == nil && !synced {
 			r.dirty.mark(ts)
 			r.pending.mark(w.vdi, marks)
 		}
 		return err
 	})
+	if err != nil && uneven {
+		r.n.recheckLater(oid)
+	}
+	return err
 }
 
 // Read implements vdi.Objects: the local replica first, then the others in

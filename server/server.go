@@ -111,6 +111,11 @@ type Node struct {
 	conns     map[*proto.Conn]*connState
 	met       *nodeMetrics
 	page      *localread.Page // local reads' stamps (nil: none)
+	recheck   rechecks        // objects whose copies a change that gave up may have left apart (recheck.go)
+	// dropWrites makes the node break the connection of every replica
+	// write it receives, without applying it (a fault for tests:
+	// `sheep node md fault DIR dropwrites`, SHEEP_FAULTS=1).
+	dropWrites atomic.Bool
 }
 
 type connState struct {
@@ -149,6 +154,7 @@ func Start(cfg Config) (*Node, error) {
 	n.boot = objstore.BootToken()
 	n.rec = newHealer(n)
 	n.stop = make(chan struct{})
+	n.recheck = rechecks{due: map[ids.ObjectID]time.Time{}, wake: make(chan struct{}, 1)}
 	// The page of local reads comes first: it retires the page of the
 	// daemon that ran here before, whose leases must not outlive it into
 	// the changes this one makes.
@@ -268,6 +274,7 @@ func Start(cfg Config) (*Node, error) {
 	go n.rec.run(n.stop)
 	go n.rec.repairLoop(n.stop)
 	go n.scrubLoop(n.stop)
+	go n.recheckLoop()
 	go n.collectLoop()
 	go n.releaseStaleLocks()
 	go n.every(time.Minute, n.evictIdleNow)
@@ -460,6 +467,10 @@ func (n *Node) serve(ctx context.Context, conn *proto.Conn, role auth.Role, req 
 	var err error
 	if peerOnly(req.Op) && role != auth.RolePeer {
 		return proto.ErrorResponse(req, errs.E(errs.Denied, "%v is for the cluster's nodes only, not for a client connection", req.Op))
+	}
+	if req.Op == proto.OpWriteObj && n.dropWrites.Load() {
+		_ = conn.NetConn().Close() // as if the connection broke before the write arrived
+		return proto.ErrorResponse(req, errs.E(errs.IO, "fault: the connection of a replica write was dropped"))
 	}
 	switch req.Op {
 	case proto.OpReadObj, proto.OpWriteObj, proto.OpPunchObj, proto.OpStatObj,
