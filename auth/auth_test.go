@@ -236,3 +236,53 @@ func TestRoll(t *testing.T) {
 }
 
 func osWriteFile(p string, b []byte) error { return os.WriteFile(p, b, 0o600) }
+
+// TestProbeIsNotRefused: a connection closed before it sends a byte (the
+// leader's check that a node's port is open, a health check) is not
+// reported as refused; one that speaks something else than TLS, or TLS
+// with another cluster's key, is.
+func TestProbeIsNotRefused(t *testing.T) {
+	k := New(mustKey(t))
+	cfg, err := k.ServerConfig(RoleClient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := Listen(raw, cfg, k)
+	defer l.Close()
+	refused := make(chan error, 8)
+	l.OnRefused = func(_ string, err error, _ int) { refused <- err }
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	addr := raw.Addr().String()
+	probe, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe.Close()
+	select {
+	case err := <-refused:
+		t.Fatalf("a probe of the port was reported refused: %v", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	// Past the once-a-second limit of OnRefused.
+	time.Sleep(time.Second)
+	if _, err := roleVia(New(mustKey(t)), addr, RoleClient); err == nil {
+		t.Fatalf("another cluster's key got in")
+	}
+	select {
+	case <-refused:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("a handshake with another cluster's key was not reported refused")
+	}
+}
