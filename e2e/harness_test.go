@@ -953,21 +953,28 @@ func (c *Cluster) mountEnv(env, extra []string, addrs ...string) *Mount {
 	}
 	m.proc, m.args = p, margs
 	c.mounts = append(c.mounts, m)
+	m.waitServed()
+	return m
+}
+
+// waitServed waits until m.proc serves the mount at m.Dir, and fails the
+// test if it exits or does not within readyTimeout.
+func (m *Mount) waitServed() {
+	m.t.Helper()
 	deadline := time.Now().Add(readyTimeout)
 	var last Result
 	for time.Now().Before(deadline) {
-		if !p.running() {
-			logTail(c.t, m.Log, 40)
-			c.t.Fatalf("sheepfs exited: %v", p.err)
+		if !m.proc.running() {
+			logTail(m.t, m.Log, 40)
+			m.t.Fatalf("sheepfs exited: %v", m.proc.err)
 		}
 		last = runCmd(quickTimeout, nil, nil, "bash", "-c", "mountpoint -q "+q(m.Dir)+" && cat "+q(m.Path("cluster", "info")))
 		if last.Code == 0 {
-			return m
+			return
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	c.t.Fatalf("sheepfs did not mount %s: %v", m.Dir, last)
-	return nil
+	m.t.Fatalf("sheepfs did not mount %s: %v", m.Dir, last)
 }
 
 // KillAndRestart kills sheepfs with SIGKILL and, after down, starts a new

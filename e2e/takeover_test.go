@@ -312,3 +312,34 @@ func contextSwitches(pid int) int {
 	}
 	return n
 }
+
+// TestRemountWhileOldServerLingers: a mount is unmounted while its
+// sheepfs is stopped (SIGSTOP), so that the process has not exited when a
+// new sheepfs is started on the same mount point. The holder of the old
+// mount waits for its server's exit, but it must not offer the ended
+// connection, nor refuse: the new sheepfs mounts afresh.
+func TestRemountWhileOldServerLingers(t *testing.T) {
+	parallel(t)
+	c := NewCluster(t, 1, 1)
+	m := c.Mount()
+	old := m.proc
+	if err := old.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer old.kill()
+	run(t, quickTimeout, "fusermount3", "-u", m.Dir)
+	var before int64
+	if st, err := os.Stat(m.Log); err == nil {
+		before = st.Size()
+	}
+	p, err := startProc(m.Log, m.env, sheepfsBin, m.args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.proc = p
+	m.waitServed()
+	if b, _ := os.ReadFile(m.Log); strings.Contains(string(b[min(before, int64(len(b))):]), "taking over the mount") {
+		t.Fatalf("the new sheepfs took over the ended mount")
+	}
+	run(t, quickTimeout, "truncate", "-s", "4M", m.VDI("again"))
+}

@@ -62,6 +62,7 @@ type Held struct {
 	Dir       string      // the mount point
 	Server    int         // the process serving the mount (kept by the holder only)
 	Error     string      `json:",omitempty"` // the holder's refusal
+	Ended     bool        `json:",omitempty"` // the holder's answer: the mount has ended
 }
 
 // holdSocket is the abstract unix socket name of the holder of dir. It
@@ -98,8 +99,13 @@ func Fetch(dir string) (*os.File, *Held, error) {
 		return nil, nil, fmt.Errorf("holder of %s: %w", dir, err)
 	}
 	var h Held
-	if len(msgs) == 0 && json.Unmarshal(buf[:n], &h) == nil && h.Error != "" {
-		return nil, nil, errors.New(h.Error)
+	if len(msgs) == 0 && json.Unmarshal(buf[:n], &h) == nil {
+		switch {
+		case h.Ended:
+			return nil, nil, nil // its holder was about to exit
+		case h.Error != "":
+			return nil, nil, errors.New(h.Error)
+		}
 	}
 	if len(msgs) != 1 {
 		return nil, nil, fmt.Errorf("holder of %s sent no file", dir)
@@ -138,6 +144,21 @@ func Hold(dev *os.File, h Held, ready func()) error {
 		c, err := l.AcceptUnix()
 		if err != nil {
 			return nil // the connection ended
+		}
+		if w.ended() {
+			// Unmounted, and the server that served it has not
+			// exited yet (the holder waits for that): there is
+			// nothing to take over, and the name is free for the
+			// asker's own holder once the listener is closed.
+			l.Close()
+			_ = c.SetDeadline(time.Now().Add(time.Second))
+			// Its request first: closed before the asker has
+			// written it, the socket would fail that write.
+			_, _ = bufio.NewReaderSize(io.LimitReader(c, 64), 64).ReadString('\n')
+			b, _ := json.Marshal(Held{Ended: true})
+			_, _ = c.Write(b)
+			c.Close()
+			return nil
 		}
 		was := h.Server
 		if h = handOver(c, dev, h); h.Server != was {
