@@ -14,9 +14,10 @@
 #                1; on one machine, Go runtimes that each think they own every
 #                core spin and steal CPU from each other)
 #   SHEEPFS_GOMAXPROCS  GOMAXPROCS of sheepfs (default SHEEP_GOMAXPROCS, and
-#                at least 2 where there are 2 cores: it reads the local copies
-#                from disk itself, and a read that waits for the disk holds
-#                its P; docs/ARCHITECTURE.md, Processes on one machine)
+#                at least 8: its goroutines wait in system calls (FUSE,
+#                the daemon's socket, the local copies on disk), and one
+#                that waits holds its P; docs/ARCHITECTURE.md, Processes on
+#                one machine)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 SHEEP_NODES=${SHEEP_NODES:-3}
@@ -27,7 +28,7 @@ SHEEP_KEY_FILE=${SHEEP_KEY_FILE:-$SHEEP_DATA/cluster.key}
 export SHEEP_KEY_FILE
 SHEEP_COPIES=${SHEEP_COPIES:-$(( SHEEP_NODES < 3 ? SHEEP_NODES : 3 ))}
 SHEEP_GOMAXPROCS=${SHEEP_GOMAXPROCS:-$(( $(nproc) / (SHEEP_NODES + 1) > 1 ? $(nproc) / (SHEEP_NODES + 1) : 1 ))}
-SHEEPFS_GOMAXPROCS=${SHEEPFS_GOMAXPROCS:-$(( SHEEP_GOMAXPROCS < 2 && $(nproc) >= 2 ? 2 : SHEEP_GOMAXPROCS ))}
+SHEEPFS_GOMAXPROCS=${SHEEPFS_GOMAXPROCS:-$(( SHEEP_GOMAXPROCS > 8 ? SHEEP_GOMAXPROCS : 8 ))}
 BIN=$ROOT/bin
 
 say() { printf '%s\n' "$*" >&2; }
