@@ -242,17 +242,7 @@ func osWriteFile(p string, b []byte) error { return os.WriteFile(p, b, 0o600) }
 // reported as refused; one that speaks something else than TLS, or TLS
 // with another cluster's key, is.
 func TestProbeIsNotRefused(t *testing.T) {
-	k := New(mustKey(t))
-	cfg, err := k.ServerConfig(RoleClient)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := Listen(raw, cfg, k)
-	defer l.Close()
+	_, l := tlsListener(t)
 	refused := make(chan error, 8)
 	l.OnRefused = func(_ string, err error, _ int) { refused <- err }
 	go func() {
@@ -264,7 +254,7 @@ func TestProbeIsNotRefused(t *testing.T) {
 			c.Close()
 		}
 	}()
-	addr := raw.Addr().String()
+	addr := l.Addr().String()
 	probe, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
