@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"io"
 	"net"
 	"sync"
 	"time"
@@ -180,12 +179,7 @@ func (l *Listener) handshake(nc net.Conn, ip string) {
 	ctx, cancel := context.WithTimeout(context.Background(), HandshakeTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
-		// A connection closed before it sent a byte is a probe of the
-		// port (the leader's check that a node reported unreachable
-		// still listens, a health check), not a refused one.
-		if !errors.Is(err, io.EOF) {
-			l.refused(nc.RemoteAddr().String(), err)
-		}
+		l.refused(nc.RemoteAddr().String(), err)
 		nc.Close()
 		return
 	}

@@ -134,7 +134,7 @@ func Hold(dev *os.File, h Held, ready func()) error {
 	if err != nil {
 		return fmt.Errorf("hold %s: %w", h.Dir, err)
 	}
-	w.serve(h.Server)
+	w.serve(pidfd(h.Server))
 	ready()
 	go func() {
 		w.run()
@@ -160,9 +160,9 @@ func Hold(dev *os.File, h Held, ready func()) error {
 			c.Close()
 			return nil
 		}
-		was := h.Server
-		if h = handOver(c, dev, h); h.Server != was {
-			w.serve(h.Server)
+		var server int
+		if h, server = handOver(c, dev, h); server >= 0 {
+			w.serve(server)
 		}
 	}
 }
@@ -196,15 +196,10 @@ func newHoldWatch(dev *os.File) (*holdWatch, error) {
 	return w, nil
 }
 
-// serve makes the process pid the one whose exit run waits for. Where
-// pidfds are missing (before Linux 5.3), run waits on the file.
-func (w *holdWatch) serve(pid int) {
-	fd := -1
-	if pid > 0 {
-		if f, err := unix.PidfdOpen(pid, 0); err == nil {
-			fd = f
-		}
-	}
+// serve makes the process of pidfd fd the one whose exit run waits for,
+// and takes fd. With none (-1: pidfds are missing before Linux 5.3), run
+// waits on the file.
+func (w *holdWatch) serve(fd int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed {
@@ -243,15 +238,26 @@ func (w *holdWatch) run() {
 			return
 		}
 		fds := []unix.PollFd{{Fd: int32(w.kick[0]), Events: unix.POLLIN}}
+		timeout := -1
 		if server >= 0 {
 			fds = append(fds, unix.PollFd{Fd: int32(server), Events: unix.POLLIN})
+			// A server that lingers after the connection ended
+			// (stopped, or waiting on the cluster) keeps the
+			// holder for a minute at most.
+			timeout = 60_000
 		} else {
 			// No events asked: poll returns when the connection is
 			// gone (and wakes, without returning, at each request).
 			fds = append(fds, unix.PollFd{Fd: int32(w.dev)})
 		}
-		if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
+		if _, err := unix.Poll(fds, timeout); err != nil && err != unix.EINTR {
 			return
+		}
+		// The server waited on exited: before a new one (below) takes
+		// its place.
+		if server >= 0 && fds[1].Revents != 0 {
+			unix.Close(server)
+			server = -1
 		}
 		if fds[0].Revents != 0 {
 			for {
@@ -267,12 +273,6 @@ func (w *holdWatch) run() {
 				server, w.pidfd = w.pidfd, -1
 			}
 			w.mu.Unlock()
-		}
-		if server >= 0 && fds[1].Revents != 0 {
-			// The server exited: the connection ended with it, or
-			// waits for the next.
-			unix.Close(server)
-			server = -1
 		}
 	}
 }
@@ -291,38 +291,58 @@ func (w *holdWatch) ended() bool {
 
 // handOver gives dev and h, with the next generation, to the process on c
 // if it runs as this one's user and the process serving the mount is gone;
-// it returns the state now.
-func handOver(c *net.UnixConn, dev *os.File, h Held) Held {
+// it returns the state now and, if it handed over, a pidfd of the new
+// server (else -1).
+func handOver(c *net.UnixConn, dev *os.File, h Held) (Held, int) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	raw, err := c.SyscallConn()
 	if err != nil {
-		return h
+		return h, -1
 	}
 	var cred *unix.Ucred
 	_ = raw.Control(func(fd uintptr) { cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
 	if err != nil || cred == nil || int(cred.Uid) != os.Geteuid() {
-		return h
+		return h, -1
 	}
 	line, err := bufio.NewReaderSize(io.LimitReader(c, 64), 64).ReadString('\n')
 	if err != nil || line != "get\n" {
-		return h
+		return h, -1
 	}
 	if h.Server > 0 && unix.Kill(h.Server, 0) == nil && !Exiting(h.Server) {
 		// Two processes serving one connection would split its
 		// requests between them.
 		b, _ := json.Marshal(Held{Error: fmt.Sprintf("the mount at %s is served by process %d", h.Dir, h.Server)})
 		_, _ = c.Write(b)
-		return h
+		return h, -1
 	}
+	// The asker's pidfd before it has the file: it is alive (waiting
+	// for the answer), so its PID is not yet anyone else's.
+	server := pidfd(int(cred.Pid))
 	next := h
 	next.Gen = h.Gen%fhGenMax + 1
 	next.Server = int(cred.Pid)
 	b, _ := json.Marshal(next)
 	if _, _, err := c.WriteMsgUnix(b, unix.UnixRights(int(dev.Fd())), nil); err != nil {
-		return h
+		if server >= 0 {
+			unix.Close(server)
+		}
+		return h, -1
 	}
-	return next
+	return next, server
+}
+
+// pidfd returns a pidfd of process pid, or -1 (pid 0, a process gone, a
+// kernel before Linux 5.3).
+func pidfd(pid int) int {
+	if pid <= 0 {
+		return -1
+	}
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return -1
+	}
+	return fd
 }
 
 // ClearDead unmounts (lazily) a sheepfs mount at dir that nobody serves

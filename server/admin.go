@@ -377,11 +377,11 @@ func (n *Node) mdAdmin(a proto.AdminRequest) ([]proto.DiskInfo, error) {
 			// Not a disk's: the node's replica writes.
 			n.dropWrites.Store(true)
 		default:
-			if err := n.store.Fault(a.Name, a.Tag); err != nil {
-				return nil, err
-			}
 			if a.Tag == "heal" {
 				n.dropWrites.Store(false)
+			}
+			if err := n.store.Fault(a.Name, a.Tag); err != nil {
+				return nil, err
 			}
 		}
 		n.log.Warn().Str("disk", a.Name).Str("fault", a.Tag).Msg("fault injected")

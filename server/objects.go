@@ -101,7 +101,8 @@ const sendMax = 64 << 10
 // each target that took it. If marks is not nil, each such target is
 // appended to it with its boot, and fanout returns it. uneven reports,
 // when the request failed, that it may have been applied by some targets
-// and not by others: one took it, or one's connection broke.
+// and not by others: one took it, or one's connection broke, or the
+// attempt ran out of time waiting for one.
 func (r *replicated) fanout(ctx context.Context, ts []cluster.Member, local func() error, req proto.Msg, boots *bootSet, marks []replicaMark) (_ []replicaMark, uneven bool, _ error) {
 	var first error
 	took, broke := false, false
@@ -110,7 +111,7 @@ func (r *replicated) fanout(ctx context.Context, ts []cluster.Member, local func
 			if first == nil {
 				first = err
 			}
-			broke = broke || proto.IsTransport(err)
+			broke = broke || proto.IsTransport(err) || ctx.Err() != nil
 			return
 		}
 		took = true
@@ -286,9 +287,9 @@ func (w writer) RemoveIfNotNewer(ctx context.Context, oid ids.ObjectID, copies i
 // connections were killed under fio). An attempt is bounded by RetryFor
 // instead; the next one checks the fence, and ctx, again.
 //
-// A change that gives up after an attempt that some replicas may have
-// applied and others not has its object's copies compared a few seconds
-// later (recheck.go).
+// A change (not a removal) that gives up after an attempt that some
+// replicas may have applied and others not has its object's copies
+// compared a few seconds later (recheck.go).
 func (r *replicated) change(ctx context.Context, w writer, oid ids.ObjectID, copies int, req proto.Msg, local func(context.Context, ids.Epoch, ids.Version) error) error {
 	fence := w.fence
 	what := func() string { return req.Op.String() + " " + oid.String() }
@@ -340,7 +341,10 @@ func (r *replicated) change(ctx context.Context, w writer, oid ids.ObjectID, cop
 		}
 		return err
 	})
-	if err != nil && uneven {
+	if err != nil && uneven && req.Op != proto.OpRemoveObj {
+		// (A removal that some replicas made and others not is left
+		// to the scrub: the check would bring the removed copies
+		// back from the others.)
 		r.n.recheckLater(oid)
 	}
 	return err

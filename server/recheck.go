@@ -31,30 +31,45 @@ import (
 // recheckDelay is how long after the change gave up its object is checked.
 const recheckDelay = 3 * time.Second
 
+// recheckTries bounds the checks of one object that find a replica that
+// does not answer (checkObject's "unknown": the node whose connection
+// broke may still be out of reach); each waits twice as long as the one
+// before.
+const recheckTries = 5
+
 // maxRechecks bounds the objects waiting for a check; past it, a scrub or
 // `sheep vdi check` finds the others.
 const maxRechecks = 4096
 
 // rechecks is a node's queue of objects to check.
 type rechecks struct {
-	mu      sync.Mutex
-	due     map[ids.ObjectID]time.Time
-	wake    chan struct{}
-	dropped logLimit
+	mu   sync.Mutex
+	due  map[ids.ObjectID]recheck
+	wake chan struct{}
+	log  logLimit // warnings: the queue full, a check that could not end well
+}
+
+type recheck struct {
+	at    time.Time
+	tries int // checks made so far
 }
 
 // recheckLater queues oid for a check after recheckDelay.
 func (n *Node) recheckLater(oid ids.ObjectID) {
+	n.requeueCheck(oid, recheck{at: time.Now().Add(recheckDelay)})
+}
+
+func (n *Node) requeueCheck(oid ids.ObjectID, rc recheck) {
 	q := &n.recheck
 	q.mu.Lock()
 	_, queued := q.due[oid]
 	full := !queued && len(q.due) >= maxRechecks
 	if !queued && !full {
-		q.due[oid] = time.Now().Add(recheckDelay)
+		q.due[oid] = rc
 	}
 	q.mu.Unlock()
 	if full {
-		if ok, held := q.dropped.allow(); ok {
+		if ok, held := q.log.allow(); ok {
 			n.log.Warn().Stringer("oid", oid).Int("more", held).Msg("too many objects wait for a check of their copies; a scrub or `sheep vdi check` will compare this one's")
 		}
 		return
@@ -72,23 +87,28 @@ func (n *Node) recheckLoop() {
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
 	for {
+		select {
+		case <-n.stop:
+			return
+		default:
+		}
 		now := time.Now()
 		var next ids.ObjectID
-		var at time.Time
+		var first recheck
 		q.mu.Lock()
-		for oid, d := range q.due {
-			if at.IsZero() || d.Before(at) {
-				next, at = oid, d
+		for oid, rc := range q.due {
+			if first.at.IsZero() || rc.at.Before(first.at) {
+				next, first = oid, rc
 			}
 		}
-		if !at.IsZero() && !at.After(now) {
+		if !first.at.IsZero() && !first.at.After(now) {
 			delete(q.due, next)
 		}
 		q.mu.Unlock()
-		if at.IsZero() || at.After(now) {
+		if first.at.IsZero() || first.at.After(now) {
 			wait := time.Hour
-			if !at.IsZero() {
-				wait = at.Sub(now)
+			if !first.at.IsZero() {
+				wait = first.at.Sub(now)
 			}
 			t.Reset(wait)
 			select {
@@ -99,12 +119,13 @@ func (n *Node) recheckLoop() {
 			}
 			continue
 		}
-		n.recheckNow(next)
+		n.recheckNow(next, first)
 	}
 }
 
-// recheckNow checks oid's copies and repairs those that differ.
-func (n *Node) recheckNow(oid ids.ObjectID) {
+// recheckNow checks oid's copies and repairs those that differ; one that
+// finds a replica out of reach is queued again, up to recheckTries times.
+func (n *Node) recheckNow(oid ids.ObjectID, rc recheck) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	go func() {
@@ -115,11 +136,19 @@ func (n *Node) recheckNow(oid ids.ObjectID) {
 		}
 	}()
 	res := n.checkObject(ctx, oid)
-	switch res.Status {
-	case "ok", "absent":
-	case "repaired":
+	rc.tries++
+	switch {
+	case ctx.Err() != nil && res.Status != "ok":
+		// The node stops, or the check ran out of time.
+	case res.Status == "ok" || res.Status == "absent":
+	case res.Status == "repaired":
 		n.log.Info().Stringer("oid", oid).Str("detail", res.Detail).Msg("copies left apart by a change that gave up were made alike")
+	case res.Status == "unknown" && rc.tries < recheckTries:
+		rc.at = time.Now().Add(recheckDelay << rc.tries)
+		n.requeueCheck(oid, rc)
 	default:
-		n.log.Warn().Stringer("oid", oid).Str("status", res.Status).Str("detail", res.Detail).Msg("check of the copies after a change that gave up")
+		if ok, held := n.recheck.log.allow(); ok {
+			n.log.Warn().Stringer("oid", oid).Str("status", res.Status).Str("detail", res.Detail).Int("more", held).Msg("check of the copies after a change that gave up")
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -154,7 +155,7 @@ func Start(cfg Config) (*Node, error) {
 	n.boot = objstore.BootToken()
 	n.rec = newHealer(n)
 	n.stop = make(chan struct{})
-	n.recheck = rechecks{due: map[ids.ObjectID]time.Time{}, wake: make(chan struct{}, 1)}
+	n.recheck = rechecks{due: map[ids.ObjectID]recheck{}, wake: make(chan struct{}, 1)}
 	// The page of local reads comes first: it retires the page of the
 	// daemon that ran here before, whose leases must not outlive it into
 	// the changes this one makes.
@@ -195,7 +196,14 @@ func Start(cfg Config) (*Node, error) {
 	}
 	ln := auth.Listen(raw, tlsCfg, cfg.Keys)
 	ln.OnRefused = func(remote string, err error, count int) {
-		n.log.Warn().Str("remote", remote).Int("count", count).Err(err).Msg("refused connections: not authorized by this cluster's key")
+		msg := "refused connections: not authorized by this cluster's key"
+		if errors.Is(err, io.EOF) {
+			// The other side closed it without a word: the leader's
+			// check that a node reported unreachable still listens
+			// does that, as do health checks and scans.
+			msg = "connections closed during the TLS handshake (a port probe, or a peer that gave up)"
+		}
+		n.log.Warn().Str("remote", remote).Int("count", count).Err(err).Msg(msg)
 	}
 	n.ln = ln
 	store, err := storeID(cfg.Dir)
