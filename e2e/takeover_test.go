@@ -154,10 +154,8 @@ print("written", flush=True)
 		t.Fatalf("no sheepfs.pid after scripts/up")
 	}
 	_ = syscall.Kill(old, syscall.SIGKILL)
-	for deadline := time.Now().Add(30 * time.Second); syscall.Kill(old, 0) == nil && !fs.Exiting(old); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the killed sheepfs %d did not end", old)
-		}
+	if !waitFor(30*time.Second, func() bool { return gone(old) }) {
+		t.Fatalf("the killed sheepfs %d did not end", old)
 	}
 	sc.Up()
 	cur := sc.pid("sheepfs")
@@ -264,12 +262,13 @@ func TestHolderSleepsWhileServed(t *testing.T) {
 	check("after a takeover")
 	h := holderOf(t, m.Dir)
 	m.Unmount()
-	for deadline := time.Now().Add(quickTimeout); syscall.Kill(h, 0) == nil && !fs.Exiting(h); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the holder %d outlived the unmount of %s", h, m.Dir)
-		}
+	if !waitFor(quickTimeout, func() bool { return gone(h) }) {
+		t.Fatalf("the holder %d outlived the unmount of %s", h, m.Dir)
 	}
 }
+
+// gone reports whether process pid has ended (or is ending).
+func gone(pid int) bool { return syscall.Kill(pid, 0) != nil || fs.Exiting(pid) }
 
 // holderOf returns the PID of the holder of the mount at dir.
 func holderOf(t *testing.T, dir string) int {

@@ -51,7 +51,9 @@ import (
 //     took are taken again in its name at the first use of each file.
 //
 // The holder exits when the connection ends (unmount, or an abort through
-// /sys/fs/fuse/connections). It answers only processes of its own user.
+// /sys/fs/fuse/connections): at once if no process serves it, else when
+// that process exits, or within a minute (holdWatch). It answers only
+// processes of its own user.
 
 // Held is what the holder keeps besides the /dev/fuse file.
 type Held struct {
@@ -154,7 +156,7 @@ func Hold(dev *os.File, h Held, ready func()) error {
 			_ = c.SetDeadline(time.Now().Add(time.Second))
 			// Its request first: closed before the asker has
 			// written it, the socket would fail that write.
-			_, _ = bufio.NewReaderSize(io.LimitReader(c, 64), 64).ReadString('\n')
+			_, _ = request(c)
 			b, _ := json.Marshal(Held{Ended: true})
 			_, _ = c.Write(b)
 			c.Close()
@@ -305,8 +307,7 @@ func handOver(c *net.UnixConn, dev *os.File, h Held) (Held, int) {
 	if err != nil || cred == nil || int(cred.Uid) != os.Geteuid() {
 		return h, -1
 	}
-	line, err := bufio.NewReaderSize(io.LimitReader(c, 64), 64).ReadString('\n')
-	if err != nil || line != "get\n" {
+	if line, err := request(c); err != nil || line != "get\n" {
 		return h, -1
 	}
 	if h.Server > 0 && unix.Kill(h.Server, 0) == nil && !Exiting(h.Server) {
@@ -330,6 +331,11 @@ func handOver(c *net.UnixConn, dev *os.File, h Held) (Held, int) {
 		return h, -1
 	}
 	return next, server
+}
+
+// request reads the line an asker sends the holder ("get\n").
+func request(c net.Conn) (string, error) {
+	return bufio.NewReaderSize(io.LimitReader(c, 64), 64).ReadString('\n')
 }
 
 // pidfd returns a pidfd of process pid, or -1 (pid 0, a process gone, a

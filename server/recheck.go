@@ -126,15 +126,8 @@ func (n *Node) recheckLoop() {
 // recheckNow checks oid's copies and repairs those that differ; one that
 // finds a replica out of reach is queued again, up to recheckTries times.
 func (n *Node) recheckNow(oid ids.ObjectID, rc recheck) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(n.life, time.Minute)
 	defer cancel()
-	go func() {
-		select {
-		case <-n.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	res := n.checkObject(ctx, oid)
 	rc.tries++
 	switch {

@@ -99,7 +99,9 @@ type Node struct {
 	boot   uint64
 	bootOK atomic.Bool // the cluster knows boot (bootKnown)
 	hlc    atomic.Uint64
-	stop   chan struct{}
+	stop   <-chan struct{}    // closed when the node stops (life.Done())
+	life   context.Context    // ends when the node stops
+	end    context.CancelFunc // ends life
 
 	keyMu     sync.Mutex         // one key roll step at a time
 	run       string             // random, new at every start: names this run's lock sessions
@@ -154,7 +156,8 @@ func Start(cfg Config) (*Node, error) {
 	n.objs = &replicated{n: n}
 	n.boot = objstore.BootToken()
 	n.rec = newHealer(n)
-	n.stop = make(chan struct{})
+	n.life, n.end = context.WithCancel(context.Background())
+	n.stop = n.life.Done()
 	n.recheck = rechecks{due: map[ids.ObjectID]recheck{}, wake: make(chan struct{}, 1)}
 	// The page of local reads comes first: it retires the page of the
 	// daemon that ran here before, whose leases must not outlive it into
@@ -426,7 +429,7 @@ func (n *Node) Cluster() *cluster.Cluster { return n.cl }
 // Close stops serving, leaves the cluster and closes the store.
 func (n *Node) Close() error {
 	n.page.Retire()
-	close(n.stop)
+	n.end()
 	n.srv.Close()
 	n.cl.Close()
 	n.peers.Close()
